@@ -1,0 +1,115 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One WebSocket route: which requests it takes (upstream side) and where they go
+/// (downstream side).
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "wsgate.io",
+    version = "v1alpha1",
+    kind = "WsRoute",
+    namespaced,
+    status = "WsRouteStatus",
+    shortname = "wsr"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WsRouteSpec {
+    /// Ocelot path template the request must match, e.g. `/chat/{room}` or `/{everything}`.
+    pub upstream_path_template: String,
+    /// Host the request must carry: exact (`chat.example.com`), wildcard
+    /// (`*.example.com`), with or without `:port`. Absent = any host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_host: Option<String>,
+    /// HTTP methods this route takes; empty = all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstream_http_method: Vec<String>,
+    /// Whether literal parts of the upstream template compare case-sensitively.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_is_case_sensitive: Option<bool>,
+    /// Among routes of equal specificity, the higher priority wins (Ocelot semantics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Path sent to the backend, filled from the upstream template's placeholders.
+    pub downstream_path_template: String,
+    /// `ws` or `wss`; plain HTTP requests on the route go as `http` or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream_scheme: Option<DownstreamScheme>,
+    /// Kubernetes Service in the route's namespace whose EndpointSlices give the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Port of `serviceName`: a number or a port name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_port: Option<IntOrString>,
+    /// Static backends, instead of `serviceName`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub downstream_host_and_ports: Vec<HostAndPort>,
+    /// How a backend is chosen for each new connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_options: Option<LoadBalancerOptions>,
+    /// Skip verification of `wss` backends' certificates. Dangerous: anyone on the path
+    /// to the backend can read and change the traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dangerous_accept_any_server_certificate_validator: Option<bool>,
+    /// Time limits for this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<RouteTimeouts>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DownstreamScheme {
+    #[default]
+    Ws,
+    Wss,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostAndPort {
+    pub host: String,
+    pub port: i32,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancerOptions {
+    /// `NoLoadBalancer` (default), `RoundRobin`, `LeastConnection`.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Cookie name for `CookieStickySessions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Stickiness lifetime in milliseconds for `CookieStickySessions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry: Option<i64>,
+}
+
+/// Durations are strings such as `5s`, `250ms`, `2m`, `1h`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteTimeouts {
+    /// Limit for the TCP connect to one backend (default `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+    /// Limit for the backend's answer to the handshake or request head (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake: Option<String>,
+    /// An upgraded connection with no bytes in either direction for this long is closed
+    /// with Close 1001 and a log line. Absent = never (quiet sockets stay open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WsRouteStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub ready_endpoints: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

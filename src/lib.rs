@@ -1,0 +1,11 @@
+
+//! wsgate: a Kubernetes ingress-style gateway for WebSocket traffic.
+//!
+//! The flow (see DESIGN.md): sources → model → `table::compile` → `RouteTable`
+//! (swapped atomically) → proxy (router → balancer → upstream → relay).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod model;
+pub mod balance;
+pub mod telemetry;

@@ -1,0 +1,142 @@
+//! The plain, validated model both sources produce: what a route is once every field has
+//! been checked and every backend reference resolved. Nothing here knows whether it came
+//! from the API server or a file.
+
+mod duration;
+mod validate;
+
+pub use duration::{parse_duration, DurationError};
+pub use validate::{route_from_spec, FieldError, SpecBackends};
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Stable name of a route, used in logs, metrics labels and status:
+/// `namespace/name` for cluster routes, `file#index(name)` for file routes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteId(pub String);
+
+impl fmt::Display for RouteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Scheme {
+    #[default]
+    Ws,
+    Wss,
+}
+
+impl Scheme {
+    /// The scheme plain HTTP requests on this route use towards the backend.
+    pub fn http(self) -> &'static str {
+        match self {
+            Scheme::Ws => "http",
+            Scheme::Wss => "https",
+        }
+    }
+}
+
+/// One backend address. `host` is an IP literal (pods) or a DNS name (static routes);
+/// `addr` is filled when `host` is an IP literal so the dial skips resolution.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub addr: Option<SocketAddr>,
+    pub state: EndpointState,
+}
+
+impl Endpoint {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        let host = host.into();
+        let addr = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, port));
+        Endpoint {
+            host,
+            port,
+            addr,
+            state: EndpointState::Ready,
+        }
+    }
+
+    pub fn with_state(mut self, state: EndpointState) -> Self {
+        self.state = state;
+        self
+    }
+
+    /// `host:port` as it goes into a `Host` header or a log line (IPv6 bracketed).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Whether an endpoint takes new connections. Terminating endpoints keep the connections
+/// they have but get no new handshakes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EndpointState {
+    Ready,
+    Terminating,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum LoadBalancer {
+    /// The first ready endpoint (Ocelot's default).
+    #[default]
+    NoLoadBalancer,
+    RoundRobin,
+    /// Fewest live connections (upgraded sockets and in-flight HTTP requests).
+    LeastConnection,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub handshake: Duration,
+    pub idle: Option<Duration>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            handshake: Duration::from_secs(30),
+            idle: None,
+        }
+    }
+}
+
+/// A validated route. Templates are kept as text here: `table::compile` parses them and
+/// reports template problems per route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    pub id: RouteId,
+    /// Declaration order (file order, or creation order in a cluster): the last tie-break.
+    pub order: u64,
+    pub upstream_path_template: String,
+    pub upstream_host: Option<String>,
+    /// Upper-case method names; empty = any method.
+    pub methods: Vec<http::Method>,
+    pub case_sensitive: bool,
+    pub priority: i32,
+    pub downstream_path_template: String,
+    pub scheme: Scheme,
+    pub endpoints: Vec<Endpoint>,
+    pub load_balancer: LoadBalancer,
+    pub insecure_skip_verify: bool,
+    pub timeouts: Timeouts,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+//! Metric families are registered once; `compile` resolves one `RouteMetrics` per route so
+//! the data plane only increments handles it already holds.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    ClientToUpstream,
+    UpstreamToClient,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabel {
+    route: String,
+    direction: Direction,
+}
+
+/// Why a request did not become a relayed connection or a proxied response.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum FailureReason {
+    NoRoute,
+    NoEndpoint,
+    ConnectFailed,
+    ConnectTimeout,
+    BadRequest,
+    UpstreamStatus,
+    UpstreamProtocol,
+    UpstreamTimeout,
+}
+
+impl FailureReason {
+    const ALL: [FailureReason; 8] = [
+        FailureReason::NoRoute,
+        FailureReason::NoEndpoint,
+        FailureReason::ConnectFailed,
+        FailureReason::ConnectTimeout,
+        FailureReason::BadRequest,
+        FailureReason::UpstreamStatus,
+        FailureReason::UpstreamProtocol,
+        FailureReason::UpstreamTimeout,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabel {
+    route: String,
+    reason: FailureReason,
+}
+
+fn connect_histogram() -> Histogram {
+    // 100 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// Every metric family wsgate exports, registered once at start-up.
+pub struct Metrics {
+    registry: Registry,
+    connections_active: Family<RouteLabel, Gauge>,
+    connections_total: Family<RouteLabel, Counter>,
+    http_requests_total: Family<RouteLabel, Counter>,
+    failures_total: Family<FailureLabel, Counter>,
+    bytes_total: Family<BytesLabel, Counter>,
+    messages_total: Family<BytesLabel, Counter>,
+    connect_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub table_generation: Gauge,
+    pub table_reloads_ok: Counter,
+    pub table_reloads_failed: Counter,
+    pub route_problems: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wsgate");
+        let m = Metrics {
+            connections_active: Family::default(),
+            connections_total: Family::default(),
+            http_requests_total: Family::default(),
+            failures_total: Family::default(),
+            bytes_total: Family::default(),
+            messages_total: Family::default(),
+            connect_seconds: Family::new_with_constructor(connect_histogram),
+            table_generation: Gauge::default(),
+            table_reloads_ok: Counter::default(),
+            table_reloads_failed: Counter::default(),
+            route_problems: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections_active",
+            "Upgraded WebSocket connections currently relayed",
+            m.connections_active.clone(),
+        );
+        registry.register(
+            "connections",
+            "Upgraded WebSocket connections accepted",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "Plain HTTP requests proxied (SignalR negotiate, SSE, long polling)",
+            m.http_requests_total.clone(),
+        );
+        registry.register(
+            "handshake_failures",
+            "Requests answered by wsgate itself instead of a backend, by reason",
+            m.failures_total.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes relayed on upgraded connections",
+            m.bytes_total.clone(),
+        );
+        registry.register(
+            "messages",
+            "WebSocket frames relayed on upgraded connections",
+            m.messages_total.clone(),
+        );
+        registry.register(
+            "upstream_connect_seconds",
+            "Time to open a TCP connection to a backend",
+            m.connect_seconds.clone(),
+        );
+        registry.register(
+            "route_table_generation",
+            "Generation of the route table serving new requests",
+            m.table_generation.clone(),
+        );
+        registry.register(
+            "route_table_reloads_ok",
+            "Route table rebuilds that were published",
+            m.table_reloads_ok.clone(),
+        );
+        registry.register(
+            "route_table_reloads_failed",
+            "Route sources that could not be read; the last good table kept serving",
+            m.table_reloads_failed.clone(),
+        );
+        registry.register(
+            "route_problems",
+            "Routes left out of the current table because they are invalid",
+            m.route_problems.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Resolves one route's handles; called by `compile`, never per connection.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let l = RouteLabel {
+            route: route.to_string(),
+        };
+        let bytes = |direction| BytesLabel {
+            route: route.to_string(),
+            direction,
+        };
+        RouteMetrics {
+            connections_active: self.connections_active.get_or_create(&l).clone(),
+            connections_total: self.connections_total.get_or_create(&l).clone(),
+            http_requests_total: self.http_requests_total.get_or_create(&l).clone(),
+            bytes_up: self.bytes_total.get_or_create(&bytes(Direction::ClientToUpstream)).clone(),
+            bytes_down: self.bytes_total.get_or_create(&bytes(Direction::UpstreamToClient)).clone(),
+            messages_up: self
+                .messages_total
+                .get_or_create(&bytes(Direction::ClientToUpstream))
+                .clone(),
+            messages_down: self
+                .messages_total
+                .get_or_create(&bytes(Direction::UpstreamToClient))
+                .clone(),
+            connect_seconds: self.connect_seconds.get_or_create(&l).clone(),
+            failures: FailureReason::ALL.map(|reason| {
+                self.failures_total
+                    .get_or_create(&FailureLabel {
+                        route: route.to_string(),
+                        reason,
+                    })
+                    .clone()
+            }),
+        }
+    }
+
+    /// Failures that happen before any route is known (no route matched, bad request).
+    pub fn unrouted_failure(&self, reason: FailureReason) {
+        self.failures_total
+            .get_or_create(&FailureLabel {
+                route: String::new(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// One route's resolved metric handles.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    pub connections_active: Gauge,
+    pub connections_total: Counter,
+    pub http_requests_total: Counter,
+    pub bytes_up: Counter,
+    pub bytes_down: Counter,
+    pub messages_up: Counter,
+    pub messages_down: Counter,
+    pub connect_seconds: Histogram,
+    failures: [Counter; 8],
+}
+
+impl RouteMetrics {
+    pub fn failure(&self, reason: FailureReason) {
+        let i = FailureReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.failures[i].inc();
+    }
+}

@@ -1,0 +1,7 @@
+//! Metrics, logging set-up and the admin server (`/metrics`, `/healthz`, `/readyz`).
+
+pub mod admin;
+pub mod logging;
+mod metrics;
+
+pub use metrics::{Direction, FailureReason, Metrics, RouteMetrics};
