@@ -9,3 +9,6 @@ pub mod api;
 pub mod model;
 pub mod balance;
 pub mod telemetry;
+pub mod echo;
+pub mod source;
+pub mod table;

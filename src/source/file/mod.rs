@@ -1,0 +1,1 @@
+//! Standalone routes files: WsRoute YAML documents and Ocelot's ocelot.json.

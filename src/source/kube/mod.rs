@@ -1,0 +1,1 @@
+//! Kubernetes source: reflectors over WsRoutes, EndpointSlices and Services, status writer.

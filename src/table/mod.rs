@@ -1,0 +1,1 @@
+//! compile(model) -> RouteTable: templates, matching, priorities; atomic publication.
