@@ -299,3 +299,38 @@ fn jsonc_stripping_keeps_offsets() {
         serde_json::json!({"a": "x // not a comment", "b": [1, 2]})
     );
 }
+
+/// A route written from Ocelot's full route template (every key at its default) loads
+/// with one warning, for the handler options that are actually set.
+#[test]
+fn full_ocelot_template_loads_quietly() {
+    let route = r#"    {
+      "DownstreamPathTemplate": "/",
+      "UpstreamPathTemplate": "/",
+      "UpstreamHttpMethod": [ "Get" ],
+      "DownstreamHttpMethod": "",
+      "DownstreamHttpVersion": "",
+      "AddHeadersToRequest": {},
+      "AddClaimsToRequest": {},
+      "RouteClaimsRequirement": {},
+      "AddQueriesToRequest": {},
+      "RequestIdKey": "",
+      "FileCacheOptions": { "TtlSeconds": 0, "Region": "" },
+      "RouteIsCaseSensitive": false,
+      "ServiceName": "",
+      "DownstreamScheme": "ws",
+      "DownstreamHostAndPorts": [ { "Host": "localhost", "Port": 51876, } ],
+      "QoSOptions": { "ExceptionsAllowedBeforeBreaking": 0, "DurationOfBreak": 0, "TimeoutValue": 0 },
+      "LoadBalancer": "",
+      "RateLimitOptions": { "ClientWhitelist": [], "EnableRateLimiting": false, "Period": "", "PeriodTimespan": 0, "Limit": 0 },
+      "AuthenticationOptions": { "AuthenticationProviderKey": "", "AllowedScopes": [] },
+      "HttpHandlerOptions": { "AllowAutoRedirect": true, "UseCookieContainer": true, "UseTracing": true, "MaxConnectionsPerServer": 100 },
+      "DangerousAcceptAnyServerCertificateValidator": false
+    }"#;
+    let loaded = load_str("ocelot.json", &ocelot(&[route]));
+    assert_eq!(loaded.routes.len(), 1);
+    assert_eq!(
+        summary(&loaded),
+        [(Severity::Warning, None, "Routes[0].HttpHandlerOptions")]
+    );
+}
