@@ -1,0 +1,169 @@
+//! Polling the routes files for changes.
+//!
+//! Polling rather than inotify: it sees a file replaced by rename (editors), a Kubernetes
+//! ConfigMap volume swapping its `..data` symlink, and network filesystems alike, and a
+//! few `stat` calls per interval cost nothing.
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use sha1::{Digest, Sha1};
+use tokio::time::MissedTickBehavior;
+
+use super::{parse_files, FileError, LoadedRoutes};
+
+/// A file whose mtime is this close to when it was read may still change without the
+/// mtime moving (coarse timestamps), so it is re-read even if `stat` looks the same.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// Polls `paths` every `interval` and calls `on_change(load(paths))` each time the content
+/// of any of them changes (not at start: the caller has just loaded them), until
+/// `shutdown` resolves. A file that disappears is reported only if it is still missing
+/// one interval later, so a delete-and-recreate save is seen as one change.
+pub async fn watch(
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    on_change: impl FnMut(Result<LoadedRoutes, FileError>),
+    shutdown: impl Future<Output = ()>,
+) {
+    watch_from_snapshot(paths, interval, on_change, shutdown, || {}).await
+}
+
+/// `watch`, calling `on_snapshot` once the first look at the files is taken: changes from
+/// then on are reported.
+pub(crate) async fn watch_from_snapshot(
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    mut on_change: impl FnMut(Result<LoadedRoutes, FileError>),
+    shutdown: impl Future<Output = ()>,
+    on_snapshot: impl FnOnce(),
+) {
+    tokio::pin!(shutdown);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    let mut seen: Vec<FileState> = Vec::with_capacity(paths.len());
+    for path in &paths {
+        seen.push(FileState::read(path, None).await);
+    }
+    on_snapshot();
+    let mut missing_once = false;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = ticker.tick() => {}
+        }
+        let mut now = Vec::with_capacity(paths.len());
+        for (path, before) in paths.iter().zip(&seen) {
+            now.push(FileState::read(path, Some(before)).await);
+        }
+        if now.iter().zip(&seen).all(|(a, b)| a.same_content(b)) {
+            missing_once = false;
+            continue;
+        }
+        let newly_missing = now
+            .iter()
+            .zip(&seen)
+            .any(|(a, b)| a.is_missing() && !b.is_missing());
+        if newly_missing && !missing_once {
+            missing_once = true;
+            continue;
+        }
+        missing_once = false;
+        let contents = paths
+            .iter()
+            .cloned()
+            .zip(now.iter().map(FileState::content))
+            .collect();
+        seen = now;
+        on_change(parse_files(contents));
+    }
+}
+
+/// What one poll saw of one file.
+struct FileState {
+    stat: Option<Stat>,
+    read_at: SystemTime,
+    content: Result<Content, (io::ErrorKind, String)>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct Stat {
+    modified: Option<SystemTime>,
+    len: u64,
+    #[cfg(unix)]
+    inode: (u64, u64),
+}
+
+#[derive(Clone)]
+struct Content {
+    digest: [u8; 20],
+    bytes: std::sync::Arc<Vec<u8>>,
+}
+
+impl FileState {
+    /// Reads the file unless `before` saw the same `stat` and that `stat` can be trusted.
+    async fn read(path: &Path, before: Option<&FileState>) -> FileState {
+        // `metadata` follows symlinks, so a ConfigMap's `..data` swap changes what we see.
+        let stat = tokio::fs::metadata(path).await.ok().map(|m| Stat {
+            modified: m.modified().ok(),
+            len: m.len(),
+            #[cfg(unix)]
+            inode: {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino())
+            },
+        });
+        if let (Some(before), Some(stat)) = (before, &stat) {
+            let trusted = before.stat.as_ref() == Some(stat)
+                && before.content.is_ok()
+                && stat.modified.is_some_and(|m| {
+                    before
+                        .read_at
+                        .duration_since(m)
+                        .is_ok_and(|age| age > RACY_WINDOW)
+                });
+            if trusted {
+                return FileState {
+                    stat: Some(stat.clone()),
+                    read_at: before.read_at,
+                    content: before.content.clone(),
+                };
+            }
+        }
+        let read_at = SystemTime::now();
+        let content = match tokio::fs::read(path).await {
+            Ok(bytes) => Ok(Content {
+                digest: Sha1::digest(&bytes).into(),
+                bytes: std::sync::Arc::new(bytes),
+            }),
+            Err(e) => Err((e.kind(), e.to_string())),
+        };
+        FileState {
+            stat,
+            read_at,
+            content,
+        }
+    }
+
+    fn same_content(&self, other: &FileState) -> bool {
+        match (&self.content, &other.content) {
+            (Ok(a), Ok(b)) => a.digest == b.digest,
+            (Err(a), Err(b)) => a.0 == b.0,
+            _ => false,
+        }
+    }
+
+    fn is_missing(&self) -> bool {
+        matches!(&self.content, Err((io::ErrorKind::NotFound, _)))
+    }
+
+    fn content(&self) -> io::Result<Vec<u8>> {
+        match &self.content {
+            Ok(c) => Ok(c.bytes.as_ref().clone()),
+            Err((kind, message)) => Err(io::Error::new(*kind, message.clone())),
+        }
+    }
+}
