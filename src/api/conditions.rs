@@ -27,6 +27,8 @@ pub mod resolved_refs {
 pub mod programmed {
     pub const TYPE: &str = "Programmed";
     pub const PROGRAMMED: &str = "Programmed";
+    /// Accepted, but no route table has been published yet.
+    pub const PENDING: &str = "Pending";
     /// The route is not accepted, so it is not in the route table.
     pub const INVALID: &str = "Invalid";
 }

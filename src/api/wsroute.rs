@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 //
 // The CEL rules reject what the API server can check on its own, so a bad route fails at
 // `kubectl apply` rather than only in its status.
+// Each `printcolumn(...)` repeats `type_`, which clippy reads as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "wsgate.io",
