@@ -676,3 +676,21 @@ fn unchanged_conditions_keep_transition_time_and_compare_equal() {
         ]
     );
 }
+
+/// The writer keeps the object's lastTransitionTime for conditions that say the same thing,
+/// so a rebuild with a fresh `now` does not count as a change.
+#[test]
+fn carried_transition_times_make_rebuilds_equal() {
+    let w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let t = w.translate();
+    let on_object = status_of(&t, "apps/chat", &[], Some(1));
+    let r = report(&t, "apps/chat");
+    let later = compute_status(
+        r,
+        &[],
+        Some(2),
+        Time(Timestamp::from_second(9_000).expect("time")),
+    );
+    assert_ne!(later, on_object);
+    assert_eq!(carry_transition_times(&later, &on_object), on_object);
+}
