@@ -12,3 +12,5 @@ pub mod telemetry;
 pub mod echo;
 pub mod source;
 pub mod table;
+pub mod proxy;
+pub mod app;

@@ -90,7 +90,9 @@ pub fn route_from_spec(
             static_endpoints(spec, &mut errors)
         }
         SpecBackends::Resolved(endpoints) => {
-            if spec.service_name.is_some() == !spec.downstream_host_and_ports.is_empty() {
+            let has_service = spec.service_name.is_some();
+            let has_static = !spec.downstream_host_and_ports.is_empty();
+            if has_service == has_static {
                 errors.push(FieldError::new(
                     "spec.serviceName",
                     "set exactly one of `serviceName` and `downstreamHostAndPorts`",
