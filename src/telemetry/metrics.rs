@@ -177,32 +177,28 @@ impl Metrics {
             route: route.to_string(),
             direction,
         };
-        let connections_active = self.connections_active.get_or_create(&l).clone();
-        let connections_total = self.connections_total.get_or_create(&l).clone();
-        let http_requests_total = self.http_requests_total.get_or_create(&l).clone();
-        let bytes_up = self.bytes_total.get_or_create(&bytes(Direction::ClientToUpstream)).clone();
-        let bytes_down = self.bytes_total.get_or_create(&bytes(Direction::UpstreamToClient)).clone();
-        let messages_up = self.messages_total.get_or_create(&bytes(Direction::ClientToUpstream)).clone();
-        let messages_down = self.messages_total.get_or_create(&bytes(Direction::UpstreamToClient)).clone();
-        let connect_seconds = self.connect_seconds.get_or_create(&l).clone();
-        let failures = FailureReason::ALL.map(|reason| {
-            let label = FailureLabel {
-                route: route.to_string(),
-                reason,
-            };
-            let counter = self.failures_total.get_or_create(&label).clone();
-            counter
-        });
+        // `_owned`: a `get_or_create` read guard would live to the end of this struct
+        // literal, and the next creation in the same family would deadlock on its write lock.
         RouteMetrics {
-            connections_active,
-            connections_total,
-            http_requests_total,
-            bytes_up,
-            bytes_down,
-            messages_up,
-            messages_down,
-            connect_seconds,
-            failures,
+            connections_active: self.connections_active.get_or_create_owned(&l),
+            connections_total: self.connections_total.get_or_create_owned(&l),
+            http_requests_total: self.http_requests_total.get_or_create_owned(&l),
+            bytes_up: self.bytes_total.get_or_create_owned(&bytes(Direction::ClientToUpstream)),
+            bytes_down: self.bytes_total.get_or_create_owned(&bytes(Direction::UpstreamToClient)),
+            messages_up: self
+                .messages_total
+                .get_or_create_owned(&bytes(Direction::ClientToUpstream)),
+            messages_down: self
+                .messages_total
+                .get_or_create_owned(&bytes(Direction::UpstreamToClient)),
+            connect_seconds: self.connect_seconds.get_or_create_owned(&l),
+            failures: FailureReason::ALL.map(|reason| {
+                self.failures_total
+                    .get_or_create_owned(&FailureLabel {
+                        route: route.to_string(),
+                        reason,
+                    })
+            }),
         }
     }
 
