@@ -3,7 +3,15 @@
 //! `compile` is pure: routes in, an immutable `RouteTable` plus per-route problems out.
 //! `Publisher` swaps tables atomically; a connection keeps the `Arc<RouteTable>` it was
 //! accepted under. Template rules are in `template.rs`, host rules in `host.rs`, and the
-//! order among several matching routes on `RouteTable::find`.
+//! order among several matching routes on `RouteTable::find`. In short:
+//! - `/api/{version}/{room}`: one non-empty segment per placeholder; `v{version}` and
+//!   `{a}-{b}` embed placeholders in a segment; a final `{rest}` is a catch-all (slashes
+//!   included, may be empty: `/{everything}` matches `/`);
+//! - `?room={room}` requires and captures a query parameter, `?{all}` the whole query;
+//! - a template ending in `/` matches with or without the trailing slash, others do not
+//!   match an extra one (Ocelot);
+//! - literals compare ASCII-case-insensitively unless the route is case-sensitive;
+//!   captured values are the request's bytes, undecoded.
 
 mod compile;
 mod find;
