@@ -11,7 +11,11 @@ use wsgate::model::parse_duration;
 use wsgate::telemetry::logging::{self, LogFormat};
 
 #[derive(Parser, Debug)]
-#[command(name = "wsgate", version, about = "A Kubernetes ingress-style gateway for WebSocket traffic")]
+#[command(
+    name = "wsgate",
+    version,
+    about = "A Kubernetes ingress-style gateway for WebSocket traffic"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "WSGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -112,7 +116,10 @@ fn duration_or_zero(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -171,9 +178,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| "echo".into());
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tracing::info!(listen = %listener.local_addr()?, name = %name, "echo backend listening");
-            wsgate::echo::serve(listener, wsgate::echo::EchoConfig { name }, app::shutdown_signal()).await?;
+            wsgate::echo::serve(
+                listener,
+                wsgate::echo::EchoConfig { name },
+                app::shutdown_signal(),
+            )
+            .await?;
         }
-        Command::Demo { listen, admin_listen } => {
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => {
             app::raise_fd_limit();
             app::demo::run(ServerOptions {
                 listen,
@@ -183,16 +198,29 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             })
             .await?;
         }
-        Command::Client { url, send, headers, wait } => {
+        Command::Client {
+            url,
+            send,
+            headers,
+            wait,
+        } => {
             let headers = headers
                 .iter()
                 .map(|h| {
                     h.split_once(':')
                         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                        .ok_or_else(|| anyhow::anyhow!("--header `{h}` must look like `Name: value`"))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("--header `{h}` must look like `Name: value`")
+                        })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            app::client::run(app::client::ClientOptions { url, send, headers, wait }).await?;
+            app::client::run(app::client::ClientOptions {
+                url,
+                send,
+                headers,
+                wait,
+            })
+            .await?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -218,7 +246,11 @@ fn check(files: &[PathBuf]) -> ExitCode {
         println!(
             "ok: {} route(s) valid{}",
             loaded.routes.len(),
-            if warnings.is_empty() { String::new() } else { format!(", {} warning(s)", warnings.len()) }
+            if warnings.is_empty() {
+                String::new()
+            } else {
+                format!(", {} warning(s)", warnings.len())
+            }
         );
         ExitCode::SUCCESS
     } else {

@@ -15,14 +15,22 @@ use wsgate::model::EndpointState;
 const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
 fn status_of(resp: &str) -> u16 {
-    resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// No route: 404 with a JSON body naming host and path.
 #[tokio::test]
 async fn unmatched_request_gets_404_naming_host_and_path() {
     let echo = Echo::start("e").await;
-    let gw = Gateway::start(&[route("r", 0, &spec("/chat/{room}", "/{room}", &[echo.addr]))]).await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/chat/{room}", "/{room}", &[echo.addr]),
+    )])
+    .await;
     let resp = raw_request(
         gw.server.listen_addr,
         format!("GET /nowhere HTTP/1.1\r\nHost: a.example\r\n{UPGRADE}\r\n").as_bytes(),
@@ -30,14 +38,21 @@ async fn unmatched_request_gets_404_naming_host_and_path() {
     .await;
     assert_eq!(status_of(&resp), 404, "{resp}");
     assert!(resp.contains("application/json"));
-    assert!(resp.contains("a.example") && resp.contains("/nowhere"), "{resp}");
+    assert!(
+        resp.contains("a.example") && resp.contains("/nowhere"),
+        "{resp}"
+    );
 }
 
 /// A route whose endpoints are all terminating: 503 with Retry-After, never a 4xx.
 #[tokio::test]
 async fn route_without_ready_endpoint_gets_503_with_retry_after() {
     let echo = Echo::start("e").await;
-    let mut r = route("r", 0, &spec("/{everything}", "/{everything}", &[echo.addr]));
+    let mut r = route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[echo.addr]),
+    );
     for e in &mut r.endpoints {
         e.state = EndpointState::Terminating;
     }
@@ -48,7 +63,10 @@ async fn route_without_ready_endpoint_gets_503_with_retry_after() {
     )
     .await;
     assert_eq!(status_of(&resp), 503, "{resp}");
-    assert!(resp.to_ascii_lowercase().contains("retry-after: 1"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("retry-after: 1"),
+        "{resp}"
+    );
 }
 
 /// Every endpoint refuses: 502. With one dead and one live endpoint, the dial moves on
@@ -59,7 +77,12 @@ async fn refused_connects_give_502_and_retry_the_next_endpoint() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     }; // listener dropped: connects are refused
-    let gw = Gateway::start(&[route("r", 0, &spec("/{everything}", "/{everything}", &[dead]))]).await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[dead]),
+    )])
+    .await;
     let resp = raw_request(
         gw.server.listen_addr,
         format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
@@ -68,7 +91,12 @@ async fn refused_connects_give_502_and_retry_the_next_endpoint() {
     assert_eq!(status_of(&resp), 502, "{resp}");
 
     let echo = Echo::start("live").await;
-    let gw = Gateway::start(&[route("r", 0, &spec("/{everything}", "/{everything}", &[dead, echo.addr]))]).await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[dead, echo.addr]),
+    )])
+    .await;
     let mut ws = connect(&gw.ws("/x?hello=1")).await;
     let first = within("hello", ws.next()).await.unwrap().unwrap();
     assert!(first.to_text().unwrap().contains("\"live\""));
@@ -80,12 +108,20 @@ async fn connect_timeout_gives_504() {
     // A listener with a backlog of 1 that never accepts: once its queue is full the
     // kernel drops further SYNs, so connects hang.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
     sock.listen(0).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
     for _ in 0..8 {
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
             fillers.push(s);
         } else {
             break;
@@ -110,7 +146,12 @@ async fn connect_timeout_gives_504() {
 #[tokio::test]
 async fn malformed_handshakes_get_400_with_the_reason() {
     let echo = Echo::start("e").await;
-    let gw = Gateway::start(&[route("r", 0, &spec("/{everything}", "/{everything}", &[echo.addr]))]).await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[echo.addr]),
+    )])
+    .await;
     let cases = [
         ("GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", "Sec-WebSocket-Key"),
         ("GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", "Sec-WebSocket-Version"),
@@ -127,7 +168,12 @@ async fn malformed_handshakes_get_400_with_the_reason() {
 #[tokio::test]
 async fn oversized_request_head_gets_431() {
     let echo = Echo::start("e").await;
-    let gw = Gateway::start(&[route("r", 0, &spec("/{everything}", "/{everything}", &[echo.addr]))]).await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[echo.addr]),
+    )])
+    .await;
     let big = "a".repeat(100 * 1024);
     let resp = raw_request(
         gw.server.listen_addr,
@@ -141,7 +187,12 @@ async fn oversized_request_head_gets_431() {
 #[tokio::test]
 async fn backend_refusing_the_upgrade_passes_its_status_and_body() {
     let echo = Echo::start("e").await;
-    let gw = Gateway::start(&[route("r", 0, &spec("/{everything}", "/{everything}", &[echo.addr]))]).await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[echo.addr]),
+    )])
+    .await;
     let resp = raw_request(
         gw.server.listen_addr,
         format!("GET /status/403 HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
@@ -155,7 +206,12 @@ async fn backend_refusing_the_upgrade_passes_its_status_and_body() {
 #[tokio::test]
 async fn plain_http_is_proxied_with_the_rewritten_path() {
     let echo = Echo::start("e").await;
-    let gw = Gateway::start(&[route("r", 0, &spec("/hub/{rest}", "/signalr/{rest}", &[echo.addr]))]).await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/hub/{rest}", "/signalr/{rest}", &[echo.addr]),
+    )])
+    .await;
     let resp = raw_request(
         gw.server.listen_addr,
         b"POST /hub/negotiate?negotiateVersion=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nCookie: c=1\r\n\r\n{}",
@@ -176,11 +232,17 @@ async fn plain_http_is_proxied_with_the_rewritten_path() {
 #[tokio::test]
 async fn server_sent_events_stream_through_one_by_one() {
     let echo = Echo::start("e").await;
-    let gw = Gateway::start(&[route("r", 0, &spec("/{everything}", "/{everything}", &[echo.addr]))]).await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[echo.addr]),
+    )])
+    .await;
     let stream = TcpStream::connect(gw.server.listen_addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let req = http::Request::get("/hub/sse?events=3&interval_ms=300")
         .header("host", "a")
@@ -209,11 +271,19 @@ async fn server_sent_events_stream_through_one_by_one() {
 #[tokio::test]
 async fn long_poll_is_held_open_and_answered() {
     let echo = Echo::start("e").await;
-    let gw = Gateway::start(&[route("r", 0, &spec("/{everything}", "/{everything}", &[echo.addr]))]).await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[echo.addr]),
+    )])
+    .await;
     let started = std::time::Instant::now();
     let (status, body) = http_get(&gw.http("/hub/poll?hold_ms=700")).await;
     assert_eq!(status, 200);
-    assert!(body.contains("\"held_ms\":700") || body.contains("\"held_ms\": 700"), "{body}");
+    assert!(
+        body.contains("\"held_ms\":700") || body.contains("\"held_ms\": 700"),
+        "{body}"
+    );
     assert!(started.elapsed() >= Duration::from_millis(700));
 }
 
@@ -221,7 +291,12 @@ async fn long_poll_is_held_open_and_answered() {
 #[tokio::test]
 async fn admin_endpoints_answer() {
     let echo = Echo::start("e").await;
-    let gw = Gateway::start(&[route("r", 0, &spec("/{everything}", "/{everything}", &[echo.addr]))]).await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[echo.addr]),
+    )])
+    .await;
     let admin = format!("http://{}", gw.server.admin_addr);
     assert_eq!(http_get(&format!("{admin}/healthz")).await.0, 200);
     assert_eq!(http_get(&format!("{admin}/readyz")).await.0, 200);

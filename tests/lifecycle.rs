@@ -60,10 +60,15 @@ async fn start_binary(dir: &Path, extra: &[&str]) -> Running {
     let ready_url = format!("http://{admin}/readyz");
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        if let Ok(Ok((200, _))) = tokio::time::timeout(Duration::from_secs(1), try_get(&ready_url)).await {
+        if let Ok(Ok((200, _))) =
+            tokio::time::timeout(Duration::from_secs(1), try_get(&ready_url)).await
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "wsgate never became ready");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "wsgate never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Running {
@@ -78,9 +83,10 @@ async fn try_get(url: &str) -> Result<(u16, String), ()> {
     let stream = tokio::net::TcpStream::connect(uri.authority().unwrap().as_str())
         .await
         .map_err(|_| ())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|_| ())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|_| ())?;
     tokio::spawn(conn);
     let req = http::Request::get(uri.path())
         .header("host", "admin")
@@ -105,7 +111,10 @@ async fn hello_name(ws: &mut Ws) -> String {
 
 async fn echo_round_trip(ws: &mut Ws, text: &str) {
     within("send", ws.send(Message::text(text))).await.unwrap();
-    assert_eq!(within("echo", ws.next()).await.unwrap().unwrap(), Message::text(text));
+    assert_eq!(
+        within("echo", ws.next()).await.unwrap().unwrap(),
+        Message::text(text)
+    );
 }
 
 /// SIGTERM: readiness fails first, every WebSocket gets Close 1001, the process exits 0.
@@ -118,7 +127,11 @@ async fn sigterm_sends_close_1001_to_every_socket_and_exits_zero() {
         routes_yaml(&[("all", "/{everything}", "/{everything}", echo.addr)]),
     )
     .unwrap();
-    let mut gw = start_binary(dir.path(), &["--shutdown-delay", "300ms", "--drain-timeout", "5s"]).await;
+    let mut gw = start_binary(
+        dir.path(),
+        &["--shutdown-delay", "300ms", "--drain-timeout", "5s"],
+    )
+    .await;
     let mut sockets = Vec::new();
     for i in 0..3 {
         let mut ws = connect(&format!("ws://{}/s{i}", gw.listen)).await;
@@ -138,7 +151,10 @@ async fn sigterm_sends_close_1001_to_every_socket_and_exits_zero() {
         if let Ok((503, _)) = try_get(&ready_url).await {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "/readyz never failed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never failed"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -189,19 +205,28 @@ async fn routes_file_edit_reloads_without_touching_live_connections() {
 
     replace_file(
         &file,
-        &routes_yaml(&[("a", "/a/{x}", "/{x}", new.addr), ("b", "/b/{x}", "/{x}", new.addr)]),
+        &routes_yaml(&[
+            ("a", "/a/{x}", "/{x}", new.addr),
+            ("b", "/b/{x}", "/{x}", new.addr),
+        ]),
     );
     // Poll until a new handshake sees the new table.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let url = format!("ws://{}/b/1?hello=1", gw.listen);
-        if let Ok(Ok((mut ws, _))) =
-            tokio::time::timeout(Duration::from_secs(1), tokio_tungstenite::connect_async(url.as_str())).await
+        if let Ok(Ok((mut ws, _))) = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
         {
             assert_eq!(hello_name(&mut ws).await, "new");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "new route never appeared");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new route never appeared"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut fresh = connect(&format!("ws://{}/a/9?hello=1", gw.listen)).await;
@@ -220,7 +245,10 @@ async fn routes_file_edit_reloads_without_touching_live_connections() {
                 break;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "broken edit never reported");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "broken edit never reported"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut after = connect(&format!("ws://{}/b/2?hello=1", gw.listen)).await;

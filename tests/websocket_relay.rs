@@ -10,8 +10,8 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn next_msg(ws: &mut Ws) -> Message {
@@ -23,7 +23,12 @@ async fn next_msg(ws: &mut Ws) -> Message {
 
 async fn gateway_to_echo() -> (Gateway, Echo) {
     let echo = Echo::start("echo-1").await;
-    let gw = Gateway::start(&[route("chat", 0, &spec("/chat/{room}", "/rooms/{room}", &[echo.addr]))]).await;
+    let gw = Gateway::start(&[route(
+        "chat",
+        0,
+        &spec("/chat/{room}", "/rooms/{room}", &[echo.addr]),
+    )])
+    .await;
     (gw, echo)
 }
 
@@ -60,7 +65,9 @@ async fn fragmented_message_and_interleaved_ping_pass() {
         Frame::message(b"ed".to_vec(), OpCode::Data(Data::Continue), true),
     ];
     for f in frames {
-        within("send frame", ws.send(Message::Frame(f))).await.unwrap();
+        within("send frame", ws.send(Message::Frame(f)))
+            .await
+            .unwrap();
     }
     let mut got_pong = false;
     loop {
@@ -87,8 +94,10 @@ async fn subprotocol_negotiation_passes_through() {
         gw.ws("/chat/p").as_str(),
     )
     .unwrap();
-    req.headers_mut()
-        .insert("sec-websocket-protocol", "signalr.v2, chat.v1".parse().unwrap());
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "signalr.v2, chat.v1".parse().unwrap(),
+    );
     let (_ws, resp) = within("connect", tokio_tungstenite::connect_async(req))
         .await
         .unwrap();
@@ -118,7 +127,10 @@ async fn handshake_headers_are_forwarded() {
     };
     let h = &hello["headers"];
     assert_eq!(hello["path"], "/rooms/room42");
-    assert!(hello["query"].as_str().unwrap().contains("token=abc"), "{hello}");
+    assert!(
+        hello["query"].as_str().unwrap().contains("token=abc"),
+        "{hello}"
+    );
     assert_eq!(h["cookie"], "session=s1; theme=dark");
     assert_eq!(h["authorization"], "Bearer t0k3n");
     assert_eq!(h["origin"], "https://app.example.com");
@@ -147,7 +159,10 @@ async fn bytes_coalesced_with_101_are_relayed() {
         let text = String::from_utf8_lossy(&head).to_string();
         let key = text
             .lines()
-            .find_map(|l| l.strip_prefix("sec-websocket-key: ").or_else(|| l.strip_prefix("Sec-WebSocket-Key: ")))
+            .find_map(|l| {
+                l.strip_prefix("sec-websocket-key: ")
+                    .or_else(|| l.strip_prefix("Sec-WebSocket-Key: "))
+            })
             .unwrap()
             .trim()
             .to_string();
@@ -162,7 +177,12 @@ async fn bytes_coalesced_with_101_are_relayed() {
         // Keep the socket open until the client is done.
         let _ = s.read(&mut buf).await;
     });
-    let gw = Gateway::start(&[route("r", 0, &spec("/{everything}", "/{everything}", &[addr]))]).await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[addr]),
+    )])
+    .await;
     let mut ws = connect(&gw.ws("/x")).await;
     assert_eq!(next_msg(&mut ws).await, Message::text("early"));
 }
@@ -198,7 +218,12 @@ async fn client_vanishing_sends_close_1001_to_backend() {
         }
         let _ = seen_tx.send(seen);
     });
-    let gw = Gateway::start(&[route("r", 0, &spec("/{everything}", "/{everything}", &[addr]))]).await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[addr]),
+    )])
+    .await;
     let ws = connect(&gw.ws("/bye")).await;
     // Drop the TCP connection without a Close frame.
     let tcp = ws.into_inner();
@@ -244,7 +269,11 @@ async fn frames_pipelined_behind_the_request_are_relayed() {
     within("echo of pipelined frame", async {
         loop {
             let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0, "connection closed early: {}", String::from_utf8_lossy(&got));
+            assert!(
+                n > 0,
+                "connection closed early: {}",
+                String::from_utf8_lossy(&got)
+            );
             got.extend_from_slice(&buf[..n]);
             if got.windows(4).any(|w| w == [0x81, 0x02, b'h', b'i']) {
                 break;
@@ -260,7 +289,9 @@ async fn frames_pipelined_behind_the_request_are_relayed() {
 async fn metrics_count_connections_and_bytes() {
     let (gw, _echo) = gateway_to_echo().await;
     let mut ws = connect(&gw.ws("/chat/m")).await;
-    within("send", ws.send(Message::text("12345"))).await.unwrap();
+    within("send", ws.send(Message::text("12345")))
+        .await
+        .unwrap();
     next_msg(&mut ws).await;
     within("close", ws.close(None)).await.unwrap();
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
@@ -270,9 +301,9 @@ async fn metrics_count_connections_and_bytes() {
         let text = metrics.encode();
         (text.contains("wsgate_connections_total{route=\"chat\"} 1")
             && text.contains("wsgate_connections_active{route=\"chat\"} 0")
-            && text.contains("wsgate_messages_total{route=\"chat\",direction=\"ClientToUpstream\"} 1"))
+            && text
+                .contains("wsgate_messages_total{route=\"chat\",direction=\"ClientToUpstream\"} 1"))
         .then_some(())
     })
     .await;
 }
-

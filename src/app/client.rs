@@ -24,7 +24,8 @@ pub async fn run(opts: ClientOptions) -> anyhow::Result<()> {
         .with_context(|| format!("`{}` is not a ws:// URL", opts.url))?;
     for (k, v) in &opts.headers {
         request.headers_mut().append(
-            http::HeaderName::from_bytes(k.as_bytes()).with_context(|| format!("bad header name `{k}`"))?,
+            http::HeaderName::from_bytes(k.as_bytes())
+                .with_context(|| format!("bad header name `{k}`"))?,
             http::HeaderValue::from_str(v).with_context(|| format!("bad header value `{v}`"))?,
         );
     }
@@ -40,7 +41,11 @@ pub async fn run(opts: ClientOptions) -> anyhow::Result<()> {
                 Ok(Message::Text(t)) => println!("< {t}"),
                 Ok(Message::Binary(b)) => println!("< ({} bytes binary)", b.len()),
                 Ok(Message::Close(c)) => {
-                    println!("< close {}", c.map(|c| format!("{} {}", u16::from(c.code), c.reason)).unwrap_or_default());
+                    println!(
+                        "< close {}",
+                        c.map(|c| format!("{} {}", u16::from(c.code), c.reason))
+                            .unwrap_or_default()
+                    );
                     break;
                 }
                 Ok(_) => {}

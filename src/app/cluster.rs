@@ -31,9 +31,16 @@ pub async fn run(options: ClusterOptions) -> anyhow::Result<()> {
         .await
         .context("cannot configure a Kubernetes client (in-cluster service account or KUBECONFIG); for standalone mode pass --routes FILE")?;
     let kube_metrics = Arc::new(KubeMetrics::default());
-    let metrics = Arc::new(Metrics::with_extra(|registry| kube_metrics.register(registry)));
+    let metrics = Arc::new(Metrics::with_extra(|registry| {
+        kube_metrics.register(registry)
+    }));
     let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
-    let server = Server::start(options.server.clone(), Arc::clone(&publisher), Arc::clone(&metrics)).await?;
+    let server = Server::start(
+        options.server.clone(),
+        Arc::clone(&publisher),
+        Arc::clone(&metrics),
+    )
+    .await?;
 
     let mut config = KubeConfig::new(options.identity.clone(), options.lease_namespace.clone());
     config.namespaces = options.namespaces.clone();

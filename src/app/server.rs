@@ -44,13 +44,19 @@ impl Server {
             .with_context(|| format!("cannot listen on {} (--listen)", options.listen))?;
         let admin_listener = TcpListener::bind(options.admin_listen)
             .await
-            .with_context(|| format!("cannot listen on {} (--admin-listen)", options.admin_listen))?;
+            .with_context(|| {
+                format!("cannot listen on {} (--admin-listen)", options.admin_listen)
+            })?;
         let listen_addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let gateway = Gateway::new(publisher, Arc::clone(&metrics), Drain::new());
         let readiness = Arc::new(Readiness::default());
         tokio::spawn(proxy::serve(listener, Arc::clone(&gateway), "http"));
-        tokio::spawn(admin::serve(admin_listener, metrics, Arc::clone(&readiness)));
+        tokio::spawn(admin::serve(
+            admin_listener,
+            metrics,
+            Arc::clone(&readiness),
+        ));
         tracing::info!(listen = %listen_addr, admin = %admin_addr, "wsgate listening");
         Ok(Server {
             gateway,
@@ -65,7 +71,10 @@ impl Server {
     pub async fn shutdown(&self) -> bool {
         self.readiness.set_draining();
         if !self.options.shutdown_delay.is_zero() {
-            tracing::info!(delay_ms = self.options.shutdown_delay.as_millis() as u64, "readiness off; waiting before draining");
+            tracing::info!(
+                delay_ms = self.options.shutdown_delay.as_millis() as u64,
+                "readiness off; waiting before draining"
+            );
             tokio::time::sleep(self.options.shutdown_delay).await;
         }
         let drain = &self.gateway.drain;

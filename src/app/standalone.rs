@@ -70,9 +70,18 @@ pub async fn run(options: StandaloneOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
     let published = publisher.publish(&loaded.routes);
-    tracing::info!(generation = published.generation, routes = loaded.routes.len(), "route table loaded");
+    tracing::info!(
+        generation = published.generation,
+        routes = loaded.routes.len(),
+        "route table loaded"
+    );
 
-    let server = Server::start(options.server.clone(), Arc::clone(&publisher), Arc::clone(&metrics)).await?;
+    let server = Server::start(
+        options.server.clone(),
+        Arc::clone(&publisher),
+        Arc::clone(&metrics),
+    )
+    .await?;
     server.readiness.set_loaded();
 
     let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -93,11 +102,7 @@ pub async fn run(options: StandaloneOptions) -> anyhow::Result<()> {
 }
 
 /// Applies a changed routes file, or keeps the serving table when the change is broken.
-fn reload(
-    result: Result<LoadedRoutes, file::FileError>,
-    publisher: &Publisher,
-    metrics: &Metrics,
-) {
+fn reload(result: Result<LoadedRoutes, file::FileError>, publisher: &Publisher, metrics: &Metrics) {
     let loaded = match result {
         Ok(l) => l,
         Err(e) => {

@@ -59,7 +59,9 @@ impl Drain {
     /// Waits until every tracked task ended, or `budget` passed. True if all ended.
     pub async fn wait(&self, budget: Duration) -> bool {
         self.tasks.close();
-        tokio::time::timeout(budget, self.tasks.wait()).await.is_ok()
+        tokio::time::timeout(budget, self.tasks.wait())
+            .await
+            .is_ok()
     }
 }
 

@@ -22,12 +22,21 @@ pub fn validate(method: &Method, version: http::Version, headers: &HeaderMap) ->
         return Err(Error::BadHandshake("a WebSocket upgrade needs HTTP/1.1"));
     }
     if !has_token(headers, &header::CONNECTION, "upgrade") {
-        return Err(Error::BadHandshake("`Connection` header must contain `upgrade`"));
+        return Err(Error::BadHandshake(
+            "`Connection` header must contain `upgrade`",
+        ));
     }
-    match headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) {
+    match headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+    {
         Some(b"13") => {}
         Some(_) => return Err(Error::BadHandshake("`Sec-WebSocket-Version` must be 13")),
-        None => return Err(Error::BadHandshake("`Sec-WebSocket-Version` header is missing")),
+        None => {
+            return Err(Error::BadHandshake(
+                "`Sec-WebSocket-Version` header is missing",
+            ))
+        }
     }
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
@@ -48,14 +57,25 @@ mod tests {
     fn good() -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
-        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
         h
     }
 
     fn err(method: Method, h: &HeaderMap) -> String {
-        validate(&method, http::Version::HTTP_11, h).unwrap_err().to_string()
+        validate(&method, http::Version::HTTP_11, h)
+            .unwrap_err()
+            .to_string()
     }
 
     /// A browser-shaped upgrade passes; each broken part is named.

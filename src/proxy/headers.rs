@@ -74,7 +74,10 @@ pub fn to_upstream(headers: &mut HeaderMap, backend_authority: &str, fwd: &Forwa
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(fwd.proto));
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(fwd.proto),
+    );
     if let Some(host) = fwd.host {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
@@ -112,13 +115,19 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
-        assert_eq!(names, vec!["authorization", "cookie", "sec-websocket-protocol"]);
+        assert_eq!(
+            names,
+            vec!["authorization", "cookie", "sec-websocket-protocol"]
+        );
     }
 
     /// Forwarding headers: Host rewritten, XFF appended, proto/host/request id set.
     #[test]
     fn forwarding_headers_are_added() {
-        let mut h = map(&[("host", "chat.example.com"), ("x-forwarded-for", "203.0.113.9")]);
+        let mut h = map(&[
+            ("host", "chat.example.com"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
         let host = h.get("host").cloned();
         let id = HeaderValue::from_static("req-1");
         to_upstream(

@@ -248,7 +248,11 @@ impl Half {
         }
     }
 
-    fn flush_metrics(&mut self, bytes: &prometheus_client::metrics::counter::Counter, messages: &prometheus_client::metrics::counter::Counter) {
+    fn flush_metrics(
+        &mut self,
+        bytes: &prometheus_client::metrics::counter::Counter,
+        messages: &prometheus_client::metrics::counter::Counter,
+    ) {
         bytes.inc_by(self.bytes - self.bytes_flushed);
         self.bytes_flushed = self.bytes;
         let m = self.tracker.messages();
@@ -259,7 +263,12 @@ impl Half {
 
 /// Reads once from `src` into the worker's buffer and forwards it. No await inside, so the
 /// thread-local buffer is never held across a suspension.
-fn read_and_forward(src: &TcpStream, dst: &TcpStream, half: &mut Half, died_code: (u16, &'static str)) {
+fn read_and_forward(
+    src: &TcpStream,
+    dst: &TcpStream,
+    half: &mut Half,
+    died_code: (u16, &'static str),
+) {
     READ_BUFFER.with(|buf| {
         let mut buf = buf.borrow_mut();
         match src.try_read(&mut buf[..]) {
@@ -300,7 +309,10 @@ pub async fn relay(
     let client_died = (close_code::GOING_AWAY, "client went away");
     let upstream_died = (close_code::INTERNAL_ERROR, "backend connection lost");
 
-    for (half, early, dst) in [(&mut up, &client_early, &upstream), (&mut down, &upstream_early, &client)] {
+    for (half, early, dst) in [
+        (&mut up, &client_early, &upstream),
+        (&mut down, &upstream_early, &client),
+    ] {
         if !early.is_empty() {
             let fwd = half.accept(early);
             half.forward(dst, fwd);

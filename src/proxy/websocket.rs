@@ -74,7 +74,9 @@ pub async fn proxy(
 
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The backend refused the upgrade: its status and body go to the client as they are.
-        route.metrics.failure(crate::telemetry::FailureReason::UpstreamStatus);
+        route
+            .metrics
+            .failure(crate::telemetry::FailureReason::UpstreamStatus);
         tracing::info!(request_id = ?ctx.request_id, route = %route.route.id, endpoint = %endpoint, status = resp.status().as_u16(), "backend refused the WebSocket upgrade");
         strip_hop_by_hop(resp.headers_mut());
         return Ok(resp.map(|body| body.boxed_unsync()));
@@ -129,7 +131,10 @@ pub async fn proxy(
         metrics.connections_total.inc();
         metrics.connections_active.inc();
         let started = Instant::now();
-        let stats = relay(client.0, client.1, upstream.0, upstream.1, config, drain, metrics).await;
+        let stats = relay(
+            client.0, client.1, upstream.0, upstream.1, config, drain, metrics,
+        )
+        .await;
         metrics.connections_active.dec();
         drop(load);
         tracing::debug!(

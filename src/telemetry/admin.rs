@@ -58,7 +58,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, readiness: Arc<
     }
 }
 
-fn respond(req: &Request<Incoming>, metrics: &Metrics, readiness: &Readiness) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<Incoming>,
+    metrics: &Metrics,
+    readiness: &Readiness,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" if readiness.is_ready() => (StatusCode::OK, "text/plain", "ready\n".to_string()),

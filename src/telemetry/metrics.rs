@@ -183,8 +183,12 @@ impl Metrics {
             connections_active: self.connections_active.get_or_create_owned(&l),
             connections_total: self.connections_total.get_or_create_owned(&l),
             http_requests_total: self.http_requests_total.get_or_create_owned(&l),
-            bytes_up: self.bytes_total.get_or_create_owned(&bytes(Direction::ClientToUpstream)),
-            bytes_down: self.bytes_total.get_or_create_owned(&bytes(Direction::UpstreamToClient)),
+            bytes_up: self
+                .bytes_total
+                .get_or_create_owned(&bytes(Direction::ClientToUpstream)),
+            bytes_down: self
+                .bytes_total
+                .get_or_create_owned(&bytes(Direction::UpstreamToClient)),
             messages_up: self
                 .messages_total
                 .get_or_create_owned(&bytes(Direction::ClientToUpstream)),
@@ -193,11 +197,10 @@ impl Metrics {
                 .get_or_create_owned(&bytes(Direction::UpstreamToClient)),
             connect_seconds: self.connect_seconds.get_or_create_owned(&l),
             failures: FailureReason::ALL.map(|reason| {
-                self.failures_total
-                    .get_or_create_owned(&FailureLabel {
-                        route: route.to_string(),
-                        reason,
-                    })
+                self.failures_total.get_or_create_owned(&FailureLabel {
+                    route: route.to_string(),
+                    reason,
+                })
             }),
         }
     }

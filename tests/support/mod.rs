@@ -276,9 +276,10 @@ async fn reqwest_like_get(url: &str) -> (u16, String) {
     let uri: http::Uri = url.parse().unwrap();
     let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap_or(80));
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let req = http::Request::get(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
         .header("host", uri.authority().unwrap().as_str())

@@ -52,7 +52,12 @@ fn boundaries(stream: &[u8], chunks: &[usize]) -> (Vec<usize>, FrameTracker) {
 fn finds_ends_of_all_length_encodings() {
     let mut stream = vec![];
     let mut expected = vec![];
-    for (len, mask) in [(0, None), (5, Some([1, 2, 3, 4])), (300, None), (70_000, Some([9, 9, 9, 9]))] {
+    for (len, mask) in [
+        (0, None),
+        (5, Some([1, 2, 3, 4])),
+        (300, None),
+        (70_000, Some([9, 9, 9, 9])),
+    ] {
         stream.extend(frame(OP_BINARY, true, &vec![7u8; len], mask));
         expected.push(stream.len());
     }
@@ -70,7 +75,16 @@ fn fragmented_message_with_interleaved_ping_is_one_message() {
     let first = frame(OP_TEXT, false, b"hel", None);
     let ping = frame(OP_PING, true, b"p", None);
     let last = frame(OP_CONTINUATION, true, b"lo", None);
-    assert_eq!(t.advance(&first), (first.len(), Some(FrameEnd { opcode: OP_TEXT, fin: false })));
+    assert_eq!(
+        t.advance(&first),
+        (
+            first.len(),
+            Some(FrameEnd {
+                opcode: OP_TEXT,
+                fin: false
+            })
+        )
+    );
     assert!(t.at_boundary());
     assert_eq!(t.messages(), 0);
     t.advance_all(&ping);
@@ -94,9 +108,9 @@ fn close_seen_after_complete_close_frame() {
 #[test]
 fn garbage_desyncs_instead_of_panicking() {
     for bad in [
-        vec![0x83, 0x00],                    // reserved opcode
-        vec![0x09, 0x00],                    // fragmented ping
-        vec![0x89, 126, 0x00, 0x80],         // oversized control frame
+        vec![0x83, 0x00],                           // reserved opcode
+        vec![0x09, 0x00],                           // fragmented ping
+        vec![0x89, 126, 0x00, 0x80],                // oversized control frame
         vec![0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0], // 64-bit length with top bit
     ] {
         let mut t = FrameTracker::new();
@@ -113,7 +127,16 @@ fn injected_close_frames_are_well_formed() {
         let mut out = vec![];
         close_frame(1001, "going away", mask, &mut out);
         let mut t = FrameTracker::new();
-        assert_eq!(t.advance(&out), (out.len(), Some(FrameEnd { opcode: OP_CLOSE, fin: true })));
+        assert_eq!(
+            t.advance(&out),
+            (
+                out.len(),
+                Some(FrameEnd {
+                    opcode: OP_CLOSE,
+                    fin: true
+                })
+            )
+        );
         let payload_start = if mask.is_some() { 6 } else { 2 };
         let payload: Vec<u8> = out[payload_start..]
             .iter()
