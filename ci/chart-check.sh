@@ -183,7 +183,7 @@ if [[ ! -f $CHART/crds/wsroute.yaml ]]; then
   exit 1
 fi
 
-echo "== helm $("$CACHE/bin/helm-v3" version --template '{{.Version}}') and $("$CACHE/bin/helm-v4" version --template '{{.Version}}'); $(kubernetes-validate $("$VENV/kubernetes-validate" --version 2>&1 | tail -1)"
+echo "== helm $("$CACHE/bin/helm-v3" version --template '{{.Version}}') and $("$CACHE/bin/helm-v4" version --template '{{.Version}}'), kubernetes-validate $("$VENV/kubernetes-validate" --version 2>&1 | tail -1)"
 
 echo "== helm lint and template"
 for name in v3 v4; do
