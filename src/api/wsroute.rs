@@ -1,23 +1,61 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// One WebSocket route: which requests it takes (upstream side) and where they go
 /// (downstream side).
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+//
+// The CEL rules reject what the API server can check on its own, so a bad route fails at
+// `kubectl apply` rather than only in its status.
+// Each `printcolumn(...)` repeats `type_`, which clippy reads as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "wsgate.io",
     version = "v1alpha1",
     kind = "WsRoute",
     namespaced,
     status = "WsRouteStatus",
-    shortname = "wsr"
+    shortname = "wsr",
+    doc = "A WebSocket route served by wsgate: which requests it takes and which pods get them.",
+    category = "wsgate",
+    printcolumn(name = "Host", type_ = "string", json_path = ".spec.upstreamHost"),
+    printcolumn(
+        name = "Path",
+        type_ = "string",
+        json_path = ".spec.upstreamPathTemplate"
+    ),
+    printcolumn(name = "Backend", type_ = "string", json_path = ".spec.serviceName"),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyEndpoints"
+    ),
+    printcolumn(
+        name = "Programmed",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = Rule::new("has(self.serviceName) != has(self.downstreamHostAndPorts)")
+        .message("set exactly one of serviceName and downstreamHostAndPorts")
+        .reason(Reason::FieldValueInvalid),
+    validation = Rule::new("has(self.serviceName) == has(self.servicePort)")
+        .message("serviceName and servicePort go together")
+        .reason(Reason::FieldValueRequired)
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WsRouteSpec {
     /// Ocelot path template the request must match, e.g. `/chat/{room}` or `/{everything}`.
+    #[schemars(regex(pattern = r"^/"), length(max = 1024))]
     pub upstream_path_template: String,
     /// Host the request must carry: exact (`chat.example.com`), wildcard
     /// (`*.example.com`), with or without `:port`. Absent = any host.
@@ -33,18 +71,29 @@ pub struct WsRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
     /// Path sent to the backend, filled from the upstream template's placeholders.
+    #[schemars(regex(pattern = r"^/"), length(max = 1024))]
     pub downstream_path_template: String,
     /// `ws` or `wss`; plain HTTP requests on the route go as `http` or `https`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downstream_scheme: Option<DownstreamScheme>,
     /// Kubernetes Service in the route's namespace whose EndpointSlices give the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    )]
     pub service_name: Option<String>,
     /// Port of `serviceName`: a number or a port name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // `string(self)` rather than `type(self)`: the API server types int-or-string as dyn
+    // either way, and client-side evaluators (kube's `cel`, used in tests) lack `type()`.
+    #[x_kube(validation = Rule::new(
+        "string(self).matches('^[0-9]+$') ? int(string(self)) >= 1 && int(string(self)) <= 65535 : string(self).matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(string(self)) <= 15"
+    ).message("servicePort is a port number (1-65535) or a port name"))]
     pub service_port: Option<IntOrString>,
     /// Static backends, instead of `serviceName`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1))]
     pub downstream_host_and_ports: Vec<HostAndPort>,
     /// How a backend is chosen for each new connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,7 +118,11 @@ pub enum DownstreamScheme {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostAndPort {
+    /// IP address or DNS name of the backend.
+    #[schemars(length(min = 1, max = 253))]
     pub host: String,
+    /// TCP port of the backend.
+    #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
 }
 
@@ -78,6 +131,7 @@ pub struct HostAndPort {
 pub struct LoadBalancerOptions {
     /// `NoLoadBalancer` (default), `RoundRobin`, `LeastConnection`.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["NoLoadBalancer", "RoundRobin", "LeastConnection"]))]
     pub kind: Option<String>,
     /// Cookie name for `CookieStickySessions`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,23 +147,30 @@ pub struct LoadBalancerOptions {
 pub struct RouteTimeouts {
     /// Limit for the TCP connect to one backend (default `5s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub connect: Option<String>,
     /// Limit for the backend's answer to the handshake or request head (default `30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub handshake: Option<String>,
     /// An upgraded connection with no bytes in either direction for this long is closed
     /// with Close 1001 and a log line. Absent = never (quiet sockets stay open).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub idle: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct WsRouteStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Endpoints taking new connections (ready pods, or the static backends).
     #[serde(default)]
     pub ready_endpoints: i32,
+    /// `Accepted`, `ResolvedRefs` and `Programmed` (see `api::conditions`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }

@@ -1,1 +1,31 @@
-//! Kubernetes source: reflectors over WsRoutes, EndpointSlices and Services, status writer.
+//! Kubernetes source: reflectors over WsRoutes, EndpointSlices and Services, EndpointSlice
+//! resolution, status computation and the status writer behind a Lease.
+//!
+//! - `resolve`: Service + EndpointSlices → endpoints.
+//! - `index`: reflector stores → `Vec<Route>` + one `RouteReport` per WsRoute (pure).
+//! - `status`: report + table verdict → `WsRouteStatus` (pure).
+//! - `publish`: the seam to the route table (`RoutePublisher`).
+//! - `controller`: reflectors, debounce, publish, readiness (`run`).
+//! - `writer` + `lease`: status patches and Events, only by the Lease holder.
+
+mod controller;
+mod index;
+mod lease;
+mod metrics;
+mod publish;
+mod resolve;
+mod status;
+mod writer;
+
+pub use crate::api::crd_yaml;
+pub use controller::{run, Error, KubeConfig};
+pub use index::{translate, BackendRef, RouteReport, Stores, Translation};
+pub use lease::{decide, run_lease, LeaseConfig, LeaseDecision};
+pub use metrics::{KubeMetrics, PatchOutcome, Resource};
+pub use publish::{ProblemKind, PublishOutcome, RoutePublisher, TableProblem};
+pub use resolve::{Backends, Unresolved, SERVICE_NAME_LABEL};
+pub use status::{compute_status, same_ignoring_timestamps};
+pub use writer::{carry_transition_times, DesiredStatus, DesiredStatuses, StatusWriter};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,40 @@
+//! Condition types and reasons written to `WsRoute.status.conditions`, in Gateway API
+//! style. Code and tests compare these consts, never string literals.
+
+/// The route's spec is valid and no older route owns the same host and template.
+pub mod accepted {
+    pub const TYPE: &str = "Accepted";
+    pub const ACCEPTED: &str = "Accepted";
+    /// A path template does not parse (or does not start with `/`).
+    pub const INVALID_TEMPLATE: &str = "InvalidTemplate";
+    /// Another field is invalid (host, method, balancer, timeout, servicePort...).
+    pub const INVALID_PARAMETERS: &str = "InvalidParameters";
+    /// An older route already owns the same host and upstream template.
+    pub const CONFLICTED: &str = "Conflicted";
+}
+
+/// The backend the route points at exists: the Service and the port.
+pub mod resolved_refs {
+    pub const TYPE: &str = "ResolvedRefs";
+    pub const RESOLVED_REFS: &str = "ResolvedRefs";
+    /// The Service, or every EndpointSlice of it, does not exist.
+    pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
+    /// The Service has no port with the number or name of `servicePort`.
+    pub const PORT_NOT_FOUND: &str = "PortNotFound";
+}
+
+/// The data plane serves this generation of the route.
+pub mod programmed {
+    pub const TYPE: &str = "Programmed";
+    pub const PROGRAMMED: &str = "Programmed";
+    /// Accepted, but no route table has been published yet.
+    pub const PENDING: &str = "Pending";
+    /// The route is not accepted, so it is not in the route table.
+    pub const INVALID: &str = "Invalid";
+}
+
+/// Condition `status` values.
+pub mod status {
+    pub const TRUE: &str = "True";
+    pub const FALSE: &str = "False";
+}

@@ -1,0 +1,323 @@
+//! The controller loop: reflectors over WsRoutes, Services and EndpointSlices feed stores;
+//! bursts of changes coalesce into one translate + publish; statuses go to the writer.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{self, Stream, StreamExt};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use super::index::Stores;
+use super::lease::{run_lease, LeaseConfig};
+use super::metrics::{KubeMetrics, Resource as Kind};
+use super::publish::{RoutePublisher, TableProblem};
+use super::resolve::SERVICE_NAME_LABEL;
+use super::status::compute_status;
+use super::writer::{DesiredStatus, DesiredStatuses, StatusWriter};
+use crate::api::WsRoute;
+
+/// How the Kubernetes source runs.
+#[derive(Clone, Debug)]
+pub struct KubeConfig {
+    /// Namespaces to watch; empty = all namespaces.
+    pub namespaces: Vec<String>,
+    /// Label selector on WsRoutes (`app=chat,tier!=test`); Services and slices are not filtered
+    /// by it.
+    pub label_selector: Option<String>,
+    /// Changes arriving within this window after the first one are published together.
+    pub debounce: Duration,
+    /// `controller` in Events and the prefix of the Lease name.
+    pub controller_name: String,
+    /// Leader election for the status writer; `None` = never write status.
+    pub lease: Option<LeaseConfig>,
+}
+
+impl KubeConfig {
+    /// All namespaces, no selector, 75 ms debounce, status written by the holder of Lease
+    /// `wsgate-status` in `lease_namespace`, as `identity` (the pod name).
+    pub fn new(identity: impl Into<String>, lease_namespace: impl Into<String>) -> Self {
+        KubeConfig {
+            namespaces: Vec::new(),
+            label_selector: None,
+            debounce: Duration::from_millis(75),
+            controller_name: "wsgate".into(),
+            lease: Some(LeaseConfig {
+                namespace: lease_namespace.into(),
+                name: "wsgate-status".into(),
+                identity: identity.into(),
+                duration: Duration::from_secs(15),
+                renew_every: Duration::from_secs(5),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("a watch stream ended; the reflector stores are gone")]
+    WatchEnded,
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::WatchEnded => "watch_ended",
+        }
+    }
+}
+
+type Changes = Pin<Box<dyn Stream<Item = Change> + Send>>;
+
+/// What a watch stream item means for the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    /// The store changed in a way that can change routes.
+    Routes,
+    /// Nothing for the table (relist in progress, status-only update, error).
+    Nothing,
+}
+
+/// A reflector for `K` over `api` feeding `writer`, mapped to `Change`s. Errors are logged
+/// and counted; the watcher retries with backoff while the store keeps its contents.
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    kind: Kind,
+    metrics: Arc<KubeMetrics>,
+) -> Changes
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    // WsRoutes are compared by generation so our own status writes do not rebuild the table.
+    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.managed_fields_mut().clear());
+    let stream = reflector::reflector(writer, stream).map(move |item| match item {
+        Ok(event) => {
+            metrics.watches_healthy.set(1);
+            match event {
+                watcher::Event::Apply(o) if kind == Kind::WsRoute => {
+                    let uid = o.uid().unwrap_or_default();
+                    let generation = o.meta().generation;
+                    match generations.insert(uid, generation) {
+                        Some(old) if old == generation => Change::Nothing,
+                        _ => Change::Routes,
+                    }
+                }
+                watcher::Event::Delete(o) => {
+                    generations.remove(&o.uid().unwrap_or_default());
+                    Change::Routes
+                }
+                watcher::Event::Apply(_) | watcher::Event::InitDone => Change::Routes,
+                watcher::Event::InitApply(o) => {
+                    if kind == Kind::WsRoute {
+                        generations.insert(o.uid().unwrap_or_default(), o.meta().generation);
+                    }
+                    Change::Nothing
+                }
+                watcher::Event::Init => Change::Nothing,
+            }
+        }
+        Err(e) => {
+            metrics.watch_error(kind);
+            tracing::warn!(resource = ?kind, error = %e, "watch failed; serving the last route table, retrying with backoff");
+            Change::Nothing
+        }
+    });
+    Box::pin(stream)
+}
+
+/// Runs the Kubernetes source until `shutdown`: watches, publishes route sets through
+/// `publisher`, sets `readiness` once every store has listed and the first table is
+/// published, and (while holding the Lease) writes status. API outages leave the last table
+/// serving.
+pub async fn run(
+    config: KubeConfig,
+    client: Client,
+    publisher: Arc<dyn RoutePublisher>,
+    metrics: Arc<KubeMetrics>,
+    readiness: watch::Sender<bool>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let mut route_cfg = watcher::Config::default();
+    if let Some(sel) = &config.label_selector {
+        route_cfg = route_cfg.labels(sel);
+    }
+    let slice_cfg = watcher::Config::default().labels(SERVICE_NAME_LABEL);
+
+    let scopes: Vec<Option<&str>> = if config.namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    let mut stores = Stores::default();
+    let mut changes: Vec<Changes> = Vec::new();
+    for ns in scopes {
+        let routes = Writer::<WsRoute>::default();
+        stores.routes.push(routes.as_reader());
+        changes.push(reflect(
+            api(&client, ns),
+            route_cfg.clone(),
+            routes,
+            Kind::WsRoute,
+            metrics.clone(),
+        ));
+        let services = Writer::<Service>::default();
+        stores.services.push(services.as_reader());
+        changes.push(reflect(
+            api(&client, ns),
+            watcher::Config::default(),
+            services,
+            Kind::Service,
+            metrics.clone(),
+        ));
+        let slices = Writer::<EndpointSlice>::default();
+        stores.slices.push(slices.as_reader());
+        changes.push(reflect(
+            api(&client, ns),
+            slice_cfg.clone(),
+            slices,
+            Kind::EndpointSlice,
+            metrics.clone(),
+        ));
+    }
+    let mut changes = stream::select_all(changes);
+
+    let (desired_tx, desired_rx) = watch::channel::<DesiredStatuses>(Arc::new(Vec::new()));
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(lease) = config.lease.clone() {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: config.controller_name.clone(),
+                instance: Some(lease.identity.clone()),
+            },
+        );
+        tasks.spawn(run_lease(
+            client.clone(),
+            lease,
+            leader_tx,
+            metrics.clone(),
+            stopped(),
+        ));
+        let writer = StatusWriter {
+            client: client.clone(),
+            recorder,
+            stores: stores.clone(),
+            metrics: metrics.clone(),
+        };
+        tasks.spawn(writer.run(desired_rx, leader_rx, stopped()));
+    }
+
+    let ready_stores = stores.clone();
+    let all_listed = async move { ready_stores.wait_until_ready().await.is_ok() };
+    tokio::pin!(all_listed, shutdown);
+    let mut listed = false;
+    let mut due: Option<tokio::time::Instant> = None;
+    let result = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            ok = &mut all_listed, if !listed => {
+                if !ok {
+                    break Err(Error::WatchEnded);
+                }
+                listed = true;
+                due = Some(tokio::time::Instant::now());
+            }
+            change = changes.next() => match change {
+                None => break Err(Error::WatchEnded),
+                Some(Change::Routes) if listed && due.is_none() => {
+                    due = Some(tokio::time::Instant::now() + config.debounce);
+                }
+                Some(_) => {}
+            },
+            _ = sleep_until_opt(due) => {
+                due = None;
+                let desired = rebuild(&stores, publisher.as_ref(), &metrics);
+                desired_tx.send_replace(desired);
+                readiness.send_replace(true);
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Translate the stores, publish, and compute every route's status.
+fn rebuild(
+    stores: &Stores,
+    publisher: &dyn RoutePublisher,
+    metrics: &KubeMetrics,
+) -> DesiredStatuses {
+    let translation = stores.translate();
+    let outcome = publisher.publish(&translation.routes);
+    metrics.rebuilds.inc();
+    tracing::info!(
+        routes = translation.routes.len(),
+        generation = outcome.generation,
+        problems = outcome.problems.len(),
+        "published routes from the API server"
+    );
+    let now = Time(Timestamp::now());
+    let desired = translation
+        .reports
+        .iter()
+        .map(|report| {
+            let problems: Vec<&TableProblem> = outcome
+                .problems
+                .iter()
+                .filter(|p| p.route == report.id)
+                .collect();
+            DesiredStatus {
+                namespace: report.namespace.clone(),
+                name: report.name.clone(),
+                uid: report.uid.clone(),
+                status: compute_status(report, &problems, Some(outcome.generation), now.clone()),
+            }
+        })
+        .collect();
+    Arc::new(desired)
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

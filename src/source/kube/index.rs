@@ -1,0 +1,168 @@
+//! The reflector stores → the plain model. `translate` is pure: a snapshot of WsRoutes,
+//! Services and EndpointSlices in, `Vec<Route>` plus one status input per WsRoute out.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::Store;
+
+use super::resolve::{Backends, Unresolved};
+use crate::api::{WsRoute, WsRouteStatus};
+use crate::model::{route_from_spec, EndpointState, FieldError, Route, RouteId, SpecBackends};
+
+/// Reader halves of the reflector stores; one per watched namespace (or one for all), since
+/// each watch stream swaps its own store whole on a relist.
+#[derive(Clone, Default)]
+pub struct Stores {
+    pub routes: Vec<Store<WsRoute>>,
+    pub services: Vec<Store<Service>>,
+    pub slices: Vec<Store<EndpointSlice>>,
+}
+
+impl Stores {
+    /// Resolves once every store has seen its first complete list.
+    pub async fn wait_until_ready(
+        &self,
+    ) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
+        for s in &self.routes {
+            s.wait_until_ready().await?;
+        }
+        for s in &self.services {
+            s.wait_until_ready().await?;
+        }
+        for s in &self.slices {
+            s.wait_until_ready().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads every store once.
+    pub fn translate(&self) -> Translation {
+        translate(
+            self.routes.iter().flat_map(Store::state),
+            &Backends::new(
+                self.services.iter().flat_map(Store::state),
+                self.slices.iter().flat_map(Store::state),
+            ),
+        )
+    }
+}
+
+/// What the backend reference of one route came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendRef {
+    /// `downstreamHostAndPorts`: nothing to resolve.
+    Static,
+    /// `serviceName` resolved (possibly to zero endpoints).
+    Service,
+    /// `serviceName` did not resolve.
+    Unresolved(Unresolved),
+}
+
+/// Everything `compute_status` needs about one WsRoute besides the table's verdict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteReport {
+    pub id: RouteId,
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+    pub generation: Option<i64>,
+    /// Problems `route_from_spec` found; non-empty means the route is not in `routes`.
+    pub field_errors: Vec<FieldError>,
+    pub backend: BackendRef,
+    /// Endpoints taking new connections.
+    pub ready_endpoints: i32,
+    /// The status the object carries now; conditions whose value did not change keep
+    /// its `lastTransitionTime`.
+    pub previous: Option<WsRouteStatus>,
+}
+
+/// One snapshot's worth of routes for the table and reports for status, both ordered by
+/// route id.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Translation {
+    pub routes: Vec<Route>,
+    pub reports: Vec<RouteReport>,
+}
+
+/// WsRoutes + backends → routes and status inputs. `order` is creation order
+/// (creationTimestamp, then namespace/name), so the oldest route wins a conflict.
+pub fn translate(
+    routes: impl IntoIterator<Item = Arc<WsRoute>>,
+    backends: &Backends,
+) -> Translation {
+    let mut objects: Vec<(
+        Option<k8s_openapi::jiff::Timestamp>,
+        String,
+        String,
+        Arc<WsRoute>,
+    )> = routes
+        .into_iter()
+        .filter_map(|r| {
+            let ns = r.metadata.namespace.clone()?;
+            let name = r.metadata.name.clone()?;
+            Some((
+                r.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                ns,
+                name,
+                r,
+            ))
+        })
+        .collect();
+    // Objects without a timestamp (never from a real API server) sort last, by name.
+    objects.sort_by(|a, b| (a.0.is_none(), a.0, &a.1, &a.2).cmp(&(b.0.is_none(), b.0, &b.1, &b.2)));
+
+    let mut out = Translation::default();
+    for (order, (_, namespace, name, obj)) in objects.into_iter().enumerate() {
+        let id = RouteId(format!("{namespace}/{name}"));
+        let spec = &obj.spec;
+        let mut field_errors = Vec::new();
+        let (backend, specs_backends) = match (&spec.service_name, &spec.service_port) {
+            (None, _) => (BackendRef::Static, SpecBackends::Static),
+            (Some(_), None) => {
+                field_errors.push(FieldError::new(
+                    "spec.servicePort",
+                    "`servicePort` (a port number or name of the Service) is required with `serviceName`",
+                ));
+                (BackendRef::Service, SpecBackends::Resolved(Vec::new()))
+            }
+            (Some(service), Some(port)) => match backends.resolve(&namespace, service, port) {
+                Ok(endpoints) => (BackendRef::Service, SpecBackends::Resolved(endpoints)),
+                // An unresolved backend still gets a route: clients see 503 + Retry-After (and
+                // keep reconnecting) rather than 404.
+                Err(e) => (
+                    BackendRef::Unresolved(e),
+                    SpecBackends::Resolved(Vec::new()),
+                ),
+            },
+        };
+        let mut ready_endpoints = 0;
+        match route_from_spec(id.clone(), order as u64, spec, specs_backends) {
+            Ok(route) if field_errors.is_empty() => {
+                ready_endpoints = route
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.state == EndpointState::Ready)
+                    .count();
+                out.routes.push(route);
+            }
+            Ok(_) => {}
+            Err(errors) => field_errors.extend(errors),
+        }
+        out.reports.push(RouteReport {
+            id,
+            namespace,
+            name,
+            uid: obj.metadata.uid.clone(),
+            generation: obj.metadata.generation,
+            field_errors,
+            backend,
+            ready_endpoints: i32::try_from(ready_endpoints).unwrap_or(i32::MAX),
+            previous: obj.status.clone(),
+        });
+    }
+    out.routes.sort_by(|a, b| a.id.cmp(&b.id));
+    out.reports.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}

@@ -1,0 +1,168 @@
+//! Pure status computation: one route's report + the table's verdict → `WsRouteStatus`
+//! with Gateway-API-style conditions.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::index::{BackendRef, RouteReport};
+use super::publish::{ProblemKind, TableProblem};
+use super::resolve::Unresolved;
+use crate::api::conditions::{accepted, programmed, resolved_refs, status};
+use crate::api::WsRouteStatus;
+
+/// The status a route should carry. `problems` are the table's problems for this route;
+/// `programmed_generation` is the table generation serving now (`None` before the first
+/// publish). A condition whose status, reason and message equal the previous one keeps its
+/// `lastTransitionTime`; others get `now`.
+pub fn compute_status(
+    report: &RouteReport,
+    problems: &[&TableProblem],
+    programmed_generation: Option<u64>,
+    now: Time,
+) -> WsRouteStatus {
+    let generation = report.generation;
+    let mut conditions = Vec::with_capacity(3);
+
+    let (accepted_ok, reason, message) = accepted_condition(report, problems);
+    conditions.push((accepted::TYPE, accepted_ok, reason, message));
+
+    let (ok, reason, message) = match &report.backend {
+        BackendRef::Static => (
+            true,
+            resolved_refs::RESOLVED_REFS,
+            "static backends".to_string(),
+        ),
+        BackendRef::Service => (
+            true,
+            resolved_refs::RESOLVED_REFS,
+            "Service and port resolved".to_string(),
+        ),
+        BackendRef::Unresolved(e @ Unresolved::PortNotFound { .. }) => {
+            (false, resolved_refs::PORT_NOT_FOUND, e.to_string())
+        }
+        BackendRef::Unresolved(e) => (false, resolved_refs::BACKEND_NOT_FOUND, e.to_string()),
+    };
+    conditions.push((resolved_refs::TYPE, ok, reason, message));
+
+    let (ok, reason, message) = match (accepted_ok, programmed_generation) {
+        (true, Some(_)) => (
+            true,
+            programmed::PROGRAMMED,
+            "the data plane serves this route".to_string(),
+        ),
+        (true, None) => (
+            false,
+            programmed::PENDING,
+            "waiting for the first route table".to_string(),
+        ),
+        (false, _) => (
+            false,
+            programmed::INVALID,
+            "not in the route table: the route is not accepted".to_string(),
+        ),
+    };
+    conditions.push((programmed::TYPE, ok, reason, message));
+
+    let previous = report.previous.as_ref();
+    WsRouteStatus {
+        observed_generation: generation,
+        ready_endpoints: report.ready_endpoints,
+        conditions: conditions
+            .into_iter()
+            .map(|(type_, ok, reason, message)| {
+                let status = if ok { status::TRUE } else { status::FALSE };
+                let kept = previous
+                    .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+                    .filter(|c| c.status == status && c.reason == reason && c.message == message)
+                    .map(|c| c.last_transition_time.clone());
+                Condition {
+                    type_: type_.to_string(),
+                    status: status.to_string(),
+                    reason: reason.to_string(),
+                    message,
+                    observed_generation: generation,
+                    last_transition_time: kept.unwrap_or_else(|| now.clone()),
+                }
+            })
+            .collect(),
+    }
+}
+
+fn accepted_condition(
+    report: &RouteReport,
+    problems: &[&TableProblem],
+) -> (bool, &'static str, String) {
+    if !report.field_errors.is_empty() {
+        let template = report
+            .field_errors
+            .iter()
+            .any(|e| e.field.ends_with("PathTemplate"));
+        let reason = if template {
+            accepted::INVALID_TEMPLATE
+        } else {
+            accepted::INVALID_PARAMETERS
+        };
+        return (
+            false,
+            reason,
+            join(report.field_errors.iter().map(|e| e.to_string())),
+        );
+    }
+    // A conflict outranks a template problem: fixing the template would not admit the route.
+    let mut sorted: Vec<&&TableProblem> = problems.iter().collect();
+    sorted.sort_by_key(|p| p.kind != ProblemKind::Conflicted);
+    match sorted.first() {
+        None => (true, accepted::ACCEPTED, "route is valid".to_string()),
+        Some(p) => {
+            let reason = match p.kind {
+                ProblemKind::Conflicted => accepted::CONFLICTED,
+                ProblemKind::InvalidTemplate => accepted::INVALID_TEMPLATE,
+            };
+            let msg = join(
+                sorted
+                    .iter()
+                    .filter(|q| q.kind == p.kind)
+                    .map(|q| format!("{}: {}", q.field, q.message)),
+            );
+            (false, reason, msg)
+        }
+    }
+}
+
+/// Condition messages are bounded (32 KiB in the API); a route with very many problems
+/// gets the first ones.
+fn join(parts: impl Iterator<Item = String>) -> String {
+    let mut out = String::new();
+    for part in parts {
+        if out.len() + part.len() > 1024 {
+            out.push_str("; …");
+            break;
+        }
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        out.push_str(&part);
+    }
+    out
+}
+
+/// Whether two statuses say the same thing, ignoring `lastTransitionTime`.
+pub fn same_ignoring_timestamps(a: &WsRouteStatus, b: &WsRouteStatus) -> bool {
+    let strip = |s: &WsRouteStatus| {
+        let mut conditions: Vec<_> = s
+            .conditions
+            .iter()
+            .map(|c| {
+                (
+                    c.type_.clone(),
+                    c.status.clone(),
+                    c.reason.clone(),
+                    c.message.clone(),
+                    c.observed_generation,
+                )
+            })
+            .collect();
+        conditions.sort();
+        (s.observed_generation, s.ready_endpoints, conditions)
+    };
+    strip(a) == strip(b)
+}

@@ -1,0 +1,696 @@
+//! Translation tests: watcher events drive real reflector stores; assertions are on the
+//! routes handed to the table and the status computed for each WsRoute.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{
+    Endpoint as SliceEndpoint, EndpointConditions, EndpointPort, EndpointSlice,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::Event;
+
+use super::*;
+use crate::api::conditions::{accepted, programmed, resolved_refs, status as cstatus};
+use crate::api::{HostAndPort, WsRoute, WsRouteSpec, WsRouteStatus};
+use crate::model::{Endpoint, EndpointState, Route, RouteId};
+
+/// Writers for one namespace-less (all namespaces) watch of each kind.
+struct World {
+    routes: Writer<WsRoute>,
+    services: Writer<Service>,
+    slices: Writer<EndpointSlice>,
+}
+
+impl World {
+    /// Stores that have seen an empty initial list of every kind.
+    fn new() -> Self {
+        let mut w = World {
+            routes: Writer::default(),
+            services: Writer::default(),
+            slices: Writer::default(),
+        };
+        w.routes.apply_watcher_event(&Event::Init);
+        w.routes.apply_watcher_event(&Event::InitDone);
+        w.services.apply_watcher_event(&Event::Init);
+        w.services.apply_watcher_event(&Event::InitDone);
+        w.slices.apply_watcher_event(&Event::Init);
+        w.slices.apply_watcher_event(&Event::InitDone);
+        w
+    }
+
+    fn stores(&self) -> Stores {
+        Stores {
+            routes: vec![self.routes.as_reader()],
+            services: vec![self.services.as_reader()],
+            slices: vec![self.slices.as_reader()],
+        }
+    }
+
+    fn route(&mut self, r: WsRoute) -> &mut Self {
+        self.routes.apply_watcher_event(&Event::Apply(r));
+        self
+    }
+
+    fn service(&mut self, s: Service) -> &mut Self {
+        self.services.apply_watcher_event(&Event::Apply(s));
+        self
+    }
+
+    fn slice(&mut self, s: EndpointSlice) -> &mut Self {
+        self.slices.apply_watcher_event(&Event::Apply(s));
+        self
+    }
+
+    fn translate(&self) -> Translation {
+        self.stores().translate()
+    }
+
+    fn endpoints(&self, id: &str) -> Vec<Endpoint> {
+        self.translate()
+            .routes
+            .into_iter()
+            .find(|r| r.id.0 == id)
+            .map(|r| r.endpoints)
+            .unwrap_or_else(|| panic!("route {id} is not in the table"))
+    }
+}
+
+fn meta(ns: &str, name: &str, created: i64) -> ObjectMeta {
+    ObjectMeta {
+        namespace: Some(ns.into()),
+        name: Some(name.into()),
+        uid: Some(format!("uid-{ns}-{name}")),
+        generation: Some(1),
+        creation_timestamp: Some(Time(Timestamp::from_second(created).expect("valid time"))),
+        ..ObjectMeta::default()
+    }
+}
+
+fn spec(path: &str) -> WsRouteSpec {
+    WsRouteSpec {
+        upstream_path_template: path.into(),
+        upstream_host: None,
+        upstream_http_method: Vec::new(),
+        route_is_case_sensitive: None,
+        priority: None,
+        downstream_path_template: "/{everything}".into(),
+        downstream_scheme: None,
+        service_name: None,
+        service_port: None,
+        downstream_host_and_ports: Vec::new(),
+        load_balancer_options: None,
+        dangerous_accept_any_server_certificate_validator: None,
+        timeouts: None,
+    }
+}
+
+fn service_route(ns: &str, name: &str, svc: &str, port: IntOrString) -> WsRoute {
+    let mut s = spec("/chat/{everything}");
+    s.service_name = Some(svc.into());
+    s.service_port = Some(port);
+    WsRoute {
+        metadata: meta(ns, name, 1_000),
+        spec: s,
+        status: None,
+    }
+}
+
+fn service(ns: &str, name: &str, ports: &[(Option<&str>, i32)]) -> Service {
+    Service {
+        metadata: meta(ns, name, 1_000),
+        spec: Some(ServiceSpec {
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p)| ServicePort {
+                        name: n.map(str::to_string),
+                        port: *p,
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Pod {
+    Ready,
+    Terminating,
+    NotReady,
+}
+
+fn slice(
+    ns: &str,
+    name: &str,
+    svc: &str,
+    address_type: &str,
+    ports: &[(Option<&str>, i32)],
+    pods: &[(&str, Pod)],
+) -> EndpointSlice {
+    let mut m = meta(ns, name, 1_000);
+    m.labels = Some(BTreeMap::from([(
+        SERVICE_NAME_LABEL.to_string(),
+        svc.to_string(),
+    )]));
+    EndpointSlice {
+        metadata: m,
+        address_type: address_type.into(),
+        ports: Some(
+            ports
+                .iter()
+                .map(|(n, p)| EndpointPort {
+                    name: n.map(str::to_string),
+                    port: Some(*p),
+                    protocol: Some("TCP".into()),
+                    ..EndpointPort::default()
+                })
+                .collect(),
+        ),
+        endpoints: pods
+            .iter()
+            .map(|(ip, pod)| {
+                let (ready, serving, terminating) = match pod {
+                    Pod::Ready => (true, true, false),
+                    Pod::Terminating => (false, true, true),
+                    Pod::NotReady => (false, false, false),
+                };
+                SliceEndpoint {
+                    addresses: vec![ip.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(ready),
+                        serving: Some(serving),
+                        terminating: Some(terminating),
+                    }),
+                    ..SliceEndpoint::default()
+                }
+            })
+            .collect(),
+    }
+}
+
+fn ready(ip: &str, port: u16) -> Endpoint {
+    Endpoint::new(ip, port)
+}
+
+fn terminating(ip: &str, port: u16) -> Endpoint {
+    Endpoint::new(ip, port).with_state(EndpointState::Terminating)
+}
+
+fn report<'a>(t: &'a Translation, id: &str) -> &'a RouteReport {
+    t.reports
+        .iter()
+        .find(|r| r.id.0 == id)
+        .unwrap_or_else(|| panic!("no report for {id}"))
+}
+
+fn now() -> Time {
+    Time(Timestamp::from_second(2_000).expect("valid time"))
+}
+
+fn status_of(
+    t: &Translation,
+    id: &str,
+    problems: &[TableProblem],
+    generation: Option<u64>,
+) -> WsRouteStatus {
+    let r = report(t, id);
+    let mine: Vec<&TableProblem> = problems.iter().filter(|p| p.route == r.id).collect();
+    compute_status(r, &mine, generation, now())
+}
+
+fn condition<'a>(s: &'a WsRouteStatus, type_: &str) -> (&'a str, &'a str) {
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {s:?}"));
+    (c.status.as_str(), c.reason.as_str())
+}
+
+/// A chat Service with one named port `http` (80 → pod 8080) and its slice.
+fn chat_world(pods: &[(&str, Pod)]) -> World {
+    let mut w = World::new();
+    w.service(service("apps", "chat", &[(Some("http"), 80)]))
+        .slice(slice(
+            "apps",
+            "chat-a",
+            "chat",
+            "IPv4",
+            &[(Some("http"), 8080)],
+            pods,
+        ))
+        .route(service_route("apps", "chat", "chat", IntOrString::Int(80)));
+    w
+}
+
+/// Adding ready pods to the slice adds them to the route; the ready count follows.
+#[test]
+fn scale_up_adds_ready_endpoints() {
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    assert_eq!(w.endpoints("apps/chat"), vec![ready("10.0.0.1", 8080)]);
+    w.slice(slice(
+        "apps",
+        "chat-a",
+        "chat",
+        "IPv4",
+        &[(Some("http"), 8080)],
+        &[
+            ("10.0.0.1", Pod::Ready),
+            ("10.0.0.2", Pod::Ready),
+            ("10.0.0.3", Pod::Ready),
+        ],
+    ));
+    let t = w.translate();
+    assert_eq!(
+        w.endpoints("apps/chat"),
+        vec![
+            ready("10.0.0.1", 8080),
+            ready("10.0.0.2", 8080),
+            ready("10.0.0.3", 8080)
+        ]
+    );
+    assert_eq!(report(&t, "apps/chat").ready_endpoints, 3);
+    assert_eq!(status_of(&t, "apps/chat", &[], Some(1)).ready_endpoints, 3);
+}
+
+/// Pods removed from the slice leave the route.
+#[test]
+fn scale_down_removes_endpoints() {
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready), ("10.0.0.2", Pod::Ready)]);
+    w.slice(slice(
+        "apps",
+        "chat-a",
+        "chat",
+        "IPv4",
+        &[(Some("http"), 8080)],
+        &[("10.0.0.2", Pod::Ready)],
+    ));
+    assert_eq!(w.endpoints("apps/chat"), vec![ready("10.0.0.2", 8080)]);
+}
+
+/// Serving-and-terminating endpoints stay (for their connections) marked Terminating;
+/// not-ready, not-serving endpoints are left out and neither counts as ready.
+#[test]
+fn terminating_endpoints_kept_as_terminating_and_unready_excluded() {
+    let w = chat_world(&[
+        ("10.0.0.1", Pod::Ready),
+        ("10.0.0.2", Pod::Terminating),
+        ("10.0.0.3", Pod::NotReady),
+    ]);
+    assert_eq!(
+        w.endpoints("apps/chat"),
+        vec![ready("10.0.0.1", 8080), terminating("10.0.0.2", 8080)]
+    );
+    assert_eq!(report(&w.translate(), "apps/chat").ready_endpoints, 1);
+}
+
+/// A `servicePort` name resolves through the Service port name to each slice's pod port.
+#[test]
+fn named_service_port_resolves_to_pod_port_per_slice() {
+    let mut w = World::new();
+    w.service(service(
+        "apps",
+        "chat",
+        &[(Some("metrics"), 9090), (Some("ws"), 80)],
+    ))
+    .slice(slice(
+        "apps",
+        "chat-a",
+        "chat",
+        "IPv4",
+        &[(Some("metrics"), 9090), (Some("ws"), 8080)],
+        &[("10.0.0.1", Pod::Ready)],
+    ))
+    // A slice of pods from a rollout that moved the target port.
+    .slice(slice(
+        "apps",
+        "chat-b",
+        "chat",
+        "IPv4",
+        &[(Some("ws"), 8081)],
+        &[("10.0.0.2", Pod::Ready)],
+    ))
+    .route(service_route(
+        "apps",
+        "chat",
+        "chat",
+        IntOrString::String("ws".into()),
+    ));
+    assert_eq!(
+        w.endpoints("apps/chat"),
+        vec![ready("10.0.0.1", 8080), ready("10.0.0.2", 8081)]
+    );
+}
+
+/// IPv4 and IPv6 slices of one Service are merged; an address listed twice counts once.
+#[test]
+fn ipv4_and_ipv6_slices_merge_without_duplicates() {
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    w.slice(slice(
+        "apps",
+        "chat-v6",
+        "chat",
+        "IPv6",
+        &[(Some("http"), 8080)],
+        &[("fd00::1", Pod::Ready)],
+    ))
+    // The same pod while the EndpointSlice controller moves it between slices.
+    .slice(slice(
+        "apps",
+        "chat-c",
+        "chat",
+        "IPv4",
+        &[(Some("http"), 8080)],
+        &[("10.0.0.1", Pod::Ready)],
+    ));
+    let eps = w.endpoints("apps/chat");
+    assert_eq!(eps, vec![ready("10.0.0.1", 8080), ready("fd00::1", 8080)]);
+    assert_eq!(eps[1].authority(), "[fd00::1]:8080");
+    assert_eq!(report(&w.translate(), "apps/chat").ready_endpoints, 2);
+}
+
+/// A route to a missing Service stays in the table with no endpoints (503, not 404) and
+/// reports ResolvedRefs False / BackendNotFound; it resolves once the Service appears.
+#[test]
+fn missing_service_reports_backend_not_found_until_created() {
+    let mut w = World::new();
+    w.route(service_route("apps", "chat", "chat", IntOrString::Int(80)));
+    let t = w.translate();
+    assert_eq!(w.endpoints("apps/chat"), Vec::<Endpoint>::new());
+    let s = status_of(&t, "apps/chat", &[], Some(1));
+    assert_eq!(
+        condition(&s, resolved_refs::TYPE),
+        (cstatus::FALSE, resolved_refs::BACKEND_NOT_FOUND)
+    );
+    assert_eq!(
+        condition(&s, accepted::TYPE),
+        (cstatus::TRUE, accepted::ACCEPTED)
+    );
+    assert_eq!(
+        condition(&s, programmed::TYPE),
+        (cstatus::TRUE, programmed::PROGRAMMED)
+    );
+
+    w.service(service("apps", "chat", &[(Some("http"), 80)]))
+        .slice(slice(
+            "apps",
+            "chat-a",
+            "chat",
+            "IPv4",
+            &[(Some("http"), 8080)],
+            &[("10.0.0.1", Pod::Ready)],
+        ));
+    let s = status_of(&w.translate(), "apps/chat", &[], Some(2));
+    assert_eq!(
+        condition(&s, resolved_refs::TYPE),
+        (cstatus::TRUE, resolved_refs::RESOLVED_REFS)
+    );
+    assert_eq!(s.ready_endpoints, 1);
+}
+
+/// A Service in another namespace does not satisfy a route: references stay in-namespace.
+#[test]
+fn service_in_other_namespace_is_not_found() {
+    let mut w = World::new();
+    w.service(service("other", "chat", &[(Some("http"), 80)]))
+        .route(service_route("apps", "chat", "chat", IntOrString::Int(80)));
+    let t = w.translate();
+    assert!(matches!(
+        report(&t, "apps/chat").backend,
+        BackendRef::Unresolved(Unresolved::ServiceNotFound { .. })
+    ));
+}
+
+/// A port the Service does not have (by number or by name) is PortNotFound.
+#[test]
+fn unknown_service_port_reports_port_not_found() {
+    for port in [IntOrString::Int(81), IntOrString::String("grpc".into())] {
+        let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+        w.route(service_route("apps", "chat", "chat", port.clone()));
+        let s = status_of(&w.translate(), "apps/chat", &[], Some(1));
+        assert_eq!(
+            condition(&s, resolved_refs::TYPE),
+            (cstatus::FALSE, resolved_refs::PORT_NOT_FOUND),
+            "{port:?}"
+        );
+        assert!(s.conditions[1].message.contains("has no port"), "{s:?}");
+    }
+}
+
+/// A Service without EndpointSlices is BackendNotFound.
+#[test]
+fn service_without_slices_reports_backend_not_found() {
+    let mut w = World::new();
+    w.service(service("apps", "chat", &[(Some("http"), 80)]))
+        .route(service_route("apps", "chat", "chat", IntOrString::Int(80)));
+    let s = status_of(&w.translate(), "apps/chat", &[], Some(1));
+    assert_eq!(
+        condition(&s, resolved_refs::TYPE),
+        (cstatus::FALSE, resolved_refs::BACKEND_NOT_FOUND)
+    );
+    assert!(s.conditions[1].message.contains("no EndpointSlices"));
+}
+
+/// Routes are ordered by creation time then name, so the table's conflict rule (oldest
+/// wins) picks the route created first; the loser reports Accepted False / Conflicted and
+/// Programmed False, the winner stays Accepted.
+#[test]
+fn conflicting_routes_order_by_creation_and_loser_reports_conflicted() {
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let mut newer = service_route("apps", "a-newer", "chat", IntOrString::Int(80));
+    newer.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1_500).expect("time")));
+    w.route(newer);
+    let t = w.translate();
+    let order = |id: &str| {
+        t.routes
+            .iter()
+            .find(|r| r.id.0 == id)
+            .expect("in table")
+            .order
+    };
+    assert!(order("apps/chat") < order("apps/a-newer"));
+
+    // What the table says about the pair.
+    let problems = vec![TableProblem {
+        route: RouteId("apps/a-newer".into()),
+        kind: ProblemKind::Conflicted,
+        field: "spec.upstreamPathTemplate".into(),
+        message: "`/chat/{everything}` is already served by apps/chat".into(),
+    }];
+    let loser = status_of(&t, "apps/a-newer", &problems, Some(3));
+    assert_eq!(
+        condition(&loser, accepted::TYPE),
+        (cstatus::FALSE, accepted::CONFLICTED)
+    );
+    assert_eq!(
+        condition(&loser, programmed::TYPE),
+        (cstatus::FALSE, programmed::INVALID)
+    );
+    assert!(loser.conditions[0].message.contains("apps/chat"));
+    let winner = status_of(&t, "apps/chat", &problems, Some(3));
+    assert_eq!(
+        condition(&winner, accepted::TYPE),
+        (cstatus::TRUE, accepted::ACCEPTED)
+    );
+}
+
+/// A template the table cannot parse reports Accepted False / InvalidTemplate; a spec
+/// template without a leading `/` is caught before the table, with the field named.
+#[test]
+fn invalid_templates_report_invalid_template() {
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let problems = vec![TableProblem {
+        route: RouteId("apps/chat".into()),
+        kind: ProblemKind::InvalidTemplate,
+        field: "spec.upstreamPathTemplate".into(),
+        message: "unclosed `{`".into(),
+    }];
+    let s = status_of(&w.translate(), "apps/chat", &problems, Some(1));
+    assert_eq!(
+        condition(&s, accepted::TYPE),
+        (cstatus::FALSE, accepted::INVALID_TEMPLATE)
+    );
+
+    let mut bad = service_route("apps", "bad", "chat", IntOrString::Int(80));
+    bad.spec.upstream_path_template = "chat".into();
+    w.route(bad);
+    let t = w.translate();
+    assert!(
+        t.routes.iter().all(|r| r.id.0 != "apps/bad"),
+        "invalid route left out"
+    );
+    let s = status_of(&t, "apps/bad", &[], Some(1));
+    assert_eq!(
+        condition(&s, accepted::TYPE),
+        (cstatus::FALSE, accepted::INVALID_TEMPLATE)
+    );
+    assert!(
+        s.conditions[0]
+            .message
+            .contains("spec.upstreamPathTemplate"),
+        "{s:?}"
+    );
+    assert_eq!(
+        condition(&s, programmed::TYPE),
+        (cstatus::FALSE, programmed::INVALID)
+    );
+}
+
+/// Other field errors report InvalidParameters naming the field.
+#[test]
+fn invalid_field_reports_invalid_parameters() {
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let mut r = service_route("apps", "chat", "chat", IntOrString::Int(80));
+    r.spec.upstream_http_method = vec!["GE T".into()];
+    w.route(r);
+    let s = status_of(&w.translate(), "apps/chat", &[], Some(1));
+    assert_eq!(
+        condition(&s, accepted::TYPE),
+        (cstatus::FALSE, accepted::INVALID_PARAMETERS)
+    );
+    assert!(
+        s.conditions[0]
+            .message
+            .contains("spec.upstreamHttpMethod[0]"),
+        "{s:?}"
+    );
+}
+
+/// A deleted WsRoute leaves the table and has no report.
+#[test]
+fn deleted_route_leaves_table() {
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let r = service_route("apps", "chat", "chat", IntOrString::Int(80));
+    w.routes.apply_watcher_event(&Event::Delete(r));
+    let t = w.translate();
+    assert!(t.routes.is_empty());
+    assert!(t.reports.is_empty());
+}
+
+/// A relist (watch restart) replaces the store whole: objects missing from it are gone.
+#[test]
+fn relist_drops_objects_missing_from_the_new_list() {
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let mut other = service_route("apps", "other", "chat", IntOrString::Int(80));
+    other.spec.upstream_path_template = "/other".into();
+    w.route(other.clone());
+    assert_eq!(w.translate().routes.len(), 2);
+    w.routes.apply_watcher_event(&Event::Init);
+    w.routes.apply_watcher_event(&Event::InitApply(other));
+    // Until InitDone the old contents still serve.
+    assert_eq!(w.translate().routes.len(), 2);
+    w.routes.apply_watcher_event(&Event::InitDone);
+    let ids: Vec<_> = w.translate().routes.into_iter().map(|r| r.id.0).collect();
+    assert_eq!(ids, ["apps/other"]);
+}
+
+/// Static backends in a cluster route pass through as ready endpoints.
+#[test]
+fn static_backends_resolve_without_service() {
+    let mut w = World::new();
+    let mut s = spec("/s");
+    s.downstream_host_and_ports = vec![HostAndPort {
+        host: "10.1.1.1".into(),
+        port: 5001,
+    }];
+    w.route(WsRoute {
+        metadata: meta("apps", "static", 1_000),
+        spec: s,
+        status: None,
+    });
+    let t = w.translate();
+    let route: &Route = &t.routes[0];
+    assert_eq!(route.endpoints, vec![ready("10.1.1.1", 5001)]);
+    let st = status_of(&t, "apps/static", &[], Some(1));
+    assert_eq!(
+        condition(&st, resolved_refs::TYPE),
+        (cstatus::TRUE, resolved_refs::RESOLVED_REFS)
+    );
+    assert_eq!(st.ready_endpoints, 1);
+}
+
+/// Before the first publish an accepted route is Programmed False / Pending.
+#[test]
+fn accepted_route_is_pending_before_first_publish() {
+    let w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let s = status_of(&w.translate(), "apps/chat", &[], None);
+    assert_eq!(
+        condition(&s, programmed::TYPE),
+        (cstatus::FALSE, programmed::PENDING)
+    );
+}
+
+/// Every condition carries the object's generation; unchanged conditions keep their
+/// lastTransitionTime, changed ones take `now`; comparing ignores timestamps.
+#[test]
+fn unchanged_conditions_keep_transition_time_and_compare_equal() {
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let mut r = service_route("apps", "chat", "chat", IntOrString::Int(80));
+    r.metadata.generation = Some(7);
+    w.route(r.clone());
+    let first = status_of(&w.translate(), "apps/chat", &[], Some(1));
+    assert!(first
+        .conditions
+        .iter()
+        .all(|c| c.observed_generation == Some(7)));
+    assert_eq!(first.observed_generation, Some(7));
+
+    // The object now carries that status, with an older timestamp.
+    let mut old = first.clone();
+    let then = Time(Timestamp::from_second(1_500).expect("time"));
+    for c in &mut old.conditions {
+        c.last_transition_time = then.clone();
+    }
+    r.status = Some(old.clone());
+    w.route(r.clone());
+    let again = status_of(&w.translate(), "apps/chat", &[], Some(2));
+    assert!(same_ignoring_timestamps(&again, &old));
+    assert!(again
+        .conditions
+        .iter()
+        .all(|c| c.last_transition_time == then));
+
+    // The Service disappears: only ResolvedRefs transitions.
+    w.services
+        .apply_watcher_event(&Event::Delete(service("apps", "chat", &[])));
+    let changed = status_of(&w.translate(), "apps/chat", &[], Some(3));
+    assert!(!same_ignoring_timestamps(&changed, &old));
+    let times: Vec<_> = changed
+        .conditions
+        .iter()
+        .map(|c| (c.type_.as_str(), c.last_transition_time.clone()))
+        .collect();
+    assert_eq!(
+        times,
+        vec![
+            (accepted::TYPE, then.clone()),
+            (resolved_refs::TYPE, now()),
+            (programmed::TYPE, then.clone()),
+        ]
+    );
+}
+
+/// The writer keeps the object's lastTransitionTime for conditions that say the same thing,
+/// so a rebuild with a fresh `now` does not count as a change.
+#[test]
+fn carried_transition_times_make_rebuilds_equal() {
+    let w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let t = w.translate();
+    let on_object = status_of(&t, "apps/chat", &[], Some(1));
+    let r = report(&t, "apps/chat");
+    let later = compute_status(
+        r,
+        &[],
+        Some(2),
+        Time(Timestamp::from_second(9_000).expect("time")),
+    );
+    assert_ne!(later, on_object);
+    assert_eq!(carry_transition_times(&later, &on_object), on_object);
+}

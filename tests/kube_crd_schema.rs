@@ -1,0 +1,158 @@
+//! The generated CRD schema rejects what the API server can check on its own. CEL rules are
+//! evaluated client-side with kube's CEL validator (the same rules an API server runs).
+
+use kube::CustomResourceExt;
+use serde_json::{json, Value};
+use wsgate::api::WsRoute;
+
+fn schema() -> Value {
+    let crd = WsRoute::crd();
+    let version = &crd.spec.versions[0];
+    let schema = version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("the CRD has an openAPIV3Schema");
+    serde_json::to_value(schema).expect("schema is JSON")
+}
+
+fn route(spec: Value) -> Value {
+    json!({
+        "apiVersion": "wsgate.io/v1alpha1",
+        "kind": "WsRoute",
+        "metadata": {"name": "chat", "namespace": "apps"},
+        "spec": spec,
+    })
+}
+
+fn cel_errors(spec: Value) -> Vec<String> {
+    match kube::core::cel::Validator::new().validate(&schema(), &route(spec), None) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.to_string().lines().map(str::to_string).collect(),
+    }
+}
+
+/// A route with a Service and port passes every CEL rule.
+#[test]
+fn service_route_passes_cel_rules() {
+    let errors = cel_errors(json!({
+        "upstreamPathTemplate": "/chat/{room}",
+        "downstreamPathTemplate": "/{room}",
+        "serviceName": "chat",
+        "servicePort": "http",
+    }));
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+/// A route with static backends and no Service passes every CEL rule.
+#[test]
+fn static_route_passes_cel_rules() {
+    let errors = cel_errors(json!({
+        "upstreamPathTemplate": "/chat",
+        "downstreamPathTemplate": "/chat",
+        "downstreamHostAndPorts": [{"host": "10.0.0.7", "port": 5001}],
+    }));
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+/// Both `serviceName` and `downstreamHostAndPorts` is rejected.
+#[test]
+fn service_and_static_backends_together_are_rejected() {
+    let errors = cel_errors(json!({
+        "upstreamPathTemplate": "/chat",
+        "downstreamPathTemplate": "/chat",
+        "serviceName": "chat",
+        "servicePort": 80,
+        "downstreamHostAndPorts": [{"host": "10.0.0.7", "port": 5001}],
+    }));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("exactly one of serviceName and downstreamHostAndPorts")),
+        "{errors:?}"
+    );
+}
+
+/// Neither `serviceName` nor `downstreamHostAndPorts` is rejected.
+#[test]
+fn route_without_backends_is_rejected() {
+    let errors = cel_errors(json!({
+        "upstreamPathTemplate": "/chat",
+        "downstreamPathTemplate": "/chat",
+    }));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("exactly one of serviceName and downstreamHostAndPorts")),
+        "{errors:?}"
+    );
+}
+
+/// `serviceName` without `servicePort` is rejected.
+#[test]
+fn service_without_port_is_rejected() {
+    let errors = cel_errors(json!({
+        "upstreamPathTemplate": "/chat",
+        "downstreamPathTemplate": "/chat",
+        "serviceName": "chat",
+    }));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("serviceName and servicePort go together")),
+        "{errors:?}"
+    );
+}
+
+/// A `servicePort` number outside 1-65535 is rejected; so is a malformed port name.
+#[test]
+fn service_port_out_of_range_or_malformed_is_rejected() {
+    for port in [json!(0), json!(70000), json!("Not_A_Name")] {
+        let errors = cel_errors(json!({
+            "upstreamPathTemplate": "/chat",
+            "downstreamPathTemplate": "/chat",
+            "serviceName": "chat",
+            "servicePort": port,
+        }));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("servicePort is a port number")),
+            "{port}: {errors:?}"
+        );
+    }
+}
+
+/// Structural rules: templates start with `/`, enums for scheme and balancer, port ranges.
+#[test]
+fn schema_carries_patterns_enums_and_port_ranges() {
+    let s = schema();
+    let spec = &s["properties"]["spec"]["properties"];
+    assert_eq!(spec["upstreamPathTemplate"]["pattern"], "^/");
+    assert_eq!(spec["downstreamPathTemplate"]["pattern"], "^/");
+    let schemes = spec["downstreamScheme"]["enum"].as_array().expect("enum");
+    assert!(schemes.contains(&json!("ws")) && schemes.contains(&json!("wss")));
+    assert_eq!(
+        spec["loadBalancerOptions"]["properties"]["type"]["enum"],
+        json!(["NoLoadBalancer", "RoundRobin", "LeastConnection"])
+    );
+    let port = &spec["downstreamHostAndPorts"]["items"]["properties"]["port"];
+    assert_eq!(port["minimum"].as_f64(), Some(1.0));
+    assert_eq!(port["maximum"].as_f64(), Some(65535.0));
+}
+
+/// `kubectl get wsr` shows host, path, backend, ready endpoints, programmed and age.
+#[test]
+fn printer_columns_show_host_path_backend_ready_programmed_age() {
+    let crd = WsRoute::crd();
+    let names: Vec<_> = crd.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["Host", "Path", "Backend", "Ready", "Programmed", "Age"]
+    );
+}
