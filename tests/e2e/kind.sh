@@ -120,9 +120,7 @@ kc apply --server-side --force-conflicts -f charts/wsgate/crds/
 kc wait --for=condition=Established "crd/$CRD" --timeout=60s
 helm upgrade --install "$RELEASE" charts/wsgate \
   --kube-context "$CONTEXT" --namespace "$GATEWAY_NS" --create-namespace \
-  --set image.repository=wsgate --set "image.tag=$IMAGE_TAG" \
-  --set replicaCount=2 --set gateway.shutdownDelaySeconds=2 --set gateway.drainTimeoutSeconds=10 \
-  --set gateway.logLevel=info,wsgate=debug \
+  --values tests/e2e/kind-values.yaml --set "image.tag=$IMAGE_TAG" \
   --wait --timeout 180s
 kc -n "$GATEWAY_NS" get deploy,pods,svc,pdb,lease
 

@@ -57,23 +57,24 @@ app.kubernetes.io/component: gateway
 {{- end }}
 
 {{/*
-The rules the controller needs where WsRoutes live (cluster-wide or per watched namespace).
+The rules the controller needs where WsRoutes live (cluster-wide or per watched namespace),
+exactly the calls docs/kubernetes.md lists. No `get`: everything is read from watch caches.
 Events: kube-runtime's Recorder creates events.k8s.io/v1 Events in the WsRoute's namespace
 and patches the same Event when it repeats (its series count), hence create + patch.
 */}}
 {{- define "wsgate.routeRules" -}}
 - apiGroups: ["wsgate.io"]
   resources: ["wsroutes"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["wsgate.io"]
   resources: ["wsroutes/status"]
   verbs: ["patch"]
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
