@@ -11,9 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use wsgate::model::{Endpoint, Route};
-use wsgate::source::kube::{
-    run, KubeConfig, KubeMetrics, PatchOutcome, PublishOutcome, Resource, RoutePublisher,
-};
+use wsgate::source::kube::{run, KubeConfig, KubeMetrics, PatchOutcome, Resource, RoutePublisher};
 
 use support::fake_apiserver::FakeApiServer;
 
@@ -73,7 +71,7 @@ fn recording_publisher() -> (Arc<dyn RoutePublisher>, Published) {
             generation = *g;
             *r = routes.to_vec();
         });
-        PublishOutcome {
+        wsgate::table::Published {
             generation,
             problems: Vec::new(),
         }

@@ -6,10 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::{Server, ServerOptions};
-use crate::model::Route;
-use crate::source::kube::{
-    self as kube_source, KubeConfig, KubeMetrics, ProblemKind, PublishOutcome, TableProblem,
-};
+use crate::source::kube::{self as kube_source, KubeConfig, KubeMetrics};
 use crate::table::Publisher;
 use crate::telemetry::Metrics;
 
@@ -58,19 +55,11 @@ pub async fn run(options: ClusterOptions) -> anyhow::Result<()> {
         }
     });
 
-    let table = Arc::clone(&publisher);
-    let publish = move |routes: &[Route]| {
-        let published = table.publish(routes);
-        PublishOutcome {
-            generation: published.generation,
-            problems: published.problems.into_iter().map(table_problem).collect(),
-        }
-    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut controller = tokio::spawn(kube_source::run(
         config,
         client,
-        Arc::new(publish),
+        publisher,
         kube_metrics,
         ready_tx,
         async move {
@@ -100,16 +89,4 @@ pub async fn run(options: ClusterOptions) -> anyhow::Result<()> {
     };
     tokio::join!(server.shutdown(), release);
     Ok(())
-}
-
-fn table_problem(p: crate::table::RouteProblem) -> TableProblem {
-    TableProblem {
-        route: p.route,
-        kind: match p.reason {
-            crate::table::ProblemReason::InvalidTemplate => ProblemKind::InvalidTemplate,
-            crate::table::ProblemReason::Conflicted => ProblemKind::Conflicted,
-        },
-        field: p.field,
-        message: p.message,
-    }
 }

@@ -23,11 +23,12 @@ use tokio::sync::watch;
 use super::index::Stores;
 use super::lease::{run_lease, LeaseConfig};
 use super::metrics::{KubeMetrics, Resource as Kind};
-use super::publish::{RoutePublisher, TableProblem};
+use super::publish::RoutePublisher;
 use super::resolve::SERVICE_NAME_LABEL;
 use super::status::compute_status;
 use super::writer::{DesiredStatus, DesiredStatuses, StatusWriter};
 use crate::api::WsRoute;
+use crate::table::RouteProblem;
 
 /// How the Kubernetes source runs.
 #[derive(Clone, Debug)]
@@ -299,7 +300,7 @@ fn rebuild(
         .reports
         .iter()
         .map(|report| {
-            let problems: Vec<&TableProblem> = outcome
+            let problems: Vec<&RouteProblem> = outcome
                 .problems
                 .iter()
                 .filter(|p| p.route == report.id)

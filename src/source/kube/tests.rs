@@ -17,6 +17,7 @@ use super::*;
 use crate::api::conditions::{accepted, programmed, resolved_refs, status as cstatus};
 use crate::api::{HostAndPort, WsRoute, WsRouteSpec, WsRouteStatus};
 use crate::model::{Endpoint, EndpointState, Route, RouteId};
+use crate::table::{ProblemReason, RouteProblem};
 
 /// Writers for one namespace-less (all namespaces) watch of each kind.
 struct World {
@@ -217,11 +218,11 @@ fn now() -> Time {
 fn status_of(
     t: &Translation,
     id: &str,
-    problems: &[TableProblem],
+    problems: &[RouteProblem],
     generation: Option<u64>,
 ) -> WsRouteStatus {
     let r = report(t, id);
-    let mine: Vec<&TableProblem> = problems.iter().filter(|p| p.route == r.id).collect();
+    let mine: Vec<&RouteProblem> = problems.iter().filter(|p| p.route == r.id).collect();
     compute_status(r, &mine, generation, now())
 }
 
@@ -478,9 +479,9 @@ fn conflicting_routes_order_by_creation_and_loser_reports_conflicted() {
     assert!(order("apps/chat") < order("apps/a-newer"));
 
     // What the table says about the pair.
-    let problems = vec![TableProblem {
+    let problems = vec![RouteProblem {
         route: RouteId("apps/a-newer".into()),
-        kind: ProblemKind::Conflicted,
+        reason: ProblemReason::Conflicted,
         field: "spec.upstreamPathTemplate".into(),
         message: "`/chat/{everything}` is already served by apps/chat".into(),
     }];
@@ -506,9 +507,9 @@ fn conflicting_routes_order_by_creation_and_loser_reports_conflicted() {
 #[test]
 fn invalid_templates_report_invalid_template() {
     let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
-    let problems = vec![TableProblem {
+    let problems = vec![RouteProblem {
         route: RouteId("apps/chat".into()),
-        kind: ProblemKind::InvalidTemplate,
+        reason: ProblemReason::InvalidTemplate,
         field: "spec.upstreamPathTemplate".into(),
         message: "unclosed `{`".into(),
     }];
