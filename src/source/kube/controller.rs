@@ -132,8 +132,20 @@ where
                     }
                     Change::Nothing
                 }
-                watcher::Event::Init => Change::Nothing,
+                watcher::Event::Init => {
+                    // A relist: objects deleted meanwhile never get a Delete event.
+                    generations.clear();
+                    Change::Nothing
+                }
             }
+        }
+        // The API server no longer has our resourceVersion (compaction, watch-cache restart):
+        // the watcher lists again and the store is replaced whole at InitDone. Routine, and
+        // the API server is there, so it is not a watch failure.
+        Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+            metrics.relist(kind);
+            tracing::info!(resource = ?kind, message = %status.message, "resourceVersion expired; listing again");
+            Change::Nothing
         }
         Err(e) => {
             metrics.watch_error(kind);

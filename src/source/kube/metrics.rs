@@ -1,4 +1,5 @@
-//! Controller metrics: watch failures per resource (the fail-static signal), status patch
+//! Controller metrics: watch failures per resource (the fail-static signal), relists after
+//! 410 Gone, status patch
 //! outcomes, leadership and rebuilds. Registered by the caller into the process registry.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -35,6 +36,7 @@ struct OutcomeLabel {
 #[derive(Clone, Debug, Default)]
 pub struct KubeMetrics {
     watch_errors: Family<ResourceLabel, Counter>,
+    relists: Family<ResourceLabel, Counter>,
     /// 1 while every watch delivers, 0 after a failure until the next successful event.
     pub watches_healthy: Gauge,
     status_patches: Family<OutcomeLabel, Counter>,
@@ -50,6 +52,11 @@ impl KubeMetrics {
             "kube_watch_errors",
             "Failed list/watch calls to the API server; the last route table keeps serving",
             self.watch_errors.clone(),
+        );
+        registry.register(
+            "kube_watch_relists",
+            "Watches whose resourceVersion expired (410 Gone) and that listed again",
+            self.relists.clone(),
         );
         registry.register(
             "kube_watches_healthy",
@@ -87,6 +94,18 @@ impl KubeMetrics {
 
     pub fn watch_errors(&self, resource: Resource) -> u64 {
         self.watch_errors
+            .get_or_create(&ResourceLabel { resource })
+            .get()
+    }
+
+    pub fn relist(&self, resource: Resource) {
+        self.relists
+            .get_or_create(&ResourceLabel { resource })
+            .inc();
+    }
+
+    pub fn relists(&self, resource: Resource) -> u64 {
+        self.relists
             .get_or_create(&ResourceLabel { resource })
             .get()
     }
