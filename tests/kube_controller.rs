@@ -344,3 +344,41 @@ async fn watch_410_gone_forces_relist_and_table_matches_the_api() {
         .expect("controller task")
         .expect("controller result");
 }
+
+/// A WsRoute with a field of the wrong type does not fail the list: the other routes are
+/// published, the bad one is counted, and once fixed it joins the table.
+#[tokio::test]
+async fn undeserializable_route_is_counted_and_does_not_stall_the_others() {
+    let fake = FakeApiServer::start().await;
+    fake.apply(service()).await;
+    fake.apply(slice(&["10.0.0.1"])).await;
+    fake.apply(route()).await;
+    let mut bad = static_route("bad", "/bad");
+    bad["spec"]["downstreamHostAndPorts"][0]["port"] = json!("not a number");
+    fake.apply(bad).await;
+    let (published, metrics, stop_tx, controller) = start_reader(&fake).await;
+    assert_eq!(route_ids(&published), ["apps/chat"]);
+    assert_eq!(metrics.invalid_routes.get(), 1);
+    assert_eq!(metrics.watch_errors(Resource::WsRoute), 0);
+
+    // Watch events for the other routes keep flowing.
+    fake.apply(static_route("other", "/other")).await;
+    eventually("the other route", || async {
+        (route_ids(&published) == ["apps/chat", "apps/other"]).then_some(())
+    })
+    .await;
+
+    fake.apply(static_route("bad", "/bad")).await;
+    eventually("the fixed route", || async {
+        (route_ids(&published) == ["apps/bad", "apps/chat", "apps/other"]).then_some(())
+    })
+    .await;
+    assert_eq!(metrics.invalid_routes.get(), 0);
+
+    stop_tx.send(()).expect("controller running");
+    tokio::time::timeout(DEADLINE, controller)
+        .await
+        .expect("controller stops in time")
+        .expect("controller task")
+        .expect("controller result");
+}

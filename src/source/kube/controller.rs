@@ -20,14 +20,13 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use super::index::Stores;
+use super::index::{GuardedRoute, Stores};
 use super::lease::{run_lease, LeaseConfig};
 use super::metrics::{KubeMetrics, Resource as Kind};
 use super::publish::RoutePublisher;
 use super::resolve::SERVICE_NAME_LABEL;
 use super::status::compute_status;
 use super::writer::{DesiredStatus, DesiredStatuses, StatusWriter};
-use crate::api::WsRoute;
 use crate::table::RouteProblem;
 
 /// How the Kubernetes source runs.
@@ -182,7 +181,7 @@ pub async fn run(
     let mut stores = Stores::default();
     let mut changes: Vec<Changes> = Vec::new();
     for ns in scopes {
-        let routes = Writer::<WsRoute>::default();
+        let routes = Writer::<GuardedRoute>::default();
         stores.routes.push(routes.as_reader());
         changes.push(reflect(
             api(&client, ns),
@@ -250,6 +249,7 @@ pub async fn run(
     let all_listed = async move { ready_stores.wait_until_ready().await.is_ok() };
     tokio::pin!(all_listed, shutdown);
     let mut listed = false;
+    let mut invalid_reported = HashMap::new();
     let mut due: Option<tokio::time::Instant> = None;
     let result = loop {
         tokio::select! {
@@ -270,7 +270,7 @@ pub async fn run(
             },
             _ = sleep_until_opt(due) => {
                 due = None;
-                let desired = rebuild(&stores, publisher.as_ref(), &metrics);
+                let desired = rebuild(&stores, publisher.as_ref(), &metrics, &mut invalid_reported);
                 desired_tx.send_replace(desired);
                 readiness.send_replace(true);
             }
@@ -292,12 +292,31 @@ where
     }
 }
 
-/// Translate the stores, publish, and compute every route's status.
+/// Translate the stores, publish, and compute every route's status. WsRoutes that do not
+/// deserialize are logged once per distinct error (`reported`) and counted.
 fn rebuild(
     stores: &Stores,
     publisher: &dyn RoutePublisher,
     metrics: &KubeMetrics,
+    reported: &mut HashMap<(String, String), String>,
 ) -> DesiredStatuses {
+    let invalid = stores.invalid_routes();
+    metrics
+        .invalid_routes
+        .set(i64::try_from(invalid.len()).unwrap_or(i64::MAX));
+    let mut still = HashMap::with_capacity(invalid.len());
+    for r in invalid {
+        let key = (r.namespace, r.name);
+        if reported.get(&key) != Some(&r.error) {
+            tracing::warn!(
+                route = %format!("{}/{}", key.0, key.1),
+                error = %r.error,
+                "WsRoute does not deserialize; left out of the route table (other routes are unaffected)"
+            );
+        }
+        still.insert(key, r.error);
+    }
+    *reported = still;
     let translation = stores.translate();
     let outcome = publisher.publish(&translation.routes);
     metrics.rebuilds.inc();

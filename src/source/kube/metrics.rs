@@ -44,6 +44,8 @@ pub struct KubeMetrics {
     /// 1 while this replica holds the status Lease.
     pub leader: Gauge,
     pub rebuilds: Counter,
+    /// WsRoutes in the stores that do not deserialize (left out of the table).
+    pub invalid_routes: Gauge,
 }
 
 impl KubeMetrics {
@@ -77,6 +79,11 @@ impl KubeMetrics {
             "kube_leader",
             "1 while this replica holds the status Lease",
             self.leader.clone(),
+        );
+        registry.register(
+            "kube_invalid_routes",
+            "WsRoutes that do not deserialize (e.g. a field of the wrong type) and are left out of the table",
+            self.invalid_routes.clone(),
         );
         registry.register(
             "kube_rebuilds",

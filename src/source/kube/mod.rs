@@ -19,7 +19,9 @@ mod writer;
 
 pub use crate::api::crd_yaml;
 pub use controller::{run, Error, KubeConfig};
-pub use index::{translate, BackendRef, RouteReport, Stores, Translation};
+pub use index::{
+    translate, BackendRef, GuardedRoute, InvalidRoute, RouteReport, Stores, Translation,
+};
 pub use lease::{decide, run_lease, LeaseConfig, LeaseDecision};
 pub use metrics::{KubeMetrics, PatchOutcome, Resource};
 pub use publish::RoutePublisher;
