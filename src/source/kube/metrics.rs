@@ -129,3 +129,33 @@ impl KubeMetrics {
             .get()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Metrics;
+
+    /// The controller's families are exported under these names (docs/kubernetes.md lists
+    /// them); counters carry `_total`.
+    #[test]
+    fn exported_metric_names_match_the_docs() {
+        let kube = KubeMetrics::default();
+        let metrics = Metrics::with_extra(|r| kube.register(r));
+        kube.watch_error(Resource::EndpointSlice);
+        kube.relist(Resource::WsRoute);
+        kube.status_patch(PatchOutcome::Written);
+        let text = metrics.encode();
+        for line in [
+            "wsgate_kube_watch_errors_total{resource=\"EndpointSlice\"} 1",
+            "wsgate_kube_watch_relists_total{resource=\"WsRoute\"} 1",
+            "wsgate_kube_watches_healthy 0",
+            "wsgate_kube_status_patches_total{outcome=\"Written\"} 1",
+            "wsgate_kube_events_failed_total 0",
+            "wsgate_kube_leader 0",
+            "wsgate_kube_invalid_routes 0",
+            "wsgate_kube_rebuilds_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
+    }
+}

@@ -724,7 +724,10 @@ fn undeserializable_route_is_listed_invalid_and_others_stay() {
         (invalid[0].namespace.as_str(), invalid[0].name.as_str()),
         ("apps", "bad")
     );
-    assert!(invalid[0].error.contains("Expected a string"), "{invalid:?}");
+    assert!(
+        invalid[0].error.contains("Expected a string"),
+        "{invalid:?}"
+    );
     assert!(w.stores().route("apps", "bad").is_none());
     assert!(w.stores().route("apps", "chat").is_some());
 }
