@@ -11,9 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use wsgate::model::{Endpoint, Route};
-use wsgate::source::kube::{
-    run, KubeConfig, KubeMetrics, PatchOutcome, PublishOutcome, Resource, RoutePublisher,
-};
+use wsgate::source::kube::{run, KubeConfig, KubeMetrics, PatchOutcome, Resource, RoutePublisher};
 
 use support::fake_apiserver::FakeApiServer;
 
@@ -73,7 +71,7 @@ fn recording_publisher() -> (Arc<dyn RoutePublisher>, Published) {
             generation = *g;
             *r = routes.to_vec();
         });
-        PublishOutcome {
+        wsgate::table::Published {
             generation,
             problems: Vec::new(),
         }
@@ -239,4 +237,148 @@ async fn controller_publishes_routes_writes_status_once_per_change_and_survives_
         .await
         .expect("lease");
     assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+}
+
+/// A route `apps/{name}` on `path` with static backends (no Service needed).
+fn static_route(name: &str, path: &str) -> Value {
+    json!({"apiVersion": "wsgate.io/v1alpha1", "kind": "WsRoute",
+        "metadata": {"namespace": "apps", "name": name},
+        "spec": {"upstreamPathTemplate": path, "downstreamPathTemplate": "/",
+                 "downstreamHostAndPorts": [{"host": "10.9.9.9", "port": 9000}]}})
+}
+
+fn route_ids(rx: &Published) -> Vec<String> {
+    rx.borrow().1.iter().map(|r| r.id.0.clone()).collect()
+}
+
+/// Starts the controller without a status writer against `fake`; returns once ready.
+async fn start_reader(
+    fake: &FakeApiServer,
+) -> (
+    Published,
+    Arc<KubeMetrics>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), wsgate::source::kube::Error>>,
+) {
+    let config = kube::Config::new(fake.url().parse().expect("url"));
+    let client = kube::Client::try_from(config).expect("client");
+    let mut cfg = KubeConfig::new("wsgate-0", "wsgate-system");
+    cfg.debounce = Duration::from_millis(20);
+    cfg.lease = None;
+    let (publisher, published) = recording_publisher();
+    let metrics = Arc::new(KubeMetrics::default());
+    let (ready_tx, mut ready_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(run(
+        cfg,
+        client,
+        publisher,
+        metrics.clone(),
+        ready_tx,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    tokio::time::timeout(DEADLINE, ready_rx.wait_for(|r| *r))
+        .await
+        .expect("ready in time")
+        .expect("readiness sender alive");
+    (published, metrics, stop_tx, controller)
+}
+
+/// A watch resumed from a compacted resourceVersion gets an ERROR event with code 410; the
+/// reflectors list again (counted as relists, not watch failures) and the table matches the
+/// API afterwards, including a deletion that no watch event ever reported.
+#[tokio::test]
+async fn watch_410_gone_forces_relist_and_table_matches_the_api() {
+    let fake = FakeApiServer::start().await;
+    fake.apply(service()).await;
+    fake.apply(slice(&["10.0.0.1"])).await;
+    fake.apply(route()).await;
+    fake.apply(static_route("other", "/other")).await;
+    let (published, metrics, stop_tx, controller) = start_reader(&fake).await;
+    assert_eq!(route_ids(&published), ["apps/chat", "apps/other"]);
+
+    // Compaction alone: every watch ends, resumes from its old resourceVersion, gets 410.
+    fake.compact().await;
+    eventually("a 410 for each watched resource", || async {
+        (metrics.relists(Resource::WsRoute) >= 1
+            && metrics.relists(Resource::Service) >= 1
+            && metrics.relists(Resource::EndpointSlice) >= 1)
+            .then_some(())
+    })
+    .await;
+    assert!(fake.gone_responses().await >= 3);
+    assert_eq!(metrics.watch_errors(Resource::WsRoute), 0);
+    // After the relist, watches deliver changes again.
+    fake.apply(slice(&["10.0.0.2"])).await;
+    eventually("endpoints after the relist", || async {
+        (endpoints(&published)? == vec![Endpoint::new("10.0.0.2", 8080)]).then_some(())
+    })
+    .await;
+
+    // Missed events: while the API server is unreachable a route is deleted and the slice
+    // changes, then the log is compacted, so only a list can show them.
+    fake.set_down(true);
+    eventually("the outage noticed", || async {
+        (metrics.watch_errors(Resource::WsRoute) > 0).then_some(())
+    })
+    .await;
+    fake.delete("WsRoute", "apps", "other").await;
+    fake.apply(slice(&["10.0.0.3"])).await;
+    fake.compact().await;
+    let gone_before = fake.gone_responses().await;
+    fake.set_down(false);
+    eventually("the table matches the API after the relist", || async {
+        (route_ids(&published) == ["apps/chat"]
+            && endpoints(&published)? == vec![Endpoint::new("10.0.0.3", 8080)])
+        .then_some(())
+    })
+    .await;
+    assert!(fake.gone_responses().await > gone_before);
+
+    stop_tx.send(()).expect("controller running");
+    tokio::time::timeout(DEADLINE, controller)
+        .await
+        .expect("controller stops in time")
+        .expect("controller task")
+        .expect("controller result");
+}
+
+/// A WsRoute with a field of the wrong type does not fail the list: the other routes are
+/// published, the bad one is counted, and once fixed it joins the table.
+#[tokio::test]
+async fn undeserializable_route_is_counted_and_does_not_stall_the_others() {
+    let fake = FakeApiServer::start().await;
+    fake.apply(service()).await;
+    fake.apply(slice(&["10.0.0.1"])).await;
+    fake.apply(route()).await;
+    let mut bad = static_route("bad", "/bad");
+    bad["spec"]["downstreamHostAndPorts"][0]["port"] = json!("not a number");
+    fake.apply(bad).await;
+    let (published, metrics, stop_tx, controller) = start_reader(&fake).await;
+    assert_eq!(route_ids(&published), ["apps/chat"]);
+    assert_eq!(metrics.invalid_routes.get(), 1);
+    assert_eq!(metrics.watch_errors(Resource::WsRoute), 0);
+
+    // Watch events for the other routes keep flowing.
+    fake.apply(static_route("other", "/other")).await;
+    eventually("the other route", || async {
+        (route_ids(&published) == ["apps/chat", "apps/other"]).then_some(())
+    })
+    .await;
+
+    fake.apply(static_route("bad", "/bad")).await;
+    eventually("the fixed route", || async {
+        (route_ids(&published) == ["apps/bad", "apps/chat", "apps/other"]).then_some(())
+    })
+    .await;
+    assert_eq!(metrics.invalid_routes.get(), 0);
+
+    stop_tx.send(()).expect("controller running");
+    tokio::time::timeout(DEADLINE, controller)
+        .await
+        .expect("controller stops in time")
+        .expect("controller task")
+        .expect("controller result");
 }

@@ -2,14 +2,14 @@
 //! written back by the Lease holder. `/readyz` turns ready after the first full sync.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::{Server, ServerOptions};
-use crate::model::Route;
-use crate::source::kube::{
-    self as kube_source, KubeConfig, KubeMetrics, ProblemKind, PublishOutcome, TableProblem,
-};
+use crate::source::kube::{self as kube_source, KubeConfig, KubeMetrics};
 use crate::table::Publisher;
 use crate::telemetry::Metrics;
 
@@ -26,61 +26,95 @@ pub struct ClusterOptions {
     pub server: ServerOptions,
 }
 
+/// A running cluster-mode gateway: the server, the table it serves and the controller
+/// feeding that table.
+pub struct Cluster {
+    pub server: Server,
+    pub publisher: Arc<Publisher>,
+    pub metrics: Arc<Metrics>,
+    pub kube_metrics: Arc<KubeMetrics>,
+    controller: JoinHandle<Result<(), kube_source::Error>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Cluster {
+    /// Starts the gateway listeners and the controller on `client`. `/readyz` stays false
+    /// until every watch has listed once and the first table is published.
+    pub async fn start(options: ClusterOptions, client: kube::Client) -> anyhow::Result<Cluster> {
+        let kube_metrics = Arc::new(KubeMetrics::default());
+        let metrics = Arc::new(Metrics::with_extra(|registry| {
+            kube_metrics.register(registry)
+        }));
+        let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
+        let server = Server::start(
+            options.server.clone(),
+            Arc::clone(&publisher),
+            Arc::clone(&metrics),
+        )
+        .await?;
+
+        let mut config = KubeConfig::new(options.identity.clone(), options.lease_namespace.clone());
+        config.namespaces = options.namespaces.clone();
+        config.label_selector = options.route_selector.clone();
+        if !options.write_status {
+            config.lease = None;
+        }
+
+        let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
+        let readiness = Arc::clone(&server.readiness);
+        tokio::spawn(async move {
+            if ready_rx.wait_for(|r| *r).await.is_ok() {
+                readiness.set_loaded();
+                tracing::info!("first full sync done; ready");
+            }
+        });
+
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let controller = tokio::spawn(kube_source::run(
+            config,
+            client,
+            Arc::clone(&publisher) as Arc<dyn kube_source::RoutePublisher>,
+            Arc::clone(&kube_metrics),
+            ready_tx,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        Ok(Cluster {
+            server,
+            publisher,
+            metrics,
+            kube_metrics,
+            controller,
+            stop: Some(stop_tx),
+        })
+    }
+
+    /// Stops the controller (releasing the status Lease so another replica takes over at
+    /// once) while the server drains. Returns true if every connection ended in the budget.
+    pub async fn shutdown(mut self) -> bool {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let controller = &mut self.controller;
+        let release = async {
+            if !controller.is_finished() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), controller).await;
+            }
+        };
+        let (clean, ()) = tokio::join!(self.server.shutdown(), release);
+        clean
+    }
+}
+
 pub async fn run(options: ClusterOptions) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("cannot configure a Kubernetes client (in-cluster service account or KUBECONFIG); for standalone mode pass --routes FILE")?;
-    let kube_metrics = Arc::new(KubeMetrics::default());
-    let metrics = Arc::new(Metrics::with_extra(|registry| {
-        kube_metrics.register(registry)
-    }));
-    let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
-    let server = Server::start(
-        options.server.clone(),
-        Arc::clone(&publisher),
-        Arc::clone(&metrics),
-    )
-    .await?;
-
-    let mut config = KubeConfig::new(options.identity.clone(), options.lease_namespace.clone());
-    config.namespaces = options.namespaces.clone();
-    config.label_selector = options.route_selector.clone();
-    if !options.write_status {
-        config.lease = None;
-    }
-
-    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
-    let readiness = Arc::clone(&server.readiness);
-    tokio::spawn(async move {
-        if ready_rx.wait_for(|r| *r).await.is_ok() {
-            readiness.set_loaded();
-            tracing::info!("first full sync done; ready");
-        }
-    });
-
-    let table = Arc::clone(&publisher);
-    let publish = move |routes: &[Route]| {
-        let published = table.publish(routes);
-        PublishOutcome {
-            generation: published.generation,
-            problems: published.problems.into_iter().map(table_problem).collect(),
-        }
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut controller = tokio::spawn(kube_source::run(
-        config,
-        client,
-        Arc::new(publish),
-        kube_metrics,
-        ready_tx,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-
+    let mut cluster = Cluster::start(options, client).await?;
     tokio::select! {
         _ = super::shutdown_signal() => {}
-        res = &mut controller => {
+        res = &mut cluster.controller => {
             // The controller returns on its own only when its watches are gone for good;
             // the last table keeps serving until the pod is told to stop.
             match res {
@@ -91,25 +125,6 @@ pub async fn run(options: ClusterOptions) -> anyhow::Result<()> {
             super::shutdown_signal().await;
         }
     }
-    // Release the Lease (so another replica takes over status at once) while draining.
-    let _ = stop_tx.send(());
-    let release = async {
-        if !controller.is_finished() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut controller).await;
-        }
-    };
-    tokio::join!(server.shutdown(), release);
+    cluster.shutdown().await;
     Ok(())
-}
-
-fn table_problem(p: crate::table::RouteProblem) -> TableProblem {
-    TableProblem {
-        route: p.route,
-        kind: match p.reason {
-            crate::table::ProblemReason::InvalidTemplate => ProblemKind::InvalidTemplate,
-            crate::table::ProblemReason::Conflicted => ProblemKind::Conflicted,
-        },
-        field: p.field,
-        message: p.message,
-    }
 }

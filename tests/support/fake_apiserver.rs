@@ -1,7 +1,8 @@
 //! A small in-process Kubernetes API server for controller tests: list + watch with real
 //! resourceVersions and BOOKMARKs, label selectors, `status` merge patches, create/replace
-//! with optimistic concurrency (Leases), Events, and an outage switch that fails every call
-//! and cuts every watch.
+//! with optimistic concurrency (Leases), Events, an outage switch that fails every call
+//! and cuts every watch, and compaction: watches from an older resourceVersion get an ERROR
+//! event with code 410 (Gone), as from the real API server, and must relist.
 
 #![allow(dead_code)]
 
@@ -40,6 +41,10 @@ struct State {
     status_patches: BTreeMap<Key, usize>,
     events: Vec<Value>,
     uid: u64,
+    /// Watches from a resourceVersion below this one are answered 410 Gone.
+    compacted: u64,
+    /// How many watches were answered 410 Gone.
+    gone: usize,
 }
 
 #[derive(Clone)]
@@ -48,6 +53,8 @@ pub struct FakeApiServer {
     state: Arc<Mutex<State>>,
     changes: broadcast::Sender<Change>,
     down: watch::Sender<bool>,
+    /// Bumped by `compact`; every open watch ends when it changes.
+    epoch: watch::Sender<u64>,
 }
 
 fn kind_of(resource: &str) -> (&'static str, &'static str) {
@@ -84,6 +91,7 @@ impl FakeApiServer {
             state: Arc::default(),
             changes,
             down: watch::channel(false).0,
+            epoch: watch::channel(0).0,
         };
         let s = server.clone();
         tokio::spawn(async move {
@@ -214,6 +222,23 @@ impl FakeApiServer {
 
     pub async fn events(&self) -> Vec<Value> {
         self.state.lock().await.events.clone()
+    }
+
+    /// Forgets the change log, as etcd compaction and a watch-cache restart do: every open
+    /// watch ends, and a watch resumed from any resourceVersion seen so far gets an ERROR
+    /// event with code 410, so the client must list again.
+    pub async fn compact(&self) {
+        let mut st = self.state.lock().await;
+        st.log.clear();
+        // A fresh resourceVersion that lists report and watches may resume from.
+        st.rv += 1;
+        st.compacted = st.rv;
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// How many watches were answered 410 Gone.
+    pub async fn gone_responses(&self) -> usize {
+        self.state.lock().await.gone
     }
 
     /// While down, connections are cut and refused, as when the API server dies.
@@ -354,10 +379,29 @@ impl FakeApiServer {
             .get("allowWatchBookmarks")
             .is_some_and(|b| b == "true");
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(256);
-        let (backlog, current_rv, mut live) = {
-            let st = self.state.lock().await;
+        let (backlog, current_rv, mut live, mut epoch) = {
+            let mut st = self.state.lock().await;
+            // `0` means "from any point" and is never too old.
+            if since != 0 && since < st.compacted {
+                st.gone += 1;
+                let message = format!("too old resource version: {since} ({})", st.compacted);
+                let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                    "metadata": {}, "status": "Failure", "message": message,
+                    "reason": "Expired", "code": 410}});
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(format!("{gone}\n"))).boxed())
+                    .expect("response");
+            }
             let backlog: Vec<Change> = st.log.iter().filter(|c| c.rv > since).cloned().collect();
-            (backlog, st.rv, self.changes.subscribe())
+            // Subscribed under the lock, so a `compact` after this point ends this watch.
+            (
+                backlog,
+                st.rv,
+                self.changes.subscribe(),
+                self.epoch.subscribe(),
+            )
         };
         let resource = resource.to_string();
         let mut down = self.down.subscribe();
@@ -395,6 +439,7 @@ impl FakeApiServer {
             loop {
                 tokio::select! {
                     _ = &mut gone => return,
+                    _ = epoch.changed() => return,
                     c = live.recv() => match c {
                         Ok(c) if c.rv > current_rv && matches(&c) => {
                             if tx.send(line(json!({"type": c.kind, "object": c.object}))).await.is_err() {

@@ -20,14 +20,14 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use super::index::Stores;
+use super::index::{GuardedRoute, Stores};
 use super::lease::{run_lease, LeaseConfig};
 use super::metrics::{KubeMetrics, Resource as Kind};
-use super::publish::{RoutePublisher, TableProblem};
+use super::publish::RoutePublisher;
 use super::resolve::SERVICE_NAME_LABEL;
 use super::status::compute_status;
 use super::writer::{DesiredStatus, DesiredStatuses, StatusWriter};
-use crate::api::WsRoute;
+use crate::table::RouteProblem;
 
 /// How the Kubernetes source runs.
 #[derive(Clone, Debug)]
@@ -131,8 +131,20 @@ where
                     }
                     Change::Nothing
                 }
-                watcher::Event::Init => Change::Nothing,
+                watcher::Event::Init => {
+                    // A relist: objects deleted meanwhile never get a Delete event.
+                    generations.clear();
+                    Change::Nothing
+                }
             }
+        }
+        // The API server no longer has our resourceVersion (compaction, watch-cache restart):
+        // the watcher lists again and the store is replaced whole at InitDone. Routine, and
+        // the API server is there, so it is not a watch failure.
+        Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+            metrics.relist(kind);
+            tracing::info!(resource = ?kind, message = %status.message, "resourceVersion expired; listing again");
+            Change::Nothing
         }
         Err(e) => {
             metrics.watch_error(kind);
@@ -169,7 +181,7 @@ pub async fn run(
     let mut stores = Stores::default();
     let mut changes: Vec<Changes> = Vec::new();
     for ns in scopes {
-        let routes = Writer::<WsRoute>::default();
+        let routes = Writer::<GuardedRoute>::default();
         stores.routes.push(routes.as_reader());
         changes.push(reflect(
             api(&client, ns),
@@ -237,6 +249,7 @@ pub async fn run(
     let all_listed = async move { ready_stores.wait_until_ready().await.is_ok() };
     tokio::pin!(all_listed, shutdown);
     let mut listed = false;
+    let mut invalid_reported = HashMap::new();
     let mut due: Option<tokio::time::Instant> = None;
     let result = loop {
         tokio::select! {
@@ -257,7 +270,7 @@ pub async fn run(
             },
             _ = sleep_until_opt(due) => {
                 due = None;
-                let desired = rebuild(&stores, publisher.as_ref(), &metrics);
+                let desired = rebuild(&stores, publisher.as_ref(), &metrics, &mut invalid_reported);
                 desired_tx.send_replace(desired);
                 readiness.send_replace(true);
             }
@@ -279,12 +292,31 @@ where
     }
 }
 
-/// Translate the stores, publish, and compute every route's status.
+/// Translate the stores, publish, and compute every route's status. WsRoutes that do not
+/// deserialize are logged once per distinct error (`reported`) and counted.
 fn rebuild(
     stores: &Stores,
     publisher: &dyn RoutePublisher,
     metrics: &KubeMetrics,
+    reported: &mut HashMap<(String, String), String>,
 ) -> DesiredStatuses {
+    let invalid = stores.invalid_routes();
+    metrics
+        .invalid_routes
+        .set(i64::try_from(invalid.len()).unwrap_or(i64::MAX));
+    let mut still = HashMap::with_capacity(invalid.len());
+    for r in invalid {
+        let key = (r.namespace, r.name);
+        if reported.get(&key) != Some(&r.error) {
+            tracing::warn!(
+                route = %format!("{}/{}", key.0, key.1),
+                error = %r.error,
+                "WsRoute does not deserialize; left out of the route table (other routes are unaffected)"
+            );
+        }
+        still.insert(key, r.error);
+    }
+    *reported = still;
     let translation = stores.translate();
     let outcome = publisher.publish(&translation.routes);
     metrics.rebuilds.inc();
@@ -299,7 +331,7 @@ fn rebuild(
         .reports
         .iter()
         .map(|report| {
-            let problems: Vec<&TableProblem> = outcome
+            let problems: Vec<&RouteProblem> = outcome
                 .problems
                 .iter()
                 .filter(|p| p.route == report.id)

@@ -5,17 +5,31 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 
 use super::resolve::{Backends, Unresolved};
 use crate::api::{WsRoute, WsRouteStatus};
 use crate::model::{route_from_spec, EndpointState, FieldError, Route, RouteId, SpecBackends};
 
+/// A WsRoute as the store holds it: `Err` when the object does not deserialize (a wrong
+/// type the schema let through, a field from a newer CRD), so one bad object cannot fail
+/// the whole list and stall every route.
+pub type GuardedRoute = DeserializeGuard<WsRoute>;
+
+/// A WsRoute that could not be read, with the deserializer's message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidRoute {
+    pub namespace: String,
+    pub name: String,
+    pub error: String,
+}
+
 /// Reader halves of the reflector stores; one per watched namespace (or one for all), since
 /// each watch stream swaps its own store whole on a relist.
 #[derive(Clone, Default)]
 pub struct Stores {
-    pub routes: Vec<Store<WsRoute>>,
+    pub routes: Vec<Store<GuardedRoute>>,
     pub services: Vec<Store<Service>>,
     pub slices: Vec<Store<EndpointSlice>>,
 }
@@ -37,15 +51,45 @@ impl Stores {
         Ok(())
     }
 
-    /// Reads every store once.
+    /// Reads every store once; WsRoutes that do not deserialize are left out (see
+    /// `invalid_routes`).
     pub fn translate(&self) -> Translation {
         translate(
-            self.routes.iter().flat_map(Store::state),
+            self.routes
+                .iter()
+                .flat_map(Store::state)
+                .filter_map(|g| g.0.as_ref().ok().cloned().map(Arc::new)),
             &Backends::new(
                 self.services.iter().flat_map(Store::state),
                 self.slices.iter().flat_map(Store::state),
             ),
         )
+    }
+
+    /// The WsRoute `namespace/name`, if it is in a store and deserializes.
+    pub fn route(&self, namespace: &str, name: &str) -> Option<WsRoute> {
+        let key = kube::runtime::reflector::ObjectRef::<GuardedRoute>::new(name).within(namespace);
+        let guarded = self.routes.iter().find_map(|s| s.get(&key))?;
+        guarded.0.as_ref().ok().cloned()
+    }
+
+    /// WsRoutes in the stores that do not deserialize, sorted by namespace and name.
+    pub fn invalid_routes(&self) -> Vec<InvalidRoute> {
+        let mut out: Vec<InvalidRoute> = self
+            .routes
+            .iter()
+            .flat_map(Store::state)
+            .filter_map(|g| {
+                let e = g.0.as_ref().err()?;
+                Some(InvalidRoute {
+                    namespace: e.metadata.namespace.clone().unwrap_or_default(),
+                    name: e.metadata.name.clone().unwrap_or_default(),
+                    error: e.error.clone(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
     }
 }
 

@@ -19,10 +19,12 @@ mod writer;
 
 pub use crate::api::crd_yaml;
 pub use controller::{run, Error, KubeConfig};
-pub use index::{translate, BackendRef, RouteReport, Stores, Translation};
+pub use index::{
+    translate, BackendRef, GuardedRoute, InvalidRoute, RouteReport, Stores, Translation,
+};
 pub use lease::{decide, run_lease, LeaseConfig, LeaseDecision};
 pub use metrics::{KubeMetrics, PatchOutcome, Resource};
-pub use publish::{ProblemKind, PublishOutcome, RoutePublisher, TableProblem};
+pub use publish::RoutePublisher;
 pub use resolve::{Backends, Unresolved, SERVICE_NAME_LABEL};
 pub use status::{compute_status, same_ignoring_timestamps};
 pub use writer::{carry_transition_times, DesiredStatus, DesiredStatuses, StatusWriter};

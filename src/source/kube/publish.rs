@@ -1,45 +1,27 @@
 //! What the controller needs from the route table: publish a route set, learn the
-//! generation now serving and which routes the table left out. `table::Publisher` fits
-//! this through a one-line impl or a closure; the kube source never sees the table itself.
+//! generation now serving and which routes the table left out (`table::Published`, whose
+//! `RouteProblem`s become status conditions). `table::Publisher` is the implementation the
+//! gateway uses; tests may pass a closure.
 
-use crate::model::{Route, RouteId};
-
-/// Why the table left a route out, as far as status is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProblemKind {
-    /// A path template does not parse.
-    InvalidTemplate,
-    /// An older route owns the same host and upstream template.
-    Conflicted,
-}
-
-/// One route the table did not take, with the field and a message for status.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TableProblem {
-    pub route: RouteId,
-    pub kind: ProblemKind,
-    pub field: String,
-    pub message: String,
-}
-
-/// The result of one publish: the generation now serving new requests and the routes
-/// it left out.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PublishOutcome {
-    pub generation: u64,
-    pub problems: Vec<TableProblem>,
-}
+use crate::model::Route;
+use crate::table::{Published, Publisher};
 
 /// Compiles and swaps in a new route table.
 pub trait RoutePublisher: Send + Sync + 'static {
-    fn publish(&self, routes: &[Route]) -> PublishOutcome;
+    fn publish(&self, routes: &[Route]) -> Published;
+}
+
+impl RoutePublisher for Publisher {
+    fn publish(&self, routes: &[Route]) -> Published {
+        Publisher::publish(self, routes)
+    }
 }
 
 impl<F> RoutePublisher for F
 where
-    F: Fn(&[Route]) -> PublishOutcome + Send + Sync + 'static,
+    F: Fn(&[Route]) -> Published + Send + Sync + 'static,
 {
-    fn publish(&self, routes: &[Route]) -> PublishOutcome {
+    fn publish(&self, routes: &[Route]) -> Published {
         self(routes)
     }
 }

@@ -4,10 +4,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::index::{BackendRef, RouteReport};
-use super::publish::{ProblemKind, TableProblem};
 use super::resolve::Unresolved;
 use crate::api::conditions::{accepted, programmed, resolved_refs, status};
 use crate::api::WsRouteStatus;
+use crate::table::{ProblemReason, RouteProblem};
 
 /// The status a route should carry. `problems` are the table's problems for this route;
 /// `programmed_generation` is the table generation serving now (`None` before the first
@@ -15,7 +15,7 @@ use crate::api::WsRouteStatus;
 /// `lastTransitionTime`; others get `now`.
 pub fn compute_status(
     report: &RouteReport,
-    problems: &[&TableProblem],
+    problems: &[&RouteProblem],
     programmed_generation: Option<u64>,
     now: Time,
 ) -> WsRouteStatus {
@@ -89,7 +89,7 @@ pub fn compute_status(
 
 fn accepted_condition(
     report: &RouteReport,
-    problems: &[&TableProblem],
+    problems: &[&RouteProblem],
 ) -> (bool, &'static str, String) {
     if !report.field_errors.is_empty() {
         let template = report
@@ -108,19 +108,19 @@ fn accepted_condition(
         );
     }
     // A conflict outranks a template problem: fixing the template would not admit the route.
-    let mut sorted: Vec<&&TableProblem> = problems.iter().collect();
-    sorted.sort_by_key(|p| p.kind != ProblemKind::Conflicted);
+    let mut sorted: Vec<&&RouteProblem> = problems.iter().collect();
+    sorted.sort_by_key(|p| p.reason != ProblemReason::Conflicted);
     match sorted.first() {
         None => (true, accepted::ACCEPTED, "route is valid".to_string()),
         Some(p) => {
-            let reason = match p.kind {
-                ProblemKind::Conflicted => accepted::CONFLICTED,
-                ProblemKind::InvalidTemplate => accepted::INVALID_TEMPLATE,
+            let reason = match p.reason {
+                ProblemReason::Conflicted => accepted::CONFLICTED,
+                ProblemReason::InvalidTemplate => accepted::INVALID_TEMPLATE,
             };
             let msg = join(
                 sorted
                     .iter()
-                    .filter(|q| q.kind == p.kind)
+                    .filter(|q| q.reason == p.reason)
                     .map(|q| format!("{}: {}", q.field, q.message)),
             );
             (false, reason, msg)

@@ -17,10 +17,11 @@ use super::*;
 use crate::api::conditions::{accepted, programmed, resolved_refs, status as cstatus};
 use crate::api::{HostAndPort, WsRoute, WsRouteSpec, WsRouteStatus};
 use crate::model::{Endpoint, EndpointState, Route, RouteId};
+use crate::table::{ProblemReason, RouteProblem};
 
 /// Writers for one namespace-less (all namespaces) watch of each kind.
 struct World {
-    routes: Writer<WsRoute>,
+    routes: Writer<GuardedRoute>,
     services: Writer<Service>,
     slices: Writer<EndpointSlice>,
 }
@@ -51,7 +52,7 @@ impl World {
     }
 
     fn route(&mut self, r: WsRoute) -> &mut Self {
-        self.routes.apply_watcher_event(&Event::Apply(r));
+        self.routes.apply_watcher_event(&Event::Apply(guarded(r)));
         self
     }
 
@@ -77,6 +78,10 @@ impl World {
             .map(|r| r.endpoints)
             .unwrap_or_else(|| panic!("route {id} is not in the table"))
     }
+}
+
+fn guarded(r: WsRoute) -> GuardedRoute {
+    kube::core::DeserializeGuard(Ok(r))
 }
 
 fn meta(ns: &str, name: &str, created: i64) -> ObjectMeta {
@@ -217,11 +222,11 @@ fn now() -> Time {
 fn status_of(
     t: &Translation,
     id: &str,
-    problems: &[TableProblem],
+    problems: &[RouteProblem],
     generation: Option<u64>,
 ) -> WsRouteStatus {
     let r = report(t, id);
-    let mine: Vec<&TableProblem> = problems.iter().filter(|p| p.route == r.id).collect();
+    let mine: Vec<&RouteProblem> = problems.iter().filter(|p| p.route == r.id).collect();
     compute_status(r, &mine, generation, now())
 }
 
@@ -478,9 +483,9 @@ fn conflicting_routes_order_by_creation_and_loser_reports_conflicted() {
     assert!(order("apps/chat") < order("apps/a-newer"));
 
     // What the table says about the pair.
-    let problems = vec![TableProblem {
+    let problems = vec![RouteProblem {
         route: RouteId("apps/a-newer".into()),
-        kind: ProblemKind::Conflicted,
+        reason: ProblemReason::Conflicted,
         field: "spec.upstreamPathTemplate".into(),
         message: "`/chat/{everything}` is already served by apps/chat".into(),
     }];
@@ -506,9 +511,9 @@ fn conflicting_routes_order_by_creation_and_loser_reports_conflicted() {
 #[test]
 fn invalid_templates_report_invalid_template() {
     let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
-    let problems = vec![TableProblem {
+    let problems = vec![RouteProblem {
         route: RouteId("apps/chat".into()),
-        kind: ProblemKind::InvalidTemplate,
+        reason: ProblemReason::InvalidTemplate,
         field: "spec.upstreamPathTemplate".into(),
         message: "unclosed `{`".into(),
     }];
@@ -568,7 +573,7 @@ fn invalid_field_reports_invalid_parameters() {
 fn deleted_route_leaves_table() {
     let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
     let r = service_route("apps", "chat", "chat", IntOrString::Int(80));
-    w.routes.apply_watcher_event(&Event::Delete(r));
+    w.routes.apply_watcher_event(&Event::Delete(guarded(r)));
     let t = w.translate();
     assert!(t.routes.is_empty());
     assert!(t.reports.is_empty());
@@ -583,7 +588,8 @@ fn relist_drops_objects_missing_from_the_new_list() {
     w.route(other.clone());
     assert_eq!(w.translate().routes.len(), 2);
     w.routes.apply_watcher_event(&Event::Init);
-    w.routes.apply_watcher_event(&Event::InitApply(other));
+    w.routes
+        .apply_watcher_event(&Event::InitApply(guarded(other)));
     // Until InitDone the old contents still serve.
     assert_eq!(w.translate().routes.len(), 2);
     w.routes.apply_watcher_event(&Event::InitDone);
@@ -693,4 +699,35 @@ fn carried_transition_times_make_rebuilds_equal() {
     );
     assert_ne!(later, on_object);
     assert_eq!(carry_transition_times(&later, &on_object), on_object);
+}
+
+/// A WsRoute whose spec does not deserialize (a number where a string belongs) is left out
+/// and listed as invalid; the other routes translate as before.
+#[test]
+fn undeserializable_route_is_listed_invalid_and_others_stay() {
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let bad: GuardedRoute = serde_json::from_value(serde_json::json!({
+        "apiVersion": "wsgate.io/v1alpha1", "kind": "WsRoute",
+        "metadata": {"namespace": "apps", "name": "bad"},
+        "spec": {"upstreamPathTemplate": 5, "downstreamPathTemplate": "/"}
+    }))
+    .expect("the guard itself deserializes");
+    assert!(bad.0.is_err());
+    w.routes.apply_watcher_event(&Event::Apply(bad));
+    let t = w.translate();
+    let ids: Vec<_> = t.routes.iter().map(|r| r.id.0.as_str()).collect();
+    assert_eq!(ids, ["apps/chat"]);
+    assert!(t.reports.iter().all(|r| r.name != "bad"));
+    let invalid = w.stores().invalid_routes();
+    assert_eq!(invalid.len(), 1);
+    assert_eq!(
+        (invalid[0].namespace.as_str(), invalid[0].name.as_str()),
+        ("apps", "bad")
+    );
+    assert!(
+        invalid[0].error.contains("Expected a string"),
+        "{invalid:?}"
+    );
+    assert!(w.stores().route("apps", "bad").is_none());
+    assert!(w.stores().route("apps", "chat").is_some());
 }

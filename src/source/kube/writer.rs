@@ -9,7 +9,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource};
 use tokio::sync::watch;
 
@@ -152,9 +151,8 @@ impl StatusWriter {
         }
     }
 
-    fn current(&self, want: &DesiredStatus) -> Option<Arc<WsRoute>> {
-        let key = ObjectRef::<WsRoute>::new(&want.name).within(&want.namespace);
-        self.stores.routes.iter().find_map(|s| s.get(&key))
+    fn current(&self, want: &DesiredStatus) -> Option<WsRoute> {
+        self.stores.route(&want.namespace, &want.name)
     }
 
     /// One Event per condition whose status or reason changed: Normal when it became True,
