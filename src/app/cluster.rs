@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::{Server, ServerOptions};
+use crate::balance::StickyKey;
 use crate::model::Route;
 use crate::source::kube::{
     self as kube_source, KubeConfig, KubeMetrics, ProblemKind, PublishOutcome, TableProblem,
@@ -24,6 +25,8 @@ pub struct ClusterOptions {
     /// Write status at all (off for a read-only replica set).
     pub write_status: bool,
     pub server: ServerOptions,
+    /// Signs sticky-session cookies; every replica needs the same one.
+    pub sticky_key: StickyKey,
 }
 
 pub async fn run(options: ClusterOptions) -> anyhow::Result<()> {
@@ -34,7 +37,10 @@ pub async fn run(options: ClusterOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::with_extra(|registry| {
         kube_metrics.register(registry)
     }));
-    let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
+    let publisher = Arc::new(Publisher::with_sticky_key(
+        Arc::clone(&metrics),
+        options.sticky_key.clone(),
+    ));
     let server = Server::start(
         options.server.clone(),
         Arc::clone(&publisher),
