@@ -248,7 +248,9 @@ async fn over_server_sent_events(client: &Client, id: &str) -> Step<String> {
     let reader = tokio::spawn(async move {
         let mut buf = String::new();
         while let Some(Ok(frame)) = body.frame().await {
-            let Some(data) = frame.data_ref() else { continue };
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
             buf.push_str(&String::from_utf8_lossy(data));
             while let Some(end) = buf.find("\r\n\r\n") {
                 let event: String = buf[..end].to_string();
@@ -410,7 +412,11 @@ async fn cookie_sticky_sessions_carry_every_transport() {
             served.insert(name);
         }
     }
-    assert_eq!(served.len(), 3, "new clients spread over every instance: {served:?}");
+    assert_eq!(
+        served.len(),
+        3,
+        "new clients spread over every instance: {served:?}"
+    );
 }
 
 /// The negotiate response carries the sticky cookie with its attributes.

@@ -16,19 +16,25 @@ pub fn sticky_key(
     file: Option<&std::path::Path>,
     inline: Option<&str>,
 ) -> anyhow::Result<crate::balance::StickyKey> {
-    use anyhow::Context;
     use crate::balance::StickyKey;
+    use anyhow::Context;
     let bytes = match (file, inline.filter(|k| !k.is_empty())) {
         (Some(_), Some(_)) => anyhow::bail!(
             "give the sticky-session key once: --sticky-key-file or WSGATE_STICKY_KEY, not both"
         ),
         (Some(path), None) => {
             let raw = std::fs::read(path).with_context(|| {
-                format!("cannot read the sticky-session key file {} (--sticky-key-file)", path.display())
+                format!(
+                    "cannot read the sticky-session key file {} (--sticky-key-file)",
+                    path.display()
+                )
             })?;
             // A Secret mounted from `kubectl create secret --from-literal` or an editor may
             // end in a newline that is not part of the key.
-            let end = raw.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+            let end = raw
+                .iter()
+                .rposition(|b| !b.is_ascii_whitespace())
+                .map_or(0, |i| i + 1);
             raw[..end].to_vec()
         }
         (None, Some(key)) => key.trim().as_bytes().to_vec(),
@@ -40,11 +46,9 @@ pub fn sticky_key(
             return Ok(StickyKey::random());
         }
     };
-    StickyKey::new(&bytes).with_context(|| {
-        match file {
-            Some(p) => format!("sticky-session key from {}", p.display()),
-            None => "sticky-session key from WSGATE_STICKY_KEY".to_string(),
-        }
+    StickyKey::new(&bytes).with_context(|| match file {
+        Some(p) => format!("sticky-session key from {}", p.display()),
+        None => "sticky-session key from WSGATE_STICKY_KEY".to_string(),
     })
 }
 

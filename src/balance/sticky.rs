@@ -138,7 +138,8 @@ impl StickyCookie {
 
     /// The cookie value naming `endpoint` until `now + expiry`.
     pub(crate) fn value(&self, endpoint: u64, now_ms: u64) -> String {
-        let expires = now_ms.saturating_add(u64::try_from(self.expiry.as_millis()).unwrap_or(u64::MAX));
+        let expires =
+            now_ms.saturating_add(u64::try_from(self.expiry.as_millis()).unwrap_or(u64::MAX));
         let signed = format!("{endpoint:016x}.{expires}");
         let mut m = self.signer();
         m.update(signed.as_bytes());

@@ -161,8 +161,14 @@ fn sticky_set_cookie_attributes() {
     let plain = b.set_cookie(chosen, &ctx(&none)).unwrap();
     let plain = plain.to_str().unwrap();
     assert!(plain.starts_with("affinity="), "{plain}");
-    assert!(plain.ends_with("; Path=/; Max-Age=90; HttpOnly; SameSite=Lax"), "{plain}");
-    assert!(!plain.contains("10.0.0.1") && !plain.contains("8000"), "{plain}");
+    assert!(
+        plain.ends_with("; Path=/; Max-Age=90; HttpOnly; SameSite=Lax"),
+        "{plain}"
+    );
+    assert!(
+        !plain.contains("10.0.0.1") && !plain.contains("8000"),
+        "{plain}"
+    );
     let mut tls = ctx(&none);
     tls.secure = true;
     let secure = b.set_cookie(chosen, &tls).unwrap();
@@ -180,12 +186,15 @@ fn sticky_cookie_expires_and_refreshes_on_use() {
     let h = with_cookie(&pair);
     let mut c = ctx(&h);
     c.now_ms = NOW + 999;
-    assert_eq!(first_port_with(&b, &c), 8002, "still valid just before expiry");
+    assert_eq!(
+        first_port_with(&b, &c),
+        8002,
+        "still valid just before expiry"
+    );
     // Refreshed at NOW + 999: valid until NOW + 1999.
     let refreshed = cookie_pair(&b.set_cookie(target, &c).unwrap());
     c.now_ms = NOW + 1_000;
-    let ports: std::collections::HashSet<u16> =
-        (0..3).map(|_| first_port_with(&b, &c)).collect();
+    let ports: std::collections::HashSet<u16> = (0..3).map(|_| first_port_with(&b, &c)).collect();
     assert_eq!(ports.len(), 3, "expired cookie is ignored: picks rotate");
     let h2 = with_cookie(&refreshed);
     let mut c2 = ctx(&h2);
@@ -225,7 +234,10 @@ fn forged_sticky_cookies_are_rejected() {
         &BalanceState::new(StickyKey::new(b"another key of 16+ bytes").unwrap()),
     );
     let foreign = cookie_pair(&other.set_cookie(&other.ready()[2], &ctx(&none)).unwrap());
-    assert_eq!(b.sticky.as_ref().unwrap().read(&with_cookie(&foreign), NOW), None);
+    assert_eq!(
+        b.sticky.as_ref().unwrap().read(&with_cookie(&foreign), NOW),
+        None
+    );
     // Same value under another cookie name is not this route's cookie.
     let renamed = Balancer::new(
         &LoadBalancer::CookieStickySessions {
@@ -238,7 +250,12 @@ fn forged_sticky_cookies_are_rejected() {
     let h = with_cookie(&format!("other={value}"));
     assert_eq!(renamed.sticky.as_ref().unwrap().read(&h, NOW), None);
     // The genuine cookie passes.
-    assert!(b.sticky.as_ref().unwrap().read(&with_cookie(&pair), NOW).is_some());
+    assert!(b
+        .sticky
+        .as_ref()
+        .unwrap()
+        .read(&with_cookie(&pair), NOW)
+        .is_some());
 }
 
 /// Replicas sharing the key honour each other's cookies with no shared state.
@@ -356,17 +373,25 @@ fn consistent_hash_sources() {
     let by_cookie = on(HashOn::Cookie("sid".into()));
     let h1 = with_cookie("x=1; sid=abc");
     let h2 = with_cookie("sid=abc");
-    assert_eq!(first_port_with(&by_cookie, &ctx(&h1)), first_port_with(&by_cookie, &ctx(&h2)));
+    assert_eq!(
+        first_port_with(&by_cookie, &ctx(&h1)),
+        first_port_with(&by_cookie, &ctx(&h2))
+    );
 
     let by_ip = on(HashOn::ClientIp);
     let mut c = ctx(&none);
     c.client_ip = "192.0.2.7".parse().unwrap();
     let v4 = first_port_with(&by_ip, &c);
     c.client_ip = "::ffff:192.0.2.7".parse().unwrap();
-    assert_eq!(first_port_with(&by_ip, &c), v4, "v4-mapped v6 is the same client");
+    assert_eq!(
+        first_port_with(&by_ip, &c),
+        v4,
+        "v4-mapped v6 is the same client"
+    );
 
-    let ports: std::collections::HashSet<u16> =
-        (0..8).map(|_| first_port_with(&by_query, &ctx(&none))).collect();
+    let ports: std::collections::HashSet<u16> = (0..8)
+        .map(|_| first_port_with(&by_query, &ctx(&none)))
+        .collect();
     assert_eq!(ports.len(), 8, "no value to hash: round robin");
 }
 
@@ -414,7 +439,11 @@ fn signalr_pins_expire_and_skip_gone_endpoints() {
     let none = HeaderMap::new();
     let mut c = ctx(&none);
     c.query = Some("id=t");
-    assert_eq!(first_port_with(&two, &c), 8000, "gone endpoint: the balancer decides");
+    assert_eq!(
+        first_port_with(&two, &c),
+        8000,
+        "gone endpoint: the balancer decides"
+    );
 }
 
 /// The pin map never grows past its capacity; the least recently used pins go first.

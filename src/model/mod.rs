@@ -101,10 +101,15 @@ pub enum LoadBalancer {
     /// Ocelot's sticky sessions: the cookie `key` names the endpoint first chosen (signed,
     /// so every replica honours it and a client cannot forge it); each use extends it by
     /// `expiry`.
-    CookieStickySessions { key: String, expiry: Duration },
+    CookieStickySessions {
+        key: String,
+        expiry: Duration,
+    },
     /// Rendezvous hashing of one request value: the same value reaches the same endpoint on
     /// every replica, and an endpoint leaving moves only the values it had.
-    ConsistentHash { on: HashOn },
+    ConsistentHash {
+        on: HashOn,
+    },
 }
 
 /// The request value `ConsistentHash` hashes.

@@ -116,7 +116,12 @@ fn durations() {
     assert!(parse_duration("1.5s").is_err());
 }
 
-fn with_lb(kind: &str, key: Option<&str>, expiry: Option<i64>, hash_on: Option<&str>) -> WsRouteSpec {
+fn with_lb(
+    kind: &str,
+    key: Option<&str>,
+    expiry: Option<i64>,
+    hash_on: Option<&str>,
+) -> WsRouteSpec {
     let mut s = spec();
     s.load_balancer_options = Some(LoadBalancerOptions {
         kind: Some(kind.into()),
@@ -140,7 +145,12 @@ fn lb(s: &WsRouteSpec) -> Result<LoadBalancer, Vec<String>> {
 fn cookie_sticky_sessions_options() {
     use std::time::Duration;
     assert_eq!(
-        lb(&with_lb("CookieStickySessions", Some("sid"), Some(1500), None)),
+        lb(&with_lb(
+            "CookieStickySessions",
+            Some("sid"),
+            Some(1500),
+            None
+        )),
         Ok(LoadBalancer::CookieStickySessions {
             key: "sid".into(),
             expiry: Duration::from_millis(1500)
@@ -171,17 +181,29 @@ fn cookie_sticky_sessions_options() {
 #[test]
 fn consistent_hash_options() {
     assert_eq!(
-        lb(&with_lb("ConsistentHash", Some("X-User"), None, Some("header"))),
+        lb(&with_lb(
+            "ConsistentHash",
+            Some("X-User"),
+            None,
+            Some("header")
+        )),
         Ok(LoadBalancer::ConsistentHash {
             on: HashOn::Header(http::HeaderName::from_static("x-user"))
         })
     );
     assert_eq!(
         lb(&with_lb("ConsistentHash", None, None, Some("clientIp"))),
-        Ok(LoadBalancer::ConsistentHash { on: HashOn::ClientIp })
+        Ok(LoadBalancer::ConsistentHash {
+            on: HashOn::ClientIp
+        })
     );
     assert_eq!(
-        lb(&with_lb("ConsistentHash", Some("room"), None, Some("query"))),
+        lb(&with_lb(
+            "ConsistentHash",
+            Some("room"),
+            None,
+            Some("query")
+        )),
         Ok(LoadBalancer::ConsistentHash {
             on: HashOn::Query("room".into())
         })
@@ -189,7 +211,11 @@ fn consistent_hash_options() {
     for (key, hash_on, field) in [
         (Some("x"), None, "spec.loadBalancerOptions.hashOn"),
         (None, Some("cookie"), "spec.loadBalancerOptions.key"),
-        (Some("bad header"), Some("header"), "spec.loadBalancerOptions.key"),
+        (
+            Some("bad header"),
+            Some("header"),
+            "spec.loadBalancerOptions.key",
+        ),
         (Some("x"), Some("body"), "spec.loadBalancerOptions.hashOn"),
     ] {
         assert_eq!(

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use super::{
-    parse_duration, Endpoint, HashOn, LoadBalancer, Route, RouteId, Scheme, Timeouts,
-};
+use super::{parse_duration, Endpoint, HashOn, LoadBalancer, Route, RouteId, Scheme, Timeouts};
 use crate::api::LoadBalancerOptions;
 use crate::api::{DownstreamScheme, WsRouteSpec};
 

@@ -13,8 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use super::headers::X_REQUEST_ID;
-use crate::balance::PickContext;
 use super::{handshake, http as plain_http, websocket, Error, Gateway};
+use crate::balance::PickContext;
 
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 

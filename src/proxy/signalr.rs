@@ -20,7 +20,12 @@ pub const MAX_NEGOTIATE_BODY: usize = 64 * 1024;
 
 /// `POST [endpoint-base]/negotiate` (TransportProtocols.md).
 pub fn is_negotiate<B>(req: &Request<B>) -> bool {
-    req.method() == Method::POST && req.uri().path().trim_end_matches('/').ends_with("/negotiate")
+    req.method() == Method::POST
+        && req
+            .uri()
+            .path()
+            .trim_end_matches('/')
+            .ends_with("/negotiate")
 }
 
 /// Reads the negotiate body (bounded by size and `wait`), pins its token to `backend`,
@@ -149,7 +154,10 @@ mod tests {
         assert_eq!(connection_token(v1).as_deref(), Some("tok"));
         let v0 = br#"{"connectionId":"cid","negotiateVersion":0,"availableTransports":[]}"#;
         assert_eq!(connection_token(v0).as_deref(), Some("cid"));
-        assert_eq!(connection_token(br#"{"url":"https://x/chat","accessToken":"a"}"#), None);
+        assert_eq!(
+            connection_token(br#"{"url":"https://x/chat","accessToken":"a"}"#),
+            None
+        );
         assert_eq!(connection_token(b"not json"), None);
     }
 }

@@ -320,9 +320,8 @@ impl Connection {
                 p.buffer.drain(..=end);
                 if !p.handshaken {
                     p.handshaken = true;
-                    let ok = serde_json::from_str::<Value>(&record).is_ok_and(|v| {
-                        v["protocol"] == "json" && v["version"].as_u64() == Some(1)
-                    });
+                    let ok = serde_json::from_str::<Value>(&record)
+                        .is_ok_and(|v| v["protocol"] == "json" && v["version"].as_u64() == Some(1));
                     replies.push(if ok {
                         "{}".to_string()
                     } else {
@@ -435,7 +434,10 @@ fn server_sent_events(conn: Arc<Connection>) -> Response<HubBody> {
     });
     let mut resp = Response::new(ChannelBody { rx }.boxed_unsync());
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
