@@ -489,3 +489,93 @@ async fn cookie_sticky_sessions_without_cookies_break_long_polling() {
     assert!(err.contains("404"), "{err}");
     assert!(s.hubs.iter().map(|h| h.connections()).sum::<usize>() >= 1);
 }
+
+/// Where the official client's script lives; `npm ci` there installs it.
+fn node_client_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signalr")
+}
+
+/// Whether the official client is installed. CI sets `WSGATE_REQUIRE_NODE_SIGNALR=1`, and
+/// then a missing install fails the test instead of skipping it.
+fn node_client_available() -> bool {
+    let installed = node_client_dir()
+        .join("node_modules/@microsoft/signalr/package.json")
+        .exists();
+    if !installed {
+        assert!(
+            std::env::var_os("WSGATE_REQUIRE_NODE_SIGNALR").is_none(),
+            "WSGATE_REQUIRE_NODE_SIGNALR is set but tests/signalr has no node_modules; run `npm ci` there"
+        );
+        eprintln!(
+            "SKIPPED: the official SignalR client is not installed (cd tests/signalr && npm ci)"
+        );
+    }
+    installed
+}
+
+/// One connection of `@microsoft/signalr` in Node: Ok(instance name) or Err(its error).
+async fn official_client(gateway: SocketAddr, transport: Transport) -> Step<String> {
+    let out = within(
+        &format!("node client over {transport:?}"),
+        tokio::process::Command::new("node")
+            .arg("client.mjs")
+            .arg(format!("http://{gateway}/hub"))
+            .arg(format!("{transport:?}"))
+            .current_dir(node_client_dir())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(line).map_err(|_| {
+        format!(
+            "node printed {stdout:?}, stderr {:?}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if let Some(e) = v["error"].as_str() {
+        return Err(e.to_string());
+    }
+    assert_eq!(v["echo"], format!("hello {transport:?}"));
+    Ok(v["instance"].as_str().unwrap_or_default().to_string())
+}
+
+/// The official JavaScript client works through wsgate with every transport: with
+/// CookieStickySessions (its cookie jar carries the affinity) and with pinned tokens on a
+/// RoundRobin route (no affinity cookie exists there).
+#[tokio::test]
+async fn official_client_works_with_every_transport() {
+    if !node_client_available() {
+        return;
+    }
+    for (what, options) in [("sticky", sticky()), ("pinned", round_robin(true))] {
+        let s = setup(options).await;
+        let gw = s.gateway.server.listen_addr;
+        let mut served = std::collections::HashSet::new();
+        for round in 0..2 {
+            for t in ALL {
+                let name = official_client(gw, t)
+                    .await
+                    .unwrap_or_else(|e| panic!("{what} round {round}, {t:?}: {e}"));
+                served.insert(name);
+            }
+        }
+        assert!(served.len() >= 2, "{what}: connections spread: {served:?}");
+    }
+}
+
+/// Negative control for the official client: RoundRobin without pinning breaks long
+/// polling (the first poll reaches an instance that answers 404).
+#[tokio::test]
+async fn official_client_long_polling_fails_with_round_robin() {
+    if !node_client_available() {
+        return;
+    }
+    let s = setup(round_robin(false)).await;
+    let err = official_client(s.gateway.server.listen_addr, Transport::LongPolling)
+        .await
+        .expect_err("long polling cannot work without affinity");
+    assert!(err.contains("404"), "{err}");
+}
