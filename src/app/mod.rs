@@ -76,3 +76,34 @@ pub fn raise_fd_limit() {
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sticky_key;
+
+    /// The key comes from the file (trailing newline dropped) or the environment value,
+    /// never both; a short key is refused; none at all gives a random key.
+    #[test]
+    fn sticky_key_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "0123456789abcdef\n").unwrap();
+        assert!(sticky_key(Some(&file), None).is_ok());
+        assert!(sticky_key(None, Some("0123456789abcdef")).is_ok());
+        assert!(sticky_key(None, None).is_ok());
+
+        let both = sticky_key(Some(&file), Some("0123456789abcdef")).unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
+        std::fs::write(&file, "short\n").unwrap();
+        let short = format!("{:#}", sticky_key(Some(&file), None).unwrap_err());
+        assert!(
+            short.contains("5 bytes") && short.contains("at least 16"),
+            "{short}"
+        );
+        let missing = format!(
+            "{:#}",
+            sticky_key(Some(&dir.path().join("nope")), None).unwrap_err()
+        );
+        assert!(missing.contains("--sticky-key-file"), "{missing}");
+    }
+}
