@@ -98,7 +98,8 @@ struct RunArgs {
     #[arg(long, env = "WSGATE_NO_STATUS")]
     no_status: bool,
     /// File holding the key that signs CookieStickySessions cookies (at least 16 bytes, e.g.
-    /// a mounted Secret). Every replica needs the same key.
+    /// a mounted Secret), or set the key itself in WSGATE_STICKY_KEY. Every replica needs
+    /// the same key; without one, a random per-process key is used.
     #[arg(long, env = "WSGATE_STICKY_KEY_FILE")]
     sticky_key_file: Option<PathBuf>,
     /// The sticky-session key itself, from the environment (instead of --sticky-key-file).
