@@ -97,6 +97,14 @@ struct RunArgs {
     /// Cluster mode: never write WsRoute status (for read-only replicas).
     #[arg(long, env = "WSGATE_NO_STATUS")]
     no_status: bool,
+    /// File holding the key that signs CookieStickySessions cookies (at least 16 bytes, e.g.
+    /// a mounted Secret), or set the key itself in WSGATE_STICKY_KEY. Every replica needs
+    /// the same key; without one, a random per-process key is used.
+    #[arg(long, env = "WSGATE_STICKY_KEY_FILE")]
+    sticky_key_file: Option<PathBuf>,
+    /// The sticky-session key itself, from the environment (instead of --sticky-key-file).
+    #[arg(long, env = "WSGATE_STICKY_KEY", hide_env_values = true, hide = true)]
+    sticky_key: Option<String>,
     /// How often routes files are checked for changes.
     #[arg(long, env = "WSGATE_RELOAD_INTERVAL", default_value = "1s", value_parser = duration)]
     reload_interval: Duration,
@@ -145,6 +153,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 shutdown_delay: args.shutdown_delay,
                 drain_timeout: args.drain_timeout,
             };
+            let sticky_key =
+                app::sticky_key(args.sticky_key_file.as_deref(), args.sticky_key.as_deref())?;
             if args.routes.is_empty() {
                 let identity = args
                     .pod_name
@@ -157,6 +167,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     lease_namespace: args.pod_namespace,
                     write_status: !args.no_status,
                     server,
+                    sticky_key,
                 })
                 .await?;
                 return Ok(ExitCode::SUCCESS);
@@ -165,6 +176,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 routes: args.routes,
                 reload_interval: args.reload_interval,
                 server,
+                sticky_key,
             })
             .await?;
         }

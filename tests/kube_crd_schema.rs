@@ -134,7 +134,13 @@ fn schema_carries_patterns_enums_and_port_ranges() {
     assert!(schemes.contains(&json!("ws")) && schemes.contains(&json!("wss")));
     assert_eq!(
         spec["loadBalancerOptions"]["properties"]["type"]["enum"],
-        json!(["NoLoadBalancer", "RoundRobin", "LeastConnection"])
+        json!([
+            "NoLoadBalancer",
+            "RoundRobin",
+            "LeastConnection",
+            "CookieStickySessions",
+            "ConsistentHash"
+        ])
     );
     let port = &spec["downstreamHostAndPorts"]["items"]["properties"]["port"];
     assert_eq!(port["minimum"].as_f64(), Some(1.0));

@@ -126,19 +126,49 @@ pub struct HostAndPort {
     pub port: i32,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
+#[x_kube(
+    validation = Rule::new("!has(self.type) || self.type != 'CookieStickySessions' || (has(self.key) && size(self.key) > 0)")
+        .message("CookieStickySessions needs key (the cookie name)")
+        .reason(Reason::FieldValueRequired),
+    validation = Rule::new("has(self.type) && self.type == 'ConsistentHash' ? has(self.hashOn) : !has(self.hashOn)")
+        .message("hashOn is required with type ConsistentHash and only allowed with it")
+        .reason(Reason::FieldValueInvalid),
+    validation = Rule::new("!has(self.hashOn) || self.hashOn == 'clientIp' || (has(self.key) && size(self.key) > 0)")
+        .message("hashOn header, cookie and query need key (the header, cookie or query parameter name)")
+        .reason(Reason::FieldValueRequired)
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancerOptions {
-    /// `NoLoadBalancer` (default), `RoundRobin`, `LeastConnection`.
+    /// `NoLoadBalancer` (default), `RoundRobin`, `LeastConnection`, `CookieStickySessions`,
+    /// `ConsistentHash`.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("enum" = ["NoLoadBalancer", "RoundRobin", "LeastConnection"]))]
+    #[schemars(extend("enum" = ["NoLoadBalancer", "RoundRobin", "LeastConnection", "CookieStickySessions", "ConsistentHash"]))]
     pub kind: Option<String>,
-    /// Cookie name for `CookieStickySessions`.
+    /// `CookieStickySessions`: the cookie name. `ConsistentHash`: the header, cookie or
+    /// query parameter named by `hashOn`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub key: Option<String>,
-    /// Stickiness lifetime in milliseconds for `CookieStickySessions`.
+    /// `CookieStickySessions`: how long (milliseconds) a session stays on its endpoint
+    /// after its last request (default 3600000, one hour).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub expiry: Option<i64>,
+    /// `ConsistentHash`: what is hashed: `header`, `cookie`, `query` (named by `key`) or
+    /// `clientIp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["header", "cookie", "query", "clientIp"]))]
+    pub hash_on: Option<String>,
+    /// SignalR without cookies: learn the connection token from each negotiate response
+    /// and send requests with `?id=<token>` to the endpoint that issued it. Works with any
+    /// `type`.
+    #[serde(
+        default,
+        rename = "pinSignalRConnections",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pin_signalr_connections: Option<bool>,
 }
 
 /// Durations are strings such as `5s`, `250ms`, `2m`, `1h`.

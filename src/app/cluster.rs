@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::{Server, ServerOptions};
+use crate::balance::StickyKey;
 use crate::source::kube::{self as kube_source, KubeConfig, KubeMetrics};
 use crate::table::Publisher;
 use crate::telemetry::Metrics;
@@ -24,6 +25,8 @@ pub struct ClusterOptions {
     /// Write status at all (off for a read-only replica set).
     pub write_status: bool,
     pub server: ServerOptions,
+    /// Signs sticky-session cookies; every replica needs the same one.
+    pub sticky_key: StickyKey,
 }
 
 /// A running cluster-mode gateway: the server, the table it serves and the controller
@@ -45,7 +48,10 @@ impl Cluster {
         let metrics = Arc::new(Metrics::with_extra(|registry| {
             kube_metrics.register(registry)
         }));
-        let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
+        let publisher = Arc::new(Publisher::with_sticky_key(
+            Arc::clone(&metrics),
+            options.sticky_key.clone(),
+        ));
         let server = Server::start(
             options.server.clone(),
             Arc::clone(&publisher),

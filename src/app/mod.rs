@@ -9,6 +9,49 @@ pub mod standalone;
 
 pub use server::{Server, ServerOptions};
 
+/// The sticky-session key from `--sticky-key-file` or `WSGATE_STICKY_KEY` (at most one),
+/// else a random one with a loud warning: cookies set by this process then mean nothing to
+/// other replicas or after a restart.
+pub fn sticky_key(
+    file: Option<&std::path::Path>,
+    inline: Option<&str>,
+) -> anyhow::Result<crate::balance::StickyKey> {
+    use crate::balance::StickyKey;
+    use anyhow::Context;
+    let bytes = match (file, inline.filter(|k| !k.is_empty())) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "give the sticky-session key once: --sticky-key-file or WSGATE_STICKY_KEY, not both"
+        ),
+        (Some(path), None) => {
+            let raw = std::fs::read(path).with_context(|| {
+                format!(
+                    "cannot read the sticky-session key file {} (--sticky-key-file)",
+                    path.display()
+                )
+            })?;
+            // A Secret mounted from `kubectl create secret --from-literal` or an editor may
+            // end in a newline that is not part of the key.
+            let end = raw
+                .iter()
+                .rposition(|b| !b.is_ascii_whitespace())
+                .map_or(0, |i| i + 1);
+            raw[..end].to_vec()
+        }
+        (None, Some(key)) => key.trim().as_bytes().to_vec(),
+        (None, None) => {
+            tracing::warn!(
+                "no --sticky-key-file or WSGATE_STICKY_KEY: sticky-session cookies are signed with a random per-process key, \
+                 so CookieStickySessions does not hold across wsgate replicas or restarts; give every replica the same key"
+            );
+            return Ok(StickyKey::random());
+        }
+    };
+    StickyKey::new(&bytes).with_context(|| match file {
+        Some(p) => format!("sticky-session key from {}", p.display()),
+        None => "sticky-session key from WSGATE_STICKY_KEY".to_string(),
+    })
+}
+
 /// Waits for SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -31,5 +74,36 @@ pub fn raise_fd_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open-file limit raised"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sticky_key;
+
+    /// The key comes from the file (trailing newline dropped) or the environment value,
+    /// never both; a short key is refused; none at all gives a random key.
+    #[test]
+    fn sticky_key_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "0123456789abcdef\n").unwrap();
+        assert!(sticky_key(Some(&file), None).is_ok());
+        assert!(sticky_key(None, Some("0123456789abcdef")).is_ok());
+        assert!(sticky_key(None, None).is_ok());
+
+        let both = sticky_key(Some(&file), Some("0123456789abcdef")).unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
+        std::fs::write(&file, "short\n").unwrap();
+        let short = format!("{:#}", sticky_key(Some(&file), None).unwrap_err());
+        assert!(
+            short.contains("5 bytes") && short.contains("at least 16"),
+            "{short}"
+        );
+        let missing = format!(
+            "{:#}",
+            sticky_key(Some(&dir.path().join("nope")), None).unwrap_err()
+        );
+        assert!(missing.contains("--sticky-key-file"), "{missing}");
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::bail;
 
 use super::{Server, ServerOptions};
-use crate::balance::EndpointLoads;
+use crate::balance::{BalanceState, StickyKey};
 use crate::model::Route;
 use crate::source::file::{self, LoadedRoutes, Severity};
 use crate::table::{self, CompileContext, Publisher};
@@ -20,6 +20,8 @@ pub struct StandaloneOptions {
     pub routes: Vec<PathBuf>,
     pub reload_interval: Duration,
     pub server: ServerOptions,
+    /// Signs sticky-session cookies; replicas that share it honour each other's cookies.
+    pub sticky_key: StickyKey,
 }
 
 /// Every problem of a load (file, document, field) plus the compile problems, as lines.
@@ -40,13 +42,13 @@ pub fn problems(loaded: &LoadedRoutes) -> (Vec<String>, Vec<String>) {
 /// Template and conflict problems, found by compiling into a scratch table.
 fn compile_problems(routes: &[Route]) -> Vec<String> {
     let metrics = Metrics::new();
-    let loads = EndpointLoads::default();
+    let balance = BalanceState::default();
     let (_, problems) = table::compile(
         0,
         routes,
         &CompileContext {
             metrics: &metrics,
-            loads: &loads,
+            balance: &balance,
         },
     );
     problems.iter().map(|p| p.to_string()).collect()
@@ -68,7 +70,10 @@ pub async fn run(options: StandaloneOptions) -> anyhow::Result<()> {
         );
     }
     let metrics = Arc::new(Metrics::new());
-    let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
+    let publisher = Arc::new(Publisher::with_sticky_key(
+        Arc::clone(&metrics),
+        options.sticky_key.clone(),
+    ));
     let published = publisher.publish(&loaded.routes);
     tracing::info!(
         generation = published.generation,

@@ -98,6 +98,27 @@ pub enum LoadBalancer {
     RoundRobin,
     /// Fewest live connections (upgraded sockets and in-flight HTTP requests).
     LeastConnection,
+    /// Ocelot's sticky sessions: the cookie `key` names the endpoint first chosen (signed,
+    /// so every replica honours it and a client cannot forge it); each use extends it by
+    /// `expiry`.
+    CookieStickySessions {
+        key: String,
+        expiry: Duration,
+    },
+    /// Rendezvous hashing of one request value: the same value reaches the same endpoint on
+    /// every replica, and an endpoint leaving moves only the values it had.
+    ConsistentHash {
+        on: HashOn,
+    },
+}
+
+/// The request value `ConsistentHash` hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashOn {
+    Header(http::HeaderName),
+    Cookie(String),
+    Query(String),
+    ClientIp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +155,9 @@ pub struct Route {
     pub scheme: Scheme,
     pub endpoints: Vec<Endpoint>,
     pub load_balancer: LoadBalancer,
+    /// Learn SignalR connection tokens from negotiate responses and send requests carrying
+    /// `?id=<token>` to the endpoint that issued it (for clients without cookies).
+    pub pin_signalr_connections: bool,
     pub insecure_skip_verify: bool,
     pub timeouts: Timeouts,
 }

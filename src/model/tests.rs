@@ -115,3 +115,135 @@ fn durations() {
     assert!(parse_duration("s").is_err());
     assert!(parse_duration("1.5s").is_err());
 }
+
+fn with_lb(
+    kind: &str,
+    key: Option<&str>,
+    expiry: Option<i64>,
+    hash_on: Option<&str>,
+) -> WsRouteSpec {
+    let mut s = spec();
+    s.load_balancer_options = Some(LoadBalancerOptions {
+        kind: Some(kind.into()),
+        key: key.map(Into::into),
+        expiry,
+        hash_on: hash_on.map(Into::into),
+        pin_signalr_connections: None,
+    });
+    s
+}
+
+fn lb(s: &WsRouteSpec) -> Result<LoadBalancer, Vec<String>> {
+    route_from_spec(RouteId("r".into()), 0, s, SpecBackends::Static)
+        .map(|r| r.load_balancer)
+        .map_err(fields)
+}
+
+/// CookieStickySessions takes Ocelot's key and expiry (ms), with a one-hour default; a
+/// missing or malformed cookie name and a negative expiry are errors on their field.
+#[test]
+fn cookie_sticky_sessions_options() {
+    use std::time::Duration;
+    assert_eq!(
+        lb(&with_lb(
+            "CookieStickySessions",
+            Some("sid"),
+            Some(1500),
+            None
+        )),
+        Ok(LoadBalancer::CookieStickySessions {
+            key: "sid".into(),
+            expiry: Duration::from_millis(1500)
+        })
+    );
+    assert_eq!(
+        lb(&with_lb("CookieStickySessions", Some("sid"), None, None)),
+        Ok(LoadBalancer::CookieStickySessions {
+            key: "sid".into(),
+            expiry: Duration::from_secs(3600)
+        })
+    );
+    for (key, expiry, field) in [
+        (None, None, "spec.loadBalancerOptions.key"),
+        (Some("bad name;"), None, "spec.loadBalancerOptions.key"),
+        (Some("sid"), Some(-5), "spec.loadBalancerOptions.expiry"),
+    ] {
+        assert_eq!(
+            lb(&with_lb("CookieStickySessions", key, expiry, None)),
+            Err(vec![field.to_string()]),
+            "{key:?} {expiry:?}"
+        );
+    }
+}
+
+/// ConsistentHash needs hashOn (and a name unless clientIp); hashOn with another type is
+/// an error, while Ocelot's key/expiry on other types are ignored.
+#[test]
+fn consistent_hash_options() {
+    assert_eq!(
+        lb(&with_lb(
+            "ConsistentHash",
+            Some("X-User"),
+            None,
+            Some("header")
+        )),
+        Ok(LoadBalancer::ConsistentHash {
+            on: HashOn::Header(http::HeaderName::from_static("x-user"))
+        })
+    );
+    assert_eq!(
+        lb(&with_lb("ConsistentHash", None, None, Some("clientIp"))),
+        Ok(LoadBalancer::ConsistentHash {
+            on: HashOn::ClientIp
+        })
+    );
+    assert_eq!(
+        lb(&with_lb(
+            "ConsistentHash",
+            Some("room"),
+            None,
+            Some("query")
+        )),
+        Ok(LoadBalancer::ConsistentHash {
+            on: HashOn::Query("room".into())
+        })
+    );
+    for (key, hash_on, field) in [
+        (Some("x"), None, "spec.loadBalancerOptions.hashOn"),
+        (None, Some("cookie"), "spec.loadBalancerOptions.key"),
+        (
+            Some("bad header"),
+            Some("header"),
+            "spec.loadBalancerOptions.key",
+        ),
+        (Some("x"), Some("body"), "spec.loadBalancerOptions.hashOn"),
+    ] {
+        assert_eq!(
+            lb(&with_lb("ConsistentHash", key, None, hash_on)),
+            Err(vec![field.to_string()]),
+            "{key:?} {hash_on:?}"
+        );
+    }
+    assert_eq!(
+        lb(&with_lb("RoundRobin", None, None, Some("clientIp"))),
+        Err(vec!["spec.loadBalancerOptions.hashOn".to_string()])
+    );
+    assert_eq!(
+        lb(&with_lb("RoundRobin", Some("sid"), Some(5), None)),
+        Ok(LoadBalancer::RoundRobin)
+    );
+}
+
+/// pinSignalRConnections goes with any balancer and defaults to off.
+#[test]
+fn pin_signalr_connections_flag() {
+    let mut s = with_lb("LeastConnection", None, None, None);
+    let r = route_from_spec(RouteId("r".into()), 0, &s, SpecBackends::Static).unwrap();
+    assert!(!r.pin_signalr_connections);
+    if let Some(o) = s.load_balancer_options.as_mut() {
+        o.pin_signalr_connections = Some(true);
+    }
+    let r = route_from_spec(RouteId("r".into()), 0, &s, SpecBackends::Static).unwrap();
+    assert!(r.pin_signalr_connections);
+    assert_eq!(r.load_balancer, LoadBalancer::LeastConnection);
+}

@@ -1,6 +1,9 @@
 //! `WsRouteSpec` → `Route`: every field checked, every problem reported with its path.
 
-use super::{parse_duration, Endpoint, LoadBalancer, Route, RouteId, Scheme, Timeouts};
+use std::time::Duration;
+
+use super::{parse_duration, Endpoint, HashOn, LoadBalancer, Route, RouteId, Scheme, Timeouts};
+use crate::api::LoadBalancerOptions;
 use crate::api::{DownstreamScheme, WsRouteSpec};
 
 /// One problem with one field of a route, named by its path (`spec.servicePort`).
@@ -103,22 +106,12 @@ pub fn route_from_spec(
         }
     };
 
-    let load_balancer = match spec
+    let load_balancer = load_balancer(spec.load_balancer_options.as_ref(), &mut errors);
+    let pin_signalr_connections = spec
         .load_balancer_options
         .as_ref()
-        .and_then(|o| o.kind.as_deref())
-    {
-        None | Some("NoLoadBalancer") => LoadBalancer::NoLoadBalancer,
-        Some("RoundRobin") => LoadBalancer::RoundRobin,
-        Some("LeastConnection") => LoadBalancer::LeastConnection,
-        Some(other) => {
-            errors.push(FieldError::new(
-                "spec.loadBalancerOptions.type",
-                format!("`{other}` is not a load balancer wsgate has; use NoLoadBalancer, RoundRobin or LeastConnection"),
-            ));
-            LoadBalancer::NoLoadBalancer
-        }
-    };
+        .and_then(|o| o.pin_signalr_connections)
+        .unwrap_or(false);
 
     let mut timeouts = Timeouts::default();
     if let Some(t) = &spec.timeouts {
@@ -173,9 +166,133 @@ pub fn route_from_spec(
         scheme,
         endpoints,
         load_balancer,
+        pin_signalr_connections,
         insecure_skip_verify,
         timeouts,
     })
+}
+
+/// Ocelot's sticky-session lifetime when `expiry` is absent.
+const DEFAULT_STICKY_EXPIRY: Duration = Duration::from_secs(3600);
+
+const LB_FIELD: &str = "spec.loadBalancerOptions";
+
+/// `loadBalancerOptions` → `LoadBalancer`. `key` and `expiry` on a type that does not use
+/// them are ignored (Ocelot files carry them with every type); `hashOn` is wsgate's own
+/// and only allowed with `ConsistentHash`.
+fn load_balancer(
+    options: Option<&LoadBalancerOptions>,
+    errors: &mut Vec<FieldError>,
+) -> LoadBalancer {
+    let Some(o) = options else {
+        return LoadBalancer::NoLoadBalancer;
+    };
+    let key = o.key.as_deref().map(str::trim).filter(|k| !k.is_empty());
+    let kind = o.kind.as_deref().map(str::trim).filter(|k| !k.is_empty());
+    if o.hash_on.is_some() && kind != Some("ConsistentHash") {
+        errors.push(FieldError::new(
+            format!("{LB_FIELD}.hashOn"),
+            "only applies to `type: ConsistentHash`",
+        ));
+    }
+    match kind {
+        None | Some("NoLoadBalancer") => LoadBalancer::NoLoadBalancer,
+        Some("RoundRobin") => LoadBalancer::RoundRobin,
+        Some("LeastConnection") => LoadBalancer::LeastConnection,
+        Some("CookieStickySessions") => {
+            let expiry = match o.expiry {
+                None | Some(0) => DEFAULT_STICKY_EXPIRY,
+                Some(ms) if ms > 0 => Duration::from_millis(ms.unsigned_abs()),
+                Some(ms) => {
+                    errors.push(FieldError::new(
+                        format!("{LB_FIELD}.expiry"),
+                        format!("{ms} is negative; give milliseconds, e.g. 3600000 for one hour"),
+                    ));
+                    DEFAULT_STICKY_EXPIRY
+                }
+            };
+            match key {
+                Some(k) if is_cookie_name(k) => LoadBalancer::CookieStickySessions {
+                    key: k.to_string(),
+                    expiry,
+                },
+                Some(k) => {
+                    errors.push(FieldError::new(
+                        format!("{LB_FIELD}.key"),
+                        format!("`{k}` is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)"),
+                    ));
+                    LoadBalancer::NoLoadBalancer
+                }
+                None => {
+                    errors.push(FieldError::new(
+                        format!("{LB_FIELD}.key"),
+                        "CookieStickySessions needs `key`, the name of the cookie",
+                    ));
+                    LoadBalancer::NoLoadBalancer
+                }
+            }
+        }
+        Some("ConsistentHash") => match consistent_hash(o.hash_on.as_deref(), key) {
+            Ok(on) => LoadBalancer::ConsistentHash { on },
+            Err((field, message)) => {
+                errors.push(FieldError::new(format!("{LB_FIELD}.{field}"), message));
+                LoadBalancer::NoLoadBalancer
+            }
+        },
+        Some(other) => {
+            errors.push(FieldError::new(
+                format!("{LB_FIELD}.type"),
+                format!("`{other}` is not a load balancer wsgate has; use NoLoadBalancer, RoundRobin, LeastConnection, CookieStickySessions or ConsistentHash"),
+            ));
+            LoadBalancer::NoLoadBalancer
+        }
+    }
+}
+
+fn consistent_hash(
+    hash_on: Option<&str>,
+    key: Option<&str>,
+) -> Result<HashOn, (&'static str, String)> {
+    let named = |what: &str| {
+        key.map(str::to_string).ok_or((
+            "key",
+            format!("`hashOn: {what}` needs `key`, the {what} name to hash"),
+        ))
+    };
+    match hash_on.map(str::trim) {
+        None => Err((
+            "hashOn",
+            "ConsistentHash needs `hashOn`: header, cookie, query or clientIp".into(),
+        )),
+        Some("clientIp") => Ok(HashOn::ClientIp),
+        Some("header") => {
+            let name = named("header")?;
+            http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .map(HashOn::Header)
+                .map_err(|_| ("key", format!("`{name}` is not a header name")))
+        }
+        Some("cookie") => {
+            let name = named("cookie")?;
+            if is_cookie_name(&name) {
+                Ok(HashOn::Cookie(name))
+            } else {
+                Err(("key", format!("`{name}` is not a cookie name")))
+            }
+        }
+        Some("query") => Ok(HashOn::Query(named("query")?)),
+        Some(other) => Err((
+            "hashOn",
+            format!("`{other}` is not one of header, cookie, query, clientIp"),
+        )),
+    }
+}
+
+/// RFC 6265 cookie-name: an RFC 7230 token.
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn static_endpoints(spec: &WsRouteSpec, errors: &mut Vec<FieldError>) -> Vec<Endpoint> {

@@ -6,18 +6,23 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 
 use super::Error;
-use crate::balance::Backend;
+use crate::balance::{Backend, PickContext};
 use crate::table::CompiledRoute;
 
 pub struct Dialed<'t> {
     pub stream: TcpStream,
     pub backend: &'t Backend,
+    /// `Set-Cookie` for the response when the route is cookie-sticky.
+    pub set_cookie: Option<http::HeaderValue>,
 }
 
-pub async fn dial(route: &CompiledRoute) -> Result<Dialed<'_>, Error> {
+pub async fn dial<'t>(
+    route: &'t CompiledRoute,
+    pick: &PickContext<'_>,
+) -> Result<Dialed<'t>, Error> {
     let timeout = route.route.timeouts.connect;
     let mut last: Option<Error> = None;
-    for backend in route.balancer.pick() {
+    for backend in route.balancer.pick(pick) {
         let ep = &backend.endpoint;
         let started = Instant::now();
         let attempt = async {
@@ -33,7 +38,11 @@ pub async fn dial(route: &CompiledRoute) -> Result<Dialed<'_>, Error> {
                     .connect_seconds
                     .observe(started.elapsed().as_secs_f64());
                 let _ = stream.set_nodelay(true);
-                return Ok(Dialed { stream, backend });
+                return Ok(Dialed {
+                    stream,
+                    backend,
+                    set_cookie: route.balancer.set_cookie(backend, pick),
+                });
             }
             Ok(Err(source)) => {
                 tracing::warn!(route = %route.route.id, endpoint = %ep.authority(), error = %source, "connect to backend failed");

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use super::dial::dial;
 use super::headers::{strip_hop_by_hop, to_upstream, Forwarded};
 use super::service::{ProxyBody, RequestCtx};
-use super::{Error, Gateway};
+use super::{signalr, Error, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::CompiledRoute;
 
@@ -31,7 +31,10 @@ pub async fn proxy(
     req: Request<Incoming>,
     ctx: &RequestCtx,
 ) -> Result<Response<ProxyBody>, Error> {
-    let dialed = dial(route).await?;
+    let pick = ctx.pick(&req);
+    let dialed = dial(route, &pick).await?;
+    let now_ms = pick.now_ms;
+    let negotiate = route.balancer.pins_signalr() && signalr::is_negotiate(&req);
     let endpoint = dialed.backend.endpoint.authority();
     let load = dialed.backend.load.begin();
     route.metrics.http_requests_total.inc();
@@ -72,6 +75,21 @@ pub async fn proxy(
         Ok(Ok(resp)) => resp,
     };
     strip_hop_by_hop(resp.headers_mut());
+    if let Some(cookie) = dialed.set_cookie {
+        resp.headers_mut().append(http::header::SET_COOKIE, cookie);
+    }
+    if negotiate && resp.status() == http::StatusCode::OK {
+        let (parts, body) = resp.into_parts();
+        let body = signalr::learn(route, dialed.backend, body, wait, now_ms).await;
+        return Ok(Response::from_parts(
+            parts,
+            GuardedBody {
+                inner: body,
+                _load: load,
+            }
+            .boxed_unsync(),
+        ));
+    }
     Ok(resp.map(|body| {
         GuardedBody {
             inner: body,
@@ -90,12 +108,12 @@ fn protocol(endpoint: &str, e: hyper::Error) -> Error {
 
 /// A response body that counts as load on its endpoint until it has been fully sent (an
 /// SSE stream or a held long poll is a live connection for `LeastConnection`).
-struct GuardedBody {
-    inner: Incoming,
+struct GuardedBody<B> {
+    inner: B,
     _load: ConnectionGuard,
 }
 
-impl Body for GuardedBody {
+impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin> Body for GuardedBody<B> {
     type Data = Bytes;
     type Error = hyper::Error;
 

@@ -15,6 +15,7 @@ mod headers;
 mod http;
 mod listener;
 mod service;
+mod signalr;
 mod websocket;
 
 pub use drain::{Drain, DrainSignal};

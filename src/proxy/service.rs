@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use super::headers::X_REQUEST_ID;
 use super::{handshake, http as plain_http, websocket, Error, Gateway};
+use crate::balance::PickContext;
 
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -24,6 +25,26 @@ pub struct RequestCtx {
     pub proto: &'static str,
     pub request_id: HeaderValue,
     pub host: Option<HeaderValue>,
+}
+
+impl RequestCtx {
+    /// What the balancer may look at in `req` (cookies, headers, query, client IP).
+    pub fn pick<'a, B>(&self, req: &'a Request<B>) -> PickContext<'a> {
+        PickContext {
+            headers: req.headers(),
+            query: req.uri().query(),
+            client_ip: self.peer.ip(),
+            now_ms: unix_now_ms(),
+            secure: self.proto == "https",
+        }
+    }
+}
+
+/// Wall-clock milliseconds, for sticky cookies and pins that replicas must read alike.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 pub fn full(resp: Response<Full<Bytes>>) -> Response<ProxyBody> {

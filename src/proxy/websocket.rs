@@ -26,7 +26,7 @@ pub async fn proxy(
     mut req: Request<Incoming>,
     ctx: &RequestCtx,
 ) -> Result<Response<ProxyBody>, Error> {
-    let dialed = dial(route).await?;
+    let dialed = dial(route, &ctx.pick(&req)).await?;
     let endpoint = dialed.backend.endpoint.authority();
     let load = dialed.backend.load.begin();
 
@@ -90,6 +90,9 @@ pub async fn proxy(
         *h = upstream_headers;
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Some(cookie) = dialed.set_cookie {
+            h.append(header::SET_COOKIE, cookie);
+        }
     }
     let upstream = upstream_upgrade
         .await

@@ -130,7 +130,7 @@ pub fn compile(
         .map(|(idx, p)| {
             index.insert(idx, p.host.as_ref(), p.upstream.first_literal.as_deref());
             CompiledRoute {
-                balancer: Balancer::new(&p.route.load_balancer, &p.route.endpoints, ctx.loads),
+                balancer: Balancer::for_route(p.route, ctx.balance),
                 metrics: ctx.metrics.route(&p.route.id.0),
                 route: p.route.clone(),
                 upstream: p.upstream,

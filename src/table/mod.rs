@@ -22,18 +22,18 @@ mod template;
 pub use compile::compile;
 pub use publish::{Published, Publisher};
 
-use crate::balance::{Balancer, EndpointLoads};
+use crate::balance::{BalanceState, Balancer};
 use crate::model::{Route, RouteId};
 use crate::telemetry::{Metrics, RouteMetrics};
 
 use find::HostIndex;
 use template::{Captures, DownstreamTemplate, UpstreamTemplate};
 
-/// What `compile` needs besides the routes: where per-route metric handles and endpoint
-/// load counters come from.
+/// What `compile` needs besides the routes: where per-route metric handles and the
+/// balancers' lasting state (endpoint loads, sticky key, SignalR pins) come from.
 pub struct CompileContext<'a> {
     pub metrics: &'a Metrics,
-    pub loads: &'a EndpointLoads,
+    pub balance: &'a BalanceState,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

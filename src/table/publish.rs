@@ -6,7 +6,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::{compile, CompileContext, RouteProblem, RouteTable};
-use crate::balance::EndpointLoads;
+use crate::balance::{BalanceState, StickyKey};
 use crate::model::Route;
 use crate::telemetry::Metrics;
 
@@ -22,19 +22,24 @@ pub struct Published {
 pub struct Publisher {
     current: ArcSwap<RouteTable>,
     metrics: Arc<Metrics>,
-    loads: EndpointLoads,
+    balance: BalanceState,
     generation: watch::Sender<u64>,
     // Serialises publishes so generations are published in the order they are numbered.
     publishing: Mutex<()>,
 }
 
 impl Publisher {
-    /// Starts with `RouteTable::empty()` (generation 0).
+    /// Starts with `RouteTable::empty()` (generation 0) and a random sticky-session key.
     pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self::with_sticky_key(metrics, StickyKey::random())
+    }
+
+    /// As `new`, with the key that signs sticky-session cookies (shared by replicas).
+    pub fn with_sticky_key(metrics: Arc<Metrics>, key: StickyKey) -> Self {
         Publisher {
             current: ArcSwap::from_pointee(RouteTable::empty()),
             metrics,
-            loads: EndpointLoads::default(),
+            balance: BalanceState::new(key),
             generation: watch::Sender::new(0),
             publishing: Mutex::new(()),
         }
@@ -52,7 +57,7 @@ impl Publisher {
         let generation = self.current.load().generation() + 1;
         let ctx = CompileContext {
             metrics: &self.metrics,
-            loads: &self.loads,
+            balance: &self.balance,
         };
         let (table, problems) = compile(generation, routes, &ctx);
         self.current.store(Arc::new(table));

@@ -20,6 +20,7 @@ pub(super) fn route(id: &str, order: u64, upstream: &str, downstream: &str) -> R
         scheme: Scheme::Ws,
         endpoints: vec![Endpoint::new("10.0.0.1", 8080)],
         load_balancer: LoadBalancer::NoLoadBalancer,
+        pin_signalr_connections: false,
         insecure_skip_verify: false,
         timeouts: Timeouts::default(),
     }
@@ -53,13 +54,13 @@ impl RouteBuilder for Route {
 
 pub(super) fn build(routes: &[Route]) -> (RouteTable, Vec<RouteProblem>) {
     let metrics = Metrics::new();
-    let loads = EndpointLoads::default();
+    let balance = crate::balance::BalanceState::default();
     compile(
         7,
         routes,
         &CompileContext {
             metrics: &metrics,
-            loads: &loads,
+            balance: &balance,
         },
     )
 }
@@ -649,7 +650,7 @@ fn case_only_difference_conflicts_unless_both_case_sensitive() {
 #[test]
 fn compile_resolves_balancer_and_metrics() {
     let metrics = Metrics::new();
-    let loads = EndpointLoads::default();
+    let balance = crate::balance::BalanceState::default();
     let mut r = route("ns/chat", 0, "/a", "/");
     r.endpoints.push(Endpoint::new("10.0.0.2", 8080));
     let (t, _) = compile(
@@ -657,7 +658,7 @@ fn compile_resolves_balancer_and_metrics() {
         &[r],
         &CompileContext {
             metrics: &metrics,
-            loads: &loads,
+            balance: &balance,
         },
     );
     let c = &t.routes()[0];

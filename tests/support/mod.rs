@@ -293,3 +293,4 @@ async fn reqwest_like_get(url: &str) -> (u16, String) {
 }
 
 pub mod fake_apiserver;
+pub mod signalr_hub;

@@ -208,14 +208,28 @@ fn load_balancer_options_map() {
         "\"DownstreamScheme\": \"ws\",",
         r#""LoadBalancer": "RoundRobin","#,
     );
-    let loaded = load_str("ocelot.json", &ocelot(&[&sticky, &legacy]));
-    assert_eq!(ids(&loaded), ["ocelot.json#Routes[1]"]);
-    assert_eq!(loaded.routes[0].load_balancer, LoadBalancer::RoundRobin);
+    let bogus = WS.replace(
+        "\"DownstreamScheme\": \"ws\",",
+        r#""LoadBalancerOptions": { "Type": "Random" },"#,
+    );
+    let loaded = load_str("ocelot.json", &ocelot(&[&sticky, &legacy, &bogus]));
+    assert_eq!(
+        ids(&loaded),
+        ["ocelot.json#Routes[0]", "ocelot.json#Routes[1]"]
+    );
+    assert_eq!(
+        loaded.routes[0].load_balancer,
+        LoadBalancer::CookieStickySessions {
+            key: "ASP.NET_SessionId".into(),
+            expiry: std::time::Duration::from_millis(1_800_000),
+        }
+    );
+    assert_eq!(loaded.routes[1].load_balancer, LoadBalancer::RoundRobin);
     assert_eq!(
         summary(&loaded),
         [
-            (Severity::Error, None, "Routes[0].LoadBalancerOptions.Type"),
             (Severity::Warning, None, "Routes[1].LoadBalancer"),
+            (Severity::Error, None, "Routes[2].LoadBalancerOptions.Type"),
         ]
     );
 }
