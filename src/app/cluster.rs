@@ -6,9 +6,10 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::{Server, ServerOptions};
-use crate::model::Route;
+use crate::model::{Route, ServerCertificate};
 use crate::source::kube::{
-    self as kube_source, KubeConfig, KubeMetrics, ProblemKind, PublishOutcome, TableProblem,
+    self as kube_source, KubeConfig, KubeMetrics, ProblemKind, PublishOutcome, RoutePublisher,
+    TableProblem,
 };
 use crate::table::Publisher;
 use crate::telemetry::Metrics;
@@ -23,6 +24,10 @@ pub struct ClusterOptions {
     pub lease_namespace: String,
     /// Write status at all (off for a read-only replica set).
     pub write_status: bool,
+    /// `--default-cert`, `--default-key`: read once at start.
+    pub default_certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// `--default-cert-secret NS/NAME`: watched like route Secrets.
+    pub default_certificate_secret: Option<(String, String)>,
     pub server: ServerOptions,
 }
 
@@ -35,6 +40,9 @@ pub async fn run(options: ClusterOptions) -> anyhow::Result<()> {
         kube_metrics.register(registry)
     }));
     let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
+    if let Some((cert, key)) = &options.default_certificate {
+        publisher.set_default_certificate(Some(super::read_certificate(cert, key)?));
+    }
     let server = Server::start(
         options.server.clone(),
         Arc::clone(&publisher),
@@ -45,6 +53,7 @@ pub async fn run(options: ClusterOptions) -> anyhow::Result<()> {
     let mut config = KubeConfig::new(options.identity.clone(), options.lease_namespace.clone());
     config.namespaces = options.namespaces.clone();
     config.label_selector = options.route_selector.clone();
+    config.default_certificate_secret = options.default_certificate_secret.clone();
     if !options.write_status {
         config.lease = None;
     }
@@ -58,14 +67,7 @@ pub async fn run(options: ClusterOptions) -> anyhow::Result<()> {
         }
     });
 
-    let table = Arc::clone(&publisher);
-    let publish = move |routes: &[Route]| {
-        let published = table.publish(routes);
-        PublishOutcome {
-            generation: published.generation,
-            problems: published.problems.into_iter().map(table_problem).collect(),
-        }
-    };
+    let publish = TablePublisher(Arc::clone(&publisher));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut controller = tokio::spawn(kube_source::run(
         config,
@@ -100,6 +102,23 @@ pub async fn run(options: ClusterOptions) -> anyhow::Result<()> {
     };
     tokio::join!(server.shutdown(), release);
     Ok(())
+}
+
+/// The route table behind the controller's `RoutePublisher` seam.
+struct TablePublisher(Arc<Publisher>);
+
+impl RoutePublisher for TablePublisher {
+    fn publish(&self, routes: &[Route]) -> PublishOutcome {
+        let published = self.0.publish(routes);
+        PublishOutcome {
+            generation: published.generation,
+            problems: published.problems.into_iter().map(table_problem).collect(),
+        }
+    }
+
+    fn set_default_certificate(&self, cert: Option<ServerCertificate>) {
+        self.0.set_default_certificate(cert);
+    }
 }
 
 fn table_problem(p: crate::table::RouteProblem) -> TableProblem {

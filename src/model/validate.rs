@@ -1,6 +1,6 @@
 //! `WsRouteSpec` → `Route`: every field checked, every problem reported with its path.
 
-use super::{parse_duration, Endpoint, LoadBalancer, Route, RouteId, Scheme, Timeouts};
+use super::{parse_duration, BackendTls, Endpoint, LoadBalancer, Route, RouteId, Scheme, Timeouts};
 use crate::api::{DownstreamScheme, WsRouteSpec};
 
 /// One problem with one field of a route, named by its path (`spec.servicePort`).
@@ -158,6 +158,18 @@ pub fn route_from_spec(
         .dangerous_accept_any_server_certificate_validator
         .unwrap_or(false);
 
+    let mut backend_tls = BackendTls::default();
+    if let Some(name) = spec.backend_tls.as_ref().and_then(|b| b.server_name.as_deref()) {
+        let name = name.trim();
+        match rustls::pki_types::ServerName::try_from(name) {
+            Ok(_) => backend_tls.server_name = Some(name.to_ascii_lowercase()),
+            Err(_) => errors.push(FieldError::new(
+                "spec.backendTls.serverName",
+                format!("`{name}` is not a DNS name or IP address"),
+            )),
+        }
+    }
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -175,6 +187,8 @@ pub fn route_from_spec(
         load_balancer,
         insecure_skip_verify,
         timeouts,
+        certificate: None,
+        backend_tls,
     })
 }
 

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use super::{compile, CompileContext, RouteProblem, RouteTable};
 use crate::balance::EndpointLoads;
-use crate::model::Route;
+use crate::model::{Route, ServerCertificate};
 use crate::telemetry::Metrics;
 
 /// The outcome of one `Publisher::publish`.
@@ -24,6 +24,8 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     loads: EndpointLoads,
     generation: watch::Sender<u64>,
+    /// Served when no route's host matches the SNI; part of every table compiled from now on.
+    default_certificate: Mutex<Option<ServerCertificate>>,
     // Serialises publishes so generations are published in the order they are numbered.
     publishing: Mutex<()>,
 }
@@ -36,6 +38,7 @@ impl Publisher {
             metrics,
             loads: EndpointLoads::default(),
             generation: watch::Sender::new(0),
+            default_certificate: Mutex::new(None),
             publishing: Mutex::new(()),
         }
     }
@@ -54,7 +57,13 @@ impl Publisher {
             metrics: &self.metrics,
             loads: &self.loads,
         };
-        let (table, problems) = compile(generation, routes, &ctx);
+        let (mut table, problems) = compile(generation, routes, &ctx);
+        table.set_default_certificate(
+            self.default_certificate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        );
         self.current.store(Arc::new(table));
         self.metrics
             .table_generation
@@ -68,6 +77,15 @@ impl Publisher {
             generation,
             problems,
         }
+    }
+
+    /// Sets the default certificate for the tables published from now on (call `publish`
+    /// afterwards to serve it).
+    pub fn set_default_certificate(&self, cert: Option<ServerCertificate>) {
+        *self
+            .default_certificate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = cert;
     }
 
     /// The generation of the current table; changes after every `publish`.

@@ -22,6 +22,8 @@ pub(super) fn route(id: &str, order: u64, upstream: &str, downstream: &str) -> R
         load_balancer: LoadBalancer::NoLoadBalancer,
         insecure_skip_verify: false,
         timeouts: Timeouts::default(),
+        certificate: None,
+        backend_tls: Default::default(),
     }
 }
 

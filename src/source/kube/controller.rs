@@ -43,6 +43,8 @@ pub struct KubeConfig {
     pub controller_name: String,
     /// Leader election for the status writer; `None` = never write status.
     pub lease: Option<LeaseConfig>,
+    /// `--default-cert-secret`: a `kubernetes.io/tls` Secret `(namespace, name)`.
+    pub default_certificate_secret: Option<(String, String)>,
 }
 
 impl KubeConfig {
@@ -61,6 +63,7 @@ impl KubeConfig {
                 duration: Duration::from_secs(15),
                 renew_every: Duration::from_secs(5),
             }),
+            default_certificate_secret: None,
         }
     }
 }

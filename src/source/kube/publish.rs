@@ -2,7 +2,7 @@
 //! generation now serving and which routes the table left out. `table::Publisher` fits
 //! this through a one-line impl or a closure; the kube source never sees the table itself.
 
-use crate::model::{Route, RouteId};
+use crate::model::{Route, RouteId, ServerCertificate};
 
 /// Why the table left a route out, as far as status is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +33,10 @@ pub struct PublishOutcome {
 /// Compiles and swaps in a new route table.
 pub trait RoutePublisher: Send + Sync + 'static {
     fn publish(&self, routes: &[Route]) -> PublishOutcome;
+
+    /// The certificate for handshakes no route's host matches, used from the next
+    /// `publish` on (`--default-cert-secret`). Publishers without a TLS listener ignore it.
+    fn set_default_certificate(&self, _cert: Option<ServerCertificate>) {}
 }
 
 impl<F> RoutePublisher for F
