@@ -67,7 +67,7 @@ impl ServerCertificate {
             },
             other => CertificateError::BadKey {
                 source_name: source.clone(),
-                reason: other.to_string(),
+                reason: pem_reason(&other),
             },
         })?;
         let mut hasher = Sha1::new();
@@ -191,7 +191,7 @@ fn parse_certs(source: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CertificateError::BadCertificatePem {
             source_name: source.to_string(),
-            reason: e.to_string(),
+            reason: pem_reason(&e),
         })?;
     if certs.is_empty() {
         return Err(CertificateError::NoCertificate {
@@ -199,6 +199,19 @@ fn parse_certs(source: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
         });
     }
     Ok(certs)
+}
+
+/// What is wrong with PEM input, without quoting any of it (some pki-types errors carry
+/// the offending line, which may belong to a key).
+fn pem_reason(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { .. } => "a PEM section has no END line".into(),
+        Error::IllegalSectionStart { .. } => "a PEM BEGIN line is malformed".into(),
+        Error::Base64Decode(_) => "a PEM section is not valid base64".into(),
+        Error::NoItemsFound => "no PEM section found".into(),
+        _ => "the PEM text is malformed".into(),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

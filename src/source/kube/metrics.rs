@@ -13,6 +13,7 @@ pub enum Resource {
     Service,
     EndpointSlice,
     Lease,
+    Secret,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
