@@ -64,3 +64,58 @@ impl CertificateMap {
         named.or(self.default.as_ref()).or(self.fallback.as_ref())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(name: &str) -> ServerCertificate {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let c = rcgen::CertificateParams::new(vec![name.to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        ServerCertificate::from_pem(name, c.pem().as_bytes(), key.serialize_pem().as_bytes())
+            .expect("parses")
+    }
+
+    fn pattern(p: &str) -> HostPattern {
+        HostPattern::parse(p).expect("pattern")
+    }
+
+    fn source<'a>(map: &'a CertificateMap, sni: Option<&str>) -> Option<&'a str> {
+        map.resolve(sni).map(ServerCertificate::source)
+    }
+
+    /// Exact name first, then the longest wildcard suffix, then the default; no SNI gets
+    /// the default; names compare case-insensitively and ports play no part.
+    #[test]
+    fn resolve_prefers_exact_then_longest_wildcard_then_default() {
+        let mut map = CertificateMap::default();
+        map.insert(Some(&pattern("chat.example.com:8443")), &cert("exact"));
+        map.insert(Some(&pattern("*.example.com")), &cert("wide"));
+        map.insert(Some(&pattern("*.eu.example.com")), &cert("narrow"));
+        map.set_default(Some(cert("default")));
+        assert_eq!(source(&map, Some("Chat.Example.com")), Some("exact"));
+        assert_eq!(source(&map, Some("a.eu.example.com")), Some("narrow"));
+        assert_eq!(source(&map, Some("a.b.example.com")), Some("wide"));
+        assert_eq!(source(&map, Some("other.org")), Some("default"));
+        assert_eq!(source(&map, None), Some("default"));
+    }
+
+    /// The route declared first keeps a name; a host-less route's certificate serves only
+    /// when no default is configured; with neither, nothing is served.
+    #[test]
+    fn first_declared_wins_and_hostless_route_is_the_fallback() {
+        let mut map = CertificateMap::default();
+        assert!(map.is_empty());
+        assert_eq!(source(&map, Some("chat.example.com")), None);
+        map.insert(Some(&pattern("chat.example.com")), &cert("first"));
+        map.insert(Some(&pattern("chat.example.com")), &cert("second"));
+        map.insert(None, &cert("hostless"));
+        assert_eq!(source(&map, Some("chat.example.com")), Some("first"));
+        assert_eq!(source(&map, Some("other.org")), Some("hostless"));
+        map.set_default(Some(cert("default")));
+        assert_eq!(source(&map, Some("other.org")), Some("default"));
+    }
+}
