@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the gateway: standalone from routes files (`--routes`), else from the cluster.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the WsRoute CustomResourceDefinition YAML (what `crds/wsroute.yaml` holds).
     Crd,
     /// Validate routes files (WsRoute YAML or ocelot.json); prints every problem, exit 1 if any.
@@ -162,10 +162,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => {
             app::raise_fd_limit();
             let default_certificate = args.default_cert.zip(args.default_key);
-            let tls_listen = args.tls_listen.or(
-                (default_certificate.is_some() || args.default_cert_secret.is_some())
-                    .then_some(app::DEFAULT_TLS_LISTEN),
-            );
+            let tls_listen = args.tls_listen.or((default_certificate.is_some()
+                || args.default_cert_secret.is_some())
+            .then_some(app::DEFAULT_TLS_LISTEN));
             let server = ServerOptions {
                 listen: args.listen,
                 tls_listen,

@@ -171,12 +171,22 @@ fn tls_blocks_reject_mixed_or_partial_references() {
             "backendTls": backend,
         })
     };
-    assert!(cel_errors(base(json!({"secretName": "chat-tls"}), json!({"caSecretName": "ca"}))).is_empty());
+    assert!(cel_errors(base(
+        json!({"secretName": "chat-tls"}),
+        json!({"caSecretName": "ca"})
+    ))
+    .is_empty());
     for (tls, backend) in [
-        (json!({"secretName": "x", "certFile": "c", "keyFile": "k"}), json!({})),
+        (
+            json!({"secretName": "x", "certFile": "c", "keyFile": "k"}),
+            json!({}),
+        ),
         (json!({"certFile": "c"}), json!({})),
         (json!({}), json!({})),
-        (json!({"secretName": "x"}), json!({"caSecretName": "a", "caFile": "b"})),
+        (
+            json!({"secretName": "x"}),
+            json!({"caSecretName": "a", "caFile": "b"}),
+        ),
     ] {
         assert!(
             !cel_errors(base(tls.clone(), backend.clone())).is_empty(),

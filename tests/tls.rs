@@ -26,7 +26,11 @@ fn tls_route(name: &str, host: &str, backend: SocketAddr, cert: Option<&Leaf>) -
     r
 }
 
-fn wss_backend_route(name: &str, backend: SocketAddr, edit: impl FnOnce(&mut WsRouteSpec)) -> Route {
+fn wss_backend_route(
+    name: &str,
+    backend: SocketAddr,
+    edit: impl FnOnce(&mut WsRouteSpec),
+) -> Route {
     let mut s = spec("/{everything}", "/{everything}", &[backend]);
     s.downstream_scheme = Some(DownstreamScheme::Wss);
     edit(&mut s);
@@ -120,7 +124,10 @@ async fn rotated_certificate_serves_new_handshakes_while_open_connections_keep_w
         .publish(&[tls_route("chat", "chat.test", echo.addr, Some(&new))]);
 
     let (mut fresh, leaf) = certs::wss_connect(addr, "chat.test", "/room").await;
-    assert_eq!(leaf, new.der, "a new handshake gets the rotated certificate");
+    assert_eq!(
+        leaf, new.der,
+        "a new handshake gets the rotated certificate"
+    );
     round_trip(&mut fresh, "new").await;
     round_trip(&mut open, "after rotation").await;
 }
@@ -135,7 +142,10 @@ async fn self_signed_backend_is_refused_by_default_and_accepted_with_the_dangero
     let status = upgrade_status(&strict).await;
     assert!(status.contains(" 502 "), "self-signed backend: {status}");
     let (code, body) = http_get(&strict.http("/plain")).await;
-    assert_eq!(code, 502, "https pass-through to a self-signed backend: {body}");
+    assert_eq!(
+        code, 502,
+        "https pass-through to a self-signed backend: {body}"
+    );
     assert!(body.contains("certificate"), "the 502 says why: {body}");
 
     let lax = Gateway::start(&[wss_backend_route("lax", backend.addr, |s| {
@@ -298,13 +308,18 @@ async fn file_mode_serves_certificate_files_and_reloads_them_when_rewritten() {
     let addr: SocketAddr = tls_listen.parse().unwrap();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let leaf = loop {
-        if let Ok(Ok((_, leaf))) =
-            tokio::time::timeout(Duration::from_secs(1), certs::tls_connect(addr, "chat.test"))
-                .await
+        if let Ok(Ok((_, leaf))) = tokio::time::timeout(
+            Duration::from_secs(1),
+            certs::tls_connect(addr, "chat.test"),
+        )
+        .await
         {
             break leaf;
         }
-        assert!(tokio::time::Instant::now() < deadline, "TLS listener never came up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "TLS listener never came up"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(leaf, first.der);
@@ -324,7 +339,10 @@ async fn file_mode_serves_certificate_files_and_reloads_them_when_rewritten() {
         if leaf == second.der {
             break;
         }
-        assert_eq!(leaf, first.der, "only the old or the new certificate is ever served");
+        assert_eq!(
+            leaf, first.der,
+            "only the old or the new certificate is ever served"
+        );
         assert!(
             tokio::time::Instant::now() < deadline,
             "the rewritten certificate was never served"

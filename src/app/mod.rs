@@ -10,10 +10,8 @@ pub mod standalone;
 pub use server::{Server, ServerOptions};
 
 /// Where the TLS listener goes when a certificate is configured and `--tls-listen` is not.
-pub const DEFAULT_TLS_LISTEN: std::net::SocketAddr = std::net::SocketAddr::new(
-    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-    8443,
-);
+pub const DEFAULT_TLS_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8443);
 
 /// Reads a PEM certificate chain and key (`--default-cert`, `--default-key`).
 pub fn read_certificate(

@@ -88,12 +88,8 @@ pub async fn run(options: StandaloneOptions) -> anyhow::Result<()> {
         server_options.tls_listen = Some(super::DEFAULT_TLS_LISTEN);
     }
     let tls_listening = server_options.tls_listen.is_some();
-    let server = Server::start(
-        server_options,
-        Arc::clone(&publisher),
-        Arc::clone(&metrics),
-    )
-    .await?;
+    let server =
+        Server::start(server_options, Arc::clone(&publisher), Arc::clone(&metrics)).await?;
     server.readiness.set_loaded();
 
     let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel::<()>();

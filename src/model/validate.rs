@@ -159,7 +159,11 @@ pub fn route_from_spec(
         .unwrap_or(false);
 
     let mut backend_tls = BackendTls::default();
-    if let Some(name) = spec.backend_tls.as_ref().and_then(|b| b.server_name.as_deref()) {
+    if let Some(name) = spec
+        .backend_tls
+        .as_ref()
+        .and_then(|b| b.server_name.as_deref())
+    {
         let name = name.trim();
         match rustls::pki_types::ServerName::try_from(name) {
             Ok(_) => backend_tls.server_name = Some(name.to_ascii_lowercase()),

@@ -350,11 +350,10 @@ impl Half {
             && !self.unflushed
             && !self.dst_shut
             && !self.dst_dead
+            && Pin::new(&mut *dst).poll_shutdown(cx).is_ready()
         {
-            if let Poll::Ready(_) = Pin::new(&mut *dst).poll_shutdown(cx) {
-                self.dst_shut = true;
-                progress = true;
-            }
+            self.dst_shut = true;
+            progress = true;
         }
         progress
     }
@@ -528,7 +527,13 @@ where
 {
     fn poll_step(&mut self, cx: &mut Context<'_>, up: &mut Half, down: &mut Half) -> Poll<()> {
         let a = pump(cx, &mut self.client, &mut self.upstream, up, CLIENT_DIED);
-        let b = pump(cx, &mut self.upstream, &mut self.client, down, UPSTREAM_DIED);
+        let b = pump(
+            cx,
+            &mut self.upstream,
+            &mut self.client,
+            down,
+            UPSTREAM_DIED,
+        );
         if a || b {
             Poll::Ready(())
         } else {

@@ -178,12 +178,11 @@ impl UpstreamTls {
 
     /// The name sent as SNI and checked against the certificate.
     fn server_name(&self, endpoint: &Endpoint) -> Result<ServerName<'static>, String> {
-        let name = self.backend.server_name.as_deref().unwrap_or_else(|| {
-            endpoint
-                .host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-        });
+        let name = self
+            .backend
+            .server_name
+            .as_deref()
+            .unwrap_or_else(|| endpoint.host.trim_start_matches('[').trim_end_matches(']'));
         ServerName::try_from(name.to_string())
             .map_err(|_| format!("`{name}` is not a valid TLS server name"))
     }
@@ -244,7 +243,10 @@ pub async fn upstream_stream(
 
 /// rustls reports certificate problems as an `io::Error` wrapping `rustls::Error`.
 fn describe(e: &io::Error) -> String {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         Some(rustls::Error::InvalidCertificate(c)) => {
             format!("the backend's certificate was refused: {c:?}")
         }

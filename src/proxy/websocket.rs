@@ -13,8 +13,8 @@ use hyper_util::rt::TokioIo;
 use super::dial::dial;
 use super::headers::{strip_hop_by_hop, to_upstream, Forwarded};
 use super::relay::{relay_streams, RelayConfig};
-use super::tls::{upstream_stream, Stream};
 use super::service::{ProxyBody, RequestCtx};
+use super::tls::{upstream_stream, Stream};
 use super::{Error, Gateway};
 use crate::table::{CompiledRoute, RouteTable};
 

@@ -35,7 +35,11 @@ impl Leaf {
     }
 
     /// Writes `cert.pem`-style files into `dir` and returns their paths.
-    pub fn write(&self, dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    pub fn write(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
         let cert = dir.join(format!("{name}.crt"));
         let key = dir.join(format!("{name}.key"));
         std::fs::write(&cert, &self.cert_pem).unwrap();
@@ -181,8 +185,11 @@ pub async fn tls_connect(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = within("tcp connect", TcpStream::connect(addr)).await?;
     let name = ServerName::try_from(sni.to_string()).unwrap();
-    let tls = within("tls handshake", TlsConnector::from(Arc::new(config)).connect(name, tcp))
-        .await?;
+    let tls = within(
+        "tls handshake",
+        TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await?;
     let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
     Ok((tls, leaf))
 }
@@ -191,7 +198,11 @@ pub type Wss = tokio_tungstenite::WebSocketStream<ClientTls>;
 
 /// A WebSocket over TLS to the gateway, with SNI and `Host` = `host`; also returns the
 /// presented leaf.
-pub async fn wss_connect(addr: SocketAddr, host: &str, path: &str) -> (Wss, CertificateDer<'static>) {
+pub async fn wss_connect(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> (Wss, CertificateDer<'static>) {
     let (tls, leaf) = tls_connect(addr, host)
         .await
         .unwrap_or_else(|e| panic!("TLS to {addr} as {host}: {e}"));

@@ -182,9 +182,8 @@ pub(super) fn load(file: &FileCtx<'_>, text: &str, out: &mut LoadedRoutes) {
         match route_from_spec(id, file.order_base + i as u64, &spec, SpecBackends::Static) {
             Ok(route) => {
                 if route.insecure_skip_verify {
-                    let segs = spec_path_to_ocelot(
-                        "spec.dangerousAcceptAnyServerCertificateValidator",
-                    );
+                    let segs =
+                        spec_path_to_ocelot("spec.dangerousAcceptAnyServerCertificateValidator");
                     let line = line_at(node, &segs).or(node.line());
                     out.problems.push(reader.fields.problem(
                         Severity::Warning,

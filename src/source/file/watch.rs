@@ -53,7 +53,15 @@ pub(crate) async fn watch_from_snapshot(
     shutdown: impl Future<Output = ()>,
     on_snapshot: impl FnOnce(),
 ) {
-    watch_all(paths, Vec::new(), interval, on_change, shutdown, on_snapshot).await
+    watch_all(
+        paths,
+        Vec::new(),
+        interval,
+        on_change,
+        shutdown,
+        on_snapshot,
+    )
+    .await
 }
 
 async fn watch_all(

@@ -327,9 +327,14 @@ fn rebuild(
 ) -> DesiredStatuses {
     let translation = stores.translate();
     if let Some((ns, name)) = &stores.default_certificate_secret {
-        match (&translation.default_certificate, &translation.default_certificate_problem) {
+        match (
+            &translation.default_certificate,
+            &translation.default_certificate_problem,
+        ) {
             (Some(cert), _) => publisher.set_default_certificate(Some(cert.clone())),
-            (None, Some(problem)) => tracing::warn!(secret = %format!("{ns}/{name}"), problem = %problem, "default certificate Secret unusable; keeping the last good default certificate"),
+            (None, Some(problem)) => {
+                tracing::warn!(secret = %format!("{ns}/{name}"), problem = %problem, "default certificate Secret unusable; keeping the last good default certificate")
+            }
             (None, None) => {}
         }
     }

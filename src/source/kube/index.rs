@@ -166,8 +166,13 @@ pub fn translate(
         let mut insecure_backend_tls = false;
         match route_from_spec(id.clone(), order as u64, spec, specs_backends) {
             Ok(mut route) if field_errors.is_empty() => {
-                certificate_problems =
-                    resolve_tls(spec, &namespace, &backends.secrets, &mut route, &mut field_errors);
+                certificate_problems = resolve_tls(
+                    spec,
+                    &namespace,
+                    &backends.secrets,
+                    &mut route,
+                    &mut field_errors,
+                );
                 insecure_backend_tls = route.insecure_skip_verify;
                 if !field_errors.is_empty() {
                     // The spec names files: leave the route out like any invalid field.

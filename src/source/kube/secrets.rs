@@ -45,7 +45,12 @@ fn lookup<'a>(secrets: &'a Secrets, namespace: &str, name: &str) -> Result<&'a S
         .ok_or_else(|| format!("Secret {namespace}/{name} not found"))
 }
 
-fn data<'a>(secret: &'a Secret, namespace: &str, name: &str, key: &str) -> Result<&'a [u8], String> {
+fn data<'a>(
+    secret: &'a Secret,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<&'a [u8], String> {
     secret
         .data
         .as_ref()
@@ -78,5 +83,6 @@ pub fn server_certificate(
 pub fn ca_bundle(secrets: &Secrets, namespace: &str, name: &str) -> Result<CaBundle, String> {
     let secret = lookup(secrets, namespace, name)?;
     let pem = data(secret, namespace, name, CA_KEY)?;
-    CaBundle::from_pem(format!("secret {namespace}/{name} {CA_KEY}"), pem).map_err(|e| e.to_string())
+    CaBundle::from_pem(format!("secret {namespace}/{name} {CA_KEY}"), pem)
+        .map_err(|e| e.to_string())
 }

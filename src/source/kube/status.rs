@@ -6,9 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::index::{BackendRef, RouteReport};
 use super::publish::{ProblemKind, TableProblem};
 use super::resolve::Unresolved;
-use crate::api::conditions::{
-    accepted, insecure_backend_tls, programmed, resolved_refs, status,
-};
+use crate::api::conditions::{accepted, insecure_backend_tls, programmed, resolved_refs, status};
 use crate::api::WsRouteStatus;
 
 /// The status a route should carry. `problems` are the table's problems for this route;

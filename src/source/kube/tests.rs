@@ -792,17 +792,28 @@ fn tls_secret_resolves_into_the_route_certificate() {
 fn missing_or_malformed_tls_secret_reports_invalid_certificate_ref_and_keeps_the_route() {
     let (cert, key) = pem_pair("chat.example.com");
     let (_, other_key) = pem_pair("other.example.com");
-    let garbage_key = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n";
+    let garbage_key =
+        "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n";
     let cases: Vec<(&str, Option<Secret>, &str)> = vec![
         ("missing", None, "not found"),
         (
             "opaque",
-            Some(secret("apps", "chat-tls", "Opaque", &[(TLS_CERT_KEY, &cert)])),
+            Some(secret(
+                "apps",
+                "chat-tls",
+                "Opaque",
+                &[(TLS_CERT_KEY, &cert)],
+            )),
             "not `kubernetes.io/tls`",
         ),
         (
             "no key",
-            Some(secret("apps", "chat-tls", TLS_SECRET_TYPE, &[(TLS_CERT_KEY, &cert)])),
+            Some(secret(
+                "apps",
+                "chat-tls",
+                TLS_SECRET_TYPE,
+                &[(TLS_CERT_KEY, &cert)],
+            )),
             "has no `tls.key`",
         ),
         (
@@ -824,7 +835,11 @@ fn missing_or_malformed_tls_secret_reports_invalid_certificate_ref_and_keeps_the
         let t = w.translate();
         let route = route_of(&t, "apps/chat");
         assert!(route.certificate.is_none(), "{case}");
-        assert_eq!(route.endpoints.len(), 1, "{case}: the route keeps its backends");
+        assert_eq!(
+            route.endpoints.len(),
+            1,
+            "{case}: the route keeps its backends"
+        );
         let st = status_of(&t, "apps/chat", &[], Some(1));
         assert_eq!(
             condition(&st, resolved_refs::TYPE),
@@ -845,7 +860,10 @@ fn missing_or_malformed_tls_secret_reports_invalid_certificate_ref_and_keeps_the
         assert!(message.contains("apps/chat-tls"), "{case}: {message}");
         assert!(message.contains(expect), "{case}: {message}");
         for secret_text in [&key, &other_key, "c2VjcmV0"] {
-            assert!(!message.contains(secret_text.trim()), "{case}: leaks contents");
+            assert!(
+                !message.contains(secret_text.trim()),
+                "{case}: leaks contents"
+            );
         }
     }
 }

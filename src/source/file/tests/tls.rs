@@ -61,11 +61,31 @@ fn bad_tls_references_are_errors_naming_the_field() {
     std::fs::write(dir.path().join("chat.crt"), &cert).unwrap();
     std::fs::write(dir.path().join("other.key"), &other_key).unwrap();
     for (tls, field, words) in [
-        ("  tls:\n    certFile: missing.crt\n    keyFile: other.key\n", "spec.tls.certFile", "cannot read"),
-        ("  tls:\n    certFile: chat.crt\n    keyFile: other.key\n", "spec.tls.certFile", "does not belong"),
-        ("  tls:\n    certFile: chat.crt\n", "spec.tls.keyFile", "required"),
-        ("  tls:\n    secretName: chat-tls\n", "spec.tls.secretName", "need a cluster"),
-        ("  backendTls:\n    caSecretName: ca\n", "spec.backendTls.caSecretName", "need a cluster"),
+        (
+            "  tls:\n    certFile: missing.crt\n    keyFile: other.key\n",
+            "spec.tls.certFile",
+            "cannot read",
+        ),
+        (
+            "  tls:\n    certFile: chat.crt\n    keyFile: other.key\n",
+            "spec.tls.certFile",
+            "does not belong",
+        ),
+        (
+            "  tls:\n    certFile: chat.crt\n",
+            "spec.tls.keyFile",
+            "required",
+        ),
+        (
+            "  tls:\n    secretName: chat-tls\n",
+            "spec.tls.secretName",
+            "need a cluster",
+        ),
+        (
+            "  backendTls:\n    caSecretName: ca\n",
+            "spec.backendTls.caSecretName",
+            "need a cluster",
+        ),
     ] {
         let loaded = load_in(dir.path(), &route_doc(tls));
         assert!(loaded.routes.is_empty(), "{tls}");
@@ -75,7 +95,10 @@ fn bad_tls_references_are_errors_naming_the_field() {
             .find(|p| p.field == field)
             .unwrap_or_else(|| panic!("{tls}: {:?}", loaded.problems));
         assert!(p.is_error() && p.message.contains(words), "{tls}: {p}");
-        assert!(!p.message.contains("PRIVATE KEY"), "never quotes key material");
+        assert!(
+            !p.message.contains("PRIVATE KEY"),
+            "never quotes key material"
+        );
     }
 }
 
@@ -84,7 +107,9 @@ fn bad_tls_references_are_errors_naming_the_field() {
 fn dangerous_flag_loads_with_a_warning() {
     let loaded = load_str(
         "routes.yaml",
-        &route_doc("  downstreamScheme: wss\n  dangerousAcceptAnyServerCertificateValidator: true\n"),
+        &route_doc(
+            "  downstreamScheme: wss\n  dangerousAcceptAnyServerCertificateValidator: true\n",
+        ),
     );
     assert_eq!(loaded.routes.len(), 1);
     assert_eq!(
