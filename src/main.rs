@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the gateway: standalone from routes files (`--routes`), else from the cluster.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the WsRoute CustomResourceDefinition YAML (what `crds/wsroute.yaml` holds).
     Crd,
     /// Validate routes files (WsRoute YAML or ocelot.json); prints every problem, exit 1 if any.
@@ -73,6 +73,19 @@ struct RunArgs {
     /// Address for ws:// and http:// traffic.
     #[arg(long, env = "WSGATE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// Address for wss:// and https:// traffic. Default: 0.0.0.0:8443 when any certificate
+    /// is configured (a default certificate, or a route's `tls` in a routes file).
+    #[arg(long, env = "WSGATE_TLS_LISTEN")]
+    tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain served when no route's host matches the SNI (with --default-key).
+    #[arg(long, env = "WSGATE_DEFAULT_CERT", requires = "default_key")]
+    default_cert: Option<PathBuf>,
+    /// PEM private key of --default-cert.
+    #[arg(long, env = "WSGATE_DEFAULT_KEY", requires = "default_cert")]
+    default_key: Option<PathBuf>,
+    /// Cluster mode: the default certificate from a `kubernetes.io/tls` Secret, `NS/NAME`.
+    #[arg(long, env = "WSGATE_DEFAULT_CERT_SECRET", value_parser = namespaced_name, conflicts_with = "default_cert")]
+    default_cert_secret: Option<(String, String)>,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "WSGATE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     admin_listen: SocketAddr,
@@ -114,6 +127,15 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
+fn namespaced_name(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("`{s}` is not NAMESPACE/NAME")),
+    }
+}
+
 fn duration_or_zero(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
         return Ok(Duration::ZERO);
@@ -147,8 +169,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
             app::raise_fd_limit();
+            let default_certificate = args.default_cert.zip(args.default_key);
+            let tls_listen = args.tls_listen.or((default_certificate.is_some()
+                || args.default_cert_secret.is_some())
+            .then_some(app::DEFAULT_TLS_LISTEN));
             let server = ServerOptions {
                 listen: args.listen,
+                tls_listen,
                 admin_listen: args.admin_listen,
                 shutdown_delay: args.shutdown_delay,
                 drain_timeout: args.drain_timeout,
@@ -166,14 +193,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     identity,
                     lease_namespace: args.pod_namespace,
                     write_status: !args.no_status,
+                    default_certificate,
+                    default_certificate_secret: args.default_cert_secret,
                     server,
                     sticky_key,
                 })
                 .await?;
                 return Ok(ExitCode::SUCCESS);
             }
+            if args.default_cert_secret.is_some() {
+                anyhow::bail!("--default-cert-secret needs cluster mode; with --routes use --default-cert and --default-key");
+            }
             app::standalone::run(app::standalone::StandaloneOptions {
                 routes: args.routes,
+                default_certificate,
                 reload_interval: args.reload_interval,
                 server,
                 sticky_key,
@@ -204,6 +237,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             app::raise_fd_limit();
             app::demo::run(ServerOptions {
                 listen,
+                tls_listen: None,
                 admin_listen,
                 shutdown_delay: Duration::ZERO,
                 drain_timeout: Duration::from_secs(5),

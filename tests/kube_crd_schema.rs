@@ -162,3 +162,41 @@ fn printer_columns_show_host_path_backend_ready_programmed_age() {
         ["Host", "Path", "Backend", "Ready", "Programmed", "Age"]
     );
 }
+
+/// `tls` names a Secret or a cert/key file pair, never both and never half a pair;
+/// `backendTls` takes at most one CA source.
+#[test]
+fn tls_blocks_reject_mixed_or_partial_references() {
+    let base = |tls: Value, backend: Value| {
+        json!({
+            "upstreamPathTemplate": "/chat",
+            "downstreamPathTemplate": "/chat",
+            "serviceName": "chat",
+            "servicePort": 80,
+            "tls": tls,
+            "backendTls": backend,
+        })
+    };
+    assert!(cel_errors(base(
+        json!({"secretName": "chat-tls"}),
+        json!({"caSecretName": "ca"})
+    ))
+    .is_empty());
+    for (tls, backend) in [
+        (
+            json!({"secretName": "x", "certFile": "c", "keyFile": "k"}),
+            json!({}),
+        ),
+        (json!({"certFile": "c"}), json!({})),
+        (json!({}), json!({})),
+        (
+            json!({"secretName": "x"}),
+            json!({"caSecretName": "a", "caFile": "b"}),
+        ),
+    ] {
+        assert!(
+            !cel_errors(base(tls.clone(), backend.clone())).is_empty(),
+            "{tls} / {backend} must be rejected"
+        );
+    }
+}

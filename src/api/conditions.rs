@@ -21,6 +21,16 @@ pub mod resolved_refs {
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     /// The Service has no port with the number or name of `servicePort`.
     pub const PORT_NOT_FOUND: &str = "PortNotFound";
+    /// `tls.secretName` or `backendTls.caSecretName` names a missing or malformed Secret.
+    /// The route keeps serving without that certificate.
+    pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
+}
+
+/// Present (True) only while the route skips verification of its `wss` backends
+/// (`dangerousAcceptAnyServerCertificateValidator: true`), so `kubectl describe` shows it.
+pub mod insecure_backend_tls {
+    pub const TYPE: &str = "wsgate.io/InsecureBackendTLS";
+    pub const DANGEROUS_ACCEPT_ANY: &str = "DangerousAcceptAnyServerCertificateValidator";
 }
 
 /// The data plane serves this generation of the route.

@@ -105,6 +105,62 @@ pub struct WsRouteSpec {
     /// Time limits for this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<RouteTimeouts>,
+    /// Certificate wsgate presents to clients of `upstreamHost` on the TLS listener
+    /// (chosen by SNI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// How wsgate verifies `wss` backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_tls: Option<BackendTlsSpec>,
+}
+
+/// Where the route's server certificate comes from: a `kubernetes.io/tls` Secret in the
+/// route's namespace (cluster), or PEM files (standalone; paths relative to the routes file).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
+#[x_kube(
+    validation = Rule::new("has(self.secretName) != has(self.certFile)")
+        .message("set secretName (cluster) or certFile and keyFile (standalone)")
+        .reason(Reason::FieldValueInvalid),
+    validation = Rule::new("has(self.certFile) == has(self.keyFile)")
+        .message("certFile and keyFile go together")
+        .reason(Reason::FieldValueRequired)
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsSpec {
+    /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) in the route's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// Standalone: PEM certificate chain, leaf first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub cert_file: Option<String>,
+    /// Standalone: PEM private key of `certFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub key_file: Option<String>,
+}
+
+/// Verification of `wss`/`https` backends: the platform roots plus an optional CA.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
+#[x_kube(validation = Rule::new("!(has(self.caSecretName) && has(self.caFile))")
+    .message("set at most one of caSecretName and caFile")
+    .reason(Reason::FieldValueInvalid))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendTlsSpec {
+    /// Name sent as SNI and required in the backend's certificate. Default: the backend's
+    /// host (`<serviceName>.<namespace>.svc` for Service backends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
+    /// A Secret in the route's namespace whose `ca.crt` holds extra trusted CA certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub ca_secret_name: Option<String>,
+    /// Standalone: PEM file of extra trusted CA certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub ca_file: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]

@@ -24,6 +24,10 @@ pub struct ClusterOptions {
     pub lease_namespace: String,
     /// Write status at all (off for a read-only replica set).
     pub write_status: bool,
+    /// `--default-cert`, `--default-key`: read once at start.
+    pub default_certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// `--default-cert-secret NS/NAME`: watched like route Secrets.
+    pub default_certificate_secret: Option<(String, String)>,
     pub server: ServerOptions,
     /// Signs sticky-session cookies; every replica needs the same one.
     pub sticky_key: StickyKey,
@@ -52,6 +56,9 @@ impl Cluster {
             Arc::clone(&metrics),
             options.sticky_key.clone(),
         ));
+        if let Some((cert, key)) = &options.default_certificate {
+            publisher.set_default_certificate(Some(super::read_certificate(cert, key)?));
+        }
         let server = Server::start(
             options.server.clone(),
             Arc::clone(&publisher),
@@ -62,6 +69,7 @@ impl Cluster {
         let mut config = KubeConfig::new(options.identity.clone(), options.lease_namespace.clone());
         config.namespaces = options.namespaces.clone();
         config.label_selector = options.route_selector.clone();
+        config.default_certificate_secret = options.default_certificate_secret.clone();
         if !options.write_status {
             config.lease = None;
         }

@@ -33,6 +33,8 @@ pub fn demo_routes(backend: SocketAddr) -> anyhow::Result<Vec<Route>> {
         load_balancer_options: None,
         dangerous_accept_any_server_certificate_validator: None,
         timeouts: None,
+        tls: None,
+        backend_tls: None,
     };
     let specs = [
         ("demo/chat", spec("/chat/{room}", "/rooms/{room}")),

@@ -52,6 +52,26 @@ pub fn sticky_key(
     })
 }
 
+/// Where the TLS listener goes when a certificate is configured and `--tls-listen` is not.
+pub const DEFAULT_TLS_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8443);
+
+/// Reads a PEM certificate chain and key (`--default-cert`, `--default-key`).
+pub fn read_certificate(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<crate::model::ServerCertificate> {
+    use anyhow::Context;
+    let cert_pem =
+        std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+    let key_pem = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+    Ok(crate::model::ServerCertificate::from_pem(
+        format!("file {}", cert.display()),
+        &cert_pem,
+        &key_pem,
+    )?)
+}
+
 /// Waits for SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

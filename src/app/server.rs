@@ -1,5 +1,5 @@
-//! A running gateway: the ws/http listener, the admin listener, and the shutdown
-//! sequence (readiness off → optional delay → stop accepting + Close 1001 → drain budget).
+//! A running gateway: the ws/http listener, the wss/https listener (when configured), the
+//! admin listener, and the shutdown sequence (readiness off → optional delay → stop accepting + Close 1001 → drain budget).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +15,9 @@ use crate::telemetry::Metrics;
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     pub listen: SocketAddr,
+    /// Address for wss:// and https:// traffic; `None` = no TLS listener. Certificates come
+    /// from the route table by SNI.
+    pub tls_listen: Option<SocketAddr>,
     pub admin_listen: SocketAddr,
     /// After readiness turns off, keep accepting this long so load balancers notice.
     pub shutdown_delay: Duration,
@@ -26,6 +29,7 @@ pub struct Server {
     pub gateway: Arc<Gateway>,
     pub readiness: Arc<Readiness>,
     pub listen_addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     options: ServerOptions,
 }
@@ -47,21 +51,40 @@ impl Server {
             .with_context(|| {
                 format!("cannot listen on {} (--admin-listen)", options.admin_listen)
             })?;
+        let tls_listener = match options.tls_listen {
+            None => None,
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--tls-listen)"))?,
+            ),
+        };
         let listen_addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
+        let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let tls_config = proxy::tls::server_config(Arc::clone(&publisher))
+            .context("cannot build the TLS configuration")?;
         let gateway = Gateway::new(publisher, Arc::clone(&metrics), Drain::new());
         let readiness = Arc::new(Readiness::default());
         tokio::spawn(proxy::serve(listener, Arc::clone(&gateway), "http"));
+        if let Some(tls_listener) = tls_listener {
+            tokio::spawn(proxy::serve_tls(
+                tls_listener,
+                Arc::clone(&gateway),
+                tokio_rustls::TlsAcceptor::from(tls_config),
+            ));
+        }
         tokio::spawn(admin::serve(
             admin_listener,
             metrics,
             Arc::clone(&readiness),
         ));
-        tracing::info!(listen = %listen_addr, admin = %admin_addr, "wsgate listening");
+        tracing::info!(listen = %listen_addr, tls_listen = ?tls_addr, admin = %admin_addr, "wsgate listening");
         Ok(Server {
             gateway,
             readiness,
             listen_addr,
+            tls_addr,
             admin_addr,
             options,
         })

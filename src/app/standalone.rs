@@ -18,6 +18,8 @@ use crate::telemetry::Metrics;
 #[derive(Clone, Debug)]
 pub struct StandaloneOptions {
     pub routes: Vec<PathBuf>,
+    /// `--default-cert`, `--default-key`: watched like the routes files.
+    pub default_certificate: Option<(PathBuf, PathBuf)>,
     pub reload_interval: Duration,
     pub server: ServerOptions,
     /// Signs sticky-session cookies; replicas that share it honour each other's cookies.
@@ -74,6 +76,10 @@ pub async fn run(options: StandaloneOptions) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         options.sticky_key.clone(),
     ));
+    let default_files = options.default_certificate.clone();
+    if let Some((cert, key)) = &default_files {
+        publisher.set_default_certificate(Some(super::read_certificate(cert, key)?));
+    }
     let published = publisher.publish(&loaded.routes);
     tracing::info!(
         generation = published.generation,
@@ -81,19 +87,34 @@ pub async fn run(options: StandaloneOptions) -> anyhow::Result<()> {
         "route table loaded"
     );
 
-    let server = Server::start(
-        options.server.clone(),
-        Arc::clone(&publisher),
-        Arc::clone(&metrics),
-    )
-    .await?;
+    let mut server_options = options.server.clone();
+    if server_options.tls_listen.is_none() && loaded.routes.iter().any(|r| r.certificate.is_some())
+    {
+        server_options.tls_listen = Some(super::DEFAULT_TLS_LISTEN);
+    }
+    let tls_listening = server_options.tls_listen.is_some();
+    let server =
+        Server::start(server_options, Arc::clone(&publisher), Arc::clone(&metrics)).await?;
     server.readiness.set_loaded();
 
     let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel::<()>();
-    let watcher = tokio::spawn(file::watch(
+    let extra = default_files
+        .iter()
+        .flat_map(|(c, k)| [c.clone(), k.clone()])
+        .collect();
+    let watcher = tokio::spawn(file::watch_with(
         options.routes.clone(),
+        extra,
         options.reload_interval,
-        move |result| reload(result, &publisher, &metrics),
+        move |result| {
+            reload(
+                result,
+                default_files.as_ref(),
+                tls_listening,
+                &publisher,
+                &metrics,
+            )
+        },
         async move {
             let _ = watch_stopped.await;
         },
@@ -106,8 +127,15 @@ pub async fn run(options: StandaloneOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Applies a changed routes file, or keeps the serving table when the change is broken.
-fn reload(result: Result<LoadedRoutes, file::FileError>, publisher: &Publisher, metrics: &Metrics) {
+/// Applies a changed routes file (or certificate file), or keeps the serving table when
+/// the change is broken.
+fn reload(
+    result: Result<LoadedRoutes, file::FileError>,
+    default_files: Option<&(PathBuf, PathBuf)>,
+    tls_listening: bool,
+    publisher: &Publisher,
+    metrics: &Metrics,
+) {
     let loaded = match result {
         Ok(l) => l,
         Err(e) => {
@@ -130,6 +158,19 @@ fn reload(result: Result<LoadedRoutes, file::FileError>, publisher: &Publisher, 
             "routes file change rejected; the last good route table keeps serving"
         );
         return;
+    }
+    if let Some((cert, key)) = default_files {
+        match super::read_certificate(cert, key) {
+            Ok(c) => publisher.set_default_certificate(Some(c)),
+            Err(e) => {
+                metrics.table_reloads_failed.inc();
+                tracing::error!(error = %format!("{e:#}"), "default certificate unusable; the last good route table keeps serving");
+                return;
+            }
+        }
+    }
+    if !tls_listening && loaded.routes.iter().any(|r| r.certificate.is_some()) {
+        tracing::warn!("routes now name certificates but no TLS listener runs; restart with --tls-listen to serve them");
     }
     let published = publisher.publish(&loaded.routes);
     tracing::info!(

@@ -3,9 +3,11 @@
 //! from the API server or a file.
 
 mod duration;
+mod tls;
 mod validate;
 
 pub use duration::{parse_duration, DurationError};
+pub use tls::{crypto_provider, BackendTls, CaBundle, CertificateError, ServerCertificate};
 pub use validate::{route_from_spec, FieldError, SpecBackends};
 
 use std::fmt;
@@ -160,6 +162,11 @@ pub struct Route {
     pub pin_signalr_connections: bool,
     pub insecure_skip_verify: bool,
     pub timeouts: Timeouts,
+    /// Served on the TLS listener to clients whose SNI matches `upstream_host`. Filled by
+    /// the source once `spec.tls` resolved; `None` when absent or unresolved.
+    pub certificate: Option<ServerCertificate>,
+    /// Name and trust for `wss` backends; the CA is filled by the source.
+    pub backend_tls: BackendTls,
 }
 
 #[cfg(test)]

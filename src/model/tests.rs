@@ -19,6 +19,8 @@ fn spec() -> WsRouteSpec {
         load_balancer_options: None,
         dangerous_accept_any_server_certificate_validator: None,
         timeouts: None,
+        tls: None,
+        backend_tls: None,
     }
 }
 

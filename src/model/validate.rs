@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use super::{parse_duration, Endpoint, HashOn, LoadBalancer, Route, RouteId, Scheme, Timeouts};
+use super::{
+    parse_duration, BackendTls, Endpoint, HashOn, LoadBalancer, Route, RouteId, Scheme, Timeouts,
+};
 use crate::api::LoadBalancerOptions;
 use crate::api::{DownstreamScheme, WsRouteSpec};
 
@@ -151,6 +153,22 @@ pub fn route_from_spec(
         .dangerous_accept_any_server_certificate_validator
         .unwrap_or(false);
 
+    let mut backend_tls = BackendTls::default();
+    if let Some(name) = spec
+        .backend_tls
+        .as_ref()
+        .and_then(|b| b.server_name.as_deref())
+    {
+        let name = name.trim();
+        match rustls::pki_types::ServerName::try_from(name) {
+            Ok(_) => backend_tls.server_name = Some(name.to_ascii_lowercase()),
+            Err(_) => errors.push(FieldError::new(
+                "spec.backendTls.serverName",
+                format!("`{name}` is not a DNS name or IP address"),
+            )),
+        }
+    }
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -169,6 +187,8 @@ pub fn route_from_spec(
         pin_signalr_connections,
         insecure_skip_verify,
         timeouts,
+        certificate: None,
+        backend_tls,
     })
 }
 

@@ -30,6 +30,12 @@ pub enum Error {
     UpstreamTimeout { endpoint: String, timeout_ms: u128 },
     #[error("backend {endpoint} broke the protocol: {reason}")]
     UpstreamProtocol { endpoint: String, reason: String },
+    #[error("TLS to backend {endpoint} of route {route} failed: {reason}")]
+    UpstreamTls {
+        route: String,
+        endpoint: String,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -38,7 +44,9 @@ impl Error {
             Error::NoRoute { .. } => StatusCode::NOT_FOUND,
             // Never a 4xx: clients stop reconnecting on 4xx.
             Error::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Error::ConnectFailed { .. } | Error::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
+            Error::ConnectFailed { .. }
+            | Error::UpstreamProtocol { .. }
+            | Error::UpstreamTls { .. } => StatusCode::BAD_GATEWAY,
             Error::ConnectTimeout { .. } | Error::UpstreamTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -55,7 +63,9 @@ impl Error {
             Error::ConnectTimeout { .. } => FailureReason::ConnectTimeout,
             Error::BadHandshake(_) | Error::HeadTooLarge { .. } => FailureReason::BadRequest,
             Error::UpstreamTimeout { .. } => FailureReason::UpstreamTimeout,
-            Error::UpstreamProtocol { .. } => FailureReason::UpstreamProtocol,
+            Error::UpstreamProtocol { .. } | Error::UpstreamTls { .. } => {
+                FailureReason::UpstreamProtocol
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use super::dial::dial;
 use super::headers::{strip_hop_by_hop, to_upstream, Forwarded};
 use super::service::{ProxyBody, RequestCtx};
+use super::tls::upstream_stream;
 use super::{signalr, Error, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::CompiledRoute;
@@ -38,8 +39,9 @@ pub async fn proxy(
     let endpoint = dialed.backend.endpoint.authority();
     let load = dialed.backend.load.begin();
     route.metrics.http_requests_total.inc();
+    let stream = upstream_stream(route, dialed.stream, &dialed.backend.endpoint).await?;
 
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(dialed.stream))
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| protocol(&endpoint, e))?;
     tokio::spawn(async move {

@@ -1,4 +1,5 @@
-//! Accepting client connections and serving HTTP/1.1 on them (hyper), with upgrades.
+//! Accepting client connections (plain, or TLS with certificates chosen by SNI) and
+//! serving HTTP/1.1 on them (hyper), with upgrades.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,8 +7,10 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use super::service::handle;
+use super::tls::Stream;
 use super::Gateway;
 
 /// hyper's read buffer: room for a head at the 431 limit plus what arrives behind it.
@@ -15,9 +18,27 @@ const READ_BUF_BYTES: usize = 2 * super::service::MAX_HEAD_BYTES;
 /// A client must send its whole request head within this time (slowloris guard).
 const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A client must finish its TLS handshake within this time.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves until the drain starts, then stops accepting. Connections keep running in the
 /// drain's tracker.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, proto: &'static str) {
+    accept_loop(listener, gw, proto, None).await
+}
+
+/// `serve` for the TLS listener: each connection's handshake runs in its own task, with
+/// the certificate chosen by `acceptor`'s resolver from the current table.
+pub async fn serve_tls(listener: TcpListener, gw: Arc<Gateway>, acceptor: TlsAcceptor) {
+    accept_loop(listener, gw, "https", Some(acceptor)).await
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    proto: &'static str,
+    tls: Option<TlsAcceptor>,
+) {
     let mut drain = gw.drain.signal();
     loop {
         let accepted = tokio::select! {
@@ -36,7 +57,25 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, proto: &'static str)
         let _ = stream.set_nodelay(true);
         let gw2 = Arc::clone(&gw);
         let mut conn_drain = gw.drain.signal();
+        let tls = tls.clone();
         gw.drain.spawn(async move {
+            let stream = match tls {
+                None => Stream::Tcp(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => Stream::Server(Box::new(s)),
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake with client failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %peer, "TLS handshake with client timed out");
+                            return;
+                        }
+                    }
+                }
+            };
             let svc = service_fn(move |req| handle(Arc::clone(&gw2), peer, proto, req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

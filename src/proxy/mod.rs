@@ -7,6 +7,7 @@
 pub mod drain;
 pub mod frame;
 pub mod relay;
+pub mod tls;
 
 mod dial;
 mod error;
@@ -20,7 +21,7 @@ mod websocket;
 
 pub use drain::{Drain, DrainSignal};
 pub use error::Error;
-pub use listener::serve;
+pub use listener::{serve, serve_tls};
 
 use std::sync::Arc;
 

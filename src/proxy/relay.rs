@@ -6,19 +6,30 @@
 //! readiness, reads into a per-worker-thread buffer and writes straight on without an
 //! await in between; only bytes the destination cannot take yet are copied into a
 //! per-direction backlog, which is freed once flushed.
+//!
+//! Two transports share the frame tracking, Close injection, idle and linger logic
+//! (`Half` and `run`): plain TCP on both sides (readiness + `try_read`/`try_write`, the
+//! fast path) and any `AsyncRead + AsyncWrite` pair (TLS on either side), driven from one
+//! hand-written `poll` that borrows the same per-thread buffer only inside that call.
+//! rustls keeps its own record buffers per TLS connection.
 
 use std::cell::RefCell;
+use std::future::poll_fn;
 use std::io;
 use std::net::Shutdown;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::drain::DrainSignal;
 use super::frame::{close_frame, FrameTracker};
+use super::tls::Stream;
 use crate::telemetry::RouteMetrics;
 
 const READ_BUF: usize = 64 * 1024;
@@ -97,6 +108,8 @@ struct Half {
     injected: Option<u16>,
     /// Frames towards a backend must be masked.
     masked: bool,
+    /// Bytes went into a buffering `dst` (TLS) since its last successful flush.
+    unflushed: bool,
     bytes: u64,
     bytes_flushed: u64,
     messages_flushed: u64,
@@ -115,6 +128,7 @@ impl Half {
             close_wanted: None,
             injected: None,
             masked,
+            unflushed: false,
             bytes: 0,
             bytes_flushed: 0,
             messages_flushed: 0,
@@ -131,7 +145,9 @@ impl Half {
 
     /// A Close frame (the peer's or ours) went this way and nothing is left to write.
     fn closed_and_flushed(&self) -> bool {
-        (self.tracker.close_seen() || self.injected.is_some()) && !self.has_backlog()
+        (self.tracker.close_seen() || self.injected.is_some())
+            && !self.has_backlog()
+            && !self.unflushed
     }
 
     fn finished(&self) -> bool {
@@ -248,6 +264,108 @@ impl Half {
         }
     }
 
+    /// Keeps bytes for the next write (early bytes behind a handshake).
+    fn queue(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() && !self.dst_dead {
+            self.compact_backlog();
+            self.backlog.extend_from_slice(bytes);
+        }
+    }
+
+    /// `forward` for a poll-driven `dst`: writes what it takes now, keeps the rest.
+    fn poll_forward<D: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut D,
+        bytes: &[u8],
+    ) {
+        if bytes.is_empty() || self.dst_dead {
+            return;
+        }
+        let mut off = 0;
+        if !self.has_backlog() {
+            while off < bytes.len() {
+                match Pin::new(&mut *dst).poll_write(cx, &bytes[off..]) {
+                    Poll::Ready(Ok(0)) => {
+                        self.dst_dead = true;
+                        return;
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        off += n;
+                        self.unflushed = true;
+                    }
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Poll::Ready(Err(_)) => {
+                        self.dst_dead = true;
+                        return;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        self.queue(&bytes[off..]);
+    }
+
+    /// `flush` for a poll-driven `dst`. Returns whether anything changed.
+    fn poll_backlog<D: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, dst: &mut D) -> bool {
+        let mut progress = false;
+        while self.has_backlog() && !self.dst_dead {
+            match Pin::new(&mut *dst).poll_write(cx, &self.backlog[self.backlog_off..]) {
+                Poll::Ready(Ok(0)) => self.dst_dead = true,
+                Poll::Ready(Ok(n)) => {
+                    self.backlog_off += n;
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Poll::Ready(Err(_)) => self.dst_dead = true,
+                Poll::Pending => return progress,
+            }
+            progress = true;
+        }
+        self.backlog = Vec::new();
+        self.backlog_off = 0;
+        progress
+    }
+
+    /// Pushes buffered TLS records out, then passes a finished `src` on as a half-close
+    /// (close_notify + FIN for TLS). Returns whether anything changed.
+    fn poll_finish<D: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, dst: &mut D) -> bool {
+        let mut progress = false;
+        if self.unflushed && !self.dst_dead {
+            match Pin::new(&mut *dst).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.unflushed = false;
+                    progress = true;
+                }
+                Poll::Ready(Err(_)) => {
+                    self.unflushed = false;
+                    self.dst_dead = true;
+                    progress = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        if self.src_done
+            && !self.has_backlog()
+            && !self.unflushed
+            && !self.dst_shut
+            && !self.dst_dead
+            && Pin::new(&mut *dst).poll_shutdown(cx).is_ready()
+        {
+            self.dst_shut = true;
+            progress = true;
+        }
+        progress
+    }
+
+    /// When `src` vanished without a Close, queue ours (1001/1011) for the other side.
+    fn close_if_src_died(&mut self, died_code: (u16, &'static str)) {
+        if self.src_done && !self.tracker.close_seen() && self.injected.is_none() {
+            self.close_wanted = Some(died_code);
+            self.inject_if_ready();
+        }
+    }
+
     fn flush_metrics(
         &mut self,
         bytes: &prometheus_client::metrics::counter::Counter,
@@ -283,13 +401,182 @@ fn read_and_forward(
             Err(_) => half.src_done = true,
         }
     });
-    if half.src_done && !half.tracker.close_seen() && half.injected.is_none() {
-        // The source vanished without a Close: tell the other side properly.
-        half.close_wanted = Some(died_code);
-        half.inject_if_ready();
-    }
+    // The source vanished without a Close: tell the other side properly.
+    half.close_if_src_died(died_code);
     half.flush(dst);
     half.shut_if_done(dst);
+}
+
+/// One direction of a poll-driven relay: flush the backlog, read once into the worker's
+/// buffer and forward, flush TLS records, pass a half-close on. The buffer is borrowed only
+/// inside this call, never across a suspension. Returns whether anything changed.
+fn pump<S, D>(
+    cx: &mut Context<'_>,
+    src: &mut S,
+    dst: &mut D,
+    half: &mut Half,
+    died_code: (u16, &'static str),
+) -> bool
+where
+    S: AsyncRead + Unpin,
+    D: AsyncWrite + Unpin,
+{
+    let mut progress = half.has_backlog() && half.poll_backlog(cx, dst);
+    if half.wants_read() {
+        progress |= READ_BUFFER.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let mut read = ReadBuf::new(&mut buf[..]);
+            match Pin::new(&mut *src).poll_read(cx, &mut read) {
+                Poll::Pending => false,
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    half.src_done = true;
+                    true
+                }
+                Poll::Ready(Ok(())) => {
+                    let fwd = half.accept(read.filled());
+                    half.poll_forward(cx, dst, fwd);
+                    half.inject_if_ready();
+                    true
+                }
+                Poll::Ready(Err(_)) => {
+                    half.src_done = true;
+                    true
+                }
+            }
+        });
+        half.close_if_src_died(died_code);
+        if half.has_backlog() {
+            half.poll_backlog(cx, dst);
+        }
+    }
+    progress |= half.poll_finish(cx, dst);
+    progress
+}
+
+/// The two connections of a relay and how bytes move between them.
+trait Transport {
+    /// Moves whatever can move now; `Ready` once anything changed, else `Pending` with
+    /// every needed waker registered.
+    fn poll_step(&mut self, cx: &mut Context<'_>, up: &mut Half, down: &mut Half) -> Poll<()>;
+}
+
+const CLIENT_DIED: (u16, &str) = (close_code::GOING_AWAY, "client went away");
+const UPSTREAM_DIED: (u16, &str) = (close_code::INTERNAL_ERROR, "backend connection lost");
+
+/// Plain TCP both ways: readiness, then `try_read`/`try_write` on the sockets themselves.
+struct Tcp {
+    client: TcpStream,
+    upstream: TcpStream,
+}
+
+impl Transport for Tcp {
+    fn poll_step(&mut self, cx: &mut Context<'_>, up: &mut Half, down: &mut Half) -> Poll<()> {
+        let (client, upstream) = (&self.client, &self.upstream);
+        if up.wants_read() {
+            if let Poll::Ready(r) = client.poll_read_ready(cx) {
+                if r.is_err() {
+                    up.src_done = true;
+                }
+                read_and_forward(client, upstream, up, CLIENT_DIED);
+                return Poll::Ready(());
+            }
+        }
+        if down.wants_read() {
+            if let Poll::Ready(r) = upstream.poll_read_ready(cx) {
+                if r.is_err() {
+                    down.src_done = true;
+                }
+                read_and_forward(upstream, client, down, UPSTREAM_DIED);
+                return Poll::Ready(());
+            }
+        }
+        if up.has_backlog() {
+            if let Poll::Ready(r) = upstream.poll_write_ready(cx) {
+                if r.is_err() {
+                    up.dst_dead = true;
+                }
+                up.flush(upstream);
+                up.shut_if_done(upstream);
+                return Poll::Ready(());
+            }
+        }
+        if down.has_backlog() {
+            if let Poll::Ready(r) = client.poll_write_ready(cx) {
+                if r.is_err() {
+                    down.dst_dead = true;
+                }
+                down.flush(client);
+                down.shut_if_done(client);
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// Any byte streams (TLS on either side).
+struct Io<C, U> {
+    client: C,
+    upstream: U,
+}
+
+impl<C, U> Transport for Io<C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    fn poll_step(&mut self, cx: &mut Context<'_>, up: &mut Half, down: &mut Half) -> Poll<()> {
+        let a = pump(cx, &mut self.client, &mut self.upstream, up, CLIENT_DIED);
+        let b = pump(
+            cx,
+            &mut self.upstream,
+            &mut self.client,
+            down,
+            UPSTREAM_DIED,
+        );
+        if a || b {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Relays two upgraded connections: the plain-TCP fast path when neither side is TLS.
+pub async fn relay_streams(
+    client: Stream,
+    client_early: Bytes,
+    upstream: Stream,
+    upstream_early: Bytes,
+    config: RelayConfig,
+    drain: DrainSignal,
+    metrics: &RouteMetrics,
+) -> RelayStats {
+    match (client, upstream) {
+        (Stream::Tcp(client), Stream::Tcp(upstream)) => {
+            relay(
+                client,
+                client_early,
+                upstream,
+                upstream_early,
+                config,
+                drain,
+                metrics,
+            )
+            .await
+        }
+        (client, upstream) => {
+            run(
+                Io { client, upstream },
+                client_early,
+                upstream_early,
+                config,
+                drain,
+                metrics,
+            )
+            .await
+        }
+    }
 }
 
 /// Relays until both sides have closed (or the linger time after the first close ran out).
@@ -300,22 +587,36 @@ pub async fn relay(
     upstream: TcpStream,
     upstream_early: Bytes,
     config: RelayConfig,
+    drain: DrainSignal,
+    metrics: &RouteMetrics,
+) -> RelayStats {
+    run(
+        Tcp { client, upstream },
+        client_early,
+        upstream_early,
+        config,
+        drain,
+        metrics,
+    )
+    .await
+}
+
+async fn run<T: Transport>(
+    mut transport: T,
+    client_early: Bytes,
+    upstream_early: Bytes,
+    config: RelayConfig,
     mut drain: DrainSignal,
     metrics: &RouteMetrics,
 ) -> RelayStats {
     // `up` carries client → upstream (masked frames), `down` upstream → client.
     let mut up = Half::new(true);
     let mut down = Half::new(false);
-    let client_died = (close_code::GOING_AWAY, "client went away");
-    let upstream_died = (close_code::INTERNAL_ERROR, "backend connection lost");
 
-    for (half, early, dst) in [
-        (&mut up, &client_early, &upstream),
-        (&mut down, &upstream_early, &client),
-    ] {
+    for (half, early) in [(&mut up, &client_early), (&mut down, &upstream_early)] {
         if !early.is_empty() {
             let fwd = half.accept(early);
-            half.forward(dst, fwd);
+            half.queue(fwd);
         }
     }
 
@@ -346,40 +647,22 @@ pub async fn relay(
             linger_deadline = Some(Instant::now() + config.linger);
         }
         let (up_bytes, down_bytes) = (up.bytes, down.bytes);
+        // Injected Close frames land in a backlog; the next step writes them.
         tokio::select! {
             biased;
             _ = drain.wait(), if !draining => {
                 draining = true;
                 down.close_wanted = Some((close_code::GOING_AWAY, "gateway shutting down"));
                 down.inject_if_ready();
-                down.flush(&client);
             }
-            r = client.readable(), if up.wants_read() => {
-                if r.is_err() { up.src_done = true; }
-                read_and_forward(&client, &upstream, &mut up, client_died);
-            }
-            r = upstream.readable(), if down.wants_read() => {
-                if r.is_err() { down.src_done = true; }
-                read_and_forward(&upstream, &client, &mut down, upstream_died);
-            }
-            r = upstream.writable(), if up.has_backlog() => {
-                if r.is_err() { up.dst_dead = true; }
-                up.flush(&upstream);
-                up.shut_if_done(&upstream);
-            }
-            r = client.writable(), if down.has_backlog() => {
-                if r.is_err() { down.dst_dead = true; }
-                down.flush(&client);
-                down.shut_if_done(&client);
-            }
+            _ = poll_fn(|cx| transport.poll_step(cx, &mut up, &mut down)) => {}
             _ = tokio::time::sleep_until(idle_deadline.unwrap_or(far_future)), if idle_deadline.is_some() => {
                 let idle = idle.unwrap_or_default();
                 if last_activity + idle <= Instant::now() {
                     tracing::info!(idle_ms = idle.as_millis() as u64, "closing idle WebSocket connection (route timeouts.idle)");
-                    for (half, dst) in [(&mut up, &upstream), (&mut down, &client)] {
+                    for half in [&mut up, &mut down] {
                         half.close_wanted = Some((close_code::GOING_AWAY, "idle timeout"));
                         half.inject_if_ready();
-                        half.flush(dst);
                     }
                     idle_deadline = None;
                 } else {

@@ -9,12 +9,12 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::dial::dial;
 use super::headers::{strip_hop_by_hop, to_upstream, Forwarded};
-use super::relay::{relay, RelayConfig};
+use super::relay::{relay_streams, RelayConfig};
 use super::service::{ProxyBody, RequestCtx};
+use super::tls::{upstream_stream, Stream};
 use super::{Error, Gateway};
 use crate::table::{CompiledRoute, RouteTable};
 
@@ -29,8 +29,9 @@ pub async fn proxy(
     let dialed = dial(route, &ctx.pick(&req)).await?;
     let endpoint = dialed.backend.endpoint.authority();
     let load = dialed.backend.load.begin();
+    let stream = upstream_stream(route, dialed.stream, &dialed.backend.endpoint).await?;
 
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(dialed.stream))
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| upstream_protocol(&endpoint, e))?;
     tokio::spawn(async move {
@@ -97,12 +98,12 @@ pub async fn proxy(
     let upstream = upstream_upgrade
         .await
         .map_err(|e| upstream_protocol(&endpoint, e))?;
-    let upstream = match upstream.downcast::<TokioIo<TcpStream>>() {
+    let upstream = match upstream.downcast::<TokioIo<Stream>>() {
         Ok(parts) => (parts.io.into_inner(), parts.read_buf),
         Err(_) => {
             return Err(Error::UpstreamProtocol {
                 endpoint,
-                reason: "upgraded connection is not a TCP stream".into(),
+                reason: "upgraded connection is not a TCP or TLS stream".into(),
             })
         }
     };
@@ -118,10 +119,10 @@ pub async fn proxy(
     gw.drain.spawn(async move {
         let route = &table.routes()[route_index];
         let client = match client_upgrade.await {
-            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<Stream>>() {
                 Ok(parts) => (parts.io.into_inner(), parts.read_buf),
                 Err(_) => {
-                    tracing::error!("client connection is not a TCP stream; closing");
+                    tracing::error!("client connection is not a TCP or TLS stream; closing");
                     return;
                 }
             },
@@ -134,7 +135,7 @@ pub async fn proxy(
         metrics.connections_total.inc();
         metrics.connections_active.inc();
         let started = Instant::now();
-        let stats = relay(
+        let stats = relay_streams(
             client.0, client.1, upstream.0, upstream.1, config, drain, metrics,
         )
         .await;

@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use super::find::HostIndex;
 use super::host::HostPattern;
 use super::template::{DownstreamTemplate, UpstreamTemplate};
+use super::CertificateMap;
 use super::{CompileContext, CompiledRoute, ProblemReason, RouteProblem, RouteTable};
 use crate::balance::Balancer;
-use crate::model::Route;
+use crate::model::{Route, Scheme};
+use crate::proxy::tls::UpstreamTls;
 
 const UPSTREAM_FIELD: &str = "spec.upstreamPathTemplate";
 const DOWNSTREAM_FIELD: &str = "spec.downstreamPathTemplate";
@@ -124,14 +126,19 @@ pub fn compile(
     }
 
     let mut index = HostIndex::default();
+    let mut certificates = CertificateMap::default();
     let compiled = accepted
         .into_iter()
         .enumerate()
         .map(|(idx, p)| {
             index.insert(idx, p.host.as_ref(), p.upstream.first_literal.as_deref());
+            if let Some(cert) = &p.route.certificate {
+                certificates.insert(p.host.as_ref(), cert);
+            }
             CompiledRoute {
                 balancer: Balancer::for_route(p.route, ctx.balance),
                 metrics: ctx.metrics.route(&p.route.id.0),
+                upstream_tls: (p.route.scheme == Scheme::Wss).then(|| UpstreamTls::new(p.route)),
                 route: p.route.clone(),
                 upstream: p.upstream,
                 downstream: p.downstream,
@@ -143,6 +150,7 @@ pub fn compile(
             generation,
             routes: compiled,
             index,
+            certificates,
         },
         problems,
     )

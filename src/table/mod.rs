@@ -13,12 +13,14 @@
 //! - literals compare ASCII-case-insensitively unless the route is case-sensitive;
 //!   captured values are the request's bytes, undecoded.
 
+mod certs;
 mod compile;
 mod find;
 mod host;
 mod publish;
 mod template;
 
+pub use certs::CertificateMap;
 pub use compile::compile;
 pub use publish::{Published, Publisher};
 
@@ -62,6 +64,7 @@ pub struct RouteTable {
     generation: u64,
     routes: Vec<CompiledRoute>,
     index: HostIndex,
+    certificates: CertificateMap,
 }
 
 impl RouteTable {
@@ -71,6 +74,7 @@ impl RouteTable {
             generation: 0,
             routes: Vec::new(),
             index: HostIndex::default(),
+            certificates: CertificateMap::default(),
         }
     }
 
@@ -82,6 +86,16 @@ impl RouteTable {
     pub fn routes(&self) -> &[CompiledRoute] {
         &self.routes
     }
+
+    /// The certificates the TLS listener serves with this generation, by SNI.
+    pub fn certificates(&self) -> &CertificateMap {
+        &self.certificates
+    }
+
+    /// Sets the certificate for handshakes no route's host matches (and without SNI).
+    pub fn set_default_certificate(&mut self, cert: Option<crate::model::ServerCertificate>) {
+        self.certificates.set_default(cert);
+    }
 }
 
 /// A route with everything the data plane needs resolved: balancer, metric handles and
@@ -91,6 +105,8 @@ pub struct CompiledRoute {
     pub route: Route,
     pub balancer: Balancer,
     pub metrics: RouteMetrics,
+    /// TLS towards the backends of a `wss` route; `None` for `ws`.
+    pub upstream_tls: Option<crate::proxy::tls::UpstreamTls>,
     upstream: UpstreamTemplate,
     downstream: DownstreamTemplate,
 }

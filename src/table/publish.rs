@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use super::{compile, CompileContext, RouteProblem, RouteTable};
 use crate::balance::{BalanceState, StickyKey};
-use crate::model::Route;
+use crate::model::{Route, ServerCertificate};
 use crate::telemetry::Metrics;
 
 /// The outcome of one `Publisher::publish`.
@@ -24,6 +24,8 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     balance: BalanceState,
     generation: watch::Sender<u64>,
+    /// Served when no route's host matches the SNI; part of every table compiled from now on.
+    default_certificate: Mutex<Option<ServerCertificate>>,
     // Serialises publishes so generations are published in the order they are numbered.
     publishing: Mutex<()>,
 }
@@ -41,6 +43,7 @@ impl Publisher {
             metrics,
             balance: BalanceState::new(key),
             generation: watch::Sender::new(0),
+            default_certificate: Mutex::new(None),
             publishing: Mutex::new(()),
         }
     }
@@ -59,7 +62,13 @@ impl Publisher {
             metrics: &self.metrics,
             balance: &self.balance,
         };
-        let (table, problems) = compile(generation, routes, &ctx);
+        let (mut table, problems) = compile(generation, routes, &ctx);
+        table.set_default_certificate(
+            self.default_certificate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        );
         self.current.store(Arc::new(table));
         self.metrics
             .table_generation
@@ -73,6 +82,15 @@ impl Publisher {
             generation,
             problems,
         }
+    }
+
+    /// Sets the default certificate for the tables published from now on (call `publish`
+    /// afterwards to serve it).
+    pub fn set_default_certificate(&self, cert: Option<ServerCertificate>) {
+        *self
+            .default_certificate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = cert;
     }
 
     /// The generation of the current table; changes after every `publish`.

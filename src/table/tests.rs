@@ -23,6 +23,8 @@ pub(super) fn route(id: &str, order: u64, upstream: &str, downstream: &str) -> R
         pin_signalr_connections: false,
         insecure_skip_verify: false,
         timeouts: Timeouts::default(),
+        certificate: None,
+        backend_tls: Default::default(),
     }
 }
 

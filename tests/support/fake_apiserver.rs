@@ -61,6 +61,7 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
     match resource {
         "wsroutes" => ("wsgate.io/v1alpha1", "WsRoute"),
         "services" => ("v1", "Service"),
+        "secrets" => ("v1", "Secret"),
         "endpointslices" => ("discovery.k8s.io/v1", "EndpointSlice"),
         "leases" => ("coordination.k8s.io/v1", "Lease"),
         "events" => ("events.k8s.io/v1", "Event"),
@@ -72,6 +73,7 @@ fn resource_of(kind: &str) -> &'static str {
     match kind {
         "WsRoute" => "wsroutes",
         "Service" => "services",
+        "Secret" => "secrets",
         "EndpointSlice" => "endpointslices",
         "Lease" => "leases",
         "Event" => "events",

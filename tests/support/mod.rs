@@ -111,6 +111,8 @@ pub fn spec(up: &str, down: &str, backends: &[SocketAddr]) -> WsRouteSpec {
         load_balancer_options: None,
         dangerous_accept_any_server_certificate_validator: None,
         timeouts: None,
+        tls: None,
+        backend_tls: None,
     }
 }
 
@@ -139,6 +141,7 @@ impl Gateway {
         let server = Server::start(
             ServerOptions {
                 listen: "127.0.0.1:0".parse().unwrap(),
+                tls_listen: Some("127.0.0.1:0".parse().unwrap()),
                 admin_listen: "127.0.0.1:0".parse().unwrap(),
                 shutdown_delay: Duration::ZERO,
                 drain_timeout,
@@ -292,5 +295,6 @@ async fn reqwest_like_get(url: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+pub mod certs;
 pub mod fake_apiserver;
 pub mod signalr_hub;

@@ -6,11 +6,12 @@
 
 mod json;
 mod ocelot;
+mod tls;
 mod watch;
 mod wsroute;
 mod yaml_path;
 
-pub use watch::watch;
+pub use watch::{watch, watch_with};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -96,6 +97,9 @@ pub enum FileError {
 pub struct LoadedRoutes {
     pub routes: Vec<Route>,
     pub problems: Vec<FileProblem>,
+    /// Certificate, key and CA files the routes name (read or not); watched with the
+    /// routes files.
+    pub tls_files: Vec<PathBuf>,
 }
 
 impl LoadedRoutes {

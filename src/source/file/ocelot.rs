@@ -180,7 +180,20 @@ pub(super) fn load(file: &FileCtx<'_>, text: &str, out: &mut LoadedRoutes) {
             continue;
         };
         match route_from_spec(id, file.order_base + i as u64, &spec, SpecBackends::Static) {
-            Ok(route) => out.routes.push(route),
+            Ok(route) => {
+                if route.insecure_skip_verify {
+                    let segs =
+                        spec_path_to_ocelot("spec.dangerousAcceptAnyServerCertificateValidator");
+                    let line = line_at(node, &segs).or(node.line());
+                    out.problems.push(reader.fields.problem(
+                        Severity::Warning,
+                        line,
+                        &segs_to_string(&path, &segs),
+                        "backend certificates of this route are NOT verified: anyone on the network path to the backend can read and change its traffic".into(),
+                    ));
+                }
+                out.routes.push(route)
+            }
             Err(errors) => {
                 for FieldError { field, message } in errors {
                     let segs = spec_path_to_ocelot(&field);
@@ -354,6 +367,8 @@ impl<'a> RouteReader<'a> {
             load_balancer_options,
             dangerous_accept_any_server_certificate_validator,
             timeouts: None,
+            tls: None,
+            backend_tls: None,
         })
     }
 

@@ -20,21 +20,53 @@ const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 /// Polls `paths` every `interval` and calls `on_change(load(paths))` each time the content
 /// of any of them changes (not at start: the caller has just loaded them), until
-/// `shutdown` resolves. A file that disappears is reported only if it is still missing
-/// one interval later, so a delete-and-recreate save is seen as one change.
+/// `shutdown` resolves. The certificate, key and CA files the routes name are watched too.
+/// A file that disappears is reported only if it is still missing one interval later, so
+/// a delete-and-recreate save is seen as one change.
 pub async fn watch(
     paths: Vec<PathBuf>,
     interval: Duration,
     on_change: impl FnMut(Result<LoadedRoutes, FileError>),
     shutdown: impl Future<Output = ()>,
 ) {
-    watch_from_snapshot(paths, interval, on_change, shutdown, || {}).await
+    watch_all(paths, Vec::new(), interval, on_change, shutdown, || {}).await
+}
+
+/// `watch`, also reloading when one of `extra` changes (e.g. the default certificate files).
+pub async fn watch_with(
+    paths: Vec<PathBuf>,
+    extra: Vec<PathBuf>,
+    interval: Duration,
+    on_change: impl FnMut(Result<LoadedRoutes, FileError>),
+    shutdown: impl Future<Output = ()>,
+) {
+    watch_all(paths, extra, interval, on_change, shutdown, || {}).await
 }
 
 /// `watch`, calling `on_snapshot` once the first look at the files is taken: changes from
 /// then on are reported.
+#[cfg(test)]
 pub(crate) async fn watch_from_snapshot(
     paths: Vec<PathBuf>,
+    interval: Duration,
+    on_change: impl FnMut(Result<LoadedRoutes, FileError>),
+    shutdown: impl Future<Output = ()>,
+    on_snapshot: impl FnOnce(),
+) {
+    watch_all(
+        paths,
+        Vec::new(),
+        interval,
+        on_change,
+        shutdown,
+        on_snapshot,
+    )
+    .await
+}
+
+async fn watch_all(
+    paths: Vec<PathBuf>,
+    extra: Vec<PathBuf>,
     interval: Duration,
     mut on_change: impl FnMut(Result<LoadedRoutes, FileError>),
     shutdown: impl Future<Output = ()>,
@@ -48,6 +80,12 @@ pub(crate) async fn watch_from_snapshot(
     for path in &paths {
         seen.push(FileState::read(path, None).await);
     }
+    // Which TLS files the routes name: parse what was just read.
+    let mut deps = dependencies(&paths, &seen, &extra);
+    let mut deps_seen = Vec::with_capacity(deps.len());
+    for path in &deps {
+        deps_seen.push(FileState::read(path, None).await);
+    }
     on_snapshot();
     let mut missing_once = false;
     loop {
@@ -59,14 +97,16 @@ pub(crate) async fn watch_from_snapshot(
         for (path, before) in paths.iter().zip(&seen) {
             now.push(FileState::read(path, Some(before)).await);
         }
-        if now.iter().zip(&seen).all(|(a, b)| a.same_content(b)) {
+        let mut deps_now = Vec::with_capacity(deps.len());
+        for (path, before) in deps.iter().zip(&deps_seen) {
+            deps_now.push(FileState::read(path, Some(before)).await);
+        }
+        let pairs = || now.iter().zip(&seen).chain(deps_now.iter().zip(&deps_seen));
+        if pairs().all(|(a, b)| a.same_content(b)) {
             missing_once = false;
             continue;
         }
-        let newly_missing = now
-            .iter()
-            .zip(&seen)
-            .any(|(a, b)| a.is_missing() && !b.is_missing());
+        let newly_missing = pairs().any(|(a, b)| a.is_missing() && !b.is_missing());
         if newly_missing && !missing_once {
             missing_once = true;
             continue;
@@ -78,8 +118,45 @@ pub(crate) async fn watch_from_snapshot(
             .zip(now.iter().map(FileState::content))
             .collect();
         seen = now;
-        on_change(parse_files(contents));
+        let result = parse_files(contents);
+        let mut next = extra.clone();
+        if let Ok(loaded) = &result {
+            next.extend(loaded.tls_files.iter().cloned());
+        } else {
+            next.extend(deps.iter().filter(|d| !extra.contains(d)).cloned());
+        }
+        dedup(&mut next);
+        if next == deps {
+            deps_seen = deps_now;
+        } else {
+            deps_seen = Vec::with_capacity(next.len());
+            for path in &next {
+                deps_seen.push(FileState::read(path, None).await);
+            }
+            deps = next;
+        }
+        on_change(result);
     }
+}
+
+/// `extra` plus the TLS files named by the routes files as read in `states`.
+fn dependencies(paths: &[PathBuf], states: &[FileState], extra: &[PathBuf]) -> Vec<PathBuf> {
+    let contents = paths
+        .iter()
+        .cloned()
+        .zip(states.iter().map(FileState::content))
+        .collect();
+    let mut deps = extra.to_vec();
+    if let Ok(loaded) = parse_files(contents) {
+        deps.extend(loaded.tls_files);
+    }
+    dedup(&mut deps);
+    deps
+}
+
+fn dedup(paths: &mut Vec<PathBuf>) {
+    let mut seen = std::collections::HashSet::new();
+    paths.retain(|p| seen.insert(p.clone()));
 }
 
 /// What one poll saw of one file.

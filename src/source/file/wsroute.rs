@@ -231,7 +231,23 @@ impl DocCtx<'_> {
             &doc.spec,
             SpecBackends::Static,
         ) {
-            Ok(route) => out.routes.push(route),
+            Ok(mut route) => {
+                let problems =
+                    super::tls::resolve(&doc.spec, self.file.path, &mut route, &mut out.tls_files);
+                let mut usable = true;
+                for p in problems {
+                    let mut problem = err(p.field, p.message);
+                    if p.warning {
+                        problem.severity = Severity::Warning;
+                    } else {
+                        usable = false;
+                    }
+                    out.problems.push(problem);
+                }
+                if usable {
+                    out.routes.push(route);
+                }
+            }
             Err(errors) => out
                 .problems
                 .extend(errors.into_iter().map(|e| err(&e.field, e.message))),

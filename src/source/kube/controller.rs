@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{self, Stream, StreamExt};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -25,6 +25,7 @@ use super::lease::{run_lease, LeaseConfig};
 use super::metrics::{KubeMetrics, Resource as Kind};
 use super::publish::RoutePublisher;
 use super::resolve::SERVICE_NAME_LABEL;
+use super::secrets::strip_unusable;
 use super::status::compute_status;
 use super::writer::{DesiredStatus, DesiredStatuses, StatusWriter};
 use crate::table::RouteProblem;
@@ -43,6 +44,8 @@ pub struct KubeConfig {
     pub controller_name: String,
     /// Leader election for the status writer; `None` = never write status.
     pub lease: Option<LeaseConfig>,
+    /// `--default-cert-secret`: a `kubernetes.io/tls` Secret `(namespace, name)`.
+    pub default_certificate_secret: Option<(String, String)>,
 }
 
 impl KubeConfig {
@@ -61,6 +64,7 @@ impl KubeConfig {
                 duration: Duration::from_secs(15),
                 renew_every: Duration::from_secs(5),
             }),
+            default_certificate_secret: None,
         }
     }
 }
@@ -98,6 +102,7 @@ fn reflect<K>(
     writer: Writer<K>,
     kind: Kind,
     metrics: Arc<KubeMetrics>,
+    prepare: fn(&mut K),
 ) -> Changes
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -107,7 +112,10 @@ where
     let mut generations: HashMap<String, Option<i64>> = HashMap::new();
     let stream = watcher(api, config)
         .default_backoff()
-        .modify(|o: &mut K| o.managed_fields_mut().clear());
+        .modify(move |o: &mut K| {
+            o.managed_fields_mut().clear();
+            prepare(o);
+        });
     let stream = reflector::reflector(writer, stream).map(move |item| match item {
         Ok(event) => {
             metrics.watches_healthy.set(1);
@@ -189,6 +197,7 @@ pub async fn run(
             routes,
             Kind::WsRoute,
             metrics.clone(),
+            |_| {},
         ));
         let services = Writer::<Service>::default();
         stores.services.push(services.as_reader());
@@ -198,6 +207,7 @@ pub async fn run(
             services,
             Kind::Service,
             metrics.clone(),
+            |_| {},
         ));
         let slices = Writer::<EndpointSlice>::default();
         stores.slices.push(slices.as_reader());
@@ -207,7 +217,37 @@ pub async fn run(
             slices,
             Kind::EndpointSlice,
             metrics.clone(),
+            |_| {},
         ));
+        // Certificates: every Secret of the scope is listed, but only TLS Secrets and ones
+        // with `ca.crt` keep their data in the store.
+        let secrets = Writer::<Secret>::default();
+        stores.secrets.push(secrets.as_reader());
+        changes.push(reflect(
+            api(&client, ns),
+            watcher::Config::default(),
+            secrets,
+            Kind::Secret,
+            metrics.clone(),
+            strip_unusable,
+        ));
+    }
+    stores.default_certificate_secret = config.default_certificate_secret.clone();
+    if let Some((ns, name)) = &config.default_certificate_secret {
+        if !config.namespaces.is_empty() && !config.namespaces.contains(ns) {
+            // The default Secret lives outside the watched namespaces (usually the
+            // gateway's own): watch that one Secret.
+            let secrets = Writer::<Secret>::default();
+            stores.secrets.push(secrets.as_reader());
+            changes.push(reflect(
+                Api::namespaced(client.clone(), ns),
+                watcher::Config::default().fields(&format!("metadata.name={name}")),
+                secrets,
+                Kind::Secret,
+                metrics.clone(),
+                strip_unusable,
+            ));
+        }
     }
     let mut changes = stream::select_all(changes);
 
@@ -318,6 +358,31 @@ fn rebuild(
     }
     *reported = still;
     let translation = stores.translate();
+    if let Some((ns, name)) = &stores.default_certificate_secret {
+        match (
+            &translation.default_certificate,
+            &translation.default_certificate_problem,
+        ) {
+            (Some(cert), _) => publisher.set_default_certificate(Some(cert.clone())),
+            (None, Some(problem)) => {
+                tracing::warn!(secret = %format!("{ns}/{name}"), problem = %problem, "default certificate Secret unusable; keeping the last good default certificate")
+            }
+            (None, None) => {}
+        }
+    }
+    for report in &translation.reports {
+        let flagged_before = report.previous.as_ref().is_some_and(|p| {
+            p.conditions
+                .iter()
+                .any(|c| c.type_ == crate::api::conditions::insecure_backend_tls::TYPE)
+        });
+        if report.insecure_backend_tls && !flagged_before {
+            tracing::warn!(route = %report.id, "route skips verification of its backends' certificates (dangerousAcceptAnyServerCertificateValidator); anyone on the network path can read and change its traffic");
+        }
+        for problem in &report.certificate_problems {
+            tracing::warn!(route = %report.id, problem = %problem, "certificate reference not resolved (ResolvedRefs: InvalidCertificateRef)");
+        }
+    }
     let outcome = publisher.publish(&translation.routes);
     metrics.rebuilds.inc();
     tracing::info!(

@@ -3,14 +3,18 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 
 use super::resolve::{Backends, Unresolved};
-use crate::api::{WsRoute, WsRouteStatus};
-use crate::model::{route_from_spec, EndpointState, FieldError, Route, RouteId, SpecBackends};
+use super::secrets::{self, Secrets};
+use crate::api::{WsRoute, WsRouteSpec, WsRouteStatus};
+use crate::model::{
+    route_from_spec, EndpointState, FieldError, Route, RouteId, Scheme, ServerCertificate,
+    SpecBackends,
+};
 
 /// A WsRoute as the store holds it: `Err` when the object does not deserialize (a wrong
 /// type the schema let through, a field from a newer CRD), so one bad object cannot fail
@@ -32,6 +36,9 @@ pub struct Stores {
     pub routes: Vec<Store<GuardedRoute>>,
     pub services: Vec<Store<Service>>,
     pub slices: Vec<Store<EndpointSlice>>,
+    pub secrets: Vec<Store<Secret>>,
+    /// `--default-cert-secret`: `(namespace, name)` of a `kubernetes.io/tls` Secret.
+    pub default_certificate_secret: Option<(String, String)>,
 }
 
 impl Stores {
@@ -48,22 +55,34 @@ impl Stores {
         for s in &self.slices {
             s.wait_until_ready().await?;
         }
+        for s in &self.secrets {
+            s.wait_until_ready().await?;
+        }
         Ok(())
     }
 
     /// Reads every store once; WsRoutes that do not deserialize are left out (see
     /// `invalid_routes`).
     pub fn translate(&self) -> Translation {
-        translate(
+        let backends = Backends::new(
+            self.services.iter().flat_map(Store::state),
+            self.slices.iter().flat_map(Store::state),
+        )
+        .with_secrets(self.secrets.iter().flat_map(Store::state));
+        let mut out = translate(
             self.routes
                 .iter()
                 .flat_map(Store::state)
                 .filter_map(|g| g.0.as_ref().ok().cloned().map(Arc::new)),
-            &Backends::new(
-                self.services.iter().flat_map(Store::state),
-                self.slices.iter().flat_map(Store::state),
-            ),
-        )
+            &backends,
+        );
+        if let Some((ns, name)) = &self.default_certificate_secret {
+            match secrets::server_certificate(&backends.secrets, ns, name) {
+                Ok(cert) => out.default_certificate = Some(cert),
+                Err(e) => out.default_certificate_problem = Some(e),
+            }
+        }
+        out
     }
 
     /// The WsRoute `namespace/name`, if it is in a store and deserializes.
@@ -117,6 +136,10 @@ pub struct RouteReport {
     pub backend: BackendRef,
     /// Endpoints taking new connections.
     pub ready_endpoints: i32,
+    /// Why `tls.secretName` or `backendTls.caSecretName` did not resolve; empty = fine.
+    pub certificate_problems: Vec<String>,
+    /// `dangerousAcceptAnyServerCertificateValidator: true` on a route in the table.
+    pub insecure_backend_tls: bool,
     /// The status the object carries now; conditions whose value did not change keep
     /// its `lastTransitionTime`.
     pub previous: Option<WsRouteStatus>,
@@ -128,6 +151,10 @@ pub struct RouteReport {
 pub struct Translation {
     pub routes: Vec<Route>,
     pub reports: Vec<RouteReport>,
+    /// `--default-cert-secret`, when set and usable.
+    pub default_certificate: Option<ServerCertificate>,
+    /// Why `--default-cert-secret` is not usable.
+    pub default_certificate_problem: Option<String>,
 }
 
 /// WsRoutes + backends → routes and status inputs. `order` is creation order
@@ -182,8 +209,35 @@ pub fn translate(
             },
         };
         let mut ready_endpoints = 0;
+        let mut certificate_problems = Vec::new();
+        let mut insecure_backend_tls = false;
         match route_from_spec(id.clone(), order as u64, spec, specs_backends) {
-            Ok(route) if field_errors.is_empty() => {
+            Ok(mut route) if field_errors.is_empty() => {
+                certificate_problems = resolve_tls(
+                    spec,
+                    &namespace,
+                    &backends.secrets,
+                    &mut route,
+                    &mut field_errors,
+                );
+                insecure_backend_tls = route.insecure_skip_verify;
+                if !field_errors.is_empty() {
+                    // The spec names files: leave the route out like any invalid field.
+                    out.reports.push(RouteReport {
+                        id,
+                        namespace,
+                        name,
+                        uid: obj.metadata.uid.clone(),
+                        generation: obj.metadata.generation,
+                        field_errors,
+                        backend,
+                        ready_endpoints: 0,
+                        certificate_problems,
+                        insecure_backend_tls: false,
+                        previous: obj.status.clone(),
+                    });
+                    continue;
+                }
                 ready_endpoints = route
                     .endpoints
                     .iter()
@@ -203,10 +257,65 @@ pub fn translate(
             field_errors,
             backend,
             ready_endpoints: i32::try_from(ready_endpoints).unwrap_or(i32::MAX),
+            certificate_problems,
+            insecure_backend_tls,
             previous: obj.status.clone(),
         });
     }
     out.routes.sort_by(|a, b| a.id.cmp(&b.id));
     out.reports.sort_by(|a, b| a.id.cmp(&b.id));
     out
+}
+
+/// Resolves a route's certificate references against the Secrets of its namespace. An
+/// unresolved reference leaves the route serving (without that certificate / with only the
+/// platform roots) and is returned for `ResolvedRefs`; file paths are field errors here.
+fn resolve_tls(
+    spec: &WsRouteSpec,
+    namespace: &str,
+    secrets: &Secrets,
+    route: &mut Route,
+    field_errors: &mut Vec<FieldError>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(tls) = &spec.tls {
+        if tls.cert_file.is_some() || tls.key_file.is_some() {
+            field_errors.push(FieldError::new(
+                "spec.tls.certFile",
+                "certificate files are for standalone mode; in a cluster name a `kubernetes.io/tls` Secret in `secretName`",
+            ));
+        }
+        match &tls.secret_name {
+            Some(name) => match secrets::server_certificate(secrets, namespace, name) {
+                Ok(cert) => route.certificate = Some(cert),
+                Err(e) => problems.push(format!("spec.tls.secretName: {e}")),
+            },
+            None if tls.cert_file.is_none() => field_errors.push(FieldError::new(
+                "spec.tls.secretName",
+                "required: a `kubernetes.io/tls` Secret in the route's namespace",
+            )),
+            None => {}
+        }
+    }
+    if let Some(backend) = &spec.backend_tls {
+        if backend.ca_file.is_some() {
+            field_errors.push(FieldError::new(
+                "spec.backendTls.caFile",
+                "CA files are for standalone mode; in a cluster use `caSecretName` (a Secret with `ca.crt`)",
+            ));
+        }
+        if let Some(name) = &backend.ca_secret_name {
+            match secrets::ca_bundle(secrets, namespace, name) {
+                Ok(ca) => route.backend_tls.ca = Some(ca),
+                Err(e) => problems.push(format!("spec.backendTls.caSecretName: {e}")),
+            }
+        }
+    }
+    // Pod IPs rarely appear in a certificate: a Service backend is verified as its DNS name.
+    if route.scheme == Scheme::Wss && route.backend_tls.server_name.is_none() {
+        if let Some(service) = &spec.service_name {
+            route.backend_tls.server_name = Some(format!("{service}.{namespace}.svc"));
+        }
+    }
+    problems
 }

@@ -14,6 +14,7 @@ pub enum Resource {
     Service,
     EndpointSlice,
     Lease,
+    Secret,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -14,6 +14,7 @@ mod lease;
 mod metrics;
 mod publish;
 mod resolve;
+mod secrets;
 mod status;
 mod writer;
 
@@ -26,6 +27,7 @@ pub use lease::{decide, run_lease, LeaseConfig, LeaseDecision};
 pub use metrics::{KubeMetrics, PatchOutcome, Resource};
 pub use publish::RoutePublisher;
 pub use resolve::{Backends, Unresolved, SERVICE_NAME_LABEL};
+pub use secrets::{strip_unusable, CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY, TLS_SECRET_TYPE};
 pub use status::{compute_status, same_ignoring_timestamps};
 pub use writer::{carry_transition_times, DesiredStatus, DesiredStatuses, StatusWriter};
 

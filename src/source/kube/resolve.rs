@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -34,6 +34,8 @@ pub enum Unresolved {
 pub struct Backends {
     pub services: BTreeMap<(String, String), Arc<Service>>,
     pub slices: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>>,
+    /// Secrets routes may name for certificates (`tls.secretName`, `caSecretName`).
+    pub secrets: super::secrets::Secrets,
 }
 
 impl Backends {
@@ -61,6 +63,12 @@ impl Backends {
             }
         }
         b
+    }
+
+    /// Adds the Secrets certificate references resolve against.
+    pub fn with_secrets(mut self, secrets: impl IntoIterator<Item = Arc<Secret>>) -> Self {
+        self.secrets = super::secrets::index(secrets);
+        self
     }
 
     /// The endpoints of `service`'s `port` in `namespace`: ready ones take new connections,

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::index::{BackendRef, RouteReport};
 use super::resolve::Unresolved;
-use crate::api::conditions::{accepted, programmed, resolved_refs, status};
+use crate::api::conditions::{accepted, insecure_backend_tls, programmed, resolved_refs, status};
 use crate::api::WsRouteStatus;
 use crate::table::{ProblemReason, RouteProblem};
 
@@ -20,7 +20,7 @@ pub fn compute_status(
     now: Time,
 ) -> WsRouteStatus {
     let generation = report.generation;
-    let mut conditions = Vec::with_capacity(3);
+    let mut conditions = Vec::with_capacity(4);
 
     let (accepted_ok, reason, message) = accepted_condition(report, problems);
     conditions.push((accepted::TYPE, accepted_ok, reason, message));
@@ -40,6 +40,19 @@ pub fn compute_status(
             (false, resolved_refs::PORT_NOT_FOUND, e.to_string())
         }
         BackendRef::Unresolved(e) => (false, resolved_refs::BACKEND_NOT_FOUND, e.to_string()),
+    };
+    let (ok, reason, message) = match (ok, report.certificate_problems.is_empty()) {
+        (_, true) => (ok, reason, message),
+        (true, false) => (
+            false,
+            resolved_refs::INVALID_CERTIFICATE_REF,
+            join(report.certificate_problems.iter().cloned()),
+        ),
+        (false, false) => (
+            false,
+            reason,
+            join(std::iter::once(message).chain(report.certificate_problems.iter().cloned())),
+        ),
     };
     conditions.push((resolved_refs::TYPE, ok, reason, message));
 
@@ -61,6 +74,14 @@ pub fn compute_status(
         ),
     };
     conditions.push((programmed::TYPE, ok, reason, message));
+    if report.insecure_backend_tls {
+        conditions.push((
+            insecure_backend_tls::TYPE,
+            true,
+            insecure_backend_tls::DANGEROUS_ACCEPT_ANY,
+            "backend certificates are not verified: anyone on the network path to the backends can read and change this route's traffic".to_string(),
+        ));
+    }
 
     let previous = report.previous.as_ref();
     WsRouteStatus {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Secret, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{
     Endpoint as SliceEndpoint, EndpointConditions, EndpointPort, EndpointSlice,
 };
@@ -24,6 +24,7 @@ struct World {
     routes: Writer<GuardedRoute>,
     services: Writer<Service>,
     slices: Writer<EndpointSlice>,
+    secrets: Writer<Secret>,
 }
 
 impl World {
@@ -33,7 +34,10 @@ impl World {
             routes: Writer::default(),
             services: Writer::default(),
             slices: Writer::default(),
+            secrets: Writer::default(),
         };
+        w.secrets.apply_watcher_event(&Event::Init);
+        w.secrets.apply_watcher_event(&Event::InitDone);
         w.routes.apply_watcher_event(&Event::Init);
         w.routes.apply_watcher_event(&Event::InitDone);
         w.services.apply_watcher_event(&Event::Init);
@@ -48,6 +52,8 @@ impl World {
             routes: vec![self.routes.as_reader()],
             services: vec![self.services.as_reader()],
             slices: vec![self.slices.as_reader()],
+            secrets: vec![self.secrets.as_reader()],
+            default_certificate_secret: None,
         }
     }
 
@@ -58,6 +64,12 @@ impl World {
 
     fn service(&mut self, s: Service) -> &mut Self {
         self.services.apply_watcher_event(&Event::Apply(s));
+        self
+    }
+
+    fn secret(&mut self, mut s: Secret) -> &mut Self {
+        strip_unusable(&mut s);
+        self.secrets.apply_watcher_event(&Event::Apply(s));
         self
     }
 
@@ -110,6 +122,8 @@ fn spec(path: &str) -> WsRouteSpec {
         load_balancer_options: None,
         dangerous_accept_any_server_certificate_validator: None,
         timeouts: None,
+        tls: None,
+        backend_tls: None,
     }
 }
 
@@ -730,4 +744,230 @@ fn undeserializable_route_is_listed_invalid_and_others_stay() {
     );
     assert!(w.stores().route("apps", "bad").is_none());
     assert!(w.stores().route("apps", "chat").is_some());
+}
+
+/// A self-signed certificate for `name` as (cert PEM, key PEM).
+fn pem_pair(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn secret(ns: &str, name: &str, type_: &str, data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: meta(ns, name, 1_000),
+        type_: Some(type_.into()),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                    )
+                })
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+fn tls_secret(ns: &str, name: &str, cert: &str, key: &str) -> Secret {
+    secret(
+        ns,
+        name,
+        TLS_SECRET_TYPE,
+        &[(TLS_CERT_KEY, cert), (TLS_KEY_KEY, key)],
+    )
+}
+
+/// The chat route (Service backend) with `tls.secretName: chat-tls`.
+fn chat_world_with_tls(edit: impl FnOnce(&mut WsRouteSpec)) -> World {
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let mut r = service_route("apps", "chat", "chat", IntOrString::Int(80));
+    r.spec.upstream_host = Some("chat.example.com".into());
+    r.spec.tls = Some(crate::api::TlsSpec {
+        secret_name: Some("chat-tls".into()),
+        ..Default::default()
+    });
+    edit(&mut r.spec);
+    w.route(r);
+    w
+}
+
+fn route_of(t: &Translation, id: &str) -> Route {
+    t.routes
+        .iter()
+        .find(|r| r.id.0 == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("route {id} is not in the table"))
+}
+
+/// A `kubernetes.io/tls` Secret named by `tls.secretName` becomes the route's certificate.
+#[test]
+fn tls_secret_resolves_into_the_route_certificate() {
+    let (cert, key) = pem_pair("chat.example.com");
+    let mut w = chat_world_with_tls(|_| {});
+    w.secret(tls_secret("apps", "chat-tls", &cert, &key));
+    let t = w.translate();
+    let route = route_of(&t, "apps/chat");
+    let c = route.certificate.expect("certificate resolved");
+    assert_eq!(c.source(), "secret apps/chat-tls");
+    let st = status_of(&t, "apps/chat", &[], Some(1));
+    assert_eq!(
+        condition(&st, resolved_refs::TYPE),
+        (cstatus::TRUE, resolved_refs::RESOLVED_REFS)
+    );
+}
+
+/// A missing, mistyped or malformed certificate Secret: ResolvedRefs False with
+/// InvalidCertificateRef, the route keeps serving without it, and no message quotes the
+/// Secret's contents.
+#[test]
+fn missing_or_malformed_tls_secret_reports_invalid_certificate_ref_and_keeps_the_route() {
+    let (cert, key) = pem_pair("chat.example.com");
+    let (_, other_key) = pem_pair("other.example.com");
+    let garbage_key =
+        "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n";
+    let cases: Vec<(&str, Option<Secret>, &str)> = vec![
+        ("missing", None, "not found"),
+        (
+            "opaque",
+            Some(secret(
+                "apps",
+                "chat-tls",
+                "Opaque",
+                &[(TLS_CERT_KEY, &cert)],
+            )),
+            "not `kubernetes.io/tls`",
+        ),
+        (
+            "no key",
+            Some(secret(
+                "apps",
+                "chat-tls",
+                TLS_SECRET_TYPE,
+                &[(TLS_CERT_KEY, &cert)],
+            )),
+            "has no `tls.key`",
+        ),
+        (
+            "wrong key",
+            Some(tls_secret("apps", "chat-tls", &cert, &other_key)),
+            "does not belong",
+        ),
+        (
+            "garbage key",
+            Some(tls_secret("apps", "chat-tls", &cert, garbage_key)),
+            "private key",
+        ),
+    ];
+    for (case, s, expect) in cases {
+        let mut w = chat_world_with_tls(|_| {});
+        if let Some(s) = s {
+            w.secret(s);
+        }
+        let t = w.translate();
+        let route = route_of(&t, "apps/chat");
+        assert!(route.certificate.is_none(), "{case}");
+        assert_eq!(
+            route.endpoints.len(),
+            1,
+            "{case}: the route keeps its backends"
+        );
+        let st = status_of(&t, "apps/chat", &[], Some(1));
+        assert_eq!(
+            condition(&st, resolved_refs::TYPE),
+            (cstatus::FALSE, resolved_refs::INVALID_CERTIFICATE_REF),
+            "{case}"
+        );
+        assert_eq!(
+            condition(&st, accepted::TYPE),
+            (cstatus::TRUE, accepted::ACCEPTED),
+            "{case}"
+        );
+        let message = &st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == resolved_refs::TYPE)
+            .unwrap()
+            .message;
+        assert!(message.contains("apps/chat-tls"), "{case}: {message}");
+        assert!(message.contains(expect), "{case}: {message}");
+        for secret_text in [&key, &other_key, "c2VjcmV0"] {
+            assert!(
+                !message.contains(secret_text.trim()),
+                "{case}: leaks contents"
+            );
+        }
+    }
+}
+
+/// Secrets that are neither TLS nor carry `ca.crt` keep no data in the store.
+#[test]
+fn unrelated_secret_data_is_not_kept() {
+    let mut s = secret("apps", "db", "Opaque", &[("password", "hunter2")]);
+    strip_unusable(&mut s);
+    assert!(s.data.is_none());
+    let mut ca = secret("apps", "ca", "Opaque", &[(CA_KEY, "pem")]);
+    strip_unusable(&mut ca);
+    assert!(ca.data.is_some());
+}
+
+/// `caSecretName` resolves to the route's CA bundle; a `wss` Service backend is verified as
+/// `<service>.<namespace>.svc`; the dangerous flag shows as InsecureBackendTLS.
+#[test]
+fn backend_ca_secret_server_name_and_insecure_condition() {
+    let (ca_pem, _) = pem_pair("ca.example.com");
+    let (cert, key) = pem_pair("chat.example.com");
+    let mut w = chat_world_with_tls(|s| {
+        s.downstream_scheme = Some(crate::api::DownstreamScheme::Wss);
+        s.backend_tls = Some(crate::api::BackendTlsSpec {
+            ca_secret_name: Some("chat-ca".into()),
+            ..Default::default()
+        });
+        s.dangerous_accept_any_server_certificate_validator = Some(true);
+    });
+    w.secret(tls_secret("apps", "chat-tls", &cert, &key))
+        .secret(secret("apps", "chat-ca", "Opaque", &[(CA_KEY, &ca_pem)]));
+    let t = w.translate();
+    let route = route_of(&t, "apps/chat");
+    assert!(route.backend_tls.ca.is_some());
+    assert_eq!(
+        route.backend_tls.server_name.as_deref(),
+        Some("chat.apps.svc")
+    );
+    let st = status_of(&t, "apps/chat", &[], Some(1));
+    assert_eq!(
+        condition(&st, crate::api::conditions::insecure_backend_tls::TYPE),
+        (
+            cstatus::TRUE,
+            crate::api::conditions::insecure_backend_tls::DANGEROUS_ACCEPT_ANY
+        )
+    );
+    assert_eq!(
+        condition(&st, resolved_refs::TYPE),
+        (cstatus::TRUE, resolved_refs::RESOLVED_REFS)
+    );
+}
+
+/// `--default-cert-secret` resolves through the same stores.
+#[test]
+fn default_certificate_secret_resolves() {
+    let (cert, key) = pem_pair("default.example.com");
+    let mut w = World::new();
+    w.secret(tls_secret("wsgate", "default-tls", &cert, &key));
+    let mut stores = w.stores();
+    stores.default_certificate_secret = Some(("wsgate".into(), "default-tls".into()));
+    let t = stores.translate();
+    assert_eq!(
+        t.default_certificate.map(|c| c.source().to_string()),
+        Some("secret wsgate/default-tls".into())
+    );
+    stores.default_certificate_secret = Some(("wsgate".into(), "missing".into()));
+    let t = stores.translate();
+    assert!(t.default_certificate.is_none());
+    assert!(t.default_certificate_problem.unwrap().contains("not found"));
 }

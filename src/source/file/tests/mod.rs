@@ -2,6 +2,7 @@ use super::*;
 
 mod files;
 mod ocelot;
+mod tls;
 mod watch;
 mod wsroute;
 

@@ -50,7 +50,15 @@ fn keys_are_case_insensitive_and_scalars_convert() {
       "DownstreamHostAndPorts": [ { "host": "10.0.0.7", "port": "5001" }, ],
     }"#;
     let loaded = load_str("ocelot.json", &ocelot(&[route]));
-    assert_eq!(loaded.problems, vec![]);
+    // The only problem is the warning that comes with the dangerous flag.
+    assert_eq!(
+        summary(&loaded),
+        vec![(
+            Severity::Warning,
+            None,
+            "Routes[0].DangerousAcceptAnyServerCertificateValidator"
+        )]
+    );
     let r = &loaded.routes[0];
     assert_eq!(r.scheme, Scheme::Wss);
     assert_eq!(r.methods, [http::Method::GET, http::Method::POST]);
