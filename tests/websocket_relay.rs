@@ -307,3 +307,34 @@ async fn metrics_count_connections_and_bytes() {
     })
     .await;
 }
+
+/// `timeouts.idle`: a socket silent both ways gets Close 1001; one that keeps talking
+/// past the limit stays open.
+#[tokio::test]
+async fn idle_timeout_closes_only_quiet_sockets() {
+    let echo = Echo::start("e").await;
+    let mut s = spec("/{everything}", "/{everything}", &[echo.addr]);
+    s.timeouts = Some(wsgate::api::RouteTimeouts {
+        idle: Some("400ms".into()),
+        ..Default::default()
+    });
+    let gw = Gateway::start(&[route("idle", 0, &s)]).await;
+    let mut quiet = connect(&gw.ws("/quiet")).await;
+    let mut busy = connect(&gw.ws("/busy")).await;
+    let started = std::time::Instant::now();
+    // Talk on `busy` every 100 ms for well past the limit.
+    while started.elapsed() < Duration::from_millis(1000) {
+        within("send", busy.send(Message::text("tick"))).await.unwrap();
+        assert_eq!(next_msg(&mut busy).await, Message::text("tick"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match next_msg(&mut quiet).await {
+        Message::Close(Some(c)) => {
+            assert_eq!(c.code, CloseCode::Away);
+            assert_eq!(c.reason.as_str(), "idle timeout");
+        }
+        other => panic!("expected Close 1001 on the quiet socket, got {other:?}"),
+    }
+    within("send after", busy.send(Message::text("still"))).await.unwrap();
+    assert_eq!(next_msg(&mut busy).await, Message::text("still"));
+}

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::drain::DrainSignal;
 use super::frame::{close_frame, FrameTracker};
@@ -619,6 +619,10 @@ async fn run<T: Transport>(
             half.queue(fwd);
         }
     }
+    // hyper's read buffer may sit behind these bytes; a long-lived connection must not
+    // keep it.
+    drop(client_early);
+    drop(upstream_early);
 
     let mut draining = drain.is_draining();
     if draining {
@@ -627,9 +631,11 @@ async fn run<T: Transport>(
     }
     let idle = config.idle;
     let mut last_activity = Instant::now();
-    let mut idle_deadline = idle.map(|d| last_activity + d);
-    let mut linger_deadline: Option<Instant> = None;
-    let far_future = Instant::now() + Duration::from_secs(86400 * 365);
+    // Timers exist only when needed (a route with `timeouts.idle`, a connection closing),
+    // so an idle relayed connection without them owns none.
+    let mut idle_timer: Option<Pin<Box<Sleep>>> =
+        idle.map(|d| Box::pin(tokio::time::sleep_until(last_activity + d)));
+    let mut linger_timer: Option<Pin<Box<Sleep>>> = None;
 
     let end = loop {
         if up.finished() && down.finished() {
@@ -641,10 +647,9 @@ async fn run<T: Transport>(
             // §7.1.1) instead of waiting for the peers' FINs.
             break RelayEnd::Closed;
         }
-        if linger_deadline.is_none()
-            && (up.src_done || down.src_done || (up.discard && down.discard))
+        if linger_timer.is_none() && (up.src_done || down.src_done || (up.discard && down.discard))
         {
-            linger_deadline = Some(Instant::now() + config.linger);
+            linger_timer = Some(Box::pin(tokio::time::sleep(config.linger)));
         }
         let (up_bytes, down_bytes) = (up.bytes, down.bytes);
         // Injected Close frames land in a backlog; the next step writes them.
@@ -656,7 +661,7 @@ async fn run<T: Transport>(
                 down.inject_if_ready();
             }
             _ = poll_fn(|cx| transport.poll_step(cx, &mut up, &mut down)) => {}
-            _ = tokio::time::sleep_until(idle_deadline.unwrap_or(far_future)), if idle_deadline.is_some() => {
+            _ = fire(&mut idle_timer) => {
                 let idle = idle.unwrap_or_default();
                 if last_activity + idle <= Instant::now() {
                     tracing::info!(idle_ms = idle.as_millis() as u64, "closing idle WebSocket connection (route timeouts.idle)");
@@ -664,14 +669,12 @@ async fn run<T: Transport>(
                         half.close_wanted = Some((close_code::GOING_AWAY, "idle timeout"));
                         half.inject_if_ready();
                     }
-                    idle_deadline = None;
-                } else {
-                    idle_deadline = Some(last_activity + idle);
+                    idle_timer = None;
+                } else if let Some(t) = idle_timer.as_mut() {
+                    t.as_mut().reset(last_activity + idle);
                 }
             }
-            _ = tokio::time::sleep_until(linger_deadline.unwrap_or(far_future)), if linger_deadline.is_some() => {
-                break RelayEnd::LingerExpired;
-            }
+            _ = fire(&mut linger_timer) => break RelayEnd::LingerExpired,
         }
         if idle.is_some() && (up.bytes != up_bytes || down.bytes != down_bytes) {
             last_activity = Instant::now();
@@ -693,6 +696,14 @@ async fn run<T: Transport>(
         injected_to_client: down.injected,
         injected_to_upstream: up.injected,
         end,
+    }
+}
+
+/// Completes when the timer is set and due; never when it is not set.
+async fn fire(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
