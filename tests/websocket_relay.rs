@@ -324,7 +324,9 @@ async fn idle_timeout_closes_only_quiet_sockets() {
     let started = std::time::Instant::now();
     // Talk on `busy` every 100 ms for well past the limit.
     while started.elapsed() < Duration::from_millis(1000) {
-        within("send", busy.send(Message::text("tick"))).await.unwrap();
+        within("send", busy.send(Message::text("tick")))
+            .await
+            .unwrap();
         assert_eq!(next_msg(&mut busy).await, Message::text("tick"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -335,6 +337,8 @@ async fn idle_timeout_closes_only_quiet_sockets() {
         }
         other => panic!("expected Close 1001 on the quiet socket, got {other:?}"),
     }
-    within("send after", busy.send(Message::text("still"))).await.unwrap();
+    within("send after", busy.send(Message::text("still")))
+        .await
+        .unwrap();
     assert_eq!(next_msg(&mut busy).await, Message::text("still"));
 }

@@ -11,13 +11,10 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::rt::TokioIo;
 
-use super::dial::dial;
-use super::headers::{strip_hop_by_hop, to_upstream, Forwarded};
+use super::headers::strip_hop_by_hop;
 use super::service::{ProxyBody, RequestCtx};
-use super::tls::upstream_stream;
-use super::{signalr, Error, Gateway};
+use super::{signalr, upstream, Error, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::CompiledRoute;
 
@@ -33,56 +30,28 @@ pub async fn proxy(
     ctx: &RequestCtx,
 ) -> Result<Response<ProxyBody>, Error> {
     let pick = ctx.pick(&req);
-    let dialed = dial(route, &pick).await?;
     let now_ms = pick.now_ms;
     let negotiate = route.balancer.pins_signalr() && signalr::is_negotiate(&req);
-    let endpoint = dialed.backend.endpoint.authority();
-    let load = dialed.backend.load.begin();
+    let mut upstream = upstream::open::<Incoming>(route, &pick, false).await?;
     route.metrics.http_requests_total.inc();
-    let stream = upstream_stream(route, dialed.stream, &dialed.backend.endpoint).await?;
-
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| protocol(&endpoint, e))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
 
     let (mut parts, body) = req.into_parts();
-    to_upstream(
-        &mut parts.headers,
-        &endpoint,
-        &Forwarded {
-            client_ip: ctx.peer.ip(),
-            proto: ctx.proto,
-            host: ctx.host.as_ref(),
-            request_id: &ctx.request_id,
-        },
-    );
-    parts.uri = downstream
-        .parse()
-        .map_err(|_| Error::BadHandshake("the downstream path is not a valid request target"))?;
+    upstream.forward_headers(&mut parts.headers, ctx);
+    parts.uri = upstream::target(&downstream)?;
     parts.version = http::Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, body);
 
     let wait = route.route.timeouts.handshake.max(MIN_RESPONSE_HEAD_WAIT);
-    let mut resp = match tokio::time::timeout(wait, sender.send_request(upstream_req)).await {
-        Err(_) => {
-            return Err(Error::UpstreamTimeout {
-                endpoint,
-                timeout_ms: wait.as_millis(),
-            })
-        }
-        Ok(Err(e)) => return Err(protocol(&endpoint, e)),
-        Ok(Ok(resp)) => resp,
-    };
+    let mut resp = upstream
+        .send(Request::from_parts(parts, body), wait)
+        .await?;
     strip_hop_by_hop(resp.headers_mut());
-    if let Some(cookie) = dialed.set_cookie {
+    if let Some(cookie) = upstream.set_cookie.take() {
         resp.headers_mut().append(http::header::SET_COOKIE, cookie);
     }
+    let load = upstream.load;
     if negotiate && resp.status() == http::StatusCode::OK {
         let (parts, body) = resp.into_parts();
-        let body = signalr::learn(route, dialed.backend, body, wait, now_ms).await;
+        let body = signalr::learn(route, upstream.backend, body, wait, now_ms).await;
         return Ok(Response::from_parts(
             parts,
             GuardedBody {
@@ -99,13 +68,6 @@ pub async fn proxy(
         }
         .boxed_unsync()
     }))
-}
-
-fn protocol(endpoint: &str, e: hyper::Error) -> Error {
-    Error::UpstreamProtocol {
-        endpoint: endpoint.to_string(),
-        reason: e.to_string(),
-    }
 }
 
 /// A response body that counts as load on its endpoint until it has been fully sent (an

@@ -17,6 +17,7 @@ mod http;
 mod listener;
 mod service;
 mod signalr;
+mod upstream;
 mod websocket;
 
 pub use drain::{Drain, DrainSignal};

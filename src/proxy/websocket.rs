@@ -10,12 +10,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::dial::dial;
-use super::headers::{strip_hop_by_hop, to_upstream, Forwarded};
+use super::headers::strip_hop_by_hop;
 use super::relay::{relay_streams, RelayConfig};
 use super::service::{ProxyBody, RequestCtx};
-use super::tls::{upstream_stream, Stream};
-use super::{Error, Gateway};
+use super::tls::Stream;
+use super::{upstream, Error, Gateway};
 use crate::table::{CompiledRoute, RouteTable};
 
 pub async fn proxy(
@@ -26,52 +25,22 @@ pub async fn proxy(
     mut req: Request<Incoming>,
     ctx: &RequestCtx,
 ) -> Result<Response<ProxyBody>, Error> {
-    let dialed = dial(route, &ctx.pick(&req)).await?;
-    let endpoint = dialed.backend.endpoint.authority();
-    let load = dialed.backend.load.begin();
-    let stream = upstream_stream(route, dialed.stream, &dialed.backend.endpoint).await?;
-
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| upstream_protocol(&endpoint, e))?;
-    tokio::spawn(async move {
-        // Ends by itself once the connection is upgraded or closed.
-        let _ = conn.with_upgrades().await;
-    });
+    let mut exchange = upstream::open::<Empty<Bytes>>(route, &ctx.pick(&req), true).await?;
+    let endpoint = exchange.endpoint.clone();
 
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (parts, _) = req.into_parts();
     let mut headers = parts.headers;
-    to_upstream(
-        &mut headers,
-        &endpoint,
-        &Forwarded {
-            client_ip: ctx.peer.ip(),
-            proto: ctx.proto,
-            host: ctx.host.as_ref(),
-            request_id: &ctx.request_id,
-        },
-    );
+    exchange.forward_headers(&mut headers, ctx);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let mut upstream_req = Request::builder()
-        .method(http::Method::GET)
-        .uri(downstream.as_str())
-        .body(Empty::<Bytes>::new())
-        .map_err(|_| Error::BadHandshake("the downstream path is not a valid request target"))?;
+    let mut upstream_req = Request::new(Empty::<Bytes>::new());
+    *upstream_req.uri_mut() = upstream::target(&downstream)?;
     *upstream_req.headers_mut() = headers;
 
-    let timeout = route.route.timeouts.handshake;
-    let mut resp = match tokio::time::timeout(timeout, sender.send_request(upstream_req)).await {
-        Err(_) => {
-            return Err(Error::UpstreamTimeout {
-                endpoint,
-                timeout_ms: timeout.as_millis(),
-            })
-        }
-        Ok(Err(e)) => return Err(upstream_protocol(&endpoint, e)),
-        Ok(Ok(resp)) => resp,
-    };
+    let mut resp = exchange
+        .send(upstream_req, route.route.timeouts.handshake)
+        .await?;
 
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The backend refused the upgrade: its status and body go to the client as they are.
@@ -91,13 +60,14 @@ pub async fn proxy(
         *h = upstream_headers;
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        if let Some(cookie) = dialed.set_cookie {
+        if let Some(cookie) = exchange.set_cookie.take() {
             h.append(header::SET_COOKIE, cookie);
         }
     }
     let upstream = upstream_upgrade
         .await
-        .map_err(|e| upstream_protocol(&endpoint, e))?;
+        .map_err(|e| upstream::protocol(&endpoint, e))?;
+    let load = exchange.load;
     let upstream = match upstream.downcast::<TokioIo<Stream>>() {
         Ok(parts) => (parts.io.into_inner(), parts.read_buf),
         Err(_) => {
@@ -162,13 +132,6 @@ pub async fn proxy(
             .body(http_body_util::Full::new(Bytes::new()))
             .unwrap_or_default(),
     ))
-}
-
-fn upstream_protocol(endpoint: &str, e: hyper::Error) -> Error {
-    Error::UpstreamProtocol {
-        endpoint: endpoint.to_string(),
-        reason: e.to_string(),
-    }
 }
 
 /// Position of `route` in `table.routes()`, so the relay task can hold the table's `Arc`

@@ -1,0 +1,119 @@
+//! Opening one HTTP/1.1 exchange with a backend, shared by the WebSocket and the plain HTTP
+//! paths: dial (with retry), TLS for `wss` routes, the hyper client handshake, and the
+//! request sent with the route's time limit.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use super::dial::dial;
+use super::headers::{to_upstream, Forwarded};
+use super::service::RequestCtx;
+use super::tls::upstream_stream;
+use super::Error;
+use crate::balance::{Backend, ConnectionGuard, PickContext};
+use crate::table::CompiledRoute;
+
+/// A backend connection ready for one request.
+pub struct Upstream<'t, B> {
+    pub sender: SendRequest<B>,
+    pub backend: &'t Backend,
+    /// `host:port`, for the `Host` header and logs.
+    pub endpoint: String,
+    /// Counts this exchange as load on the endpoint until dropped.
+    pub load: ConnectionGuard,
+    /// The sticky-session cookie to hand the client, if the balancer assigned one.
+    pub set_cookie: Option<HeaderValue>,
+}
+
+/// Dials the route's backend chosen for `pick` and completes the HTTP/1.1 client handshake.
+/// With `upgrades`, the connection can be taken over after a 101.
+pub async fn open<'t, B>(
+    route: &'t CompiledRoute,
+    pick: &PickContext<'_>,
+    upgrades: bool,
+) -> Result<Upstream<'t, B>, Error>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let dialed = dial(route, pick).await?;
+    let backend = dialed.backend;
+    let endpoint = backend.endpoint.authority();
+    let load = backend.load.begin();
+    let stream = upstream_stream(route, dialed.stream, &backend.endpoint).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| protocol(&endpoint, e))?;
+    if upgrades {
+        // Ends by itself once the connection is upgraded or closed.
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+    } else {
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    Ok(Upstream {
+        sender,
+        backend,
+        endpoint,
+        load,
+        set_cookie: dialed.set_cookie,
+    })
+}
+
+impl<B> Upstream<'_, B>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Sends `req` and waits at most `wait` for the response head.
+    pub async fn send(
+        &mut self,
+        req: Request<B>,
+        wait: Duration,
+    ) -> Result<Response<Incoming>, Error> {
+        match tokio::time::timeout(wait, self.sender.send_request(req)).await {
+            Err(_) => Err(Error::UpstreamTimeout {
+                endpoint: self.endpoint.clone(),
+                timeout_ms: wait.as_millis(),
+            }),
+            Ok(Err(e)) => Err(protocol(&self.endpoint, e)),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    /// The client's headers made ready for this backend (see `headers::to_upstream`).
+    pub fn forward_headers(&self, headers: &mut HeaderMap, ctx: &RequestCtx) {
+        to_upstream(
+            headers,
+            &self.endpoint,
+            &Forwarded {
+                client_ip: ctx.peer.ip(),
+                proto: ctx.proto,
+                host: ctx.host.as_ref(),
+                request_id: &ctx.request_id,
+            },
+        );
+    }
+}
+
+pub fn protocol(endpoint: &str, e: hyper::Error) -> Error {
+    Error::UpstreamProtocol {
+        endpoint: endpoint.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// The request target sent upstream.
+pub fn target(downstream: &str) -> Result<http::Uri, Error> {
+    downstream
+        .parse()
+        .map_err(|_| Error::BadHandshake("the downstream path is not a valid request target"))
+}
