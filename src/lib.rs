@@ -1,4 +1,3 @@
-
 //! wsgate: a Kubernetes ingress-style gateway for WebSocket traffic.
 //!
 //! The flow (see DESIGN.md): sources → model → `table::compile` → `RouteTable`
@@ -6,9 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod model;
+pub mod app;
 pub mod balance;
-pub mod telemetry;
 pub mod echo;
+pub mod model;
+pub mod proxy;
 pub mod source;
 pub mod table;
+pub mod telemetry;

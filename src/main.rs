@@ -1,1 +1,260 @@
-fn main(){}
+//! The `wsgate` command line: run (standalone or in a cluster), check, echo, demo, client, crd.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use wsgate::app::{self, ServerOptions};
+use wsgate::model::parse_duration;
+use wsgate::telemetry::logging::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wsgate",
+    version,
+    about = "A Kubernetes ingress-style gateway for WebSocket traffic"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "WSGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway: standalone from routes files (`--routes`), else from the cluster.
+    Run(RunArgs),
+    /// Print the WsRoute CustomResourceDefinition YAML (what `crds/wsroute.yaml` holds).
+    Crd,
+    /// Validate routes files (WsRoute YAML or ocelot.json); prints every problem, exit 1 if any.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run the built-in WebSocket + HTTP echo backend.
+    Echo {
+        #[arg(long, env = "WSGATE_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// Name reported in responses (x-echo-name); defaults to $POD_NAME or $HOSTNAME.
+        #[arg(long, env = "WSGATE_ECHO_NAME")]
+        name: Option<String>,
+    },
+    /// Start an echo backend and a gateway with built-in routes on loopback, and print what to try.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+    },
+    /// A small WebSocket client: sends --send messages (or stdin lines) and prints replies.
+    Client {
+        url: String,
+        /// Message to send (repeatable); without it, stdin lines are sent.
+        #[arg(long)]
+        send: Vec<String>,
+        /// Extra request header `Name: value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// How long to wait for replies before closing, e.g. 500ms.
+        #[arg(long, default_value = "500ms", value_parser = duration)]
+        wait: Duration,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Routes file (WsRoute YAML documents or ocelot.json); repeatable. Standalone mode.
+    #[arg(long = "routes", env = "WSGATE_ROUTES", value_delimiter = ',')]
+    routes: Vec<PathBuf>,
+    /// Address for ws:// and http:// traffic.
+    #[arg(long, env = "WSGATE_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "WSGATE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    admin_listen: SocketAddr,
+    /// After SIGTERM, how long live WebSockets get to close after Close 1001.
+    #[arg(long, env = "WSGATE_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    drain_timeout: Duration,
+    /// After SIGTERM, how long to keep accepting with /readyz failing before the drain starts.
+    #[arg(long, env = "WSGATE_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration_or_zero)]
+    shutdown_delay: Duration,
+    /// Cluster mode: namespace to watch (repeatable); none = all namespaces.
+    #[arg(long = "namespace", env = "WSGATE_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Cluster mode: only WsRoutes matching this label selector (`team=chat`).
+    #[arg(long, env = "WSGATE_ROUTE_SELECTOR")]
+    route_selector: Option<String>,
+    /// Cluster mode: this replica's name, used as the status Lease identity.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Cluster mode: namespace of the status Lease (the gateway's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pod_namespace: String,
+    /// Cluster mode: never write WsRoute status (for read-only replicas).
+    #[arg(long, env = "WSGATE_NO_STATUS")]
+    no_status: bool,
+    /// How often routes files are checked for changes.
+    #[arg(long, env = "WSGATE_RELOAD_INTERVAL", default_value = "1s", value_parser = duration)]
+    reload_interval: Duration,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    duration(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => {
+            app::raise_fd_limit();
+            let server = ServerOptions {
+                listen: args.listen,
+                admin_listen: args.admin_listen,
+                shutdown_delay: args.shutdown_delay,
+                drain_timeout: args.drain_timeout,
+            };
+            if args.routes.is_empty() {
+                let identity = args
+                    .pod_name
+                    .or_else(|| std::env::var("HOSTNAME").ok())
+                    .unwrap_or_else(|| format!("wsgate-{}", std::process::id()));
+                app::cluster::run(app::cluster::ClusterOptions {
+                    namespaces: args.namespaces,
+                    route_selector: args.route_selector,
+                    identity,
+                    lease_namespace: args.pod_namespace,
+                    write_status: !args.no_status,
+                    server,
+                })
+                .await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            app::standalone::run(app::standalone::StandaloneOptions {
+                routes: args.routes,
+                reload_interval: args.reload_interval,
+                server,
+            })
+            .await?;
+        }
+        Command::Check { files } => return Ok(check(&files)),
+        Command::Crd => print!("{}", wsgate::api::crd_yaml()),
+        Command::Echo { listen, name } => {
+            app::raise_fd_limit();
+            let name = name
+                .or_else(|| std::env::var("POD_NAME").ok())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "echo".into());
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            tracing::info!(listen = %listener.local_addr()?, name = %name, "echo backend listening");
+            wsgate::echo::serve(
+                listener,
+                wsgate::echo::EchoConfig { name },
+                app::shutdown_signal(),
+            )
+            .await?;
+        }
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => {
+            app::raise_fd_limit();
+            app::demo::run(ServerOptions {
+                listen,
+                admin_listen,
+                shutdown_delay: Duration::ZERO,
+                drain_timeout: Duration::from_secs(5),
+            })
+            .await?;
+        }
+        Command::Client {
+            url,
+            send,
+            headers,
+            wait,
+        } => {
+            let headers = headers
+                .iter()
+                .map(|h| {
+                    h.split_once(':')
+                        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("--header `{h}` must look like `Name: value`")
+                        })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            app::client::run(app::client::ClientOptions {
+                url,
+                send,
+                headers,
+                wait,
+            })
+            .await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wsgate check`: every problem with its location, warnings too; exit 1 on any error.
+fn check(files: &[PathBuf]) -> ExitCode {
+    let loaded = match wsgate::source::file::load(files) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (errors, warnings) = app::standalone::problems(&loaded);
+    for w in &warnings {
+        println!("{w}");
+    }
+    for e in &errors {
+        println!("error: {e}");
+    }
+    if errors.is_empty() {
+        println!(
+            "ok: {} route(s) valid{}",
+            loaded.routes.len(),
+            if warnings.is_empty() {
+                String::new()
+            } else {
+                format!(", {} warning(s)", warnings.len())
+            }
+        );
+        ExitCode::SUCCESS
+    } else {
+        println!("{} error(s), {} warning(s)", errors.len(), warnings.len());
+        ExitCode::FAILURE
+    }
+}

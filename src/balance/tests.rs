@@ -2,7 +2,9 @@ use super::*;
 use crate::model::Endpoint;
 
 fn endpoints(n: u16) -> Vec<Endpoint> {
-    (0..n).map(|i| Endpoint::new("10.0.0.1", 8000 + i)).collect()
+    (0..n)
+        .map(|i| Endpoint::new("10.0.0.1", 8000 + i))
+        .collect()
 }
 
 fn first_port(b: &Balancer) -> u16 {

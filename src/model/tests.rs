@@ -80,10 +80,18 @@ fn service_name_in_standalone_mode_is_an_error() {
 
 #[test]
 fn host_patterns() {
-    for ok in ["chat.example.com", "*.example.com", "chat.example.com:8080", "*.a.b:443"] {
+    for ok in [
+        "chat.example.com",
+        "*.example.com",
+        "chat.example.com:8080",
+        "*.a.b:443",
+    ] {
         let mut s = spec();
         s.upstream_host = Some(ok.into());
-        assert!(route_from_spec(RouteId("r".into()), 0, &s, SpecBackends::Static).is_ok(), "{ok}");
+        assert!(
+            route_from_spec(RouteId("r".into()), 0, &s, SpecBackends::Static).is_ok(),
+            "{ok}"
+        );
     }
     for bad in ["", "a.*.com", "chat.example.com:0", "chat example", "**.x"] {
         let mut s = spec();
@@ -95,8 +103,14 @@ fn host_patterns() {
 
 #[test]
 fn durations() {
-    assert_eq!(parse_duration("250ms").unwrap(), std::time::Duration::from_millis(250));
-    assert_eq!(parse_duration("2m").unwrap(), std::time::Duration::from_secs(120));
+    assert_eq!(
+        parse_duration("250ms").unwrap(),
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(
+        parse_duration("2m").unwrap(),
+        std::time::Duration::from_secs(120)
+    );
     assert!(parse_duration("5").is_err());
     assert!(parse_duration("s").is_err());
     assert!(parse_duration("1.5s").is_err());

@@ -1,8 +1,6 @@
 //! `WsRouteSpec` → `Route`: every field checked, every problem reported with its path.
 
-use super::{
-    parse_duration, Endpoint, LoadBalancer, Route, RouteId, Scheme, Timeouts,
-};
+use super::{parse_duration, Endpoint, LoadBalancer, Route, RouteId, Scheme, Timeouts};
 use crate::api::{DownstreamScheme, WsRouteSpec};
 
 /// One problem with one field of a route, named by its path (`spec.servicePort`).
@@ -41,7 +39,10 @@ pub fn route_from_spec(
 
     for (field, value) in [
         ("spec.upstreamPathTemplate", &spec.upstream_path_template),
-        ("spec.downstreamPathTemplate", &spec.downstream_path_template),
+        (
+            "spec.downstreamPathTemplate",
+            &spec.downstream_path_template,
+        ),
     ] {
         if !value.starts_with('/') {
             errors.push(FieldError::new(
@@ -90,7 +91,9 @@ pub fn route_from_spec(
             static_endpoints(spec, &mut errors)
         }
         SpecBackends::Resolved(endpoints) => {
-            if spec.service_name.is_some() == !spec.downstream_host_and_ports.is_empty() {
+            let has_service = spec.service_name.is_some();
+            let has_static = !spec.downstream_host_and_ports.is_empty();
+            if has_service == has_static {
                 errors.push(FieldError::new(
                     "spec.serviceName",
                     "set exactly one of `serviceName` and `downstreamHostAndPorts`",
@@ -100,7 +103,11 @@ pub fn route_from_spec(
         }
     };
 
-    let load_balancer = match spec.load_balancer_options.as_ref().and_then(|o| o.kind.as_deref()) {
+    let load_balancer = match spec
+        .load_balancer_options
+        .as_ref()
+        .and_then(|o| o.kind.as_deref())
+    {
         None | Some("NoLoadBalancer") => LoadBalancer::NoLoadBalancer,
         Some("RoundRobin") => LoadBalancer::RoundRobin,
         Some("LeastConnection") => LoadBalancer::LeastConnection,
@@ -115,18 +122,25 @@ pub fn route_from_spec(
 
     let mut timeouts = Timeouts::default();
     if let Some(t) = &spec.timeouts {
-        let mut parse = |field: &str, value: &Option<String>| match value.as_deref().map(parse_duration) {
-            None => None,
-            Some(Ok(d)) if !d.is_zero() => Some(d),
-            Some(Ok(_)) => {
-                errors.push(FieldError::new(format!("spec.timeouts.{field}"), "must be greater than zero"));
-                None
-            }
-            Some(Err(e)) => {
-                errors.push(FieldError::new(format!("spec.timeouts.{field}"), e.to_string()));
-                None
-            }
-        };
+        let mut parse =
+            |field: &str, value: &Option<String>| match value.as_deref().map(parse_duration) {
+                None => None,
+                Some(Ok(d)) if !d.is_zero() => Some(d),
+                Some(Ok(_)) => {
+                    errors.push(FieldError::new(
+                        format!("spec.timeouts.{field}"),
+                        "must be greater than zero",
+                    ));
+                    None
+                }
+                Some(Err(e)) => {
+                    errors.push(FieldError::new(
+                        format!("spec.timeouts.{field}"),
+                        e.to_string(),
+                    ));
+                    None
+                }
+            };
         if let Some(d) = parse("connect", &t.connect) {
             timeouts.connect = d;
         }

@@ -86,7 +86,14 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_extra(|_| {})
+    }
+
+    /// Registers wsgate's families plus those of a source (the kube source's watch and
+    /// status metrics), all under the `wsgate_` prefix.
+    pub fn with_extra(extra: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::with_prefix("wsgate");
+        extra(&mut registry);
         let m = Metrics {
             connections_active: Family::default(),
             connections_total: Family::default(),
@@ -161,6 +168,8 @@ impl Metrics {
 
     /// Resolves one route's handles; called by `compile`, never per connection.
     pub fn route(&self, route: &str) -> RouteMetrics {
+        // Each handle is cloned out in its own statement: `get_or_create` returns a read
+        // guard, and a second call creating a new series while it is alive would deadlock.
         let l = RouteLabel {
             route: route.to_string(),
         };
@@ -168,28 +177,30 @@ impl Metrics {
             route: route.to_string(),
             direction,
         };
+        // `_owned`: a `get_or_create` read guard would live to the end of this struct
+        // literal, and the next creation in the same family would deadlock on its write lock.
         RouteMetrics {
-            connections_active: self.connections_active.get_or_create(&l).clone(),
-            connections_total: self.connections_total.get_or_create(&l).clone(),
-            http_requests_total: self.http_requests_total.get_or_create(&l).clone(),
-            bytes_up: self.bytes_total.get_or_create(&bytes(Direction::ClientToUpstream)).clone(),
-            bytes_down: self.bytes_total.get_or_create(&bytes(Direction::UpstreamToClient)).clone(),
+            connections_active: self.connections_active.get_or_create_owned(&l),
+            connections_total: self.connections_total.get_or_create_owned(&l),
+            http_requests_total: self.http_requests_total.get_or_create_owned(&l),
+            bytes_up: self
+                .bytes_total
+                .get_or_create_owned(&bytes(Direction::ClientToUpstream)),
+            bytes_down: self
+                .bytes_total
+                .get_or_create_owned(&bytes(Direction::UpstreamToClient)),
             messages_up: self
                 .messages_total
-                .get_or_create(&bytes(Direction::ClientToUpstream))
-                .clone(),
+                .get_or_create_owned(&bytes(Direction::ClientToUpstream)),
             messages_down: self
                 .messages_total
-                .get_or_create(&bytes(Direction::UpstreamToClient))
-                .clone(),
-            connect_seconds: self.connect_seconds.get_or_create(&l).clone(),
+                .get_or_create_owned(&bytes(Direction::UpstreamToClient)),
+            connect_seconds: self.connect_seconds.get_or_create_owned(&l),
             failures: FailureReason::ALL.map(|reason| {
-                self.failures_total
-                    .get_or_create(&FailureLabel {
-                        route: route.to_string(),
-                        reason,
-                    })
-                    .clone()
+                self.failures_total.get_or_create_owned(&FailureLabel {
+                    route: route.to_string(),
+                    reason,
+                })
             }),
         }
     }

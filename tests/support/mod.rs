@@ -1,1 +1,295 @@
+//! Shared helpers for integration tests: real echo backends, an in-process gateway on
+//! loopback port 0, route builders, WebSocket clients and deadline-bound waiting.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use wsgate::api::{HostAndPort, WsRouteSpec};
+use wsgate::app::{Server, ServerOptions};
+use wsgate::echo::{self, EchoConfig};
+use wsgate::model::{route_from_spec, Route, RouteId, SpecBackends};
+use wsgate::table::Publisher;
+use wsgate::telemetry::Metrics;
+
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, failing the test if it takes longer than the deadline.
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(DEADLINE, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {DEADLINE:?}: {what}"),
+    }
+}
+
+/// Polls `check` until it returns Some, or fails the test at the deadline.
+pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("condition never held within {DEADLINE:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A running echo backend; stops when dropped.
+pub struct Echo {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Echo {
+    pub async fn start(name: &str) -> Echo {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(echo::serve(
+            listener,
+            EchoConfig { name: name.into() },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Echo {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops the backend and waits until it has returned.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = within("echo backend stop", &mut self.task).await;
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A WsRoute spec with static backends, for tests to adjust.
+pub fn spec(up: &str, down: &str, backends: &[SocketAddr]) -> WsRouteSpec {
+    WsRouteSpec {
+        upstream_path_template: up.into(),
+        upstream_host: None,
+        upstream_http_method: vec![],
+        route_is_case_sensitive: None,
+        priority: None,
+        downstream_path_template: down.into(),
+        downstream_scheme: None,
+        service_name: None,
+        service_port: None,
+        downstream_host_and_ports: backends
+            .iter()
+            .map(|a| HostAndPort {
+                host: a.ip().to_string(),
+                port: a.port() as i32,
+            })
+            .collect(),
+        load_balancer_options: None,
+        dangerous_accept_any_server_certificate_validator: None,
+        timeouts: None,
+    }
+}
+
+pub fn route(name: &str, order: u64, spec: &WsRouteSpec) -> Route {
+    route_from_spec(RouteId(name.into()), order, spec, SpecBackends::Static)
+        .unwrap_or_else(|e| panic!("test route {name} invalid: {e:?}"))
+}
+
+/// The gateway in-process on loopback port 0 with the given routes.
+pub struct Gateway {
+    pub server: Server,
+    pub publisher: Arc<Publisher>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    pub async fn start(routes: &[Route]) -> Gateway {
+        Self::start_with(routes, Duration::from_secs(5)).await
+    }
+
+    pub async fn start_with(routes: &[Route], drain_timeout: Duration) -> Gateway {
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
+        let published = publisher.publish(routes);
+        assert!(published.problems.is_empty(), "{:?}", published.problems);
+        let server = Server::start(
+            ServerOptions {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                admin_listen: "127.0.0.1:0".parse().unwrap(),
+                shutdown_delay: Duration::ZERO,
+                drain_timeout,
+            },
+            Arc::clone(&publisher),
+            Arc::clone(&metrics),
+        )
+        .await
+        .unwrap();
+        server.readiness.set_loaded();
+        Gateway {
+            server,
+            publisher,
+            metrics,
+        }
+    }
+
+    pub fn ws(&self, path_and_query: &str) -> String {
+        format!("ws://{}{}", self.server.listen_addr, path_and_query)
+    }
+
+    pub fn http(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.server.listen_addr, path_and_query)
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a WebSocket with a deadline; panics with the handshake error otherwise.
+pub async fn connect(url: &str) -> Ws {
+    connect_with(url, &[]).await
+}
+
+pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Ws {
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let (ws, _resp) = within(
+        "websocket connect",
+        tokio_tungstenite::connect_async_with_config(req, Some(config), false),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    ws
+}
+
+/// Sends raw bytes and reads until the peer closes or `\r\n\r\n` plus any body declared by
+/// Content-Length arrived; returns the whole response text.
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
+    within("raw request", async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let len = text[..head_end]
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())
+                            .flatten()
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= head_end + 4 + len {
+                    break;
+                }
+            }
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await
+}
+
+/// The built `wsgate` binary, started with arguments; killed on drop.
+pub struct Process {
+    pub child: Child,
+}
+
+impl Process {
+    pub fn start(args: &[&str], dir: &Path) -> Process {
+        let child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wsgate binary");
+        Process { child }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port: bind :0, read it, release it. Only for the binary's flags, where
+/// the process must bind the port itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET over plain HTTP/1.1, returning (status, body).
+pub async fn http_get(url: &str) -> (u16, String) {
+    let resp = within("http get", reqwest_like_get(url)).await;
+    resp
+}
+
+async fn reqwest_like_get(url: &str) -> (u16, String) {
+    let uri: http::Uri = url.parse().unwrap();
+    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap_or(80));
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header("host", uri.authority().unwrap().as_str())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 pub mod fake_apiserver;

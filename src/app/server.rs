@@ -1,0 +1,98 @@
+//! A running gateway: the ws/http listener, the admin listener, and the shutdown
+//! sequence (readiness off → optional delay → stop accepting + Close 1001 → drain budget).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::proxy::{self, Drain, Gateway};
+use crate::table::Publisher;
+use crate::telemetry::admin::{self, Readiness};
+use crate::telemetry::Metrics;
+
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// After readiness turns off, keep accepting this long so load balancers notice.
+    pub shutdown_delay: Duration,
+    /// How long live connections get to finish after Close 1001 before the process exits.
+    pub drain_timeout: Duration,
+}
+
+pub struct Server {
+    pub gateway: Arc<Gateway>,
+    pub readiness: Arc<Readiness>,
+    pub listen_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    options: ServerOptions,
+}
+
+impl Server {
+    /// Binds both listeners and starts serving. Readiness stays false until the caller
+    /// has a table (`readiness.set_loaded()`).
+    pub async fn start(
+        options: ServerOptions,
+        publisher: Arc<Publisher>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Server> {
+        use anyhow::Context;
+        let listener = TcpListener::bind(options.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (--listen)", options.listen))?;
+        let admin_listener = TcpListener::bind(options.admin_listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {} (--admin-listen)", options.admin_listen)
+            })?;
+        let listen_addr = listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let gateway = Gateway::new(publisher, Arc::clone(&metrics), Drain::new());
+        let readiness = Arc::new(Readiness::default());
+        tokio::spawn(proxy::serve(listener, Arc::clone(&gateway), "http"));
+        tokio::spawn(admin::serve(
+            admin_listener,
+            metrics,
+            Arc::clone(&readiness),
+        ));
+        tracing::info!(listen = %listen_addr, admin = %admin_addr, "wsgate listening");
+        Ok(Server {
+            gateway,
+            readiness,
+            listen_addr,
+            admin_addr,
+            options,
+        })
+    }
+
+    /// The shutdown sequence. Returns true if every connection ended within the budget.
+    pub async fn shutdown(&self) -> bool {
+        self.readiness.set_draining();
+        if !self.options.shutdown_delay.is_zero() {
+            tracing::info!(
+                delay_ms = self.options.shutdown_delay.as_millis() as u64,
+                "readiness off; waiting before draining"
+            );
+            tokio::time::sleep(self.options.shutdown_delay).await;
+        }
+        let drain = &self.gateway.drain;
+        tracing::info!(
+            connections = drain.active(),
+            budget_ms = self.options.drain_timeout.as_millis() as u64,
+            "draining: stopped accepting, sending Close 1001 to every WebSocket"
+        );
+        drain.start();
+        let clean = drain.wait(self.options.drain_timeout).await;
+        if clean {
+            tracing::info!("drain complete");
+        } else {
+            tracing::warn!(
+                remaining = drain.active(),
+                "drain budget ran out; closing the remaining connections"
+            );
+        }
+        clean
+    }
+}

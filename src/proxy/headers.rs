@@ -1,0 +1,149 @@
+//! Header rules for both directions: hop-by-hop headers stop here (RFC 9110 §7.6.1),
+//! everything else passes unchanged, and the forwarding headers are added.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one hop and never travel further.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Removes hop-by-hop headers, including any named in `Connection`, and `Upgrade`
+/// (the caller re-adds `Upgrade: websocket` where it belongs).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Whether a comma-separated header contains `token` (case-insensitive).
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// What the backend is told about the original request.
+pub struct Forwarded<'a> {
+    pub client_ip: IpAddr,
+    /// `http` or `https`: the scheme the client used to reach wsgate.
+    pub proto: &'static str,
+    pub host: Option<&'a HeaderValue>,
+    pub request_id: &'a HeaderValue,
+}
+
+/// Prepares a request's headers for the backend: hop-by-hop removed, `Host` set to the
+/// backend (Ocelot's behaviour; the original goes to `X-Forwarded-Host`), the client's IP
+/// appended to `X-Forwarded-For` (so ASP.NET's ForwardedHeaders, which trusts the last
+/// hop, sees the real client), `X-Forwarded-Proto` and `X-Request-Id` set.
+pub fn to_upstream(headers: &mut HeaderMap, backend_authority: &str, fwd: &Forwarded<'_>) {
+    strip_hop_by_hop(headers);
+    if let Ok(v) = HeaderValue::from_str(backend_authority) {
+        headers.insert(header::HOST, v);
+    }
+    let ip = fwd.client_ip.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(fwd.proto),
+    );
+    if let Some(host) = fwd.host {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+    headers.insert(X_REQUEST_ID.clone(), fwd.request_id.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    /// Hop-by-hop headers and those named in Connection are removed; end-to-end ones stay.
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("cookie", "a=1"),
+            ("authorization", "Bearer t"),
+            ("sec-websocket-protocol", "chat"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec!["authorization", "cookie", "sec-websocket-protocol"]
+        );
+    }
+
+    /// Forwarding headers: Host rewritten, XFF appended, proto/host/request id set.
+    #[test]
+    fn forwarding_headers_are_added() {
+        let mut h = map(&[
+            ("host", "chat.example.com"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
+        let host = h.get("host").cloned();
+        let id = HeaderValue::from_static("req-1");
+        to_upstream(
+            &mut h,
+            "10.0.0.7:8080",
+            &Forwarded {
+                client_ip: "127.0.0.1".parse().unwrap(),
+                proto: "http",
+                host: host.as_ref(),
+                request_id: &id,
+            },
+        );
+        assert_eq!(h["host"], "10.0.0.7:8080");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "chat.example.com");
+        assert_eq!(h["x-request-id"], "req-1");
+    }
+}

@@ -1,0 +1,45 @@
+//! The data plane: listeners, handshake, upstream dial, relay and HTTP pass-through.
+//!
+//! Per request: accept → parse (hyper) → `RouteTable::find` → balancer pick → dial with
+//! retry → upstream handshake → 101 to the client → relay; or, for plain HTTP, the
+//! request streamed to the backend and the response streamed back.
+
+pub mod drain;
+pub mod frame;
+pub mod relay;
+
+mod dial;
+mod error;
+mod handshake;
+mod headers;
+mod http;
+mod listener;
+mod service;
+mod websocket;
+
+pub use drain::{Drain, DrainSignal};
+pub use error::Error;
+pub use listener::serve;
+
+use std::sync::Arc;
+
+use crate::table::Publisher;
+use crate::telemetry::Metrics;
+
+/// What every connection of the data plane shares: the current route table, metrics and
+/// the drain signal. Nothing in it is locked per message.
+pub struct Gateway {
+    pub publisher: Arc<Publisher>,
+    pub metrics: Arc<Metrics>,
+    pub drain: Drain,
+}
+
+impl Gateway {
+    pub fn new(publisher: Arc<Publisher>, metrics: Arc<Metrics>, drain: Drain) -> Arc<Self> {
+        Arc::new(Gateway {
+            publisher,
+            metrics,
+            drain,
+        })
+    }
+}

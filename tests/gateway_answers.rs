@@ -1,0 +1,306 @@
+//! Every row of DESIGN.md's behaviour table that wsgate answers itself, and plain HTTP
+//! (SSE, long polling) on a WebSocket route.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use support::*;
+use tokio::net::TcpStream;
+use wsgate::model::EndpointState;
+
+const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+fn status_of(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// No route: 404 with a JSON body naming host and path.
+#[tokio::test]
+async fn unmatched_request_gets_404_naming_host_and_path() {
+    let echo = Echo::start("e").await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/chat/{room}", "/{room}", &[echo.addr]),
+    )])
+    .await;
+    let resp = raw_request(
+        gw.server.listen_addr,
+        format!("GET /nowhere HTTP/1.1\r\nHost: a.example\r\n{UPGRADE}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 404, "{resp}");
+    assert!(resp.contains("application/json"));
+    assert!(
+        resp.contains("a.example") && resp.contains("/nowhere"),
+        "{resp}"
+    );
+}
+
+/// A route whose endpoints are all terminating: 503 with Retry-After, never a 4xx.
+#[tokio::test]
+async fn route_without_ready_endpoint_gets_503_with_retry_after() {
+    let echo = Echo::start("e").await;
+    let mut r = route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[echo.addr]),
+    );
+    for e in &mut r.endpoints {
+        e.state = EndpointState::Terminating;
+    }
+    let gw = Gateway::start(&[r]).await;
+    let resp = raw_request(
+        gw.server.listen_addr,
+        format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 503, "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("retry-after: 1"),
+        "{resp}"
+    );
+}
+
+/// Every endpoint refuses: 502. With one dead and one live endpoint, the dial moves on
+/// and the client never notices.
+#[tokio::test]
+async fn refused_connects_give_502_and_retry_the_next_endpoint() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }; // listener dropped: connects are refused
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[dead]),
+    )])
+    .await;
+    let resp = raw_request(
+        gw.server.listen_addr,
+        format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 502, "{resp}");
+
+    let echo = Echo::start("live").await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[dead, echo.addr]),
+    )])
+    .await;
+    let mut ws = connect(&gw.ws("/x?hello=1")).await;
+    let first = within("hello", ws.next()).await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains("\"live\""));
+}
+
+/// A backend that never completes the TCP handshake: 504 after the route's connect timeout.
+#[tokio::test]
+async fn connect_timeout_gives_504() {
+    // A listener with a backlog of 1 that never accepts: once its queue is full the
+    // kernel drops further SYNs, so connects hang.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            fillers.push(s);
+        } else {
+            break;
+        }
+    }
+    let mut s = spec("/{everything}", "/{everything}", &[addr]);
+    s.timeouts = Some(wsgate::api::RouteTimeouts {
+        connect: Some("300ms".into()),
+        ..Default::default()
+    });
+    let gw = Gateway::start(&[route("r", 0, &s)]).await;
+    let resp = raw_request(
+        gw.server.listen_addr,
+        format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 504, "{resp}");
+    drop(sock);
+}
+
+/// Malformed upgrades get 400 naming what is wrong.
+#[tokio::test]
+async fn malformed_handshakes_get_400_with_the_reason() {
+    let echo = Echo::start("e").await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[echo.addr]),
+    )])
+    .await;
+    let cases = [
+        ("GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", "Sec-WebSocket-Key"),
+        ("GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", "Sec-WebSocket-Version"),
+        ("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", "GET"),
+    ];
+    for (req, needle) in cases {
+        let resp = raw_request(gw.server.listen_addr, req.as_bytes()).await;
+        assert_eq!(status_of(&resp), 400, "{resp}");
+        assert!(resp.contains(needle), "{needle} not named in {resp}");
+    }
+}
+
+/// A request head larger than the limit gets 431.
+#[tokio::test]
+async fn oversized_request_head_gets_431() {
+    let echo = Echo::start("e").await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[echo.addr]),
+    )])
+    .await;
+    let big = "a".repeat(100 * 1024);
+    let resp = raw_request(
+        gw.server.listen_addr,
+        format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n{UPGRADE}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 431, "{resp}");
+}
+
+/// A backend that answers the upgrade with a non-101: its status and body reach the client.
+#[tokio::test]
+async fn backend_refusing_the_upgrade_passes_its_status_and_body() {
+    let echo = Echo::start("e").await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[echo.addr]),
+    )])
+    .await;
+    let resp = raw_request(
+        gw.server.listen_addr,
+        format!("GET /status/403 HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 403, "{resp}");
+    assert!(resp.contains("status 403 from e"), "{resp}");
+}
+
+/// Plain HTTP on a ws route: path rewritten, method/body/headers forwarded.
+#[tokio::test]
+async fn plain_http_is_proxied_with_the_rewritten_path() {
+    let echo = Echo::start("e").await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/hub/{rest}", "/signalr/{rest}", &[echo.addr]),
+    )])
+    .await;
+    let resp = raw_request(
+        gw.server.listen_addr,
+        b"POST /hub/negotiate?negotiateVersion=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nCookie: c=1\r\n\r\n{}",
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let body = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["path"], "/signalr/negotiate");
+    assert_eq!(v["query"], "negotiateVersion=1");
+    assert_eq!(v["body"], "{}");
+    assert_eq!(v["headers"]["cookie"], "c=1");
+}
+
+/// Server-Sent Events flow event by event: the first event arrives while the backend is
+/// still sending the rest.
+#[tokio::test]
+async fn server_sent_events_stream_through_one_by_one() {
+    let echo = Echo::start("e").await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[echo.addr]),
+    )])
+    .await;
+    let stream = TcpStream::connect(gw.server.listen_addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/hub/sse?events=3&interval_ms=300")
+        .header("host", "a")
+        .header("accept", "text/event-stream")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = within("sse head", sender.send_request(req)).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let first = within("first event", body.frame()).await.unwrap().unwrap();
+    let first = first.into_data().unwrap();
+    let text = String::from_utf8_lossy(&first);
+    assert!(text.contains("id: 1") && !text.contains("id: 2"), "{text}");
+    // The stream is still open: the remaining events have not all been sent yet.
+    assert!(!body.is_end_stream());
+    let mut rest = String::new();
+    while let Some(f) = within("more events", body.frame()).await {
+        if let Ok(d) = f.unwrap().into_data() {
+            rest.push_str(&String::from_utf8_lossy(&d));
+        }
+    }
+    assert!(rest.contains("id: 3"), "{rest}");
+}
+
+/// A long poll is held open by the backend and answered through the gateway.
+#[tokio::test]
+async fn long_poll_is_held_open_and_answered() {
+    let echo = Echo::start("e").await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[echo.addr]),
+    )])
+    .await;
+    let started = std::time::Instant::now();
+    let (status, body) = http_get(&gw.http("/hub/poll?hold_ms=700")).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"held_ms\":700") || body.contains("\"held_ms\": 700"),
+        "{body}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(700));
+}
+
+/// Readiness, health and metrics on the admin listener.
+#[tokio::test]
+async fn admin_endpoints_answer() {
+    let echo = Echo::start("e").await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[echo.addr]),
+    )])
+    .await;
+    let admin = format!("http://{}", gw.server.admin_addr);
+    assert_eq!(http_get(&format!("{admin}/healthz")).await.0, 200);
+    assert_eq!(http_get(&format!("{admin}/readyz")).await.0, 200);
+    let (status, text) = http_get(&format!("{admin}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("wsgate_route_table_generation"), "{text}");
+}

@@ -1,0 +1,259 @@
+//! The real `wsgate` binary: SIGTERM drains with Close 1001 and exits 0; editing the routes
+//! file reloads the table without touching live connections; a broken edit keeps the
+//! last good table; `wsgate check` reports problems by location.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+fn routes_yaml(routes: &[(&str, &str, &str, std::net::SocketAddr)]) -> String {
+    routes
+        .iter()
+        .map(|(name, up, down, addr)| {
+            format!(
+                "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata:\n  name: {name}\nspec:\n  upstreamPathTemplate: {up}\n  downstreamPathTemplate: {down}\n  downstreamHostAndPorts:\n    - host: {}\n      port: {}\n",
+                addr.ip(),
+                addr.port()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// Writes the file through a temp file and rename, as editors and ConfigMap updates do.
+fn replace_file(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+struct Running {
+    process: Process,
+    listen: String,
+    admin: String,
+}
+
+async fn start_binary(dir: &Path, extra: &[&str]) -> Running {
+    let port = free_port();
+    let admin_port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let admin = format!("127.0.0.1:{admin_port}");
+    let mut args = vec![
+        "run",
+        "--routes",
+        "routes.yaml",
+        "--listen",
+        &listen,
+        "--admin-listen",
+        &admin,
+        "--reload-interval",
+        "50ms",
+    ];
+    args.extend_from_slice(extra);
+    let process = Process::start(&args, dir);
+    let ready_url = format!("http://{admin}/readyz");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Ok(Ok((200, _))) =
+            tokio::time::timeout(Duration::from_secs(1), try_get(&ready_url)).await
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "wsgate never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Running {
+        process,
+        listen,
+        admin,
+    }
+}
+
+async fn try_get(url: &str) -> Result<(u16, String), ()> {
+    let uri: http::Uri = url.parse().unwrap();
+    let stream = tokio::net::TcpStream::connect(uri.authority().unwrap().as_str())
+        .await
+        .map_err(|_| ())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|_| ())?;
+    tokio::spawn(conn);
+    let req = http::Request::get(uri.path())
+        .header("host", "admin")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.map_err(|_| ())?;
+    let status = resp.status().as_u16();
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.map_err(|_| ())?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+async fn hello_name(ws: &mut Ws) -> String {
+    match within("hello", ws.next()).await.unwrap().unwrap() {
+        Message::Text(t) => serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap()["echo"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        other => panic!("expected hello, got {other:?}"),
+    }
+}
+
+async fn echo_round_trip(ws: &mut Ws, text: &str) {
+    within("send", ws.send(Message::text(text))).await.unwrap();
+    assert_eq!(
+        within("echo", ws.next()).await.unwrap().unwrap(),
+        Message::text(text)
+    );
+}
+
+/// SIGTERM: readiness fails first, every WebSocket gets Close 1001, the process exits 0.
+#[tokio::test]
+async fn sigterm_sends_close_1001_to_every_socket_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = Echo::start("e").await;
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        routes_yaml(&[("all", "/{everything}", "/{everything}", echo.addr)]),
+    )
+    .unwrap();
+    let mut gw = start_binary(
+        dir.path(),
+        &["--shutdown-delay", "300ms", "--drain-timeout", "5s"],
+    )
+    .await;
+    let mut sockets = Vec::new();
+    for i in 0..3 {
+        let mut ws = connect(&format!("ws://{}/s{i}", gw.listen)).await;
+        echo_round_trip(&mut ws, "before").await;
+        sockets.push(ws);
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &gw.process.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // Readiness turns off while the shutdown delay runs.
+    let ready_url = format!("http://{}/readyz", gw.admin);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Ok((503, _)) = try_get(&ready_url).await {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    for ws in &mut sockets {
+        loop {
+            match within("close 1001", ws.next()).await {
+                Some(Ok(Message::Close(Some(c)))) => {
+                    assert_eq!(c.code, CloseCode::Away);
+                    // Keep reading so the client's Close reply is flushed, as a real
+                    // client's is, then see the gateway end the connection.
+                    while let Some(Ok(_)) = within("end after close", ws.next()).await {}
+                    break;
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("expected Close 1001, got {other:?}"),
+            }
+        }
+    }
+    let code = within("process exit", async {
+        loop {
+            if let Some(status) = gw.process.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(code.success(), "exit status {code:?}");
+}
+
+/// Editing the routes file while sockets are open: new handshakes see the new table, the
+/// open sockets keep working against their old backend; a broken edit changes nothing.
+#[tokio::test]
+async fn routes_file_edit_reloads_without_touching_live_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    let old = Echo::start("old").await;
+    let new = Echo::start("new").await;
+    std::fs::write(&file, routes_yaml(&[("a", "/a/{x}", "/{x}", old.addr)])).unwrap();
+    let gw = start_binary(dir.path(), &[]).await;
+
+    let mut live = Vec::new();
+    for i in 0..5 {
+        let mut ws = connect(&format!("ws://{}/a/{i}?hello=1", gw.listen)).await;
+        assert_eq!(hello_name(&mut ws).await, "old");
+        live.push(ws);
+    }
+
+    replace_file(
+        &file,
+        &routes_yaml(&[
+            ("a", "/a/{x}", "/{x}", new.addr),
+            ("b", "/b/{x}", "/{x}", new.addr),
+        ]),
+    );
+    // Poll until a new handshake sees the new table.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let url = format!("ws://{}/b/1?hello=1", gw.listen);
+        if let Ok(Ok((mut ws, _))) = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        {
+            assert_eq!(hello_name(&mut ws).await, "new");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new route never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut fresh = connect(&format!("ws://{}/a/9?hello=1", gw.listen)).await;
+    assert_eq!(hello_name(&mut fresh).await, "new");
+    for ws in &mut live {
+        echo_round_trip(ws, "still here").await;
+    }
+
+    // A broken edit is rejected; the table that serves stays.
+    replace_file(&file, "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata: {name: a}\nspec:\n  upstreamPathTemplate: nope\n");
+    let metrics_url = format!("http://{}/metrics", gw.admin);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Ok((_, text)) = try_get(&metrics_url).await {
+            if text.contains("wsgate_route_table_reloads_failed_total 1") {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "broken edit never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut after = connect(&format!("ws://{}/b/2?hello=1", gw.listen)).await;
+    assert_eq!(hello_name(&mut after).await, "new");
+    for ws in &mut live {
+        echo_round_trip(ws, "survived the broken edit").await;
+    }
+}

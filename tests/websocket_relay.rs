@@ -1,0 +1,309 @@
+//! WebSocket traffic through the gateway: every kind of message passes unchanged, headers
+//! are forwarded, and when one side dies the other gets a proper Close.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn next_msg(ws: &mut Ws) -> Message {
+    within("next message", ws.next())
+        .await
+        .expect("stream ended")
+        .expect("websocket error")
+}
+
+async fn gateway_to_echo() -> (Gateway, Echo) {
+    let echo = Echo::start("echo-1").await;
+    let gw = Gateway::start(&[route(
+        "chat",
+        0,
+        &spec("/chat/{room}", "/rooms/{room}", &[echo.addr]),
+    )])
+    .await;
+    (gw, echo)
+}
+
+/// Text, binary, empty and 16 MiB messages come back byte for byte.
+#[tokio::test]
+async fn messages_of_every_kind_and_size_pass_unchanged() {
+    let (gw, _echo) = gateway_to_echo().await;
+    let mut ws = connect(&gw.ws("/chat/lobby")).await;
+    let big: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let messages = vec![
+        Message::text("hello"),
+        Message::binary(vec![0u8, 1, 2, 255]),
+        Message::text(""),
+        Message::binary(big),
+        Message::text("ünïcødé ✓"),
+    ];
+    for m in &messages {
+        within("send", ws.send(m.clone())).await.unwrap();
+        assert_eq!(&next_msg(&mut ws).await, m);
+    }
+    within("close", ws.close(None)).await.unwrap();
+}
+
+/// A fragmented message with a ping between its fragments arrives whole, and the ping is
+/// answered by the backend through the gateway.
+#[tokio::test]
+async fn fragmented_message_and_interleaved_ping_pass() {
+    let (gw, _echo) = gateway_to_echo().await;
+    let mut ws = connect(&gw.ws("/chat/frag")).await;
+    let frames = [
+        Frame::message(b"frag".to_vec(), OpCode::Data(Data::Text), false),
+        Frame::ping(b"mid".to_vec()),
+        Frame::message(b"ment".to_vec(), OpCode::Data(Data::Continue), false),
+        Frame::message(b"ed".to_vec(), OpCode::Data(Data::Continue), true),
+    ];
+    for f in frames {
+        within("send frame", ws.send(Message::Frame(f)))
+            .await
+            .unwrap();
+    }
+    let mut got_pong = false;
+    loop {
+        match next_msg(&mut ws).await {
+            Message::Pong(p) => {
+                assert_eq!(&p[..], b"mid");
+                got_pong = true;
+            }
+            Message::Text(t) => {
+                assert_eq!(t.as_str(), "fragmented");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(got_pong, "pong must arrive before the echoed message");
+}
+
+/// The subprotocol the backend picks reaches the client.
+#[tokio::test]
+async fn subprotocol_negotiation_passes_through() {
+    let (gw, _echo) = gateway_to_echo().await;
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        gw.ws("/chat/p").as_str(),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "signalr.v2, chat.v1".parse().unwrap(),
+    );
+    let (_ws, resp) = within("connect", tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "signalr.v2");
+    assert_eq!(resp.headers()["x-echo-name"], "echo-1");
+}
+
+/// Cookies, Authorization, Origin, query and custom headers reach the backend unchanged;
+/// X-Forwarded-* and X-Request-Id are added, the path is rewritten.
+#[tokio::test]
+async fn handshake_headers_are_forwarded() {
+    let (gw, echo) = gateway_to_echo().await;
+    let mut ws = connect_with(
+        &gw.ws("/chat/room42?hello=1&token=abc"),
+        &[
+            ("cookie", "session=s1; theme=dark"),
+            ("authorization", "Bearer t0k3n"),
+            ("origin", "https://app.example.com"),
+            ("x-custom", "kept"),
+            ("x-request-id", "req-from-client"),
+        ],
+    )
+    .await;
+    let hello = match next_msg(&mut ws).await {
+        Message::Text(t) => serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap(),
+        other => panic!("expected hello JSON, got {other:?}"),
+    };
+    let h = &hello["headers"];
+    assert_eq!(hello["path"], "/rooms/room42");
+    assert!(
+        hello["query"].as_str().unwrap().contains("token=abc"),
+        "{hello}"
+    );
+    assert_eq!(h["cookie"], "session=s1; theme=dark");
+    assert_eq!(h["authorization"], "Bearer t0k3n");
+    assert_eq!(h["origin"], "https://app.example.com");
+    assert_eq!(h["x-custom"], "kept");
+    assert_eq!(h["x-request-id"], "req-from-client");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], gw.server.listen_addr.to_string());
+    assert_eq!(h["host"], echo.addr.to_string());
+}
+
+/// A message the backend sends in the same TCP segment as its 101 is not lost.
+#[tokio::test]
+async fn bytes_coalesced_with_101_are_relayed() {
+    // A backend that writes the 101 and a text frame in one write.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            head.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&head).to_string();
+        let key = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("sec-websocket-key: ")
+                    .or_else(|| l.strip_prefix("Sec-WebSocket-Key: "))
+            })
+            .unwrap()
+            .trim()
+            .to_string();
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let mut out = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .into_bytes();
+        out.extend_from_slice(&[0x81, 0x05]);
+        out.extend_from_slice(b"early");
+        s.write_all(&out).await.unwrap();
+        // Keep the socket open until the client is done.
+        let _ = s.read(&mut buf).await;
+    });
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[addr]),
+    )])
+    .await;
+    let mut ws = connect(&gw.ws("/x")).await;
+    assert_eq!(next_msg(&mut ws).await, Message::text("early"));
+}
+
+/// A backend that dies without a Close frame: the client gets Close 1011, then the end.
+#[tokio::test]
+async fn backend_dying_mid_stream_sends_close_1011_to_client() {
+    let (gw, _echo) = gateway_to_echo().await;
+    let mut ws = connect(&gw.ws("/chat/x?drop=1")).await;
+    within("send", ws.send(Message::text("one"))).await.unwrap();
+    assert_eq!(next_msg(&mut ws).await, Message::text("one"));
+    match next_msg(&mut ws).await {
+        Message::Close(Some(c)) => assert_eq!(c.code, CloseCode::Error),
+        other => panic!("expected Close 1011, got {other:?}"),
+    }
+}
+
+/// A client that vanishes without a Close: the backend gets Close 1001 (going away).
+#[tokio::test]
+async fn client_vanishing_sends_close_1001_to_backend() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
+        let mut seen = None;
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(c) = m {
+                seen = c.map(|c| c.code);
+                break;
+            }
+        }
+        let _ = seen_tx.send(seen);
+    });
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[addr]),
+    )])
+    .await;
+    let ws = connect(&gw.ws("/bye")).await;
+    // Drop the TCP connection without a Close frame.
+    let tcp = ws.into_inner();
+    drop(tcp);
+    let seen = within("backend sees close", seen_rx).await.unwrap();
+    assert_eq!(seen, Some(CloseCode::Away));
+}
+
+/// A close initiated by the client completes end to end with the client's code.
+#[tokio::test]
+async fn client_close_code_reaches_backend_and_echo_returns() {
+    let (gw, _echo) = gateway_to_echo().await;
+    let mut ws = connect(&gw.ws("/chat/c")).await;
+    within(
+        "close",
+        ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: CloseCode::Library(4001),
+            reason: "bye".into(),
+        })),
+    )
+    .await
+    .unwrap();
+    match next_msg(&mut ws).await {
+        Message::Close(Some(c)) => assert_eq!(c.code, CloseCode::Library(4001)),
+        other => panic!("expected the echoed close, got {other:?}"),
+    }
+}
+
+/// Frames a client sends right behind its request (before reading the 101) are relayed.
+#[tokio::test]
+async fn frames_pipelined_behind_the_request_are_relayed() {
+    let (gw, _echo) = gateway_to_echo().await;
+    let mut s = TcpStream::connect(gw.server.listen_addr).await.unwrap();
+    let mut req = b"GET /chat/pipe HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".to_vec();
+    // Masked text frame "hi".
+    let mask = [1u8, 2, 3, 4];
+    req.extend_from_slice(&[0x81, 0x82]);
+    req.extend_from_slice(&mask);
+    req.extend(b"hi".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&req).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    within("echo of pipelined frame", async {
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "connection closed early: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(4).any(|w| w == [0x81, 0x02, b'h', b'i']) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"));
+}
+
+/// Metrics count the connection and its bytes once it has ended.
+#[tokio::test]
+async fn metrics_count_connections_and_bytes() {
+    let (gw, _echo) = gateway_to_echo().await;
+    let mut ws = connect(&gw.ws("/chat/m")).await;
+    within("send", ws.send(Message::text("12345")))
+        .await
+        .unwrap();
+    next_msg(&mut ws).await;
+    within("close", ws.close(None)).await.unwrap();
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    drop(ws);
+    let metrics = gw.metrics.clone();
+    eventually("connection metrics", || {
+        let text = metrics.encode();
+        (text.contains("wsgate_connections_total{route=\"chat\"} 1")
+            && text.contains("wsgate_connections_active{route=\"chat\"} 0")
+            && text
+                .contains("wsgate_messages_total{route=\"chat\",direction=\"ClientToUpstream\"} 1"))
+        .then_some(())
+    })
+    .await;
+}
