@@ -91,6 +91,8 @@ def metrics():
         ("latency", "proxy CPU per message (µs)", cpu_per("total_messages", 1e6), "cpu", False),
         ("handshakes", "handshakes/s (connect, 1 echo, close; 8 workers)", result("per_s"), "rate", True),
         ("handshakes", "cycle p50 (µs)", result("cycle_us", "p50"), "us", False),
+        ("handshakes", "cycle p99 (µs)", result("cycle_us", "p99"), "us", False),
+        ("handshakes", "connect + upgrade p50 (µs)", result("upgrade_us", "p50"), "us", False),
         ("handshakes", "proxy CPU per handshake (µs)", cpu_per("total_cycles", 1e6), "cpu", False),
         ("idle", "connections held", result("held_to_end"), "count", False),
         ("idle", "proxy PSS per idle connection (bytes)", idle_per_conn, "bytes", False),
@@ -264,7 +266,8 @@ def one_line(path):
         rtt = r["rtt_us"]
         return f"{r['achieved_rate']:,.0f}/s, p50 {rtt['p50']} p99 {rtt['p99']} p999 {rtt['p999']} µs, errors {r['errors']}"
     if s == "handshakes":
-        return f"{r['per_s']:,.0f}/s, p50 {r['cycle_us']['p50']} µs, errors {r['errors']}"
+        return (f"{r['per_s']:,.0f}/s, cycle p50 {r['cycle_us']['p50']} µs (upgrade {r['upgrade_us']['p50']}, "
+                f"echo {r['echo_us']['p50']}, close {r['close_us']['p50']}), errors {r['errors']}")
     return json.dumps(r)
 
 

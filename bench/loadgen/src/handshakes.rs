@@ -32,6 +32,10 @@ pub struct HandshakeArgs {
 
 struct WorkerResult {
     cycles: u64,
+    /// Phases of each measured cycle: connect + upgrade, the echo, the close handshake.
+    upgrade: Histogram<u64>,
+    echo: Histogram<u64>,
+    close: Histogram<u64>,
     /// Every completed cycle, warm-up included.
     total_cycles: u64,
     histogram: Histogram<u64>,
@@ -56,6 +60,9 @@ pub async fn run(args: HandshakeArgs) -> anyhow::Result<Report> {
             let payload = Masked::filler(size);
             let mut result = WorkerResult {
                 cycles: 0,
+                upgrade: report::histogram(),
+                echo: report::histogram(),
+                close: report::histogram(),
                 total_cycles: 0,
                 histogram: report::histogram(),
                 errors: Vec::new(),
@@ -67,13 +74,16 @@ pub async fn run(args: HandshakeArgs) -> anyhow::Result<Report> {
                     break;
                 }
                 match cycle(&target, &payload, op_timeout).await {
-                    Ok(()) => {
+                    Ok(phases) => {
                         consecutive_errors = 0;
                         let done = Instant::now();
                         result.total_cycles += 1;
                         if began >= window_start && done <= window_end {
                             result.cycles += 1;
                             report::record(&mut result.histogram, done - began);
+                            report::record(&mut result.upgrade, phases[0]);
+                            report::record(&mut result.echo, phases[1]);
+                            report::record(&mut result.close, phases[2]);
                         }
                     }
                     Err(error) => {
@@ -86,6 +96,11 @@ pub async fn run(args: HandshakeArgs) -> anyhow::Result<Report> {
         });
     }
     let mut histogram = report::histogram();
+    let (mut upgrade, mut echo, mut close) = (
+        report::histogram(),
+        report::histogram(),
+        report::histogram(),
+    );
     let (mut cycles, mut total_cycles) = (0u64, 0u64);
     let mut errors = Vec::new();
     while let Some(joined) = tasks.join_next().await {
@@ -94,6 +109,9 @@ pub async fn run(args: HandshakeArgs) -> anyhow::Result<Report> {
                 cycles += result.cycles;
                 total_cycles += result.total_cycles;
                 histogram.add(&result.histogram).ok();
+                upgrade.add(&result.upgrade).ok();
+                echo.add(&result.echo).ok();
+                close.add(&result.close).ok();
                 errors.extend(result.errors);
             }
             Err(error) => errors.push(format!("worker task failed: {error}")),
@@ -111,6 +129,9 @@ pub async fn run(args: HandshakeArgs) -> anyhow::Result<Report> {
         "cycles": cycles,
         "per_s": report::round3(cycles as f64 / seconds),
         "cycle_us": report::percentiles(&histogram),
+        "upgrade_us": report::percentiles(&upgrade),
+        "echo_us": report::percentiles(&echo),
+        "close_us": report::percentiles(&close),
         "total_cycles": total_cycles,
         "errors": errors.len(),
         "error_samples": report::error_samples(&errors),
@@ -121,11 +142,20 @@ pub async fn run(args: HandshakeArgs) -> anyhow::Result<Report> {
     })
 }
 
-async fn cycle(target: &Target, payload: &Masked, op_timeout: Duration) -> anyhow::Result<()> {
+/// One cycle; returns how long the upgrade, the echo and the close handshake took.
+async fn cycle(
+    target: &Target,
+    payload: &Masked,
+    op_timeout: Duration,
+) -> anyhow::Result<[Duration; 3]> {
+    let began = Instant::now();
     let mut conn = Conn::open(target, op_timeout).await?;
+    let opened = Instant::now();
     conn.send(payload).await?;
     timeout(op_timeout, conn.recv())
         .await
         .map_err(|_| anyhow::anyhow!("no echo within {op_timeout:?}"))??;
-    conn.close(op_timeout).await
+    let echoed = Instant::now();
+    conn.close(op_timeout).await?;
+    Ok([opened - began, echoed - opened, echoed.elapsed()])
 }
