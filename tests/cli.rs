@@ -1,0 +1,128 @@
+//! The README's commands, run as a user would: `wsgate check` on good and broken files,
+//! and `wsgate demo` answering WebSocket and HTTP until Ctrl-C (SIGINT).
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+fn wsgate(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run wsgate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Good files (WsRoute YAML, ocelot.json, the README example) pass with exit 0.
+#[test]
+fn check_accepts_good_files() {
+    for file in [
+        "tests/fixtures/routes/good.yaml",
+        "tests/fixtures/routes/ocelot.json",
+        "examples/standalone-routes.yaml",
+    ] {
+        let (code, out) = wsgate(&["check", file]);
+        assert_eq!(code, 0, "{file}: {out}");
+        assert!(out.contains("ok: "), "{out}");
+    }
+}
+
+/// A broken file exits 1 and names file, line, document and field of each problem.
+#[test]
+fn check_reports_every_problem_with_its_location() {
+    let (code, out) = wsgate(&["check", "tests/fixtures/routes/broken.yaml"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("broken.yaml:")
+            && out.contains("(bad-port)")
+            && out.contains("spec.downstreamHostAndPorts[0].port"),
+        "{out}"
+    );
+    assert!(out.contains("error(s)"), "{out}");
+}
+
+/// A missing file is an error naming the file, not a panic.
+#[test]
+fn check_names_a_missing_file() {
+    let (code, out) = wsgate(&["check", "no/such/routes.yaml"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("no/such/routes.yaml"), "{out}");
+}
+
+/// `wsgate demo` serves its built-in routes to the echo backend and stops cleanly on Ctrl-C.
+#[tokio::test]
+async fn demo_serves_websocket_and_http_then_stops_on_sigint() {
+    let port = free_port();
+    let admin = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let admin_listen = format!("127.0.0.1:{admin}");
+    let mut demo = Process::start(
+        &["demo", "--listen", &listen, "--admin-listen", &admin_listen],
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+    );
+    let url = format!("ws://{listen}/chat/lobby");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut ws = loop {
+        if let Ok(Ok((ws, _))) = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        {
+            break ws;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "demo never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    within("send", ws.send(Message::text("hello")))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("echo", ws.next()).await.unwrap().unwrap(),
+        Message::text("hello")
+    );
+    let (status, body) = http_get(&format!("http://{listen}/chat/lobby")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("/rooms/lobby"), "{body}");
+
+    Command::new("kill")
+        .args(["-INT", &demo.pid().to_string()])
+        .status()
+        .unwrap();
+    // The open socket gets the drain's Close 1001.
+    loop {
+        match within("close", ws.next()).await {
+            Some(Ok(Message::Close(Some(c)))) => {
+                assert_eq!(u16::from(c.code), 1001);
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected Close 1001, got {other:?}"),
+        }
+    }
+    while let Some(Ok(_)) = within("end", ws.next()).await {}
+    let status = within("demo exit", async {
+        loop {
+            if let Some(s) = demo.child.try_wait().unwrap() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
+}
