@@ -336,6 +336,12 @@ def render(runs, meta, targets, kept_notes):
     out.append(rounds_table(values, present))
     out.append("")
     out.append("## Commands\n")
+    out.append("Processes under test (started by `run.sh`; `RUST_LOG=warn` for wsgate; paths are the run's "
+               "temporary directory):\n")
+    out.append("```")
+    out.extend(m.get("started", []))
+    out.append("```\n")
+    out.append("Load, one line per scenario and target:\n")
     out.append("```")
     out.append("bench/run.sh" + (" --quick" if m.get("mode") == "quick" else "")
                + ("" if not missing else f" --targets {','.join(present)}"))

@@ -69,6 +69,7 @@ die() { log "error: $*"; exit 1; }
 
 # --- processes we start: tracked by PID, stopped on exit --------------------------------------
 declare -A PID_OF=()
+STARTED_CMDS=""
 PIDS=()
 stop_pid() {
     local pid=$1 i
@@ -157,6 +158,10 @@ start_bg() { # name cpu command...: runs pinned, logs to $WORK/logs/name.log
     shift 2
     taskset -c "$cpu" "$@" >"$WORK/logs/$name.log" 2>&1 &
     local pid=$!
+    local cmdline
+    printf -v cmdline '%q ' "$@"
+    cmdline="taskset -c $cpu ${cmdline% }"
+    grep -qxF "$cmdline" <<<"$STARTED_CMDS" || STARTED_CMDS+="$cmdline"$'\n'
     PIDS+=("$pid")
     PID_OF[$name]=$pid
 }
@@ -358,21 +363,34 @@ for round in $(seq "$ROUNDS"); do
 done
 
 # --- report -----------------------------------------------------------------------------------
-{
-    printf '{"mode":"%s","started_at":"%s","wall_s":%s,"rounds":%s,"targets":"%s",' \
-        "$MODE" "$STARTED_AT" "$((SECONDS - START_S))" "$ROUNDS" "$TARGETS"
-    printf '"idle_conns":%s,"idle_hold_s":%s,"warmup":"%s","duration":"%s","nofile":"%s",' \
-        "$IDLE_CONNS" "$IDLE_HOLD_S" "$WARMUP" "$DURATION" "$NOFILE"
-    printf '"cpu":%s,' "$(python3 -c 'import json,sys;print(json.dumps(sys.argv[1]))' "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo) ($(nproc) cores)")"
-    printf '"memory":"%s",' "$(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
-    printf '"kernel":"%s",' "$(uname -r)"
-    printf '"os":"%s",' "$(. /etc/os-release && echo "$PRETTY_NAME")"
-    printf '"rustc":"%s",' "$(rustc --version 2>/dev/null || echo unknown)"
-    printf '"wsgate":"%s",' "$("$WSGATE_BIN" --version 2>/dev/null || echo "wsgate (no --version)")"
-    printf '"git":"%s",' "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo '-dirty')"
-    printf '"nginx":"%s",' "$(command -v nginx >/dev/null && nginx -v 2>&1 | sed 's/.*: //' || echo absent)"
-    printf '"haproxy":"%s"}\n' "$(command -v haproxy >/dev/null && haproxy -v | head -1 | cut -d' ' -f1-3 || echo absent)"
-} >"$WORK/meta.json"
+# Every value is read with commands that read their whole input (no SIGPIPE under pipefail)
+# and turned into JSON by Python, so odd characters in a version string cannot break it.
+version_of() { # command args... -> first line of its output, or "absent"
+    command -v "$1" >/dev/null || { echo absent; return; }
+    "$@" 2>&1 | sed -n '1{s/ - http.*//;p}' || true
+}
+MODE="$MODE" STARTED_AT="$STARTED_AT" WALL_S=$((SECONDS - START_S)) ROUNDS="$ROUNDS" TARGETS="$TARGETS" \
+IDLE_CONNS="$IDLE_CONNS" IDLE_HOLD_S="$IDLE_HOLD_S" WARMUP="$WARMUP" DURATION="$DURATION" NOFILE="$NOFILE" \
+CPU_MODEL="$(awk -F': ' '/^model name/ {print $2}' /proc/cpuinfo | sed -n 1p) ($(nproc) cores)" \
+MEMORY="$(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
+KERNEL="$(uname -r)" OS_NAME="$(. /etc/os-release && echo "$PRETTY_NAME")" \
+RUSTC="$(version_of rustc --version)" WSGATE_VERSION="$(version_of "$WSGATE_BIN" --version)" \
+GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo '-dirty')" \
+NGINX_VERSION="$(version_of nginx -v | sed 's/.*: //')" HAPROXY_VERSION="$(version_of haproxy -v)" \
+STARTED_CMDS="$STARTED_CMDS" \
+python3 - >"$WORK/meta.json" <<'PY'
+import json, os
+e = os.environ
+print(json.dumps({
+    "mode": e["MODE"], "started_at": e["STARTED_AT"], "wall_s": int(e["WALL_S"]),
+    "rounds": int(e["ROUNDS"]), "targets": e["TARGETS"], "idle_conns": int(e["IDLE_CONNS"]),
+    "idle_hold_s": int(e["IDLE_HOLD_S"]), "warmup": e["WARMUP"], "duration": e["DURATION"],
+    "nofile": e["NOFILE"], "cpu": e["CPU_MODEL"], "memory": e["MEMORY"], "kernel": e["KERNEL"],
+    "os": e["OS_NAME"], "rustc": e["RUSTC"], "wsgate": e["WSGATE_VERSION"], "git": e["GIT_REV"],
+    "nginx": e["NGINX_VERSION"], "haproxy": e["HAPROXY_VERSION"],
+    "started": [line for line in e["STARTED_CMDS"].splitlines() if line],
+}))
+PY
 cp "$WORK/nginx/nginx.conf" "$WORK/haproxy/haproxy.cfg" "$WORK/wsgate/routes.yaml" "$WORK/logs/" 2>/dev/null || true
 
 report_args=(--runs "$RUNS" --meta "$WORK/meta.json" --out "$OUT")
