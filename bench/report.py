@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw runs (one JSON line per loadgen run) into bench/RESULTS.md.
+
+Medians over rounds per scenario and target, ratios to the direct connection, and each proxy's
+own CPU time per message / MB / handshake (the fair comparison on 2 cores, where the load
+generator saturates first). Standard library only.
+
+  report.py --runs runs.jsonl --meta meta.json --out RESULTS.md [--check]
+  report.py --one-line loadgen-output.json      (a short summary for the run log)
+"""
+
+import argparse
+import json
+import statistics
+import sys
+
+TARGETS = ["direct", "wsgate", "nginx", "haproxy"]
+PROXIES = ["wsgate", "nginx", "haproxy"]
+NOTES_MARKER = "<!-- notes below this line are kept when run.sh rewrites this file -->"
+
+
+def load_runs(path):
+    runs = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                runs.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                sys.exit(f"report.py: {path}:{number}: not JSON: {error}")
+    return runs
+
+
+def dig(obj, *keys):
+    for key in keys:
+        if not isinstance(obj, dict) or obj.get(key) is None:
+            return None
+        obj = obj[key]
+    return obj
+
+
+def per_op(cpu_s, count, scale):
+    """CPU seconds per operation, times `scale` (1e6 for microseconds)."""
+    if cpu_s is None or not count:
+        return None
+    return cpu_s * scale / count
+
+
+# Each metric: (scenario, label, how to get one run's value, unit kind, compare to direct?)
+def metrics():
+    def result(*keys):
+        return lambda run: dig(run, "result", *keys)
+
+    def cpu_per(count_key, scale):
+        return lambda run: per_op(run.get("proxy_cpu_s"), dig(run, "result", count_key), scale)
+
+    def cpu_per_mb(run):
+        total = dig(run, "result", "total_bytes")
+        return per_op(run.get("proxy_cpu_s"), total / 1e6 if total else None, 1e3)
+
+    def idle_per_conn(run):
+        held, before = run.get("pss_held_late_kb") or run.get("pss_held_kb"), run.get("pss_before_kb")
+        opened = dig(run, "result", "opened")
+        if held is None or before is None or not opened:
+            return None
+        return (held - before) * 1024 / opened
+
+    def idle_cpu(run):
+        cpu, window = run.get("idle_cpu_s"), run.get("idle_window_s")
+        if cpu is None or not window:
+            return None
+        return cpu * 1e3 / window
+
+    def pss_before(run):
+        before = run.get("pss_before_kb")
+        return None if before is None else before / 1024
+
+    return [
+        ("throughput", "messages/s (64 B, 100 conns × 16 in flight)", result("msgs_per_s"), "rate", True),
+        ("throughput", "RTT p50 (µs)", result("rtt_us", "p50"), "us", False),
+        ("throughput", "RTT p99 (µs)", result("rtt_us", "p99"), "us", False),
+        ("throughput", "proxy CPU per message (µs)", cpu_per("total_messages", 1e6), "cpu", False),
+        ("bulk", "MB/s echoed (64 KiB, 10 conns)", result("mb_per_s"), "rate", True),
+        ("bulk", "RTT p99 (µs)", result("rtt_us", "p99"), "us", False),
+        ("bulk", "proxy CPU per MB echoed (ms)", cpu_per_mb, "cpu", False),
+        ("latency", "RTT p50 (µs)", result("rtt_us", "p50"), "lat", False),
+        ("latency", "RTT p99 (µs)", result("rtt_us", "p99"), "lat", False),
+        ("latency", "RTT p999 (µs)", result("rtt_us", "p999"), "lat", False),
+        ("latency", "proxy CPU per message (µs)", cpu_per("total_messages", 1e6), "cpu", False),
+        ("handshakes", "handshakes/s (connect, 1 echo, close; 8 workers)", result("per_s"), "rate", True),
+        ("handshakes", "cycle p50 (µs)", result("cycle_us", "p50"), "us", False),
+        ("handshakes", "cycle p99 (µs)", result("cycle_us", "p99"), "us", False),
+        ("handshakes", "connect + upgrade p50 (µs)", result("upgrade_us", "p50"), "us", False),
+        ("handshakes", "proxy CPU per handshake (µs)", cpu_per("total_cycles", 1e6), "cpu", False),
+        ("idle", "connections held", result("held_to_end"), "count", False),
+        ("idle", "proxy PSS per idle connection (bytes)", idle_per_conn, "bytes", False),
+        ("idle", "proxy PSS fresh, before connections (MiB)", pss_before, "mib", False),
+        ("idle", "proxy CPU while idle (ms per s)", idle_cpu, "cpu", False),
+    ]
+
+
+SCENARIO_TITLES = {
+    "throughput": "1. small messages",
+    "bulk": "2. large messages",
+    "latency": "3. latency at a fixed rate",
+    "handshakes": "4. handshakes",
+    "idle": "5. idle connections",
+}
+
+
+def fmt(value, kind):
+    if value is None:
+        return "—"
+    if kind == "rate":
+        return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+    if kind in ("us", "lat"):
+        return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+    if kind == "cpu":
+        return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 10 else f"{value:,.1f}"
+    if kind in ("bytes", "count"):
+        return f"{value:,.0f}"
+    if kind == "mib":
+        return f"{value:,.1f}"
+    return str(value)
+
+
+def collect(runs):
+    """{(scenario, label, target): [values per round]} and the medians."""
+    values = {}
+    for scenario, label, get, kind, _ in metrics():
+        for target in TARGETS:
+            series = []
+            for run in sorted(runs, key=lambda r: r.get("round", 0)):
+                if run.get("scenario") != scenario or run.get("target") != target:
+                    continue
+                if run.get("status") not in (0, "0"):
+                    series.append(None)
+                    continue
+                series.append(get(run))
+            values[(scenario, label, target)] = series
+    return values
+
+
+def median(series):
+    numbers = [v for v in series if v is not None]
+    return statistics.median(numbers) if numbers else None
+
+
+def headline_table(values, targets):
+    lines = [
+        "| scenario | metric | " + " | ".join(targets) + " |",
+        "|---|---|" + "---|" * len(targets),
+    ]
+    for scenario, label, _, kind, vs_direct in metrics():
+        meds = {t: median(values[(scenario, label, t)]) for t in targets}
+        if all(v is None for v in meds.values()):
+            continue
+        direct = meds.get("direct")
+        cells = []
+        for t in targets:
+            cell = fmt(meds[t], kind)
+            if meds[t] is not None and t != "direct" and direct:
+                if vs_direct:
+                    cell += f" ({meds[t] / direct:.2f}×)"
+                elif kind == "lat":
+                    cell += f" ({meds[t] - direct:+,.0f})"
+            cells.append(cell)
+        lines.append(f"| {SCENARIO_TITLES[scenario]} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def rounds_table(values, targets):
+    lines = [
+        "| scenario | metric | " + " | ".join(targets) + " |",
+        "|---|---|" + "---|" * len(targets),
+    ]
+    for scenario, label, _, kind, _ in metrics():
+        row = []
+        for t in targets:
+            series = values[(scenario, label, t)]
+            row.append(" / ".join(fmt(v, kind) for v in series) if series else "—")
+        if all(cell == "—" or set(cell.replace(" / ", "")) == {"—"} for cell in row):
+            continue
+        lines.append(f"| {SCENARIO_TITLES[scenario]} | {label} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def proxy_verdicts(values, targets):
+    """Where wsgate stands against the better of nginx and HAProxy, per the issue's targets."""
+    if "wsgate" not in targets or not any(p in targets for p in ("nginx", "haproxy")):
+        return []
+    out = []
+    checks = [
+        ("throughput", "messages/s (64 B, 100 conns × 16 in flight)", True),
+        ("throughput", "proxy CPU per message (µs)", False),
+        ("bulk", "MB/s echoed (64 KiB, 10 conns)", True),
+        ("bulk", "proxy CPU per MB echoed (ms)", False),
+        ("latency", "RTT p99 (µs)", False),
+        ("handshakes", "handshakes/s (connect, 1 echo, close; 8 workers)", True),
+        ("handshakes", "proxy CPU per handshake (µs)", False),
+        ("idle", "proxy PSS per idle connection (bytes)", False),
+    ]
+    for scenario, label, higher_is_better in checks:
+        mine = median(values.get((scenario, label, "wsgate"), []))
+        peers = {p: median(values.get((scenario, label, p), [])) for p in ("nginx", "haproxy") if p in targets}
+        peers = {p: v for p, v in peers.items() if v is not None}
+        if mine is None or not peers:
+            continue
+        best_name, best = (max if higher_is_better else min)(peers.items(), key=lambda kv: kv[1])
+        wins = mine >= best if higher_is_better else mine <= best
+        ratio = mine / best if best else float("nan")
+        out.append(
+            f"- {SCENARIO_TITLES[scenario]}, {label}: wsgate {fmt(mine, 'cpu' if 'CPU' in label else 'rate')}"
+            f" vs best peer {best_name} {fmt(best, 'cpu' if 'CPU' in label else 'rate')}"
+            f" ({ratio:.2f}×) — {'meets' if wins else 'BEHIND'}"
+        )
+    return out
+
+
+def commands(runs, targets):
+    seen, lines = set(), []
+    for run in runs:
+        key = (run.get("scenario"), run.get("target"))
+        if key in seen or run.get("target") not in targets:
+            continue
+        seen.add(key)
+        lines.append(run.get("cmd", ""))
+    return lines
+
+
+def check(runs, targets):
+    """Quick mode: every scenario produced numbers for every target."""
+    problems = []
+    wanted = {
+        "throughput": lambda r: (dig(r, "result", "msgs_per_s") or 0) > 0 and dig(r, "result", "rtt_us", "p99") is not None,
+        "bulk": lambda r: (dig(r, "result", "mb_per_s") or 0) > 0,
+        "latency": lambda r: dig(r, "result", "rtt_us", "p999") is not None,
+        "handshakes": lambda r: (dig(r, "result", "per_s") or 0) > 0,
+        "idle": lambda r: (dig(r, "result", "held_to_end") or 0) > 0
+        and r.get("pss_held_kb") is not None
+        and r.get("pss_before_kb") is not None,
+    }
+    for scenario, ok in wanted.items():
+        for target in targets:
+            if scenario == "idle" and target == "direct":
+                continue
+            mine = [r for r in runs if r.get("scenario") == scenario and r.get("target") == target]
+            if not mine:
+                problems.append(f"{scenario}/{target}: no run recorded")
+            elif not all(r.get("status") in (0, "0") and ok(r) for r in mine):
+                problems.append(f"{scenario}/{target}: no numbers ({json.dumps(mine[-1])[:300]})")
+    return problems
+
+
+def one_line(path):
+    with open(path, encoding="utf-8") as handle:
+        lines = [line for line in handle.read().splitlines() if line.strip()]
+    r = json.loads(lines[-1]) if lines else {}
+    s = r.get("scenario")
+    if s == "throughput" or s == "bulk":
+        return (f"{r['msgs_per_s']:,.0f} msg/s, {r['mb_per_s']:,.1f} MB/s, p50 {r['rtt_us']['p50']} µs, "
+                f"p99 {r['rtt_us']['p99']} µs, errors {r['errors']}")
+    if s == "latency":
+        rtt = r["rtt_us"]
+        return f"{r['achieved_rate']:,.0f}/s, p50 {rtt['p50']} p99 {rtt['p99']} p999 {rtt['p999']} µs, errors {r['errors']}"
+    if s == "handshakes":
+        return (f"{r['per_s']:,.0f}/s, cycle p50 {r['cycle_us']['p50']} µs (upgrade {r['upgrade_us']['p50']}, "
+                f"echo {r['echo_us']['p50']}, close {r['close_us']['p50']}), errors {r['errors']}")
+    return json.dumps(r)
+
+
+def render(runs, meta, targets, kept_notes):
+    values = collect(runs)
+    present = [t for t in targets if any(r.get("target") == t for r in runs)]
+    missing = [t for t in TARGETS if t not in present]
+    m = meta
+    out = []
+    out.append("# wsgate benchmark results\n")
+    out.append(
+        f"Generated by `bench/run.sh{' --quick' if m.get('mode') == 'quick' else ''}` "
+        f"(started {m.get('started_at')}, {m.get('wall_s')} s wall time, build included). "
+        f"Medians over {m.get('rounds')} round(s); targets alternate within each round and the order "
+        "rotates between rounds. How to reproduce: `bench/README.md`.\n"
+    )
+    if missing:
+        out.append(f"**Not measured in this run:** {', '.join(missing)}.\n")
+    out.append("## Machine and versions\n")
+    out.append("| | |\n|---|---|")
+    for key, label in [("cpu", "CPU"), ("memory", "memory"), ("os", "OS"), ("kernel", "kernel"),
+                       ("nofile", "open-file limit (hard = soft)"), ("rustc", "rustc"),
+                       ("wsgate", "wsgate"), ("git", "wsgate commit"), ("nginx", "nginx"), ("haproxy", "HAProxy")]:
+        out.append(f"| {label} | {m.get(key, '?')} |")
+    out.append("")
+    out.append("## Setup\n")
+    out.append(
+        "- Backend: `wsgate echo` (hyper + tokio-tungstenite), the same process for every target; "
+        "\"direct\" is the load generator talking to it with no proxy.\n"
+        "- Pinning: each proxy alone on core 0 (`taskset -c 0`, one worker: nginx `worker_processes 1`, "
+        "HAProxy `nbthread 1`, wsgate's tokio runtime sees one CPU); load generator and echo backend share "
+        "core 1; all at default priority. On 2 cores the generator side saturates first, so the fair "
+        "comparison between proxies is their own CPU time per message / MB / handshake "
+        "(on-CPU time from `/proc/PID/task/*/schedstat`, summed over every thread and over nginx's master "
+        "and worker, divided by every echo of the run, warm-up included; `/proc/PID/stat` utime+stime is "
+        "recorded too, but its 10 ms ticks are too coarse for the lighter scenarios).\n"
+        f"- Load generator: `bench/loadgen` (fastwebsockets, hdrhistogram), warm-up {m.get('warmup')}, "
+        f"measured {m.get('duration')} per run. Latency scenario: 2,000 msg/s over 10 connections, "
+        "64 B, measured from the actual send (from the due time when a late reply delayed the send).\n"
+        f"- Idle: {m.get('idle_conns'):,} connections (each upgraded and proven with one echo), held "
+        f"{m.get('idle_hold_s')} s against a freshly started proxy; memory is PSS from "
+        "`/proc/PID/smaps_rollup` before and while held; CPU is sampled during the hold. "
+        "The count is bounded by the 20,000 hard open-file limit: a proxy needs two descriptors per "
+        "relayed connection, so 10,000 cannot be held here.\n"
+        "- nginx 1.22 (`bench/peers/nginx.conf.in`): `worker_processes 1`, `proxy_http_version 1.1`, "
+        "`Upgrade`/`Connection` headers from `$http_upgrade`, `proxy_buffering off`, "
+        "`proxy_read_timeout`/`proxy_send_timeout 1h`, `tcp_nodelay on`, `access_log off`, "
+        "`worker_connections` 2 × idle + 10 % (below 1/16 free it drops connections awaiting their request); "
+        "buffers left at nginx's default (`proxy_buffer_size` one page).\n"
+        "- HAProxy 2.6 (`bench/peers/haproxy.cfg.in`): `mode http`, `nbthread 1`, `timeout tunnel 1h`, "
+        "`option http-no-delay` (interactive traffic), "
+        "`timeout client/server 60s`, `maxconn` idle + 32, no logging.\n"
+        "- wsgate (`bench/peers/wsgate-routes.yaml.in`): `wsgate run --routes` with one WsRoute "
+        "`/{everything}` → the echo backend, `RUST_LOG=warn`.\n"
+    )
+    out.append("## Results (medians)\n")
+    out.append("Ratios in parentheses are to direct; latency rows show µs added over direct.\n")
+    out.append(headline_table(values, present))
+    out.append("")
+    verdicts = proxy_verdicts(values, present)
+    if verdicts:
+        out.append("### wsgate against the better of nginx and HAProxy\n")
+        out.extend(verdicts)
+        out.append("")
+    out.append("### Every round\n")
+    out.append(rounds_table(values, present))
+    out.append("")
+    out.append("## Commands\n")
+    out.append("Processes under test (started by `run.sh`; `RUST_LOG=warn` for wsgate; paths are the run's "
+               "temporary directory):\n")
+    out.append("```")
+    out.extend(m.get("started", []))
+    out.append("```\n")
+    out.append("Load, one line per scenario and target:\n")
+    out.append("```")
+    out.append("bench/run.sh" + (" --quick" if m.get("mode") == "quick" else "")
+               + ("" if not missing else f" --targets {','.join(present)}"))
+    out.extend(commands(runs, present))
+    out.append("```\n")
+    out.append("Scenario 6 (control plane: compiling 10,000 routes, endpoint-change propagation) is not "
+               "part of this harness; see `bench/README.md`.\n")
+    out.append(NOTES_MARKER)
+    if kept_notes:
+        out.append(kept_notes.rstrip("\n"))
+    return "\n".join(out) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs")
+    parser.add_argument("--meta")
+    parser.add_argument("--out")
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("--one-line")
+    args = parser.parse_args()
+    if args.one_line:
+        try:
+            print(one_line(args.one_line))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(f"(unreadable result: {error})")
+        return 0
+    if not (args.runs and args.meta and args.out):
+        parser.error("--runs, --meta and --out are required")
+    runs = load_runs(args.runs)
+    with open(args.meta, encoding="utf-8") as handle:
+        meta = json.load(handle)
+    targets = [t for t in meta.get("targets", ",".join(TARGETS)).split(",") if t]
+    kept = ""
+    try:
+        with open(args.out, encoding="utf-8") as handle:
+            previous = handle.read()
+        if NOTES_MARKER in previous:
+            kept = previous.split(NOTES_MARKER, 1)[1].lstrip("\n")
+    except OSError:
+        pass
+    with open(args.out, "w", encoding="utf-8") as handle:
+        handle.write(render(runs, meta, targets, kept))
+    if args.check:
+        problems = check(runs, targets)
+        if problems:
+            for problem in problems:
+                print(f"report.py: {problem}", file=sys.stderr)
+            return 1
+        print(f"bench smoke: every scenario produced numbers for {', '.join(targets)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

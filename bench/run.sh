@@ -1,0 +1,401 @@
+#!/usr/bin/env bash
+# wsgate's benchmark harness (issue 7): the same WebSocket scenarios against the echo backend
+# directly, wsgate, nginx and HAProxy, alternating targets, medians over rounds.
+#
+#   bench/run.sh            full run (3 rounds, < 10 min once built) -> bench/RESULTS.md
+#   bench/run.sh --quick    smoke run (every scenario once, ~1 s each); asserts only that each
+#                           scenario produced numbers; writes its report under /tmp
+#
+# Options: --targets direct,wsgate,nginx,haproxy   --rounds N   --out FILE
+# Environment: WSGATE_BIN / LOADGEN_BIN (skip building), BENCH_PORT_BASE (default 18000),
+#              IDLE_CONNS, DURATION, WARMUP (override the mode's defaults).
+#
+# Pinning: every proxy runs alone on core 0 (taskset -c 0); the load generator and the echo
+# backend share core 1. All run at the same (default) priority. See bench/README.md.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$BENCH_DIR")
+MODE=full
+TARGETS="direct,wsgate,nginx,haproxy"
+ROUNDS=""
+OUT=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) MODE=quick ;;
+        --targets) TARGETS="$2"; shift ;;
+        --rounds) ROUNDS="$2"; shift ;;
+        --out) OUT="$2"; shift ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+IFS=',' read -r -a TARGET_LIST <<<"$TARGETS"
+for t in "${TARGET_LIST[@]}"; do
+    case "$t" in direct|wsgate|nginx|haproxy) ;; *) echo "run.sh: unknown target $t" >&2; exit 2 ;; esac
+done
+has_target() { [[ ",$TARGETS," == *",$1,"* ]]; }
+
+if [ "$MODE" = full ]; then
+    ROUNDS=${ROUNDS:-3}; WARMUP=${WARMUP:-1s}; DURATION=${DURATION:-5s}
+    IDLE_CONNS=${IDLE_CONNS:-9900}; IDLE_HOLD_S=8
+else
+    ROUNDS=${ROUNDS:-1}; WARMUP=${WARMUP:-0.2s}; DURATION=${DURATION:-1s}
+    IDLE_CONNS=${IDLE_CONNS:-500}; IDLE_HOLD_S=3
+fi
+LATENCY_RATE=2000
+PORT_BASE=${BENCH_PORT_BASE:-18000}
+ECHO_PORT=$((PORT_BASE + 1))
+WSGATE_PORT=$((PORT_BASE + 2))
+WSGATE_ADMIN_PORT=$((PORT_BASE + 3))
+NGINX_PORT=$((PORT_BASE + 4))
+HAPROXY_PORT=$((PORT_BASE + 5))
+PROXY_CPU=0
+LOAD_CPU=1
+
+WORK=$(mktemp -d /tmp/wsgate-bench.XXXXXX)
+RUNS="$WORK/runs.jsonl"
+: >"$RUNS"
+if [ -z "$OUT" ]; then
+    if [ "$MODE" = full ]; then OUT="$BENCH_DIR/RESULTS.md"; else OUT="$WORK/RESULTS.md"; fi
+fi
+STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+START_S=$SECONDS
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- processes we start: tracked by PID, stopped on exit --------------------------------------
+declare -A PID_OF=()
+STARTED_CMDS=""
+PIDS=()
+stop_pid() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Raise the open-file limit to the hard limit: a proxy holding N connections needs 2N.
+ulimit -n "$(ulimit -Hn)"
+NOFILE=$(ulimit -n)
+if [ "$NOFILE" != unlimited ] && [ $((2 * IDLE_CONNS + 100)) -gt "$NOFILE" ]; then
+    die "IDLE_CONNS=$IDLE_CONNS needs $((2 * IDLE_CONNS + 100)) descriptors in the proxy; the hard limit is $NOFILE"
+fi
+[ "$(nproc)" -ge 2 ] || die "needs 2 cores (proxy on core 0, load generator + backend on core 1)"
+
+# --- tools --------------------------------------------------------------------------------------
+if { has_target nginx && ! command -v nginx >/dev/null; } || { has_target haproxy && ! command -v haproxy >/dev/null; }; then
+    log "installing nginx and haproxy from Debian"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy >/dev/null
+fi
+command -v python3 >/dev/null || die "python3 is needed for the report"
+
+if [ -z "${LOADGEN_BIN:-}" ]; then
+    log "building loadgen (release)"
+    CARGO_TARGET_DIR="$BENCH_DIR/target" cargo build --release --quiet --manifest-path "$BENCH_DIR/loadgen/Cargo.toml"
+    LOADGEN_BIN="$BENCH_DIR/target/release/loadgen"
+fi
+if [ -z "${WSGATE_BIN:-}" ]; then
+    log "building wsgate (release)"
+    cargo build --release --quiet --manifest-path "$REPO/Cargo.toml" --bin wsgate
+    WSGATE_BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/wsgate"
+fi
+[ -x "$LOADGEN_BIN" ] || die "no loadgen binary at $LOADGEN_BIN"
+[ -x "$WSGATE_BIN" ] || die "no wsgate binary at $WSGATE_BIN"
+if has_target wsgate && ! "$WSGATE_BIN" run --help >/dev/null 2>&1; then
+    die "$WSGATE_BIN has no working 'run' subcommand; use --targets direct,nginx,haproxy"
+fi
+
+# --- configs ------------------------------------------------------------------------------------
+fill() { # template output: replaces @PLACEHOLDERS@
+    sed -e "s|@PREFIX@|$WORK/$3|g" -e "s|@ECHO_PORT@|$ECHO_PORT|g" -e "s|@LISTEN_PORT@|$4|g" \
+        -e "s|@NOFILE@|$NOFILE|g" -e "s|@WORKER_CONNECTIONS@|$((2 * IDLE_CONNS * 11 / 10 + 256))|g" \
+        -e "s|@MAXCONN@|$((IDLE_CONNS + 32))|g" "$1" >"$2"
+}
+mkdir -p "$WORK/nginx/tmp" "$WORK/haproxy" "$WORK/wsgate" "$WORK/logs"
+fill "$BENCH_DIR/peers/nginx.conf.in" "$WORK/nginx/nginx.conf" nginx "$NGINX_PORT"
+fill "$BENCH_DIR/peers/haproxy.cfg.in" "$WORK/haproxy/haproxy.cfg" haproxy "$HAPROXY_PORT"
+fill "$BENCH_DIR/peers/wsgate-routes.yaml.in" "$WORK/wsgate/routes.yaml" wsgate "$WSGATE_PORT"
+has_target nginx && { nginx -t -q -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" || die "nginx config invalid"; }
+has_target haproxy && { haproxy -c -q -f "$WORK/haproxy/haproxy.cfg" || die "haproxy config invalid"; }
+
+# --- process helpers ------------------------------------------------------------------------------
+port_of() {
+    case "$1" in
+        direct) echo "$ECHO_PORT" ;; wsgate) echo "$WSGATE_PORT" ;;
+        nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;;
+    esac
+}
+url_of() { echo "ws://127.0.0.1:$(port_of "$1")/bench"; }
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { # port pid: until something listens, while pid lives, within 20 s
+    local i
+    for i in $(seq 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+start_bg() { # name cpu command...: runs pinned, logs to $WORK/logs/name.log
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$WORK/logs/$name.log" 2>&1 &
+    local pid=$!
+    local cmdline
+    printf -v cmdline '%q ' "$@"
+    cmdline="taskset -c $cpu ${cmdline% }"
+    grep -qxF "$cmdline" <<<"$STARTED_CMDS" || STARTED_CMDS+="$cmdline"$'\n'
+    PIDS+=("$pid")
+    PID_OF[$name]=$pid
+}
+
+forget_pid() {
+    local pid=$1 kept=() p
+    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
+    PIDS=("${kept[@]}")
+}
+
+start_echo() {
+    port_free "$ECHO_PORT" || die "port $ECHO_PORT is in use (set BENCH_PORT_BASE)"
+    start_bg echo "$LOAD_CPU" "$WSGATE_BIN" echo --listen "127.0.0.1:$ECHO_PORT" --name bench-echo
+    wait_port "$ECHO_PORT" "${PID_OF[echo]}" || { cat "$WORK/logs/echo.log" >&2; die "echo backend did not start"; }
+}
+
+start_proxy() { # target
+    local t=$1 port
+    port=$(port_of "$t")
+    port_free "$port" || die "port $port is in use (set BENCH_PORT_BASE)"
+    case "$t" in
+        wsgate)
+            port_free "$WSGATE_ADMIN_PORT" || die "port $WSGATE_ADMIN_PORT is in use"
+            RUST_LOG=warn start_bg wsgate "$PROXY_CPU" "$WSGATE_BIN" run --routes "$WORK/wsgate/routes.yaml" \
+                --listen "127.0.0.1:$WSGATE_PORT" --admin-listen "127.0.0.1:$WSGATE_ADMIN_PORT" ;;
+        nginx)
+            start_bg nginx "$PROXY_CPU" nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" \
+                -c "$WORK/nginx/nginx.conf" -g 'daemon off;' ;;
+        haproxy)
+            start_bg haproxy "$PROXY_CPU" haproxy -db -f "$WORK/haproxy/haproxy.cfg" ;;
+    esac
+    wait_port "$port" "${PID_OF[$t]}" || { tail -20 "$WORK/logs/$t.log" >&2; die "$t did not start listening on $port"; }
+    # The proxy must relay a real WebSocket echo before it is measured (wsgate may answer 404
+    # until its routes file is loaded: retry for a few seconds).
+    local i
+    for i in $(seq 30); do
+        if taskset -c "$LOAD_CPU" "$LOADGEN_BIN" handshakes --url "$(url_of "$t")" --target probe \
+            --conns 1 --warmup 0s --duration 0.1s >"$WORK/logs/probe-$t.json" 2>&1; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    cat "$WORK/logs/probe-$t.json" >&2
+    die "$t listens but does not relay WebSockets to the echo backend"
+}
+
+restart_proxy() {
+    local pid=${PID_OF[$1]}
+    stop_pid "$pid"
+    forget_pid "$pid"
+    start_proxy "$1"
+}
+
+tree_pids() { # pid and its child processes (nginx: master + worker)
+    local pid=$1 t
+    echo "$pid"
+    for t in /proc/"$pid"/task/*/children; do
+        [ -r "$t" ] && tr ' ' '\n' <"$t" | sed '/^$/d'
+    done
+}
+cpu_ticks() { # utime+stime (clock ticks) summed over the tree; includes exited threads
+    local total=0 p rest
+    for p in $(tree_pids "$1"); do
+        rest=$(cut -d')' -f2- "/proc/$p/stat" 2>/dev/null) || continue
+        # fields after "pid (comm)": state=1 ... utime=12 stime=13
+        total=$((total + $(awk '{print $12 + $13}' <<<"$rest")))
+    done
+    echo "$total"
+}
+cpu_ns() { # on-CPU nanoseconds (schedstat) summed over the tree's live threads: ticks are 10 ms,
+           # too coarse for a few seconds of light load
+    local p
+    for p in $(tree_pids "$1"); do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done |
+        awk '{ total += $1 } END { printf "%.0f\n", total }'
+}
+pss_kb() { # proportional set size summed over the tree
+    local total=0 p v
+    for p in $(tree_pids "$1"); do
+        v=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null) || continue
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+secs() { awk -v t="$1" -v hz="$CLK_TCK" 'BEGIN {printf "%.3f", t / hz}'; }
+ns_secs() { awk -v t="$1" 'BEGIN {printf "%.6f", t / 1e9}'; }
+
+# --- scenarios ----------------------------------------------------------------------------------
+scenario_args() { # scenario -> loadgen arguments
+    case "$1" in
+        throughput) echo "throughput --conns 100 --inflight 16 --size 64 --warmup $WARMUP --duration $DURATION" ;;
+        bulk) echo "bulk --conns 10 --inflight 1 --size 65536 --warmup $WARMUP --duration $DURATION" ;;
+        latency) echo "latency --rate $LATENCY_RATE --conns 10 --size 64 --warmup $WARMUP --duration $DURATION" ;;
+        handshakes) echo "handshakes --conns 8 --size 64 --warmup $WARMUP --duration $DURATION" ;;
+    esac
+}
+
+FAILURES=0
+record() { # round scenario target cmd proxy_cpu_s echo_cpu_s extra_json result_file status
+    local result
+    result=$(tail -n 1 "$8" 2>/dev/null || true)
+    [ -n "$result" ] && [ "${result:0:1}" = "{" ] || result=null
+    printf '{"round":%s,"scenario":"%s","target":"%s","cmd":%s,"proxy_cpu_s":%s,"echo_cpu_s":%s,"status":%s,%s"result":%s}\n' \
+        "$1" "$2" "$3" "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$4")" \
+        "$5" "$6" "$9" "$7" "$result" >>"$RUNS"
+}
+
+run_load() { # round scenario target
+    local round=$1 scenario=$2 t=$3 args cmd out status=0 proxy_pid="" p0=0 p1=0 k0=0 k1=0 e0 e1
+    local proxy_cpu=null proxy_ticks_cpu=null
+    args=$(scenario_args "$scenario")
+    cmd="taskset -c $LOAD_CPU loadgen $args --url $(url_of "$t") --target $t"
+    out="$WORK/logs/r$round-$scenario-$t.json"
+    [ "$t" = direct ] || proxy_pid=${PID_OF[$t]}
+    [ -z "$proxy_pid" ] || { p0=$(cpu_ns "$proxy_pid"); k0=$(cpu_ticks "$proxy_pid"); }
+    e0=$(cpu_ns "${PID_OF[echo]}")
+    # shellcheck disable=SC2086
+    timeout 120 taskset -c "$LOAD_CPU" "$LOADGEN_BIN" $args --url "$(url_of "$t")" --target "$t" \
+        >"$out" 2>"$out.err" || status=$?
+    e1=$(cpu_ns "${PID_OF[echo]}")
+    if [ -n "$proxy_pid" ]; then
+        p1=$(cpu_ns "$proxy_pid")
+        k1=$(cpu_ticks "$proxy_pid")
+        proxy_cpu=$(ns_secs $((p1 - p0)))
+        proxy_ticks_cpu=$(secs $((k1 - k0)))
+    fi
+    record "$round" "$scenario" "$t" "$cmd" "$proxy_cpu" "$(ns_secs $((e1 - e0)))" \
+        "\"proxy_cpu_ticks_s\":$proxy_ticks_cpu," "$out" "$status"
+    if [ "$status" != 0 ]; then
+        FAILURES=$((FAILURES + 1))
+        log "  $scenario/$t failed (exit $status): $(head -c 300 "$out.err")"
+    else
+        log "  $scenario/$t: $(python3 "$BENCH_DIR/report.py" --one-line "$out")"
+    fi
+}
+
+run_idle() { # round target (a proxy): fresh process, PSS before/while holding, CPU while idle
+    local round=$1 t=$2 pid args cmd out status=0 pss0 pss1 pss2 c0 c1 ready i idle_window lg
+    restart_proxy "$t"
+    pid=${PID_OF[$t]}
+    sleep 0.5
+    pss0=$(pss_kb "$pid")
+    args="idle --conns $IDLE_CONNS --hold ${IDLE_HOLD_S}s --parallel 64"
+    cmd="taskset -c $LOAD_CPU loadgen $args --url $(url_of "$t") --target $t --ready-file READY"
+    out="$WORK/logs/r$round-idle-$t.json"
+    ready="$WORK/idle-ready-$round-$t"
+    # shellcheck disable=SC2086
+    timeout 180 taskset -c "$LOAD_CPU" "$LOADGEN_BIN" $args --url "$(url_of "$t")" --target "$t" \
+        --ready-file "$ready" >"$out" 2>"$out.err" &
+    lg=$!
+    PIDS+=("$lg")
+    for i in $(seq 1200); do
+        [ -s "$ready" ] && break
+        kill -0 "$lg" 2>/dev/null || break
+        sleep 0.1
+    done
+    pss1=null pss2=null idle_window=null c0=0 c1=0
+    if [ -s "$ready" ]; then
+        sleep 0.5
+        pss1=$(pss_kb "$pid")
+        c0=$(cpu_ns "$pid")
+        idle_window=$((IDLE_HOLD_S - 2))
+        sleep "$idle_window"
+        c1=$(cpu_ns "$pid")
+        pss2=$(pss_kb "$pid")
+    fi
+    wait "$lg" || status=$?
+    forget_pid "$lg"
+    record "$round" idle "$t" "$cmd" null null \
+        "\"pss_before_kb\":$pss0,\"pss_held_kb\":$pss1,\"pss_held_late_kb\":$pss2,\"idle_cpu_s\":$(ns_secs $((c1 - c0))),\"idle_window_s\":$idle_window," \
+        "$out" "$status"
+    if [ "$status" != 0 ]; then
+        FAILURES=$((FAILURES + 1))
+        log "  idle/$t failed (exit $status): $(head -c 300 "$out.err")"
+    else
+        log "  idle/$t: PSS ${pss0} kB -> ${pss1} kB with $IDLE_CONNS held; CPU while idle $(ns_secs $((c1 - c0))) s"
+    fi
+}
+
+# --- the run ----------------------------------------------------------------------------------
+log "mode=$MODE rounds=$ROUNDS targets=$TARGETS work=$WORK"
+start_echo
+for t in "${TARGET_LIST[@]}"; do
+    [ "$t" = direct ] || start_proxy "$t"
+done
+
+SCENARIOS=(throughput bulk latency handshakes)
+for round in $(seq "$ROUNDS"); do
+    # Rotate the target order each round so no target always runs first or last.
+    order=()
+    n=${#TARGET_LIST[@]}
+    for i in $(seq 0 $((n - 1))); do order+=("${TARGET_LIST[$(((i + round - 1) % n))]}"); done
+    log "round $round/$ROUNDS: ${order[*]}"
+    for scenario in "${SCENARIOS[@]}"; do
+        for t in "${order[@]}"; do run_load "$round" "$scenario" "$t"; done
+    done
+    for t in "${order[@]}"; do
+        [ "$t" = direct ] || run_idle "$round" "$t"
+    done
+done
+
+# --- report -----------------------------------------------------------------------------------
+# Every value is read with commands that read their whole input (no SIGPIPE under pipefail)
+# and turned into JSON by Python, so odd characters in a version string cannot break it.
+version_of() { # command args... -> first line of its output, or "absent"
+    command -v "$1" >/dev/null || { echo absent; return; }
+    "$@" 2>&1 | sed -n '1{s/ - http.*//;p}' || true
+}
+MODE="$MODE" STARTED_AT="$STARTED_AT" WALL_S=$((SECONDS - START_S)) ROUNDS="$ROUNDS" TARGETS="$TARGETS" \
+IDLE_CONNS="$IDLE_CONNS" IDLE_HOLD_S="$IDLE_HOLD_S" WARMUP="$WARMUP" DURATION="$DURATION" NOFILE="$NOFILE" \
+CPU_MODEL="$(awk -F': ' '/^model name/ {print $2}' /proc/cpuinfo | sed -n 1p) ($(nproc) cores)" \
+MEMORY="$(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
+KERNEL="$(uname -r)" OS_NAME="$(. /etc/os-release && echo "$PRETTY_NAME")" \
+RUSTC="$(version_of rustc --version)" WSGATE_VERSION="$(version_of "$WSGATE_BIN" --version)" \
+GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo '-dirty')" \
+NGINX_VERSION="$(version_of nginx -v | sed 's/.*: //')" HAPROXY_VERSION="$(version_of haproxy -v)" \
+STARTED_CMDS="$STARTED_CMDS" \
+python3 - >"$WORK/meta.json" <<'PY'
+import json, os
+e = os.environ
+print(json.dumps({
+    "mode": e["MODE"], "started_at": e["STARTED_AT"], "wall_s": int(e["WALL_S"]),
+    "rounds": int(e["ROUNDS"]), "targets": e["TARGETS"], "idle_conns": int(e["IDLE_CONNS"]),
+    "idle_hold_s": int(e["IDLE_HOLD_S"]), "warmup": e["WARMUP"], "duration": e["DURATION"],
+    "nofile": e["NOFILE"], "cpu": e["CPU_MODEL"], "memory": e["MEMORY"], "kernel": e["KERNEL"],
+    "os": e["OS_NAME"], "rustc": e["RUSTC"], "wsgate": e["WSGATE_VERSION"], "git": e["GIT_REV"],
+    "nginx": e["NGINX_VERSION"], "haproxy": e["HAPROXY_VERSION"],
+    "started": [line for line in e["STARTED_CMDS"].splitlines() if line],
+}))
+PY
+cp "$WORK/nginx/nginx.conf" "$WORK/haproxy/haproxy.cfg" "$WORK/wsgate/routes.yaml" "$WORK/logs/" 2>/dev/null || true
+
+report_args=(--runs "$RUNS" --meta "$WORK/meta.json" --out "$OUT")
+[ "$MODE" = quick ] && report_args+=(--check)
+python3 "$BENCH_DIR/report.py" "${report_args[@]}"
+if [ "$MODE" = full ]; then cp "$RUNS" "$BENCH_DIR/results.jsonl"; fi
+log "report: $OUT (raw runs: $RUNS; logs: $WORK/logs) in $((SECONDS - START_S)) s"
+[ "$FAILURES" = 0 ] || die "$FAILURES scenario runs failed"
