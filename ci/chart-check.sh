@@ -482,8 +482,10 @@ if [[ -f crds/wsroute.yaml ]]; then
 fi
 check "CRD openAPIV3Schema translates to JSON Schema" \
   to "$OUT/wsroute.schema.json" "$PY" ci/crd-jsonschema.py "$CHART/crds/wsroute.yaml" v1alpha1
-check "examples/wsroute.yaml matches the CRD schema" \
-  "$VENV/check-jsonschema" --schemafile "$OUT/wsroute.schema.json" examples/wsroute.yaml
+for f in examples/wsroute.yaml examples/wsroute-tls.yaml; do
+  check "$f matches the CRD schema" \
+    "$VENV/check-jsonschema" --schemafile "$OUT/wsroute.schema.json" "$f"
+done
 fails "ci/fixtures/bad-wsroute.yaml is refused by the CRD schema" \
   "'loadBalancerOption' was unexpected" "70000 is greater than the maximum" \
   "'http' is not one of" "does not match '^/'" -- \
