@@ -43,8 +43,7 @@ impl Server {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Server> {
         use anyhow::Context;
-        let listener = TcpListener::bind(options.listen)
-            .await
+        let listener = bind(options.listen)
             .with_context(|| format!("cannot listen on {} (--listen)", options.listen))?;
         let admin_listener = TcpListener::bind(options.admin_listen)
             .await
@@ -54,9 +53,7 @@ impl Server {
         let tls_listener = match options.tls_listen {
             None => None,
             Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (--tls-listen)"))?,
+                bind(addr).with_context(|| format!("cannot listen on {addr} (--tls-listen)"))?,
             ),
         };
         let listen_addr = listener.local_addr()?;
@@ -118,4 +115,18 @@ impl Server {
         }
         clean
     }
+}
+
+/// Binds a traffic listener with a deep accept queue: a burst of handshakes (every client
+/// reconnecting after a deploy) must wait in the kernel, not be refused. The kernel caps
+/// the backlog at `net.core.somaxconn`.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

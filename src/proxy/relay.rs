@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use socket2::SockRef;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -395,6 +395,14 @@ fn read_and_forward(
                 let fwd = half.accept(&buf[..n]);
                 half.forward(dst, fwd);
                 half.inject_if_ready();
+                if n < buf.len() {
+                    // A short read drained the socket: forget the readiness now instead of
+                    // paying a read that returns EAGAIN on the next step. Safe with tokio's
+                    // readiness ticks: data that arrives meanwhile raises a new event.
+                    let _ = src.try_io(Interest::READABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
