@@ -550,7 +550,9 @@ where
     }
 }
 
-/// Relays two upgraded connections: the plain-TCP fast path when neither side is TLS.
+/// Relays two upgraded connections until both sides have closed (or the linger time after
+/// the first close ran out): the plain-TCP fast path when neither side is TLS.
+/// `client_early` / `upstream_early` are bytes each side sent right behind its handshake.
 pub async fn relay_streams(
     client: Stream,
     client_early: Bytes,
@@ -560,12 +562,14 @@ pub async fn relay_streams(
     drain: DrainSignal,
     metrics: &RouteMetrics,
 ) -> RelayStats {
+    // Each arm awaits `run` directly: one fewer future layer keeps the per-connection
+    // task small.
     match (client, upstream) {
         (Stream::Tcp(client), Stream::Tcp(upstream)) => {
-            relay(
-                client,
+            let transport = Tcp { client, upstream };
+            run(
+                transport,
                 client_early,
-                upstream,
                 upstream_early,
                 config,
                 drain,
@@ -574,8 +578,9 @@ pub async fn relay_streams(
             .await
         }
         (client, upstream) => {
+            let transport = Io { client, upstream };
             run(
-                Io { client, upstream },
+                transport,
                 client_early,
                 upstream_early,
                 config,
@@ -585,28 +590,6 @@ pub async fn relay_streams(
             .await
         }
     }
-}
-
-/// Relays until both sides have closed (or the linger time after the first close ran out).
-/// `client_early` / `upstream_early` are bytes each side sent right behind its handshake.
-pub async fn relay(
-    client: TcpStream,
-    client_early: Bytes,
-    upstream: TcpStream,
-    upstream_early: Bytes,
-    config: RelayConfig,
-    drain: DrainSignal,
-    metrics: &RouteMetrics,
-) -> RelayStats {
-    run(
-        Tcp { client, upstream },
-        client_early,
-        upstream_early,
-        config,
-        drain,
-        metrics,
-    )
-    .await
 }
 
 async fn run<T: Transport>(
@@ -736,4 +719,30 @@ fn mask_key() -> [u8; 4] {
         s.set(x);
         (x as u32).to_le_bytes()
     })
+}
+#[cfg(test)]
+mod size_budget {
+    /// The relay future is most of what an idle relayed connection costs wsgate; it must
+    /// stay small (the goal is under 4 KiB per idle connection in all).
+    #[tokio::test]
+    async fn relay_future_stays_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        let metrics = crate::telemetry::Metrics::new().route("x");
+        let drain = crate::proxy::Drain::new();
+        let fut = super::relay_streams(
+            super::Stream::Tcp(a),
+            bytes::Bytes::new(),
+            super::Stream::Tcp(b),
+            bytes::Bytes::new(),
+            Default::default(),
+            drain.signal(),
+            &metrics,
+        );
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1400, "relay future grew to {size} bytes");
+    }
 }
