@@ -55,8 +55,10 @@ fn service(i: usize) -> Arc<Service> {
 
 fn slice(i: usize, pods: usize) -> Arc<EndpointSlice> {
     let endpoints: Vec<_> = (0..pods)
-        .map(|p| json!({"addresses": [format!("10.{}.{}.{}", i / 250, i % 250, p + 1)],
-                        "conditions": {"ready": true, "serving": true, "terminating": false}}))
+        .map(|p| {
+            json!({"addresses": [format!("10.{}.{}.{}", i / 250, i % 250, p + 1)],
+                        "conditions": {"ready": true, "serving": true, "terminating": false}})
+        })
         .collect();
     Arc::new(
         serde_json::from_value(json!({
@@ -94,11 +96,23 @@ fn main() {
 
     let metrics = Arc::new(Metrics::new());
     let publisher = Publisher::new(Arc::clone(&metrics));
+    let phases = std::cell::RefCell::new([Duration::ZERO; 3]);
     let rebuild = |slices: &[Arc<EndpointSlice>]| {
+        let t0 = Instant::now();
         let backends = Backends::new(services.iter().cloned(), slices.iter().cloned());
+        let t1 = Instant::now();
         let t = translate(routes.iter().cloned(), &backends);
+        let t2 = Instant::now();
         let published = publisher.publish(&t.routes);
-        assert!(published.problems.is_empty(), "{:?}", published.problems.first());
+        let mut p = phases.borrow_mut();
+        p[0] += t1 - t0;
+        p[1] += t2 - t1;
+        p[2] += t2.elapsed();
+        assert!(
+            published.problems.is_empty(),
+            "{:?}",
+            published.problems.first()
+        );
         t.routes.len()
     };
 
@@ -111,6 +125,11 @@ fn main() {
         compile.push(started.elapsed());
     }
     let rss_after = rss_bytes();
+    let p = *phases.borrow();
+    eprintln!(
+        "phases over {ROUNDS} rebuilds: backends {:?}, translate {:?}, compile+swap {:?}",
+        p[0], p[1], p[2]
+    );
     println!(
         "{}",
         json!({"scenario": "control_plane_compile", "routes": n,
@@ -144,7 +163,9 @@ fn main() {
         let j = (i * 7919) % n;
         let host = format!("host{}.example.com", j / PATHS);
         let path = format!("/svc{}/r/x", j % PATHS);
-        found += table.find(Some(&host), &path, None, &http::Method::GET).is_some() as usize;
+        found += table
+            .find(Some(&host), &path, None, &http::Method::GET)
+            .is_some() as usize;
     }
     let lookup = lookup_started.elapsed();
     assert_eq!(found, 100_000);

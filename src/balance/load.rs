@@ -38,21 +38,32 @@ impl Drop for ConnectionGuard {
 /// `host:port` gets the same counter in every generation that still has it alive.
 #[derive(Debug, Default)]
 pub struct EndpointLoads {
-    by_endpoint: Mutex<HashMap<(String, u16), Weak<AtomicUsize>>>,
+    by_endpoint: Mutex<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    map: HashMap<(String, u16), Weak<AtomicUsize>>,
+    /// Sweep dead entries once the map reaches this size: twice the live count after the
+    /// last sweep, so registering N endpoints costs O(N), not O(N²).
+    sweep_at: usize,
 }
 
 impl EndpointLoads {
     pub fn for_endpoint(&self, e: &Endpoint) -> EndpointLoad {
-        let mut map = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counters = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
         let key = (e.host.clone(), e.port);
-        if let Some(live) = map.get(&key).and_then(Weak::upgrade) {
+        if let Some(live) = counters.map.get(&key).and_then(Weak::upgrade) {
             return EndpointLoad(live);
         }
         // Forget counters no table or connection holds any more, so the map stays bounded
         // by the endpoints that exist.
-        map.retain(|_, w| w.strong_count() > 0);
+        if counters.map.len() >= counters.sweep_at {
+            counters.map.retain(|_, w| w.strong_count() > 0);
+            counters.sweep_at = (counters.map.len() * 2).max(64);
+        }
         let load = Arc::new(AtomicUsize::new(0));
-        map.insert(key, Arc::downgrade(&load));
+        counters.map.insert(key, Arc::downgrade(&load));
         EndpointLoad(load)
     }
 }
