@@ -26,6 +26,6 @@ COPY --from=build /out/wsgate /usr/local/bin/wsgate
 # Numeric, so the kubelet can verify runAsNonRoot without resolving a user name.
 USER 65532:65532
 # 8080: ws:// and http:// traffic. 9090: /healthz, /readyz, /metrics.
-EXPOSE 8080 9090
+EXPOSE 8080 8443 9090
 ENTRYPOINT ["/usr/local/bin/wsgate"]
 CMD ["run"]

@@ -7,6 +7,15 @@ pub struct DurationError {
 }
 
 /// Parses the duration strings route files use: `250ms`, `5s`, `2m`, `1h`.
+///
+/// ```
+/// use std::time::Duration;
+/// use wsgate::model::parse_duration;
+///
+/// assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+/// assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+/// assert!(parse_duration("1.5s").is_err()); // whole numbers only
+/// ```
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let err = || DurationError {
         input: input.to_string(),

@@ -220,6 +220,19 @@ impl FrameTracker {
 /// Encodes a Close frame into `out` (cleared first). `mask` is Some for frames sent
 /// towards a backend, where RFC 6455 requires masking; the reason is cut to fit a
 /// control frame.
+///
+/// ```
+/// use wsgate::proxy::frame::{close_frame, FrameTracker, OP_CLOSE};
+///
+/// let mut out = Vec::new();
+/// close_frame(1001, "going away", None, &mut out);
+/// assert_eq!(&out[..4], &[0x88, 12, 0x03, 0xE9]);
+///
+/// let mut tracker = FrameTracker::new();
+/// let (used, end) = tracker.advance(&out);
+/// assert_eq!((used, end.map(|e| e.opcode)), (out.len(), Some(OP_CLOSE)));
+/// assert!(tracker.close_seen());
+/// ```
 pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>, out: &mut Vec<u8>) {
     let reason = &reason.as_bytes()[..reason.len().min(123)];
     let len = 2 + reason.len();
