@@ -1,17 +1,31 @@
 //! Shutdown and drain: one signal every listener and relay watches, and a tracker of the
 //! tasks that must finish (or be cut at the drain budget) before the process exits.
+//!
+//! A relay checks the signal on every step, so checking must not touch anything shared
+//! under a lock: it is an atomic load. A relay's waker is registered once, on its first
+//! check, and woken when the drain starts.
 
-use std::future::Future;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
+
+#[derive(Default)]
+struct Shared {
+    draining: AtomicBool,
+    next_key: AtomicU64,
+    /// Tasks to wake when the drain starts; touched once per connection, never per step.
+    wakers: Mutex<HashMap<u64, Waker>>,
+}
 
 /// Owned by the process: starts the drain and waits for connections to finish.
 #[derive(Clone)]
 pub struct Drain {
-    tx: Arc<watch::Sender<bool>>,
+    shared: Arc<Shared>,
     tasks: TaskTracker,
 }
 
@@ -24,14 +38,17 @@ impl Default for Drain {
 impl Drain {
     pub fn new() -> Self {
         Drain {
-            tx: Arc::new(watch::channel(false).0),
+            shared: Arc::default(),
             tasks: TaskTracker::new(),
         }
     }
 
     /// A receiver for one listener or connection.
     pub fn signal(&self) -> DrainSignal {
-        DrainSignal(self.tx.subscribe())
+        DrainSignal {
+            shared: Arc::clone(&self.shared),
+            key: None,
+        }
     }
 
     /// Runs a connection's task so that `wait` can account for it.
@@ -43,12 +60,16 @@ impl Drain {
     }
 
     pub fn is_draining(&self) -> bool {
-        *self.tx.borrow()
+        self.shared.draining.load(Ordering::Acquire)
     }
 
     /// Tells every listener to stop accepting and every relay to send Close 1001.
     pub fn start(&self) {
-        self.tx.send_replace(true);
+        self.shared.draining.store(true, Ordering::Release);
+        let wakers = std::mem::take(&mut *lock(&self.shared.wakers));
+        for waker in wakers.into_values() {
+            waker.wake();
+        }
     }
 
     /// Live tracked tasks (connections being served or relayed).
@@ -66,19 +87,88 @@ impl Drain {
 }
 
 /// A connection's view of the drain signal.
-#[derive(Clone)]
-pub struct DrainSignal(watch::Receiver<bool>);
+pub struct DrainSignal {
+    shared: Arc<Shared>,
+    /// Set once this signal's waker is registered.
+    key: Option<u64>,
+}
+
+impl Clone for DrainSignal {
+    fn clone(&self) -> Self {
+        DrainSignal {
+            shared: Arc::clone(&self.shared),
+            key: None,
+        }
+    }
+}
 
 impl DrainSignal {
     pub fn is_draining(&self) -> bool {
-        *self.0.borrow()
+        self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// Ready once the drain has started. After the first call, `Pending` costs one atomic
+    /// load; the waker of that first call is the one woken.
+    pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_draining() {
+            return Poll::Ready(());
+        }
+        if self.key.is_none() {
+            let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+            lock(&self.shared.wakers).insert(key, cx.waker().clone());
+            self.key = Some(key);
+            // The drain may have started between the check and the registration.
+            if self.is_draining() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
     }
 
     /// Resolves once the drain has started (immediately if it already has).
     pub async fn wait(&mut self) {
-        if self.0.wait_for(|d| *d).await.is_err() {
-            // The sender is gone only when the process is ending anyway.
-            std::future::pending::<()>().await;
+        poll_fn(|cx| self.poll_drain(cx)).await
+    }
+}
+
+impl Drop for DrainSignal {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            lock(&self.shared.wakers).remove(&key);
         }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registered signal is woken by `start`, and a signal dropped before unregisters.
+    #[tokio::test]
+    async fn start_wakes_every_waiting_signal_and_drop_unregisters() {
+        let drain = Drain::new();
+        let mut waiting = drain.signal();
+        let task = tokio::spawn(async move { waiting.wait().await });
+        let mut dropped = drain.signal();
+        poll_fn(|cx| {
+            assert!(dropped.poll_drain(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        drop(dropped);
+        // The spawned task registers on its first poll; wait for it to be in the map.
+        while lock(&drain.shared.wakers).len() != 1 {
+            tokio::task::yield_now().await;
+        }
+        drain.start();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert!(drain.signal().is_draining());
     }
 }

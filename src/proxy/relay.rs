@@ -646,7 +646,7 @@ async fn run<T: Transport>(
         // Injected Close frames land in a backlog; the next step writes them.
         tokio::select! {
             biased;
-            _ = drain.wait(), if !draining => {
+            _ = poll_fn(|cx| drain.poll_drain(cx)), if !draining => {
                 draining = true;
                 down.close_wanted = Some((close_code::GOING_AWAY, "gateway shutting down"));
                 down.inject_if_ready();
