@@ -55,7 +55,7 @@ pub async fn handle(
     gw: Arc<Gateway>,
     peer: SocketAddr,
     proto: &'static str,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
@@ -102,10 +102,6 @@ pub async fn handle(
         request_id,
         host: host_header,
     };
-    // Keep the request's own Host even when it came in absolute-form.
-    if ctx.host.is_none() {
-        req.headers_mut().remove(header::HOST);
-    }
     let result = if upgrade {
         websocket::proxy(&gw, &table, route, downstream, req, &ctx).await
     } else {
