@@ -114,6 +114,40 @@ pub struct WsRouteSpec {
     pub backend_tls: Option<BackendTlsSpec>,
 }
 
+impl WsRouteSpec {
+    /// A route from `upstream` to `downstream` on static backends, every other field at its
+    /// default: the shape of the demo's routes and of most tests.
+    pub fn with_static_backends(
+        upstream: &str,
+        downstream: &str,
+        backends: &[std::net::SocketAddr],
+    ) -> Self {
+        WsRouteSpec {
+            upstream_path_template: upstream.into(),
+            upstream_host: None,
+            upstream_http_method: vec![],
+            route_is_case_sensitive: None,
+            priority: None,
+            downstream_path_template: downstream.into(),
+            downstream_scheme: None,
+            service_name: None,
+            service_port: None,
+            downstream_host_and_ports: backends
+                .iter()
+                .map(|a| HostAndPort {
+                    host: a.ip().to_string(),
+                    port: i32::from(a.port()),
+                })
+                .collect(),
+            load_balancer_options: None,
+            dangerous_accept_any_server_certificate_validator: None,
+            timeouts: None,
+            tls: None,
+            backend_tls: None,
+        }
+    }
+}
+
 /// Where the route's server certificate comes from: a `kubernetes.io/tls` Secret in the
 /// route's namespace (cluster), or PEM files (standalone; paths relative to the routes file).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]

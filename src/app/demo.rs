@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use super::{Server, ServerOptions};
-use crate::api::{HostAndPort, WsRouteSpec};
+use crate::api::WsRouteSpec;
 use crate::echo::{self, EchoConfig};
 use crate::model::{route_from_spec, Route, RouteId, SpecBackends};
 use crate::table::Publisher;
@@ -16,26 +16,7 @@ use crate::telemetry::Metrics;
 /// The demo's routes: `/chat/{room}` rewritten to the backend's `/rooms/{room}`, and a
 /// catch-all for everything else.
 pub fn demo_routes(backend: SocketAddr) -> anyhow::Result<Vec<Route>> {
-    let spec = |up: &str, down: &str| WsRouteSpec {
-        upstream_path_template: up.into(),
-        upstream_host: None,
-        upstream_http_method: vec![],
-        route_is_case_sensitive: None,
-        priority: None,
-        downstream_path_template: down.into(),
-        downstream_scheme: None,
-        service_name: None,
-        service_port: None,
-        downstream_host_and_ports: vec![HostAndPort {
-            host: backend.ip().to_string(),
-            port: backend.port() as i32,
-        }],
-        load_balancer_options: None,
-        dangerous_accept_any_server_certificate_validator: None,
-        timeouts: None,
-        tls: None,
-        backend_tls: None,
-    };
+    let spec = |up: &str, down: &str| WsRouteSpec::with_static_backends(up, down, &[backend]);
     let specs = [
         ("demo/chat", spec("/chat/{room}", "/rooms/{room}")),
         ("demo/everything", spec("/{everything}", "/{everything}")),

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use wsgate::api::{HostAndPort, WsRouteSpec};
+use wsgate::api::WsRouteSpec;
 use wsgate::app::{Server, ServerOptions};
 use wsgate::echo::{self, EchoConfig};
 use wsgate::model::{route_from_spec, Route, RouteId, SpecBackends};
@@ -91,29 +91,7 @@ impl Drop for Echo {
 
 /// A WsRoute spec with static backends, for tests to adjust.
 pub fn spec(up: &str, down: &str, backends: &[SocketAddr]) -> WsRouteSpec {
-    WsRouteSpec {
-        upstream_path_template: up.into(),
-        upstream_host: None,
-        upstream_http_method: vec![],
-        route_is_case_sensitive: None,
-        priority: None,
-        downstream_path_template: down.into(),
-        downstream_scheme: None,
-        service_name: None,
-        service_port: None,
-        downstream_host_and_ports: backends
-            .iter()
-            .map(|a| HostAndPort {
-                host: a.ip().to_string(),
-                port: a.port() as i32,
-            })
-            .collect(),
-        load_balancer_options: None,
-        dangerous_accept_any_server_certificate_validator: None,
-        timeouts: None,
-        tls: None,
-        backend_tls: None,
-    }
+    WsRouteSpec::with_static_backends(up, down, backends)
 }
 
 pub fn route(name: &str, order: u64, spec: &WsRouteSpec) -> Route {

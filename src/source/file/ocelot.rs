@@ -410,32 +410,27 @@ impl<'a> RouteReader<'a> {
     }
 
     fn bool(&mut self, key: &str) -> Option<bool> {
-        let n = self.fields.take(key)?;
-        let v = n.value();
-        match binder_bool(&v) {
-            Ok(b) => b,
-            Err(()) => {
-                self.error(
-                    key,
-                    n.line(),
-                    format!("{} is not true or false", describe(&v)),
-                );
-                None
-            }
-        }
+        self.converted(key, binder_bool, "true or false")
     }
 
     fn int(&mut self, key: &str) -> Option<i32> {
+        self.converted(key, binder_int, "a whole number")
+    }
+
+    /// A scalar converted the way .NET's configuration binder does; a value it would
+    /// reject is reported as "`<value>` is not <what>".
+    fn converted<T>(
+        &mut self,
+        key: &str,
+        convert: fn(&Value) -> Result<Option<T>, ()>,
+        what: &str,
+    ) -> Option<T> {
         let n = self.fields.take(key)?;
         let v = n.value();
-        match binder_int(&v) {
-            Ok(i) => i,
+        match convert(&v) {
+            Ok(x) => x,
             Err(()) => {
-                self.error(
-                    key,
-                    n.line(),
-                    format!("{} is not a whole number", describe(&v)),
-                );
+                self.error(key, n.line(), format!("{} is not {what}", describe(&v)));
                 None
             }
         }
