@@ -17,23 +17,14 @@ use support::fake_apiserver::FakeApiServer;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// Polls `check` until it returns `Some`, failing the test at the deadline.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+/// Polls `check` until it returns `Some`; relists behind backoff need a longer deadline
+/// than the support default.
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually_async(what, DEADLINE, check).await
 }
 
 fn service() -> Value {
@@ -191,6 +182,11 @@ async fn controller_publishes_routes_writes_status_once_per_change_and_survives_
     eventually("status with two ready", || async {
         let r = fake.get("WsRoute", "apps", "chat").await?;
         (r["status"]["readyEndpoints"] == 2).then_some(())
+    })
+    .await;
+    // The fake stores the patch before the writer sees the response and counts it.
+    eventually("the second write counted", || async {
+        (metrics.status_patches(PatchOutcome::Written) >= 2).then_some(())
     })
     .await;
     assert_eq!(fake.status_patches("WsRoute", "apps", "chat").await, 2);

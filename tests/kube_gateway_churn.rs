@@ -21,7 +21,7 @@ use wsgate::model::EndpointState;
 use wsgate::source::kube::Resource;
 
 use support::fake_apiserver::FakeApiServer;
-use support::{connect, eventually, http_get, within, Echo, Ws, DEADLINE};
+use support::{connect, eventually, eventually_async, http_get, within, Echo, Ws, DEADLINE};
 
 /// The bound for a scale-up or scale-down to reach the live table.
 const SCALE_BOUND: Duration = Duration::from_secs(1);
@@ -230,14 +230,12 @@ async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpo
     assert_eq!(cluster.publisher.current().generation(), 0);
 
     fake.set_down(false);
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while readyz(admin).await != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz never turned ready after the API server came back"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_async(
+        "/readyz ready after the API server came back",
+        DEADLINE,
+        || async { (readyz(admin).await == 200).then_some(()) },
+    )
+    .await;
     assert_eq!(
         names.table(&cluster),
         states(&[("a", EndpointState::Ready), ("b", EndpointState::Ready)]),

@@ -58,19 +58,10 @@ async fn start_binary(dir: &Path, extra: &[&str]) -> Running {
     args.extend_from_slice(extra);
     let process = Process::start(&args, dir);
     let ready_url = format!("http://{admin}/readyz");
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Ok(Ok((200, _))) =
-            tokio::time::timeout(Duration::from_secs(1), try_get(&ready_url)).await
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "wsgate never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_async("wsgate ready", DEADLINE, || async {
+        matches!(try_get(&ready_url).await, Ok((200, _))).then_some(())
+    })
+    .await;
     Running {
         process,
         listen,
@@ -146,17 +137,10 @@ async fn sigterm_sends_close_1001_to_every_socket_and_exits_zero() {
 
     // Readiness turns off while the shutdown delay runs.
     let ready_url = format!("http://{}/readyz", gw.admin);
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Ok((503, _)) = try_get(&ready_url).await {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz never failed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_async("/readyz fails", DEADLINE, || async {
+        matches!(try_get(&ready_url).await, Ok((503, _))).then_some(())
+    })
+    .await;
 
     for ws in &mut sockets {
         loop {
@@ -211,24 +195,15 @@ async fn routes_file_edit_reloads_without_touching_live_connections() {
         ]),
     );
     // Poll until a new handshake sees the new table.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let url = format!("ws://{}/b/1?hello=1", gw.listen);
-        if let Ok(Ok((mut ws, _))) = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio_tungstenite::connect_async(url.as_str()),
-        )
-        .await
-        {
-            assert_eq!(hello_name(&mut ws).await, "new");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "new route never appeared"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let url = format!("ws://{}/b/1?hello=1", gw.listen);
+    let mut ws = eventually_async("the new route", DEADLINE, || async {
+        tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .ok()
+            .map(|(ws, _)| ws)
+    })
+    .await;
+    assert_eq!(hello_name(&mut ws).await, "new");
     let mut fresh = connect(&format!("ws://{}/a/9?hello=1", gw.listen)).await;
     assert_eq!(hello_name(&mut fresh).await, "new");
     for ws in &mut live {
@@ -238,19 +213,12 @@ async fn routes_file_edit_reloads_without_touching_live_connections() {
     // A broken edit is rejected; the table that serves stays.
     replace_file(&file, "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata: {name: a}\nspec:\n  upstreamPathTemplate: nope\n");
     let metrics_url = format!("http://{}/metrics", gw.admin);
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Ok((_, text)) = try_get(&metrics_url).await {
-            if text.contains("wsgate_route_table_reloads_failed_total 1") {
-                break;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "broken edit never reported"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_async("the broken edit reported", DEADLINE, || async {
+        let text = try_get(&metrics_url).await.ok()?.1;
+        text.contains("wsgate_route_table_reloads_failed_total 1")
+            .then_some(())
+    })
+    .await;
     let mut after = connect(&format!("ws://{}/b/2?hello=1", gw.listen)).await;
     assert_eq!(hello_name(&mut after).await, "new");
     for ws in &mut live {

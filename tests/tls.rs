@@ -306,22 +306,13 @@ async fn file_mode_serves_certificate_files_and_reloads_them_when_rewritten() {
         dir.path(),
     );
     let addr: SocketAddr = tls_listen.parse().unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let leaf = loop {
-        if let Ok(Ok((_, leaf))) = tokio::time::timeout(
-            Duration::from_secs(1),
-            certs::tls_connect(addr, "chat.test"),
-        )
-        .await
-        {
-            break leaf;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "TLS listener never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let leaf = eventually_async("the TLS listener", DEADLINE, || async {
+        certs::tls_connect(addr, "chat.test")
+            .await
+            .ok()
+            .map(|(_, leaf)| leaf)
+    })
+    .await;
     assert_eq!(leaf, first.der);
     let (_, leaf) = certs::tls_connect(addr, "else.test").await.unwrap();
     assert_eq!(leaf, default.der, "unknown names get --default-cert");

@@ -46,6 +46,25 @@ pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> 
     }
 }
 
+/// Polls the async `check` until it returns Some, or fails the test after `limit`.
+/// Each check gets at most one second, so a hung connect cannot eat the whole budget.
+pub async fn eventually_async<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(Some(v)) = tokio::time::timeout(Duration::from_secs(1), check()).await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("condition never held within {limit:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A running echo backend; stops when dropped.
 pub struct Echo {
     pub addr: SocketAddr,
