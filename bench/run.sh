@@ -7,6 +7,7 @@
 #                           scenario produced numbers; writes its report under /tmp
 #
 # Options: --targets direct,wsgate,nginx,haproxy   --rounds N   --out FILE
+#          --scenarios throughput,bulk,latency,handshakes,idle   (a subset, for focused runs)
 # Environment: WSGATE_BIN / LOADGEN_BIN (skip building), BENCH_PORT_BASE (default 18000),
 #              IDLE_CONNS, DURATION, WARMUP (override the mode's defaults).
 #
@@ -20,12 +21,14 @@ MODE=full
 TARGETS="direct,wsgate,nginx,haproxy"
 ROUNDS=""
 OUT=""
+SCENARIO_SET="throughput,bulk,latency,handshakes,idle"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) MODE=quick ;;
         --targets) TARGETS="$2"; shift ;;
         --rounds) ROUNDS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
+        --scenarios) SCENARIO_SET="$2"; shift ;;
         -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -36,6 +39,11 @@ for t in "${TARGET_LIST[@]}"; do
     case "$t" in direct|wsgate|nginx|haproxy) ;; *) echo "run.sh: unknown target $t" >&2; exit 2 ;; esac
 done
 has_target() { [[ ",$TARGETS," == *",$1,"* ]]; }
+IFS=',' read -r -a SCENARIO_LIST <<<"$SCENARIO_SET"
+for s in "${SCENARIO_LIST[@]}"; do
+    case "$s" in throughput|bulk|latency|handshakes|idle) ;; *) echo "run.sh: unknown scenario $s" >&2; exit 2 ;; esac
+done
+has_scenario() { [[ ",$SCENARIO_SET," == *",$1,"* ]]; }
 
 if [ "$MODE" = full ]; then
     ROUNDS=${ROUNDS:-3}; WARMUP=${WARMUP:-1s}; DURATION=${DURATION:-5s}
@@ -58,7 +66,12 @@ WORK=$(mktemp -d /tmp/wsgate-bench.XXXXXX)
 RUNS="$WORK/runs.jsonl"
 : >"$RUNS"
 if [ -z "$OUT" ]; then
-    if [ "$MODE" = full ]; then OUT="$BENCH_DIR/RESULTS.md"; else OUT="$WORK/RESULTS.md"; fi
+    # Only a full run of every scenario replaces the committed report.
+    if [ "$MODE" = full ] && [ "$SCENARIO_SET" = throughput,bulk,latency,handshakes,idle ]; then
+        OUT="$BENCH_DIR/RESULTS.md"
+    else
+        OUT="$WORK/RESULTS.md"
+    fi
 fi
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 START_S=$SECONDS
@@ -347,7 +360,10 @@ for t in "${TARGET_LIST[@]}"; do
     [ "$t" = direct ] || start_proxy "$t"
 done
 
-SCENARIOS=(throughput bulk latency handshakes)
+SCENARIOS=()
+for scenario in throughput bulk latency handshakes; do
+    has_scenario "$scenario" && SCENARIOS+=("$scenario")
+done
 for round in $(seq "$ROUNDS"); do
     # Rotate the target order each round so no target always runs first or last.
     order=()
@@ -357,9 +373,11 @@ for round in $(seq "$ROUNDS"); do
     for scenario in "${SCENARIOS[@]}"; do
         for t in "${order[@]}"; do run_load "$round" "$scenario" "$t"; done
     done
-    for t in "${order[@]}"; do
-        [ "$t" = direct ] || run_idle "$round" "$t"
-    done
+    if has_scenario idle; then
+        for t in "${order[@]}"; do
+            [ "$t" = direct ] || run_idle "$round" "$t"
+        done
+    fi
 done
 
 # --- report -----------------------------------------------------------------------------------
@@ -393,9 +411,9 @@ print(json.dumps({
 PY
 cp "$WORK/nginx/nginx.conf" "$WORK/haproxy/haproxy.cfg" "$WORK/wsgate/routes.yaml" "$WORK/logs/" 2>/dev/null || true
 
-report_args=(--runs "$RUNS" --meta "$WORK/meta.json" --out "$OUT")
+report_args=(--runs "$RUNS" --meta "$WORK/meta.json" --out "$OUT" --scenarios "$SCENARIO_SET")
 [ "$MODE" = quick ] && report_args+=(--check)
 python3 "$BENCH_DIR/report.py" "${report_args[@]}"
-if [ "$MODE" = full ]; then cp "$RUNS" "$BENCH_DIR/results.jsonl"; fi
+if [ "$OUT" = "$BENCH_DIR/RESULTS.md" ]; then cp "$RUNS" "$BENCH_DIR/results.jsonl"; fi
 log "report: $OUT (raw runs: $RUNS; logs: $WORK/logs) in $((SECONDS - START_S)) s"
 [ "$FAILURES" = 0 ] || die "$FAILURES scenario runs failed"

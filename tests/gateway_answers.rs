@@ -202,6 +202,188 @@ async fn backend_refusing_the_upgrade_passes_its_status_and_body() {
     assert!(resp.contains("status 403 from e"), "{resp}");
 }
 
+/// A backend on loopback that reads one request head and answers with `reply(head)`, then
+/// holds the connection open until the gateway closes it.
+async fn scripted_backend(reply: fn(&str) -> Vec<u8>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(&reply(&String::from_utf8_lossy(&head))).await;
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn accept_key(request_head: &str) -> String {
+    let key = request_head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| v.trim())
+        })
+        .expect("request carries Sec-WebSocket-Key");
+    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
+}
+
+/// A backend answering the upgrade with something that is not HTTP/1.1: 502 naming it.
+#[tokio::test]
+async fn backend_answering_garbage_to_the_upgrade_gives_502() {
+    let addr = scripted_backend(|_| b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec()).await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[addr]),
+    )])
+    .await;
+    let resp = raw_request(
+        gw.server.listen_addr,
+        format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 502, "{resp}");
+    assert!(resp.contains("invalid response head"), "{resp}");
+}
+
+/// A response head that never ends within 16 KiB: 502, not an unbounded buffer.
+#[tokio::test]
+async fn endless_upgrade_response_head_gives_502() {
+    let addr = scripted_backend(|_| {
+        let mut r = b"HTTP/1.1 101 Switching Protocols\r\n".to_vec();
+        for i in 0..2000 {
+            r.extend_from_slice(format!("x-filler-{i}: {}\r\n", "v".repeat(8)).as_bytes());
+        }
+        r
+    })
+    .await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[addr]),
+    )])
+    .await;
+    let resp = raw_request(
+        gw.server.listen_addr,
+        format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 502, "{resp}");
+    assert!(
+        resp.contains("headers") || resp.contains("exceeds"),
+        "{resp}"
+    );
+}
+
+/// A backend that accepts the connection and never answers: 504 after `timeouts.handshake`.
+#[tokio::test]
+async fn silent_backend_gives_504_after_the_handshake_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut s = spec("/{everything}", "/{everything}", &[addr]);
+    s.timeouts = Some(wsgate::api::RouteTimeouts {
+        handshake: Some("300ms".into()),
+        ..Default::default()
+    });
+    let gw = Gateway::start(&[route("r", 0, &s)]).await;
+    let resp = raw_request(
+        gw.server.listen_addr,
+        format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 504, "{resp}");
+    assert!(resp.contains("300"), "the answer names the limit: {resp}");
+    drop(listener);
+}
+
+/// `100 Continue` before the 101 is skipped; the 101 and the frame behind it still arrive.
+#[tokio::test]
+async fn informational_answer_before_101_is_skipped() {
+    let addr = scripted_backend(|head| {
+        let mut r = format!(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            accept_key(head)
+        )
+        .into_bytes();
+        r.extend_from_slice(&[0x81, 0x02]);
+        r.extend_from_slice(b"hi");
+        r
+    })
+    .await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[addr]),
+    )])
+    .await;
+    let mut ws = connect(&gw.ws("/x")).await;
+    let msg = within("first message", ws.next()).await;
+    assert_eq!(msg.unwrap().unwrap().into_text().unwrap(), "hi");
+}
+
+/// A refusal with a chunked body reaches the client whole, framed for the client.
+#[tokio::test]
+async fn refused_upgrade_with_chunked_body_reaches_the_client_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = scripted_backend(|_| {
+        b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\nWWW-Authenticate: Bearer\r\n\r\n6\r\nlogin \r\n5\r\nfirst\r\n0\r\n\r\n".to_vec()
+    })
+    .await;
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[addr]),
+    )])
+    .await;
+    let resp = within("refusal", async {
+        let mut s = TcpStream::connect(gw.server.listen_addr).await.unwrap();
+        s.write_all(format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&buf).contains("0\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await;
+    assert_eq!(status_of(&resp), 401, "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{resp}"
+    );
+    let body: String = resp
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap()
+        .split("\r\n")
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(body, "login first", "{resp}");
+}
+
 /// Plain HTTP on a ws route: path rewritten, method/body/headers forwarded.
 #[tokio::test]
 async fn plain_http_is_proxied_with_the_rewritten_path() {

@@ -17,6 +17,7 @@ mod http;
 mod listener;
 mod service;
 mod signalr;
+mod upgrade;
 mod upstream;
 mod websocket;
 

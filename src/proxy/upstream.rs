@@ -1,6 +1,7 @@
-//! Opening one HTTP/1.1 exchange with a backend, shared by the WebSocket and the plain HTTP
-//! paths: dial (with retry), TLS for `wss` routes, the hyper client handshake, and the
-//! request sent with the route's time limit.
+//! Opening a backend connection, shared by the WebSocket and the plain HTTP paths: dial
+//! (with retry) and TLS for `wss`/`https` routes (`connect`); for plain HTTP also the hyper
+//! client handshake and the request sent with the route's time limit (`open`). The WebSocket
+//! upgrade itself is `upgrade.rs`.
 
 use std::time::Duration;
 
@@ -13,10 +14,49 @@ use hyper_util::rt::TokioIo;
 use super::dial::dial;
 use super::headers::{to_upstream, Forwarded};
 use super::service::RequestCtx;
-use super::tls::upstream_stream;
+use super::tls::{upstream_stream, Stream};
 use super::Error;
 use crate::balance::{Backend, ConnectionGuard, PickContext};
 use crate::table::CompiledRoute;
+
+/// A connected (and, for `wss`/`https` routes, TLS-wrapped) backend, before any HTTP.
+pub struct Connected<'t> {
+    pub stream: Stream,
+    pub backend: &'t Backend,
+    /// `host:port`, for the `Host` header and logs.
+    pub endpoint: String,
+    /// Counts this exchange as load on the endpoint until dropped.
+    pub load: ConnectionGuard,
+    /// The sticky-session cookie to hand the client, if the balancer assigned one.
+    pub set_cookie: Option<HeaderValue>,
+}
+
+/// Dials the route's backend chosen for `pick` (retrying the next on failure) and completes
+/// TLS for `wss`/`https` routes.
+pub async fn connect<'t>(
+    route: &'t CompiledRoute,
+    pick: &PickContext<'_>,
+) -> Result<Connected<'t>, Error> {
+    let dialed = dial(route, pick).await?;
+    let backend = dialed.backend;
+    let endpoint = backend.endpoint.authority();
+    let load = backend.load.begin();
+    let stream = upstream_stream(route, dialed.stream, &backend.endpoint).await?;
+    Ok(Connected {
+        stream,
+        backend,
+        endpoint,
+        load,
+        set_cookie: dialed.set_cookie,
+    })
+}
+
+impl Connected<'_> {
+    /// The client's headers made ready for this backend (see `headers::to_upstream`).
+    pub fn forward_headers(&self, headers: &mut HeaderMap, ctx: &RequestCtx) {
+        forward_headers(headers, &self.endpoint, ctx);
+    }
+}
 
 /// A backend connection ready for one request.
 pub struct Upstream<'t, B> {
@@ -30,41 +70,29 @@ pub struct Upstream<'t, B> {
     pub set_cookie: Option<HeaderValue>,
 }
 
-/// Dials the route's backend chosen for `pick` and completes the HTTP/1.1 client handshake.
-/// With `upgrades`, the connection can be taken over after a 101.
+/// Connects (see `connect`) and completes the HTTP/1.1 client handshake.
 pub async fn open<'t, B>(
     route: &'t CompiledRoute,
     pick: &PickContext<'_>,
-    upgrades: bool,
 ) -> Result<Upstream<'t, B>, Error>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let dialed = dial(route, pick).await?;
-    let backend = dialed.backend;
-    let endpoint = backend.endpoint.authority();
-    let load = backend.load.begin();
-    let stream = upstream_stream(route, dialed.stream, &backend.endpoint).await?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let connected = connect(route, pick).await?;
+    let endpoint = connected.endpoint;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(connected.stream))
         .await
         .map_err(|e| protocol(&endpoint, e))?;
-    if upgrades {
-        // Ends by itself once the connection is upgraded or closed.
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-    } else {
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-    }
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
     Ok(Upstream {
         sender,
-        backend,
+        backend: connected.backend,
         endpoint,
-        load,
-        set_cookie: dialed.set_cookie,
+        load: connected.load,
+        set_cookie: connected.set_cookie,
     })
 }
 
@@ -91,17 +119,21 @@ where
 
     /// The client's headers made ready for this backend (see `headers::to_upstream`).
     pub fn forward_headers(&self, headers: &mut HeaderMap, ctx: &RequestCtx) {
-        to_upstream(
-            headers,
-            &self.endpoint,
-            &Forwarded {
-                client_ip: ctx.peer.ip(),
-                proto: ctx.proto,
-                host: ctx.host.as_ref(),
-                request_id: &ctx.request_id,
-            },
-        );
+        forward_headers(headers, &self.endpoint, ctx);
     }
+}
+
+fn forward_headers(headers: &mut HeaderMap, endpoint: &str, ctx: &RequestCtx) {
+    to_upstream(
+        headers,
+        endpoint,
+        &Forwarded {
+            client_ip: ctx.peer.ip(),
+            proto: ctx.proto,
+            host: ctx.host.as_ref(),
+            request_id: &ctx.request_id,
+        },
+    );
 }
 
 pub fn protocol(endpoint: &str, e: hyper::Error) -> Error {

@@ -1,12 +1,12 @@
-//! The WebSocket path: forward the handshake to a backend, pass its 101 (or its refusal)
-//! to the client, then relay the two upgraded sockets.
+//! The WebSocket path: forward the handshake to a backend (`upgrade.rs`), pass its 101 (or
+//! its refusal) to the client, then relay the two upgraded sockets.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -14,6 +14,7 @@ use super::headers::strip_hop_by_hop;
 use super::relay::{relay_streams, RelayConfig};
 use super::service::{ProxyBody, RequestCtx};
 use super::tls::Stream;
+use super::upgrade::{upgrade, valid_target, Answer};
 use super::{upstream, Error, Gateway};
 use crate::table::{CompiledRoute, RouteTable};
 
@@ -25,7 +26,13 @@ pub async fn proxy(
     mut req: Request<Incoming>,
     ctx: &RequestCtx,
 ) -> Result<Response<ProxyBody>, Error> {
-    let mut exchange = upstream::open::<Empty<Bytes>>(route, &ctx.pick(&req), true).await?;
+    // Checked before dialing, so a bad path costs no backend connection.
+    if !valid_target(&downstream) {
+        return Err(Error::BadHandshake(
+            "the downstream path is not a valid request target",
+        ));
+    }
+    let mut exchange = upstream::connect(route, &ctx.pick(&req)).await?;
     let endpoint = exchange.endpoint.clone();
 
     let client_upgrade = hyper::upgrade::on(&mut req);
@@ -34,49 +41,43 @@ pub async fn proxy(
     exchange.forward_headers(&mut headers, ctx);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let mut upstream_req = Request::new(Empty::<Bytes>::new());
-    *upstream_req.uri_mut() = upstream::target(&downstream)?;
-    *upstream_req.headers_mut() = headers;
 
-    let mut resp = exchange
-        .send(upstream_req, route.route.timeouts.handshake)
-        .await?;
-
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The backend refused the upgrade: its status and body go to the client as they are.
-        route
-            .metrics
-            .failure(crate::telemetry::FailureReason::UpstreamStatus);
-        tracing::info!(request_id = ?ctx.request_id, route = %route.route.id, endpoint = %endpoint, status = resp.status().as_u16(), "backend refused the WebSocket upgrade");
-        strip_hop_by_hop(resp.headers_mut());
-        return Ok(resp.map(|body| body.boxed_unsync()));
-    }
-
-    let upstream_upgrade = hyper::upgrade::on(&mut resp);
-    let mut to_client = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
-    if let Some(h) = to_client.headers_mut() {
-        let mut upstream_headers = std::mem::take(resp.headers_mut());
-        strip_hop_by_hop(&mut upstream_headers);
-        *h = upstream_headers;
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        if let Some(cookie) = exchange.set_cookie.take() {
-            h.append(header::SET_COOKIE, cookie);
-        }
-    }
-    let upstream = upstream_upgrade
-        .await
-        .map_err(|e| upstream::protocol(&endpoint, e))?;
-    let load = exchange.load;
-    let upstream = match upstream.downcast::<TokioIo<Stream>>() {
-        Ok(parts) => (parts.io.into_inner(), parts.read_buf),
-        Err(_) => {
-            return Err(Error::UpstreamProtocol {
-                endpoint,
-                reason: "upgraded connection is not a TCP or TLS stream".into(),
-            })
+    let answer = upgrade(
+        exchange.stream,
+        &downstream,
+        &headers,
+        &endpoint,
+        route.route.timeouts.handshake,
+    )
+    .await?;
+    drop(headers);
+    let (mut upstream_headers, upstream) = match answer {
+        Answer::Switched {
+            headers,
+            stream,
+            early,
+        } => (headers, (stream, early)),
+        Answer::Refused(mut resp) => {
+            // The backend refused the upgrade: its status and body go to the client as they are.
+            route
+                .metrics
+                .failure(crate::telemetry::FailureReason::UpstreamStatus);
+            tracing::info!(request_id = ?ctx.request_id, route = %route.route.id, endpoint = %endpoint, status = resp.status().as_u16(), "backend refused the WebSocket upgrade");
+            strip_hop_by_hop(resp.headers_mut());
+            return Ok(resp.map(|body| body.boxed_unsync()));
         }
     };
+
+    strip_hop_by_hop(&mut upstream_headers);
+    upstream_headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    upstream_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Some(cookie) = exchange.set_cookie.take() {
+        upstream_headers.append(header::SET_COOKIE, cookie);
+    }
+    let mut to_client = Response::new(http_body_util::Full::new(Bytes::new()));
+    *to_client.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *to_client.headers_mut() = upstream_headers;
+    let load = exchange.load;
 
     let table = Arc::clone(table);
     let route_index = index_of(&table, route);
@@ -127,11 +128,7 @@ pub async fn proxy(
         );
     });
 
-    Ok(super::service::full(
-        to_client
-            .body(http_body_util::Full::new(Bytes::new()))
-            .unwrap_or_default(),
-    ))
+    Ok(super::service::full(to_client))
 }
 
 /// Position of `route` in `table.routes()`, so the relay task can hold the table's `Arc`

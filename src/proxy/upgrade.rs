@@ -1,0 +1,358 @@
+//! The WebSocket upgrade towards a backend, written and parsed directly: one request head
+//! out, one response head in (httparse), and on a 101 the socket goes straight to the relay.
+//!
+//! Why not hyper's client here: per handshake it spawns a connection task, allocates its
+//! read and write buffers, a request/response channel and an upgrade hand-off, all to carry
+//! one head each way. Profiles of the handshake benchmark (bench/RESULTS.md) put that among
+//! the largest user-space costs of a proxied handshake. A backend that refuses the upgrade
+//! is rarer and its body may be framed any way HTTP allows, so that answer is replayed into
+//! a hyper client, which streams it with the full HTTP/1.1 body rules.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::tls::Stream;
+use super::Error;
+
+/// A response head larger than this is refused (502); hyper's client default is similar.
+pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+const MAX_HEADERS: usize = 100;
+
+/// The backend's answer to the upgrade request.
+pub enum Answer {
+    /// `101 Switching Protocols`: its headers, the upgraded stream, and any bytes the backend
+    /// sent right behind the head (the first frames may share its segment).
+    Switched {
+        headers: HeaderMap,
+        stream: Stream,
+        early: Bytes,
+    },
+    /// Any other final status, with its body streamed from the backend as it arrives.
+    Refused(Response<Incoming>),
+}
+
+/// Sends `GET target` with `headers` over `stream` and reads the answer, all within `wait`.
+pub async fn upgrade(
+    stream: Stream,
+    target: &str,
+    headers: &HeaderMap,
+    endpoint: &str,
+    wait: Duration,
+) -> Result<Answer, Error> {
+    match tokio::time::timeout(wait, exchange(stream, target, headers, endpoint)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(Error::UpstreamTimeout {
+            endpoint: endpoint.to_string(),
+            timeout_ms: wait.as_millis(),
+        }),
+    }
+}
+
+async fn exchange(
+    mut stream: Stream,
+    target: &str,
+    headers: &HeaderMap,
+    endpoint: &str,
+) -> Result<Answer, Error> {
+    let protocol = |reason: String| Error::UpstreamProtocol {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let head = request_head(target, headers);
+    stream
+        .write_all(&head)
+        .await
+        .map_err(|e| protocol(format!("sending the upgrade request: {e}")))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| protocol(format!("sending the upgrade request: {e}")))?;
+    drop(head);
+
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        match parse_head(&buf).map_err(&protocol)? {
+            Head::Partial => {}
+            Head::Informational(len) => {
+                // 100 Continue and friends precede the final answer; skip them (as hyper does).
+                buf.advance(len);
+                continue;
+            }
+            Head::Switched { len, headers } => {
+                let early = buf.split_off(len).freeze();
+                return Ok(Answer::Switched {
+                    headers,
+                    stream,
+                    early,
+                });
+            }
+            Head::Final => return refused(stream, buf.freeze(), target, endpoint).await,
+        }
+        if buf.len() >= MAX_RESPONSE_HEAD {
+            return Err(protocol(format!(
+                "response head exceeds {MAX_RESPONSE_HEAD} bytes"
+            )));
+        }
+        buf.reserve(1024);
+        let n = stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| protocol(format!("reading the response head: {e}")))?;
+        if n == 0 {
+            return Err(protocol(if buf.is_empty() {
+                "connection closed without a response".into()
+            } else {
+                "connection closed inside the response head".into()
+            }));
+        }
+    }
+}
+
+/// Whether `target` can go verbatim into a request line: origin-form, visible ASCII only
+/// (no space, CR or LF that would let a captured value split the request).
+pub fn valid_target(target: &str) -> bool {
+    target.starts_with('/') && target.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// `GET target HTTP/1.1` and the headers, as one buffer for one write.
+fn request_head(target: &str, headers: &HeaderMap) -> Vec<u8> {
+    let size = 32
+        + target.len()
+        + headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    let mut head = Vec::with_capacity(size);
+    head.extend_from_slice(b"GET ");
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+#[derive(Debug)]
+enum Head {
+    /// More bytes needed.
+    Partial,
+    /// A 1xx other than 101 of this many bytes.
+    Informational(usize),
+    /// A 101 head of `len` bytes.
+    Switched { len: usize, headers: HeaderMap },
+    /// Any other final status: left for hyper to read again.
+    Final,
+}
+
+fn parse_head(buf: &[u8]) -> Result<Head, String> {
+    if buf.is_empty() {
+        return Ok(Head::Partial);
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Head::Partial),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(format!("response has more than {MAX_HEADERS} headers"))
+        }
+        Err(e) => return Err(format!("invalid response head: {e}")),
+    };
+    if resp.version != Some(1) {
+        return Err("response is not HTTP/1.1".into());
+    }
+    let code = resp.code.unwrap_or(0);
+    if code == StatusCode::SWITCHING_PROTOCOLS.as_u16() {
+        let mut headers = HeaderMap::with_capacity(resp.headers.len());
+        for h in resp.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| format!("invalid response header name {:?}", h.name))?;
+            let value = HeaderValue::from_bytes(h.value)
+                .map_err(|_| format!("invalid value in response header {}", h.name))?;
+            headers.append(name, value);
+        }
+        return Ok(Head::Switched { len, headers });
+    }
+    if (100..200).contains(&code) {
+        return Ok(Head::Informational(len));
+    }
+    Ok(Head::Final)
+}
+
+/// Hands a non-101 answer to a hyper client: the bytes read so far are replayed to it and
+/// the request it writes goes nowhere (the real one was already sent).
+async fn refused(
+    stream: Stream,
+    read: Bytes,
+    target: &str,
+    endpoint: &str,
+) -> Result<Answer, Error> {
+    let protocol = |e: hyper::Error| Error::UpstreamProtocol {
+        endpoint: endpoint.to_string(),
+        reason: e.to_string(),
+    };
+    let replay = Replay {
+        read,
+        inner: stream,
+        request_written: false,
+        reader: None,
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(replay))
+        .await
+        .map_err(protocol)?;
+    // Drives the body to the client; ends with the connection.
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::new(Empty::<Bytes>::new());
+    *req.uri_mut() = target.parse().map_err(|_| Error::UpstreamProtocol {
+        endpoint: endpoint.to_string(),
+        reason: "the downstream path is not a valid request target".into(),
+    })?;
+    let resp = sender.send_request(req).await.map_err(protocol)?;
+    Ok(Answer::Refused(resp))
+}
+
+/// Reads `read` first, then `inner`; swallows writes. Nothing is readable before hyper
+/// has written its request: an idle hyper client treats bytes it did not ask for as an
+/// error and drops the connection.
+struct Replay {
+    read: Bytes,
+    inner: Stream,
+    request_written: bool,
+    reader: Option<std::task::Waker>,
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.request_written {
+            this.reader = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        if !this.read.is_empty() {
+            let n = this.read.len().min(buf.remaining());
+            buf.put_slice(&this.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.request_written = true;
+        if let Some(reader) = this.reader.take() {
+            reader.wake();
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The head carries the target and every header once, and ends with an empty line.
+    #[test]
+    fn request_head_is_request_line_headers_and_blank_line() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("b:80"));
+        h.append("sec-websocket-protocol", HeaderValue::from_static("a"));
+        h.append("sec-websocket-protocol", HeaderValue::from_static("b"));
+        let head = request_head("/ws/1?x=2", &h);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "GET /ws/1?x=2 HTTP/1.1\r\nhost: b:80\r\nsec-websocket-protocol: a\r\nsec-websocket-protocol: b\r\n\r\n"
+        );
+    }
+
+    /// Targets with spaces, control bytes or non-ASCII never reach the request line.
+    #[test]
+    fn request_targets_are_origin_form_visible_ascii() {
+        assert!(valid_target("/ws/1?x=%20y&z"));
+        for bad in ["ws/1", "/a b", "/a\r\nHost: x", "/caf\u{e9}", ""] {
+            assert!(!valid_target(bad), "{bad:?}");
+        }
+    }
+
+    /// A 101 yields its headers and the exact head length, so bytes behind it are kept.
+    #[test]
+    fn switching_protocols_head_keeps_headers_and_length() {
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc\r\n\r\n\x81\x02hi";
+        match parse_head(raw).unwrap() {
+            Head::Switched { len, headers } => {
+                assert_eq!(&raw[len..], b"\x81\x02hi");
+                assert_eq!(headers["sec-websocket-accept"], "abc");
+                assert_eq!(headers.len(), 3);
+            }
+            other => panic!("expected 101, got {other:?}"),
+        }
+    }
+
+    /// Incomplete heads wait for more bytes; 1xx are skipped; other finals go to hyper.
+    #[test]
+    fn partial_informational_and_final_heads_are_told_apart() {
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 101 Sw").unwrap(),
+            Head::Partial
+        ));
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101").unwrap(),
+            Head::Informational(25)
+        ));
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n").unwrap(),
+            Head::Final
+        ));
+    }
+
+    /// Garbage, HTTP/1.0 and header floods are refused with a reason naming the problem.
+    #[test]
+    fn malformed_heads_are_refused_with_a_reason() {
+        assert!(parse_head(b"SSH-2.0-OpenSSH\r\n\r\n")
+            .unwrap_err()
+            .contains("invalid response head"));
+        assert!(parse_head(b"HTTP/1.0 101 Switching\r\n\r\n")
+            .unwrap_err()
+            .contains("not HTTP/1.1"));
+        let mut flood = b"HTTP/1.1 101 Switching Protocols\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            flood.extend_from_slice(format!("x-{i}: y\r\n").as_bytes());
+        }
+        flood.extend_from_slice(b"\r\n");
+        assert!(parse_head(&flood)
+            .unwrap_err()
+            .contains("more than 100 headers"));
+    }
+}
