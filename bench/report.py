@@ -56,6 +56,12 @@ def metrics():
     def cpu_per(count_key, scale):
         return lambda run: per_op(run.get("proxy_cpu_s"), dig(run, "result", count_key), scale)
 
+    def calls_per(count_key, field="proxy_syscalls"):
+        def get(run):
+            calls, count = run.get(field), dig(run, "result", count_key)
+            return None if calls is None or not count else calls / count
+        return get
+
     def cpu_per_mb(run):
         total = dig(run, "result", "total_bytes")
         return per_op(run.get("proxy_cpu_s"), total / 1e6 if total else None, 1e3)
@@ -82,6 +88,8 @@ def metrics():
         ("throughput", "RTT p50 (µs)", result("rtt_us", "p50"), "us", False),
         ("throughput", "RTT p99 (µs)", result("rtt_us", "p99"), "us", False),
         ("throughput", "proxy CPU per message (µs)", cpu_per("total_messages", 1e6), "cpu", False),
+        ("throughput", "proxy system calls per message (perf)", calls_per("total_messages"), "calls", False),
+        ("throughput", "of which epoll_wait", calls_per("total_messages", "proxy_epoll_waits"), "calls", False),
         ("bulk", "MB/s echoed (64 KiB, 10 conns)", result("mb_per_s"), "rate", True),
         ("bulk", "RTT p99 (µs)", result("rtt_us", "p99"), "us", False),
         ("bulk", "proxy CPU per MB echoed (ms)", cpu_per_mb, "cpu", False),
@@ -94,6 +102,7 @@ def metrics():
         ("handshakes", "cycle p99 (µs)", result("cycle_us", "p99"), "us", False),
         ("handshakes", "connect + upgrade p50 (µs)", result("upgrade_us", "p50"), "us", False),
         ("handshakes", "proxy CPU per handshake (µs)", cpu_per("total_cycles", 1e6), "cpu", False),
+        ("handshakes", "proxy system calls per handshake (perf)", calls_per("total_cycles"), "calls", False),
         ("idle", "connections held", result("held_to_end"), "count", False),
         ("idle", "proxy PSS per idle connection (bytes)", idle_per_conn, "bytes", False),
         ("idle", "proxy PSS fresh, before connections (MiB)", pss_before, "mib", False),
@@ -119,6 +128,8 @@ def fmt(value, kind):
         return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
     if kind == "cpu":
         return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 10 else f"{value:,.1f}"
+    if kind == "calls":
+        return f"{value:.2f}" if value < 10 else f"{value:,.1f}"
     if kind in ("bytes", "count"):
         return f"{value:,.0f}"
     if kind == "mib":

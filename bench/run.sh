@@ -116,6 +116,12 @@ if { has_target nginx && ! command -v nginx >/dev/null; } || { has_target haprox
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy >/dev/null
 fi
 command -v python3 >/dev/null || die "python3 is needed for the report"
+# System calls per operation, when perf can count them here (root or perf_event_paranoid <= 1):
+# the proxies' CPU per message is mostly kernel time, so this shows what it is spent on.
+SYSCALLS=0
+if command -v perf >/dev/null && perf stat -x, -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+    SYSCALLS=1
+fi
 
 if [ -z "${LOADGEN_BIN:-}" ]; then
     log "building loadgen (release)"
@@ -290,10 +296,25 @@ run_load() { # round scenario target
     [ "$t" = direct ] || proxy_pid=${PID_OF[$t]}
     [ -z "$proxy_pid" ] || { p0=$(cpu_ns "$proxy_pid"); k0=$(cpu_ticks "$proxy_pid"); }
     e0=$(cpu_ns "${PID_OF[echo]}")
+    local perf_pid="" syscalls=null epoll_waits=null
+    if [ "$SYSCALLS" = 1 ] && [ -n "$proxy_pid" ]; then
+        perf stat -x, -e raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait \
+            -p "$(tree_pids "$proxy_pid" | paste -sd,)" -o "$out.syscalls" >/dev/null 2>&1 &
+        perf_pid=$!
+        PIDS+=("$perf_pid")
+    fi
     # shellcheck disable=SC2086
     timeout 120 taskset -c "$LOAD_CPU" "$LOADGEN_BIN" $args --url "$(url_of "$t")" --target "$t" \
         >"$out" 2>"$out.err" || status=$?
     e1=$(cpu_ns "${PID_OF[echo]}")
+    if [ -n "$perf_pid" ]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        forget_pid "$perf_pid"
+        syscalls=$(awk -F, '$3 == "raw_syscalls:sys_enter" && $1 ~ /^[0-9]+$/ {print $1}' "$out.syscalls" 2>/dev/null)
+        epoll_waits=$(awk -F, '$3 == "syscalls:sys_enter_epoll_wait" && $1 ~ /^[0-9]+$/ {print $1}' "$out.syscalls" 2>/dev/null)
+        syscalls=${syscalls:-null} epoll_waits=${epoll_waits:-null}
+    fi
     if [ -n "$proxy_pid" ]; then
         p1=$(cpu_ns "$proxy_pid")
         k1=$(cpu_ticks "$proxy_pid")
@@ -301,7 +322,7 @@ run_load() { # round scenario target
         proxy_ticks_cpu=$(secs $((k1 - k0)))
     fi
     record "$round" "$scenario" "$t" "$cmd" "$proxy_cpu" "$(ns_secs $((e1 - e0)))" \
-        "\"proxy_cpu_ticks_s\":$proxy_ticks_cpu," "$out" "$status"
+        "\"proxy_cpu_ticks_s\":$proxy_ticks_cpu,\"proxy_syscalls\":$syscalls,\"proxy_epoll_waits\":$epoll_waits," "$out" "$status"
     if [ "$status" != 0 ]; then
         FAILURES=$((FAILURES + 1))
         log "  $scenario/$t failed (exit $status): $(head -c 300 "$out.err")"
