@@ -25,13 +25,26 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Removes hop-by-hop headers, including any named in `Connection`, and `Upgrade`
 /// (the caller re-adds `Upgrade: websocket` where it belongs).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
+    // Tokens removed anyway (or not header names) are skipped, so the usual
+    // `Connection: Upgrade` costs no allocation.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for token in headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
+        .map(str::trim)
+    {
+        if ["upgrade", "close", "keep-alive"]
+            .iter()
+            .any(|t| token.eq_ignore_ascii_case(t))
+        {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            listed.push(name);
+        }
+    }
     for name in listed.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }

@@ -80,15 +80,14 @@ async fn exchange(
 
     let mut buf = BytesMut::with_capacity(1024);
     loop {
-        match parse_head(&buf).map_err(&protocol)? {
+        match parse_head(&mut buf).map_err(&protocol)? {
             Head::Partial => {}
             Head::Informational(len) => {
                 // 100 Continue and friends precede the final answer; skip them (as hyper does).
                 buf.advance(len);
                 continue;
             }
-            Head::Switched { len, headers } => {
-                let early = buf.split_off(len).freeze();
+            Head::Switched { headers, early } => {
                 return Ok(Answer::Switched {
                     headers,
                     stream,
@@ -151,13 +150,15 @@ enum Head {
     Partial,
     /// A 1xx other than 101 of this many bytes.
     Informational(usize),
-    /// A 101 head of `len` bytes.
-    Switched { len: usize, headers: HeaderMap },
+    /// A 101: its headers (sharing the read buffer) and the bytes behind the head.
+    Switched { headers: HeaderMap, early: Bytes },
     /// Any other final status: left for hyper to read again.
     Final,
 }
 
-fn parse_head(buf: &[u8]) -> Result<Head, String> {
+/// Parses what `buf` holds so far. On a 101 the buffer is consumed: header values become
+/// slices of it rather than copies.
+fn parse_head(buf: &mut BytesMut) -> Result<Head, String> {
     if buf.is_empty() {
         return Ok(Head::Partial);
     }
@@ -176,15 +177,23 @@ fn parse_head(buf: &[u8]) -> Result<Head, String> {
     }
     let code = resp.code.unwrap_or(0);
     if code == StatusCode::SWITCHING_PROTOCOLS.as_u16() {
-        let mut headers = HeaderMap::with_capacity(resp.headers.len());
+        let base = buf.as_ptr() as usize;
+        let mut spans = Vec::with_capacity(resp.headers.len());
         for h in resp.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| format!("invalid response header name {:?}", h.name))?;
-            let value = HeaderValue::from_bytes(h.value)
-                .map_err(|_| format!("invalid value in response header {}", h.name))?;
+            let start = h.value.as_ptr() as usize - base;
+            spans.push((name, start..start + h.value.len()));
+        }
+        let early = buf.split_off(len).freeze();
+        let head = std::mem::take(buf).freeze();
+        let mut headers = HeaderMap::with_capacity(spans.len());
+        for (name, span) in spans {
+            let value = HeaderValue::from_maybe_shared(head.slice(span))
+                .map_err(|_| format!("invalid value in response header {name}"))?;
             headers.append(name, value);
         }
-        return Ok(Head::Switched { len, headers });
+        return Ok(Head::Switched { headers, early });
     }
     if (100..200).contains(&code) {
         return Ok(Head::Informational(len));
@@ -310,9 +319,9 @@ mod tests {
     #[test]
     fn switching_protocols_head_keeps_headers_and_length() {
         let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc\r\n\r\n\x81\x02hi";
-        match parse_head(raw).unwrap() {
-            Head::Switched { len, headers } => {
-                assert_eq!(&raw[len..], b"\x81\x02hi");
+        match parse_head(&mut BytesMut::from(&raw[..])).unwrap() {
+            Head::Switched { headers, early } => {
+                assert_eq!(&early[..], b"\x81\x02hi");
                 assert_eq!(headers["sec-websocket-accept"], "abc");
                 assert_eq!(headers.len(), 3);
             }
@@ -324,15 +333,21 @@ mod tests {
     #[test]
     fn partial_informational_and_final_heads_are_told_apart() {
         assert!(matches!(
-            parse_head(b"HTTP/1.1 101 Sw").unwrap(),
+            parse_head(&mut BytesMut::from(&b"HTTP/1.1 101 Sw"[..])).unwrap(),
             Head::Partial
         ));
         assert!(matches!(
-            parse_head(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101").unwrap(),
+            parse_head(&mut BytesMut::from(
+                &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101"[..]
+            ))
+            .unwrap(),
             Head::Informational(25)
         ));
         assert!(matches!(
-            parse_head(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n").unwrap(),
+            parse_head(&mut BytesMut::from(
+                &b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n"[..]
+            ))
+            .unwrap(),
             Head::Final
         ));
     }
@@ -340,18 +355,22 @@ mod tests {
     /// Garbage, HTTP/1.0 and header floods are refused with a reason naming the problem.
     #[test]
     fn malformed_heads_are_refused_with_a_reason() {
-        assert!(parse_head(b"SSH-2.0-OpenSSH\r\n\r\n")
-            .unwrap_err()
-            .contains("invalid response head"));
-        assert!(parse_head(b"HTTP/1.0 101 Switching\r\n\r\n")
-            .unwrap_err()
-            .contains("not HTTP/1.1"));
+        assert!(
+            parse_head(&mut BytesMut::from(&b"SSH-2.0-OpenSSH\r\n\r\n"[..]))
+                .unwrap_err()
+                .contains("invalid response head")
+        );
+        assert!(
+            parse_head(&mut BytesMut::from(&b"HTTP/1.0 101 Switching\r\n\r\n"[..]))
+                .unwrap_err()
+                .contains("not HTTP/1.1")
+        );
         let mut flood = b"HTTP/1.1 101 Switching Protocols\r\n".to_vec();
         for i in 0..=MAX_HEADERS {
             flood.extend_from_slice(format!("x-{i}: y\r\n").as_bytes());
         }
         flood.extend_from_slice(b"\r\n");
-        assert!(parse_head(&flood)
+        assert!(parse_head(&mut BytesMut::from(&flood[..]))
             .unwrap_err()
             .contains("more than 100 headers"));
     }
