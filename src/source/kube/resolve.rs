@@ -65,6 +65,19 @@ impl Backends {
         b
     }
 
+    /// What `resolve` reads for `service` in `namespace`: the Service and its slices.
+    pub fn inputs(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> (Option<&Arc<Service>>, &[Arc<EndpointSlice>]) {
+        let key = (namespace.to_string(), service.to_string());
+        (
+            self.services.get(&key),
+            self.slices.get(&key).map_or(&[][..], Vec::as_slice),
+        )
+    }
+
     /// Adds the Secrets certificate references resolve against.
     pub fn with_secrets(mut self, secrets: impl IntoIterator<Item = Arc<Secret>>) -> Self {
         self.secrets = super::secrets::index(secrets);
