@@ -144,7 +144,13 @@ impl<'t, 'r> RouteMatch<'t, 'r> {
 
     /// The raw (undecoded) value captured for `{name}`.
     pub fn capture(&self, name: &str) -> Option<&'r str> {
-        let idx = self.route.parsed.upstream.names.iter().position(|n| n == name)?;
+        let idx = self
+            .route
+            .parsed
+            .upstream
+            .names
+            .iter()
+            .position(|n| n == name)?;
         self.captures.get(idx)?.text(self.path, self.query)
     }
 

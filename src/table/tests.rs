@@ -796,7 +796,10 @@ fn compile_from_shares_unchanged_routes_and_rebuilds_changed_ones() {
         r.endpoints = vec![Endpoint::new("10.0.0.1", 80), Endpoint::new("10.0.0.2", 80)];
         r
     };
-    let first = vec![rr(route("a", 0, "/a/{x}", "/{x}")), rr(route("b", 1, "/b", "/"))];
+    let first = vec![
+        rr(route("a", 0, "/a/{x}", "/{x}")),
+        rr(route("b", 1, "/b", "/")),
+    ];
     let (one, problems) = g.compile(&first, &RouteTable::empty());
     assert!(problems.is_empty(), "{problems:?}");
     let headers = http::HeaderMap::new();

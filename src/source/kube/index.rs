@@ -182,7 +182,8 @@ pub fn translate(
 /// the routes of that one Service.
 #[derive(Default)]
 pub struct TranslateCache {
-    by_id: HashMap<String, Cached>,
+    // Boxed: entries move between maps on every call and a spec is large.
+    by_id: HashMap<String, Box<Cached>>,
 }
 
 impl TranslateCache {
@@ -252,13 +253,19 @@ pub fn translate_cached<'a>(
         .filter_map(|r| {
             let ns = r.metadata.namespace.as_deref()?;
             let name = r.metadata.name.as_deref()?;
-            Some((r.metadata.creation_timestamp.as_ref().map(|t| t.0), ns, name, r))
+            Some((
+                r.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                ns,
+                name,
+                r,
+            ))
         })
         .collect();
     // Objects without a timestamp (never from a real API server) sort last, by name.
     objects.sort_by(|a, b| (a.0.is_none(), a.0, a.1, a.2).cmp(&(b.0.is_none(), b.0, b.1, b.2)));
 
     let mut before = std::mem::take(&mut cache.by_id);
+    cache.by_id.reserve(objects.len());
     let mut out = Translation::default();
     out.routes.reserve(objects.len());
     out.reports.reserve(objects.len());
@@ -276,14 +283,15 @@ pub fn translate_cached<'a>(
         let cached = match cached {
             Some(c) => c,
             None => {
-                let (route, report) = translate_one(id.clone(), order, namespace, name, obj, backends);
+                let (route, report) =
+                    translate_one(id.clone(), order, namespace, name, obj, backends);
                 if let Some(route) = route.clone() {
                     out.routes.push(route);
                 }
                 if cacheable {
                     cache.by_id.insert(
                         id.0,
-                        Cached {
+                        Box::new(Cached {
                             uid: obj.metadata.uid.clone(),
                             generation: obj.metadata.generation,
                             spec: spec.clone(),
@@ -294,7 +302,7 @@ pub fn translate_cached<'a>(
                             backend: report.backend.clone(),
                             ready_endpoints: report.ready_endpoints,
                             insecure_backend_tls: report.insecure_backend_tls,
-                        },
+                        }),
                     );
                 }
                 out.reports.push(report);
@@ -356,19 +364,20 @@ fn translate_one(
             ),
         },
     };
-    let report = |field_errors, ready_endpoints: usize, certificate_problems, insecure| RouteReport {
-        id: id.clone(),
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        uid: obj.metadata.uid.clone(),
-        generation: obj.metadata.generation,
-        field_errors,
-        backend: backend.clone(),
-        ready_endpoints: i32::try_from(ready_endpoints).unwrap_or(i32::MAX),
-        certificate_problems,
-        insecure_backend_tls: insecure,
-        previous: obj.status.clone(),
-    };
+    let report =
+        |field_errors, ready_endpoints: usize, certificate_problems, insecure| RouteReport {
+            id: id.clone(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: obj.metadata.uid.clone(),
+            generation: obj.metadata.generation,
+            field_errors,
+            backend: backend.clone(),
+            ready_endpoints: i32::try_from(ready_endpoints).unwrap_or(i32::MAX),
+            certificate_problems,
+            insecure_backend_tls: insecure,
+            previous: obj.status.clone(),
+        };
     match route_from_spec(id.clone(), order as u64, spec, specs_backends) {
         Ok(mut route) if field_errors.is_empty() => {
             let certificate_problems = resolve_tls(
@@ -390,7 +399,12 @@ fn translate_one(
             let insecure = route.insecure_skip_verify;
             (
                 Some(route),
-                report(field_errors, ready_endpoints, certificate_problems, insecure),
+                report(
+                    field_errors,
+                    ready_endpoints,
+                    certificate_problems,
+                    insecure,
+                ),
             )
         }
         Ok(_) => (None, report(field_errors, 0, Vec::new(), false)),

@@ -1023,8 +1023,7 @@ fn cached_translation_equals_fresh_translation_after_each_change() {
     w.route(late.clone());
     let t = check(&w, "an older route added (orders shift)");
     assert_eq!(route_of(&t, "apps/late").order, 0);
-    w.routes
-        .apply_watcher_event(&Event::Delete(guarded(late)));
+    w.routes.apply_watcher_event(&Event::Delete(guarded(late)));
     check(&w, "route deleted");
 
     let (cert, key) = pem_pair("chat.example.com");
@@ -1057,10 +1056,18 @@ fn rebuild_schedule_coalesces_isolated_changes_and_rate_limits_bursts() {
     assert_eq!(s.due(), Some(t0 + ms(5)), "a change joins the due rebuild");
     s.rebuilt(t0 + ms(5));
     s.changed(t0 + ms(10));
-    assert_eq!(s.due(), Some(t0 + ms(80)), "within the interval: waits for it");
+    assert_eq!(
+        s.due(),
+        Some(t0 + ms(80)),
+        "within the interval: waits for it"
+    );
     s.rebuilt(t0 + ms(80));
     s.changed(t0 + ms(500));
-    assert_eq!(s.due(), Some(t0 + ms(505)), "after a quiet period: coalesce only");
+    assert_eq!(
+        s.due(),
+        Some(t0 + ms(505)),
+        "after a quiet period: coalesce only"
+    );
 }
 
 /// Driven with the real loop (paused clock): after a quiet second, one EndpointSlice change
@@ -1073,12 +1080,21 @@ async fn isolated_change_publishes_after_coalesce_and_a_burst_rebuilds_a_few_tim
     use tokio::time::Instant;
 
     let pods = |n: usize| -> Vec<(String, Pod)> {
-        (1..=n).map(|i| (format!("10.0.0.{i}"), Pod::Ready)).collect()
+        (1..=n)
+            .map(|i| (format!("10.0.0.{i}"), Pod::Ready))
+            .collect()
     };
     let chat_slice = |n: usize| {
         let p = pods(n);
         let p: Vec<(&str, Pod)> = p.iter().map(|(ip, pod)| (ip.as_str(), *pod)).collect();
-        slice("apps", "chat-a", "chat", "IPv4", &[(Some("http"), 8080)], &p)
+        slice(
+            "apps",
+            "chat-a",
+            "chat",
+            "IPv4",
+            &[(Some("http"), 8080)],
+            &p,
+        )
     };
     let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
     // (when, endpoints of apps/chat) per publish.
@@ -1137,7 +1153,11 @@ async fn isolated_change_publishes_after_coalesce_and_a_burst_rebuilds_a_few_tim
     .expect("published in time");
     let (at, endpoints) = last();
     assert_eq!(endpoints, 2);
-    assert_eq!(at - changed_at, coalesce, "isolated change waits only `coalesce`");
+    assert_eq!(
+        at - changed_at,
+        coalesce,
+        "isolated change waits only `coalesce`"
+    );
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = count();
