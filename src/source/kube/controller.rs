@@ -40,9 +40,9 @@ pub struct KubeConfig {
     /// Label selector on WsRoutes (`app=chat,tier!=test`); Services and slices are not filtered
     /// by it.
     pub label_selector: Option<String>,
-    /// The least time between two rebuilds: a change arriving sooner after the last rebuild
-    /// waits until this much has passed since it, so a burst of changes (a rollout, a
-    /// relist) costs at most one rebuild per `debounce` however long it lasts.
+    /// The least time between the end of one rebuild and the start of the next: a change
+    /// arriving sooner waits until this much has passed, so a burst of changes (a rollout,
+    /// a relist) costs at most one rebuild per `debounce` however long it lasts.
     pub debounce: Duration,
     /// How long a change after a quiet period waits for companions (the other slices and
     /// the Service of one rollout step) before the rebuild; small, since it is added to
@@ -312,8 +312,9 @@ pub async fn run(
 }
 
 /// When to rebuild the table after store changes. A change after a quiet period is
-/// rebuilt `coalesce` later; a change within `min_interval` of the last rebuild waits until
-/// `min_interval` has passed since it. Changes arriving while a rebuild is due join it.
+/// rebuilt `coalesce` later; a change within `min_interval` of the end of the last rebuild
+/// waits until `min_interval` has passed since it. Changes arriving while a rebuild is due
+/// join it.
 #[derive(Clone, Debug)]
 pub struct RebuildSchedule {
     coalesce: Duration,
@@ -350,7 +351,7 @@ impl RebuildSchedule {
         self.due
     }
 
-    /// A rebuild started at `now`.
+    /// A rebuild finished at `now`.
     pub fn rebuilt(&mut self, now: Instant) {
         self.last = Some(now);
         self.due = None;
@@ -400,7 +401,6 @@ impl Reconcile {
                     Some(()) => {}
                 },
                 _ = sleep_until_opt(self.schedule.due()) => {
-                    self.schedule.rebuilt(Instant::now());
                     let desired = rebuild(
                         &self.stores,
                         &mut cache,
@@ -408,6 +408,9 @@ impl Reconcile {
                         &self.metrics,
                         &mut invalid_reported,
                     );
+                    // Measured from the end, so churn leaves the runtime idle for at least
+                    // `debounce` between rebuilds however long one takes.
+                    self.schedule.rebuilt(Instant::now());
                     self.statuses.send_replace(desired);
                     self.readiness.send_replace(true);
                 }
