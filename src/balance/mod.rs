@@ -5,7 +5,7 @@
 //! | `type` | first choice | state |
 //! |---|---|---|
 //! | `NoLoadBalancer` | the first ready endpoint | none |
-//! | `RoundRobin` | the next endpoint in turn | a counter per table generation |
+//! | `RoundRobin` | the next endpoint in turn | a counter per compiled route, kept while the route and its endpoints do not change |
 //! | `LeastConnection` | fewest live connections (ties rotate) | `EndpointLoads`, kept across generations |
 //! | `CookieStickySessions` | the endpoint its signed cookie names, else round robin | none: the cookie carries it |
 //! | `ConsistentHash` | highest rendezvous score for the hashed value, else round robin | none |

@@ -1,6 +1,7 @@
 //! `compile`: routes in, immutable table and per-route problems out.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::find::HostIndex;
 use super::host::HostPattern;
@@ -15,11 +16,24 @@ const UPSTREAM_FIELD: &str = "spec.upstreamPathTemplate";
 const DOWNSTREAM_FIELD: &str = "spec.downstreamPathTemplate";
 const HOST_FIELD: &str = "spec.upstreamHost";
 
-struct Parsed<'a> {
+/// A route's host pattern and templates, parsed: depends on the route's text only, so a
+/// table generation in which the route is unchanged shares it with the previous one.
+#[derive(Debug)]
+pub(super) struct Parsed {
+    pub(super) host: Option<HostPattern>,
+    pub(super) upstream: UpstreamTemplate,
+    pub(super) downstream: DownstreamTemplate,
+    /// The normalized upstream template, lower-cased: with the host, the bucket in which
+    /// conflicting routes are looked for.
+    conflict_key: String,
+}
+
+/// A route of this compile with its parsed templates, and the previous generation's
+/// compiled route when the route did not change.
+struct Candidate<'a> {
     route: &'a Route,
-    host: Option<HostPattern>,
-    upstream: UpstreamTemplate,
-    downstream: DownstreamTemplate,
+    parsed: Arc<Parsed>,
+    previous: Option<&'a CompiledRoute>,
 }
 
 fn problem(route: &Route, reason: ProblemReason, field: &str, message: String) -> RouteProblem {
@@ -31,7 +45,7 @@ fn problem(route: &Route, reason: ProblemReason, field: &str, message: String) -
     }
 }
 
-fn parse(route: &Route) -> Result<Parsed<'_>, Vec<RouteProblem>> {
+fn parse(route: &Route) -> Result<Parsed, Vec<RouteProblem>> {
     let invalid = |field, message| problem(route, ProblemReason::InvalidTemplate, field, message);
     let mut problems = Vec::new();
     let host = match route.upstream_host.as_deref().map(HostPattern::parse) {
@@ -51,8 +65,8 @@ fn parse(route: &Route) -> Result<Parsed<'_>, Vec<RouteProblem>> {
         });
     match templates {
         Ok((upstream, downstream)) if problems.is_empty() => Ok(Parsed {
-            route,
             host,
+            conflict_key: upstream.normalized.to_ascii_lowercase(),
             upstream,
             downstream,
         }),
@@ -67,16 +81,56 @@ fn parse(route: &Route) -> Result<Parsed<'_>, Vec<RouteProblem>> {
 /// Both routes would answer the same requests: same host pattern (checked by the caller),
 /// same template up to placeholder names (and case unless both are case-sensitive), and a
 /// method in common.
-fn conflicts(a: &Parsed, b: &Parsed) -> bool {
+fn conflicts(a: &Candidate, b: &Candidate) -> bool {
     let same_template = if a.route.case_sensitive && b.route.case_sensitive {
-        a.upstream.normalized == b.upstream.normalized
+        a.parsed.upstream.normalized == b.parsed.upstream.normalized
     } else {
-        a.upstream
+        a.parsed
+            .upstream
             .normalized
-            .eq_ignore_ascii_case(&b.upstream.normalized)
+            .eq_ignore_ascii_case(&b.parsed.upstream.normalized)
     };
     let (ma, mb) = (&a.route.methods, &b.route.methods);
     same_template && (ma.is_empty() || mb.is_empty() || ma.iter().any(|m| mb.contains(m)))
+}
+
+/// Everything `compile` derives from a route is the same for `a` and `b`: they are equal
+/// but for `order`, which only ranks the route among others (the table's position does).
+fn same_apart_from_order(a: &Route, b: &Route) -> bool {
+    // Destructured so that a new `Route` field cannot be forgotten here.
+    let Route {
+        id,
+        order: _,
+        upstream_path_template,
+        upstream_host,
+        methods,
+        case_sensitive,
+        priority,
+        downstream_path_template,
+        scheme,
+        endpoints,
+        load_balancer,
+        pin_signalr_connections,
+        insecure_skip_verify,
+        timeouts,
+        certificate,
+        backend_tls,
+    } = a;
+    *id == b.id
+        && *upstream_path_template == b.upstream_path_template
+        && *upstream_host == b.upstream_host
+        && *methods == b.methods
+        && *case_sensitive == b.case_sensitive
+        && *priority == b.priority
+        && *downstream_path_template == b.downstream_path_template
+        && *scheme == b.scheme
+        && *endpoints == b.endpoints
+        && *load_balancer == b.load_balancer
+        && *pin_signalr_connections == b.pin_signalr_connections
+        && *insecure_skip_verify == b.insecure_skip_verify
+        && *timeouts == b.timeouts
+        && *certificate == b.certificate
+        && *backend_tls == b.backend_tls
 }
 
 /// Pure: no I/O, no clocks. Invalid routes are left out and reported; the rest form the table.
@@ -89,27 +143,69 @@ pub fn compile(
     routes: &[Route],
     ctx: &CompileContext,
 ) -> (RouteTable, Vec<RouteProblem>) {
+    compile_from(generation, routes, ctx, &RouteTable::empty())
+}
+
+/// `compile`, reusing what `previous` already built for routes that did not change (equal
+/// but for `order`): their parsed templates, balancer (so a round-robin turn carries on),
+/// metric handles and backend TLS settings. A route whose endpoints, templates or options
+/// changed is compiled afresh. The result is the table `compile` would build; `previous`
+/// must come from the same `ctx` (its balancers hold `ctx.balance`'s counters).
+pub fn compile_from(
+    generation: u64,
+    routes: &[Route],
+    ctx: &CompileContext,
+    previous: &RouteTable,
+) -> (RouteTable, Vec<RouteProblem>) {
     let mut sorted: Vec<&Route> = routes.iter().collect();
     sorted.sort_by(|a, b| a.order.cmp(&b.order).then_with(|| a.id.cmp(&b.id)));
+    let before: HashMap<&str, &CompiledRoute> = previous
+        .routes
+        .iter()
+        .map(|c| (c.route.id.0.as_str(), c))
+        .collect();
 
     let mut problems = Vec::new();
-    let mut accepted: Vec<Parsed> = Vec::with_capacity(sorted.len());
-    let mut groups: HashMap<(Option<HostPattern>, String), Vec<usize>> = HashMap::new();
+    let mut candidates: Vec<Candidate> = Vec::with_capacity(sorted.len());
     for route in sorted {
-        let parsed = match parse(route) {
-            Ok(p) => p,
-            Err(mut ps) => {
-                problems.append(&mut ps);
-                continue;
-            }
+        let unchanged = before
+            .get(route.id.0.as_str())
+            .copied()
+            .filter(|c| same_apart_from_order(&c.route, route));
+        let candidate = match unchanged {
+            Some(c) => Candidate {
+                route,
+                parsed: Arc::clone(&c.parsed),
+                previous: Some(c),
+            },
+            None => match parse(route) {
+                Ok(parsed) => Candidate {
+                    route,
+                    parsed: Arc::new(parsed),
+                    previous: None,
+                },
+                Err(mut ps) => {
+                    problems.append(&mut ps);
+                    continue;
+                }
+            },
         };
+        candidates.push(candidate);
+    }
+
+    let mut accepted: Vec<usize> = Vec::with_capacity(candidates.len());
+    let mut groups: HashMap<(Option<&HostPattern>, &str), Vec<usize>> = HashMap::new();
+    for (at, candidate) in candidates.iter().enumerate() {
         let key = (
-            parsed.host.clone(),
-            parsed.upstream.normalized.to_ascii_lowercase(),
+            candidate.parsed.host.as_ref(),
+            candidate.parsed.conflict_key.as_str(),
         );
         let group = groups.entry(key).or_default();
-        if let Some(&winner) = group.iter().find(|&&w| conflicts(&accepted[w], &parsed)) {
-            let winner = accepted[winner].route;
+        if let Some(&winner) = group
+            .iter()
+            .find(|&&w| conflicts(&candidates[w], candidate))
+        {
+            let (route, winner) = (candidate.route, candidates[winner].route);
             problems.push(problem(
                 route,
                 ProblemReason::Conflicted,
@@ -121,8 +217,8 @@ pub fn compile(
             ));
             continue;
         }
-        group.push(accepted.len());
-        accepted.push(parsed);
+        group.push(at);
+        accepted.push(at);
     }
 
     let mut index = HostIndex::default();
@@ -130,18 +226,40 @@ pub fn compile(
     let compiled = accepted
         .into_iter()
         .enumerate()
-        .map(|(idx, p)| {
-            index.insert(idx, p.host.as_ref(), p.upstream.first_literal.as_deref());
-            if let Some(cert) = &p.route.certificate {
-                certificates.insert(p.host.as_ref(), cert);
+        .map(|(idx, at)| {
+            let Candidate {
+                route,
+                parsed,
+                previous,
+            } = &candidates[at];
+            index.insert(
+                idx,
+                parsed.host.as_ref(),
+                parsed.upstream.first_literal.as_deref(),
+            );
+            if let Some(cert) = &route.certificate {
+                certificates.insert(parsed.host.as_ref(), cert);
             }
-            CompiledRoute {
-                balancer: Balancer::for_route(p.route, ctx.balance),
-                metrics: ctx.metrics.route(&p.route.id.0),
-                upstream_tls: (p.route.scheme == Scheme::Wss).then(|| UpstreamTls::new(p.route)),
-                route: p.route.clone(),
-                upstream: p.upstream,
-                downstream: p.downstream,
+            match previous {
+                Some(before) => CompiledRoute {
+                    route: if before.route.order == route.order {
+                        Arc::clone(&before.route)
+                    } else {
+                        Arc::new((*route).clone())
+                    },
+                    balancer: Arc::clone(&before.balancer),
+                    metrics: before.metrics.clone(),
+                    upstream_tls: before.upstream_tls.clone(),
+                    parsed: Arc::clone(parsed),
+                },
+                None => CompiledRoute {
+                    balancer: Arc::new(Balancer::for_route(route, ctx.balance)),
+                    metrics: ctx.metrics.route(&route.id.0),
+                    upstream_tls: (route.scheme == Scheme::Wss)
+                        .then(|| Arc::new(UpstreamTls::new(route))),
+                    route: Arc::new((*route).clone()),
+                    parsed: Arc::clone(parsed),
+                },
             }
         })
         .collect();

@@ -96,10 +96,10 @@ fn host_entries<'i>(
 /// Template specificity, then `priority`, then declaration: greater wins.
 fn precedence(routes: &[CompiledRoute], a: usize, b: usize) -> Ordering {
     let (ra, rb) = (&routes[a], &routes[b]);
-    ra.upstream
-        .rank
-        .cmp(&rb.upstream.rank)
-        .then_with(|| ra.upstream.query_rank.cmp(&rb.upstream.query_rank))
+    let (ua, ub) = (&ra.parsed.upstream, &rb.parsed.upstream);
+    ua.rank
+        .cmp(&ub.rank)
+        .then_with(|| ua.query_rank.cmp(&ub.query_rank))
         .then_with(|| ra.route.priority.cmp(&rb.route.priority))
         .then_with(|| Reverse(ra.route.order).cmp(&Reverse(rb.route.order)))
         .then_with(|| Reverse(a).cmp(&Reverse(b)))
@@ -132,7 +132,7 @@ impl PathIndex {
             {
                 continue;
             }
-            if route.upstream.matches(path, query, &mut scratch) {
+            if route.parsed.upstream.matches(path, query, &mut scratch) {
                 best = Some((idx, std::mem::take(&mut scratch)));
             }
         }

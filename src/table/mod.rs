@@ -21,15 +21,18 @@ mod publish;
 mod template;
 
 pub use certs::CertificateMap;
-pub use compile::compile;
+pub use compile::{compile, compile_from};
 pub use publish::{Published, Publisher};
+
+use std::sync::Arc;
 
 use crate::balance::{BalanceState, Balancer};
 use crate::model::{Route, RouteId};
 use crate::telemetry::{Metrics, RouteMetrics};
 
+use compile::Parsed;
 use find::HostIndex;
-use template::{Captures, DownstreamTemplate, UpstreamTemplate};
+use template::Captures;
 
 /// What `compile` needs besides the routes: where per-route metric handles and the
 /// balancers' lasting state (endpoint loads, sticky key, SignalR pins) come from.
@@ -99,22 +102,22 @@ impl RouteTable {
 }
 
 /// A route with everything the data plane needs resolved: balancer, metric handles and
-/// parsed templates.
+/// parsed templates. The parts behind `Arc`s are shared with the previous and next table
+/// generations for as long as the route does not change (`compile_from`).
 #[derive(Debug)]
 pub struct CompiledRoute {
-    pub route: Route,
-    pub balancer: Balancer,
+    pub route: Arc<Route>,
+    pub balancer: Arc<Balancer>,
     pub metrics: RouteMetrics,
     /// TLS towards the backends of a `wss` route; `None` for `ws`.
-    pub upstream_tls: Option<crate::proxy::tls::UpstreamTls>,
-    upstream: UpstreamTemplate,
-    downstream: DownstreamTemplate,
+    pub upstream_tls: Option<Arc<crate::proxy::tls::UpstreamTls>>,
+    parsed: Arc<Parsed>,
 }
 
 impl CompiledRoute {
     /// Placeholder names of the upstream template, in template order.
     pub fn placeholders(&self) -> &[String] {
-        &self.upstream.names
+        &self.parsed.upstream.names
     }
 }
 
@@ -131,8 +134,8 @@ impl<'t, 'r> RouteMatch<'t, 'r> {
     /// Downstream path filled from the captures, plus the query string to send
     /// (e.g. `/ws/42?x=1`); see `DownstreamTemplate::render` for Ocelot's query rules.
     pub fn downstream_path_and_query(&self) -> String {
-        self.route.downstream.render(
-            &self.route.upstream.names,
+        self.route.parsed.downstream.render(
+            &self.route.parsed.upstream.names,
             &self.captures,
             self.path,
             self.query,
@@ -141,7 +144,13 @@ impl<'t, 'r> RouteMatch<'t, 'r> {
 
     /// The raw (undecoded) value captured for `{name}`.
     pub fn capture(&self, name: &str) -> Option<&'r str> {
-        let idx = self.route.upstream.names.iter().position(|n| n == name)?;
+        let idx = self
+            .route
+            .parsed
+            .upstream
+            .names
+            .iter()
+            .position(|n| n == name)?;
         self.captures.get(idx)?.text(self.path, self.query)
     }
 
@@ -149,6 +158,7 @@ impl<'t, 'r> RouteMatch<'t, 'r> {
     pub fn captures(&self) -> impl Iterator<Item = (&'t str, &'r str)> + '_ {
         let (path, query) = (self.path, self.query);
         self.route
+            .parsed
             .upstream
             .names
             .iter()

@@ -179,3 +179,39 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// A table compiled from a previous generation (any previous route set, sharing ids)
+    /// has the same routes, problems and answers as one compiled from scratch.
+    #[test]
+    fn compile_from_previous_answers_like_compile_from_scratch(
+        before in routes(),
+        after in routes(),
+    ) {
+        let g = super::tests::Generations::new();
+        let (previous, _) = g.compile(&before, &RouteTable::empty());
+        let (reused, pr) = g.compile(&after, &previous);
+        let (fresh, pf) = build(&after);
+        prop_assert_eq!(pr, pf);
+        let ids = |t: &RouteTable| t.routes().iter().map(|r| (r.route.id.0.clone(), r.route.order)).collect::<Vec<_>>();
+        prop_assert_eq!(ids(&reused), ids(&fresh));
+        let hosts = [None, Some("a.example.com"), Some("A.example.com:8080"), Some("b.example.com")];
+        let targets = [
+            ("/chat/1", None), ("/chat/lobby", None), ("/CHAT/LOBBY", None), ("/chat/1/x", None),
+            ("/", None), ("/chat", Some("room=2")), ("/a/v1", None), ("/x/y", Some("q=1")),
+        ];
+        for host in hosts {
+            for (path, query) in targets {
+                for method in [Method::GET, Method::POST] {
+                    let found = |t: &RouteTable| {
+                        t.find(host, path, query, &method)
+                            .map(|m| (m.route.route.id.0.clone(), m.downstream_path_and_query()))
+                    };
+                    prop_assert_eq!(found(&reused), found(&fresh), "{:?} {} {:?} {}", host, path, query, method);
+                }
+            }
+        }
+    }
+}

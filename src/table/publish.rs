@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use super::{compile, CompileContext, RouteProblem, RouteTable};
+use super::{compile_from, CompileContext, RouteProblem, RouteTable};
 use crate::balance::{BalanceState, StickyKey};
 use crate::model::{Route, ServerCertificate};
 use crate::telemetry::Metrics;
@@ -54,15 +54,19 @@ impl Publisher {
     }
 
     /// Compiles `routes` as generation previous + 1, swaps it in, updates the table metrics
-    /// and tells subscribers; returns the routes left out.
+    /// and tells subscribers; returns the routes left out. Routes unchanged since the
+    /// current table keep what it compiled for them (`compile_from`), so one changed route
+    /// among thousands costs little more than the index.
     pub fn publish(&self, routes: &[Route]) -> Published {
         let _serial = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = self.current.load().generation() + 1;
+        let previous = self.current.load_full();
+        let generation = previous.generation() + 1;
         let ctx = CompileContext {
             metrics: &self.metrics,
             balance: &self.balance,
         };
-        let (mut table, problems) = compile(generation, routes, &ctx);
+        let (mut table, problems) = compile_from(generation, routes, &ctx, &previous);
+        drop(previous);
         table.set_default_certificate(
             self.default_certificate
                 .lock()

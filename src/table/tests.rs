@@ -748,3 +748,139 @@ fn publish_swaps_tables_and_reports() {
     );
     assert!(text.contains("wsgate_route_problems 0"), "{text}");
 }
+
+/// Compiles `routes` against `previous` with the same metrics and balance state, as a
+/// `Publisher` does.
+pub(super) struct Generations {
+    metrics: Metrics,
+    balance: crate::balance::BalanceState,
+}
+
+impl Generations {
+    pub(super) fn new() -> Self {
+        Generations {
+            metrics: Metrics::new(),
+            balance: crate::balance::BalanceState::default(),
+        }
+    }
+
+    pub(super) fn compile(
+        &self,
+        routes: &[Route],
+        previous: &RouteTable,
+    ) -> (RouteTable, Vec<RouteProblem>) {
+        let ctx = CompileContext {
+            metrics: &self.metrics,
+            balance: &self.balance,
+        };
+        compile_from(previous.generation() + 1, routes, &ctx, previous)
+    }
+}
+
+fn compiled<'t>(table: &'t RouteTable, id: &str) -> &'t CompiledRoute {
+    table
+        .routes()
+        .iter()
+        .find(|r| r.route.id.0 == id)
+        .unwrap_or_else(|| panic!("{id} not in the table"))
+}
+
+/// A route equal to the previous generation's keeps its compiled route (route, balancer,
+/// templates), so a round-robin turn carries on; a route whose endpoints changed gets a
+/// new balancer over the new endpoints.
+#[test]
+fn compile_from_shares_unchanged_routes_and_rebuilds_changed_ones() {
+    let g = Generations::new();
+    let rr = |mut r: Route| {
+        r.load_balancer = LoadBalancer::RoundRobin;
+        r.endpoints = vec![Endpoint::new("10.0.0.1", 80), Endpoint::new("10.0.0.2", 80)];
+        r
+    };
+    let first = vec![
+        rr(route("a", 0, "/a/{x}", "/{x}")),
+        rr(route("b", 1, "/b", "/")),
+    ];
+    let (one, problems) = g.compile(&first, &RouteTable::empty());
+    assert!(problems.is_empty(), "{problems:?}");
+    let headers = http::HeaderMap::new();
+    let ctx = crate::balance::PickContext {
+        headers: &headers,
+        query: None,
+        client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        now_ms: 0,
+        secure: false,
+    };
+    let first_pick = |t: &RouteTable, id: &str| {
+        compiled(t, id)
+            .balancer
+            .pick(&ctx)
+            .next()
+            .map(|b| b.endpoint.clone())
+    };
+    let a_turn_one = first_pick(&one, "a");
+
+    let mut second = first.clone();
+    second[1].endpoints.push(Endpoint::new("10.0.0.3", 80));
+    let (two, problems) = g.compile(&second, &one);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(two.generation(), 2);
+    let (a1, a2) = (compiled(&one, "a"), compiled(&two, "a"));
+    assert!(Arc::ptr_eq(&a1.route, &a2.route));
+    assert!(Arc::ptr_eq(&a1.balancer, &a2.balancer));
+    assert!(Arc::ptr_eq(&a1.parsed, &a2.parsed));
+    assert_ne!(first_pick(&two, "a"), a_turn_one, "round robin carries on");
+    let (b1, b2) = (compiled(&one, "b"), compiled(&two, "b"));
+    assert!(!Arc::ptr_eq(&b1.balancer, &b2.balancer));
+    assert_eq!(b1.balancer.ready().len(), 2);
+    assert_eq!(b2.balancer.ready().len(), 3);
+    assert_eq!(b2.route.endpoints.len(), 3);
+    assert_eq!(hit(&two, None, "/a/1").as_deref(), Some("a"));
+    assert_eq!(
+        two.find(None, "/a/7", None, &Method::GET)
+            .map(|m| m.downstream_path_and_query()),
+        Some("/7".to_string())
+    );
+}
+
+/// A route that only moved in declaration order keeps its balancer and templates but the
+/// table shows its new order, and the order decides between equal matches as in a fresh
+/// compile.
+#[test]
+fn compile_from_takes_new_order_of_an_otherwise_unchanged_route() {
+    let g = Generations::new();
+    let first = vec![
+        route("gone", 0, "/x", "/"),
+        route("a", 1, "/v{x}/z", "/"),
+        route("b", 2, "/{y}/z", "/"),
+    ];
+    let (one, _) = g.compile(&first, &RouteTable::empty());
+    assert_eq!(hit(&one, None, "/v1/z").as_deref(), Some("a"));
+    let second = vec![route("b", 0, "/{y}/z", "/"), route("a", 1, "/v{x}/z", "/")];
+    let (two, problems) = g.compile(&second, &one);
+    assert!(problems.is_empty(), "{problems:?}");
+    let (a1, a2) = (compiled(&one, "a"), compiled(&two, "a"));
+    assert_eq!(a2.route.order, 1);
+    assert!(Arc::ptr_eq(&a1.route, &a2.route));
+    let (b1, b2) = (compiled(&one, "b"), compiled(&two, "b"));
+    assert_eq!(b2.route.order, 0);
+    assert!(!Arc::ptr_eq(&b1.route, &b2.route));
+    assert!(Arc::ptr_eq(&b1.balancer, &b2.balancer));
+    assert!(Arc::ptr_eq(&b1.parsed, &b2.parsed));
+    assert_eq!(hit(&two, None, "/v1/z").as_deref(), Some("b"));
+    assert_eq!(hit(&two, None, "/x/z").as_deref(), Some("b"));
+}
+
+/// A route edited into an invalid template is reported and left out even though an
+/// earlier generation compiled it; editing it back compiles it again.
+#[test]
+fn compile_from_reports_a_route_edited_into_an_invalid_template() {
+    let g = Generations::new();
+    let (one, _) = g.compile(&[route("a", 0, "/a", "/")], &RouteTable::empty());
+    let (two, problems) = g.compile(&[route("a", 0, "/a/{", "/")], &one);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].reason, ProblemReason::InvalidTemplate);
+    assert!(two.routes().is_empty());
+    let (three, problems) = g.compile(&[route("a", 0, "/a", "/")], &two);
+    assert!(problems.is_empty());
+    assert_eq!(hit(&three, None, "/a").as_deref(), Some("a"));
+}

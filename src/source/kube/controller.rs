@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future;
 use futures_util::stream::{self, Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -19,8 +20,9 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-use super::index::{GuardedRoute, Stores};
+use super::index::{GuardedRoute, Stores, TranslateCache};
 use super::lease::{run_lease, LeaseConfig};
 use super::metrics::{KubeMetrics, Resource as Kind};
 use super::publish::RoutePublisher;
@@ -38,8 +40,14 @@ pub struct KubeConfig {
     /// Label selector on WsRoutes (`app=chat,tier!=test`); Services and slices are not filtered
     /// by it.
     pub label_selector: Option<String>,
-    /// Changes arriving within this window after the first one are published together.
+    /// The least time between the end of one rebuild and the start of the next: a change
+    /// arriving sooner waits until this much has passed, so a burst of changes (a rollout,
+    /// a relist) costs at most one rebuild per `debounce` however long it lasts.
     pub debounce: Duration,
+    /// How long a change after a quiet period waits for companions (the other slices and
+    /// the Service of one rollout step) before the rebuild; small, since it is added to
+    /// every isolated change's propagation.
+    pub coalesce: Duration,
     /// `controller` in Events and the prefix of the Lease name.
     pub controller_name: String,
     /// Leader election for the status writer; `None` = never write status.
@@ -49,13 +57,15 @@ pub struct KubeConfig {
 }
 
 impl KubeConfig {
-    /// All namespaces, no selector, 75 ms debounce, status written by the holder of Lease
+    /// All namespaces, no selector, rebuilds 5 ms after an isolated change and at most one
+    /// per 75 ms under churn, status written by the holder of Lease
     /// `wsgate-status` in `lease_namespace`, as `identity` (the pod name).
     pub fn new(identity: impl Into<String>, lease_namespace: impl Into<String>) -> Self {
         KubeConfig {
             namespaces: Vec::new(),
             label_selector: None,
             debounce: Duration::from_millis(75),
+            coalesce: Duration::from_millis(5),
             controller_name: "wsgate".into(),
             lease: Some(LeaseConfig {
                 namespace: lease_namespace.into(),
@@ -249,7 +259,7 @@ pub async fn run(
             ));
         }
     }
-    let mut changes = stream::select_all(changes);
+    let changes = stream::select_all(changes);
 
     let (desired_tx, desired_rx) = watch::channel::<DesiredStatuses>(Arc::new(Vec::new()));
     let (leader_tx, leader_rx) = watch::channel(false);
@@ -285,40 +295,128 @@ pub async fn run(
         tasks.spawn(writer.run(desired_rx, leader_rx, stopped()));
     }
 
-    let ready_stores = stores.clone();
-    let all_listed = async move { ready_stores.wait_until_ready().await.is_ok() };
-    tokio::pin!(all_listed, shutdown);
-    let mut listed = false;
-    let mut invalid_reported = HashMap::new();
-    let mut due: Option<tokio::time::Instant> = None;
-    let result = loop {
-        tokio::select! {
-            _ = &mut shutdown => break Ok(()),
-            ok = &mut all_listed, if !listed => {
-                if !ok {
-                    break Err(Error::WatchEnded);
-                }
-                listed = true;
-                due = Some(tokio::time::Instant::now());
-            }
-            change = changes.next() => match change {
-                None => break Err(Error::WatchEnded),
-                Some(Change::Routes) if listed && due.is_none() => {
-                    due = Some(tokio::time::Instant::now() + config.debounce);
-                }
-                Some(_) => {}
-            },
-            _ = sleep_until_opt(due) => {
-                due = None;
-                let desired = rebuild(&stores, publisher.as_ref(), &metrics, &mut invalid_reported);
-                desired_tx.send_replace(desired);
-                readiness.send_replace(true);
-            }
-        }
-    };
+    let changes = changes.filter_map(|c| future::ready((c == Change::Routes).then_some(())));
+    let result = Reconcile {
+        stores,
+        schedule: RebuildSchedule::new(config.coalesce, config.debounce),
+        publisher,
+        metrics,
+        readiness,
+        statuses: desired_tx,
+    }
+    .run(changes, shutdown)
+    .await;
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     result
+}
+
+/// When to rebuild the table after store changes. A change after a quiet period is
+/// rebuilt `coalesce` later; a change within `min_interval` of the end of the last rebuild
+/// waits until `min_interval` has passed since it. Changes arriving while a rebuild is due
+/// join it.
+#[derive(Clone, Debug)]
+pub struct RebuildSchedule {
+    coalesce: Duration,
+    min_interval: Duration,
+    last: Option<Instant>,
+    due: Option<Instant>,
+}
+
+impl RebuildSchedule {
+    pub fn new(coalesce: Duration, min_interval: Duration) -> Self {
+        RebuildSchedule {
+            coalesce,
+            min_interval,
+            last: None,
+            due: None,
+        }
+    }
+
+    /// A store changed at `now`.
+    pub fn changed(&mut self, now: Instant) {
+        if self.due.is_none() {
+            let earliest = self.last.map_or(now, |last| last + self.min_interval);
+            self.due = Some((now + self.coalesce).max(earliest));
+        }
+    }
+
+    /// Rebuild as soon as possible (the stores have just listed).
+    pub fn now(&mut self, now: Instant) {
+        self.due = Some(now);
+    }
+
+    /// When the next rebuild is due; `None` = nothing changed since the last one.
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// A rebuild finished at `now`.
+    pub fn rebuilt(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.due = None;
+    }
+}
+
+/// The controller loop over stores that reflectors (or a test) keep current: waits until
+/// every store has listed, then rebuilds and publishes on the `schedule` after each change,
+/// sends the statuses every rebuild wants and sets readiness after the first.
+pub struct Reconcile {
+    pub stores: Stores,
+    pub schedule: RebuildSchedule,
+    pub publisher: Arc<dyn RoutePublisher>,
+    pub metrics: Arc<KubeMetrics>,
+    pub readiness: watch::Sender<bool>,
+    /// The desired status of every WsRoute after each rebuild, for the status writer.
+    pub statuses: watch::Sender<DesiredStatuses>,
+}
+
+impl Reconcile {
+    /// Runs until `shutdown`. Each item of `changes` says a store changed in a way that can
+    /// change routes; the stream ending means the stores are no longer kept current.
+    pub async fn run(
+        mut self,
+        changes: impl Stream<Item = ()>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let ready_stores = self.stores.clone();
+        let all_listed = async move { ready_stores.wait_until_ready().await.is_ok() };
+        tokio::pin!(all_listed, shutdown, changes);
+        let mut listed = false;
+        let mut invalid_reported = HashMap::new();
+        let mut cache = TranslateCache::default();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                ok = &mut all_listed, if !listed => {
+                    if !ok {
+                        return Err(Error::WatchEnded);
+                    }
+                    listed = true;
+                    self.schedule.now(Instant::now());
+                }
+                change = changes.next() => match change {
+                    None => return Err(Error::WatchEnded),
+                    Some(()) if listed => self.schedule.changed(Instant::now()),
+                    Some(()) => {}
+                },
+                _ = sleep_until_opt(self.schedule.due()) => {
+                    let desired = rebuild(
+                        &self.stores,
+                        &mut cache,
+                        self.publisher.as_ref(),
+                        &self.metrics,
+                        &mut invalid_reported,
+                    );
+                    // Measured from the end, so churn leaves the runtime idle for at least
+                    // `debounce` between rebuilds however long one takes.
+                    self.schedule.rebuilt(Instant::now());
+                    self.statuses.send_replace(desired);
+                    self.readiness.send_replace(true);
+                }
+            }
+        }
+    }
 }
 
 fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -336,6 +434,7 @@ where
 /// deserialize are logged once per distinct error (`reported`) and counted.
 fn rebuild(
     stores: &Stores,
+    cache: &mut TranslateCache,
     publisher: &dyn RoutePublisher,
     metrics: &KubeMetrics,
     reported: &mut HashMap<(String, String), String>,
@@ -357,7 +456,7 @@ fn rebuild(
         still.insert(key, r.error);
     }
     *reported = still;
-    let translation = stores.translate();
+    let translation = stores.translate_cached(cache);
     if let Some((ns, name)) = &stores.default_certificate_secret {
         match (
             &translation.default_certificate,
@@ -412,7 +511,7 @@ fn rebuild(
     Arc::new(desired)
 }
 
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

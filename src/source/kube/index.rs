@@ -1,6 +1,7 @@
 //! The reflector stores → the plain model. `translate` is pure: a snapshot of WsRoutes,
 //! Services and EndpointSlices in, `Vec<Route>` plus one status input per WsRoute out.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -64,17 +65,22 @@ impl Stores {
     /// Reads every store once; WsRoutes that do not deserialize are left out (see
     /// `invalid_routes`).
     pub fn translate(&self) -> Translation {
+        self.translate_cached(&mut TranslateCache::default())
+    }
+
+    /// `translate`, redoing only the WsRoutes whose inputs changed since the last call with
+    /// `cache` (see `translate_cached`).
+    pub fn translate_cached(&self, cache: &mut TranslateCache) -> Translation {
         let backends = Backends::new(
             self.services.iter().flat_map(Store::state),
             self.slices.iter().flat_map(Store::state),
         )
         .with_secrets(self.secrets.iter().flat_map(Store::state));
-        let mut out = translate(
-            self.routes
-                .iter()
-                .flat_map(Store::state)
-                .filter_map(|g| g.0.as_ref().ok().cloned().map(Arc::new)),
+        let routes: Vec<Arc<GuardedRoute>> = self.routes.iter().flat_map(Store::state).collect();
+        let mut out = translate_cached(
+            routes.iter().filter_map(|g| g.0.as_ref().ok()),
             &backends,
+            cache,
         );
         if let Some((ns, name)) = &self.default_certificate_secret {
             match secrets::server_certificate(&backends.secrets, ns, name) {
@@ -163,16 +169,90 @@ pub fn translate(
     routes: impl IntoIterator<Item = Arc<WsRoute>>,
     backends: &Backends,
 ) -> Translation {
-    let mut objects: Vec<(
-        Option<k8s_openapi::jiff::Timestamp>,
-        String,
-        String,
-        Arc<WsRoute>,
-    )> = routes
+    let routes: Vec<Arc<WsRoute>> = routes.into_iter().collect();
+    translate_cached(
+        routes.iter().map(|r| &**r),
+        backends,
+        &mut TranslateCache::default(),
+    )
+}
+
+/// What `translate` made of each WsRoute last time, so that the next call only redoes the
+/// routes whose inputs changed: with 10,000 routes, an EndpointSlice change re-translates
+/// the routes of that one Service.
+#[derive(Default)]
+pub struct TranslateCache {
+    // Boxed: entries move between maps on every call and a spec is large.
+    by_id: HashMap<String, Box<Cached>>,
+}
+
+impl TranslateCache {
+    /// WsRoutes whose translation is kept.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+/// One WsRoute's translation and everything it was computed from. Its Service and
+/// EndpointSlices are compared by identity: the reflector stores replace an object's `Arc`
+/// whenever the object changes, and holding the `Arc`s here keeps the addresses from being
+/// reused.
+struct Cached {
+    uid: Option<String>,
+    generation: Option<i64>,
+    spec: WsRouteSpec,
+    service: Option<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+    route: Option<Route>,
+    field_errors: Vec<FieldError>,
+    backend: BackendRef,
+    ready_endpoints: i32,
+    insecure_backend_tls: bool,
+}
+
+impl Cached {
+    fn still_valid(
+        &self,
+        obj: &WsRoute,
+        service: Option<&Arc<Service>>,
+        slices: &[Arc<EndpointSlice>],
+    ) -> bool {
+        let same_service = match (&self.service, service) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        // Slices come in store order, which may differ between calls.
+        let same_slices = self.slices.len() == slices.len()
+            && slices
+                .iter()
+                .all(|s| self.slices.iter().any(|c| Arc::ptr_eq(c, s)));
+        self.uid == obj.metadata.uid
+            && self.generation == obj.metadata.generation
+            && same_service
+            && same_slices
+            && self.spec == obj.spec
+    }
+}
+
+/// `translate` over borrowed WsRoutes, reusing `cache` for every WsRoute whose uid,
+/// generation, spec, Service and EndpointSlices are the ones it was last translated from.
+/// Routes naming Secrets (`tls`, `backendTls`) are always translated afresh. The result is
+/// what `translate` returns for the same input.
+pub fn translate_cached<'a>(
+    routes: impl IntoIterator<Item = &'a WsRoute>,
+    backends: &Backends,
+    cache: &mut TranslateCache,
+) -> Translation {
+    let mut objects: Vec<(Option<k8s_openapi::jiff::Timestamp>, &str, &str, &WsRoute)> = routes
         .into_iter()
         .filter_map(|r| {
-            let ns = r.metadata.namespace.clone()?;
-            let name = r.metadata.name.clone()?;
+            let ns = r.metadata.namespace.as_deref()?;
+            let name = r.metadata.name.as_deref()?;
             Some((
                 r.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 ns,
@@ -182,89 +262,157 @@ pub fn translate(
         })
         .collect();
     // Objects without a timestamp (never from a real API server) sort last, by name.
-    objects.sort_by(|a, b| (a.0.is_none(), a.0, &a.1, &a.2).cmp(&(b.0.is_none(), b.0, &b.1, &b.2)));
+    objects.sort_by(|a, b| (a.0.is_none(), a.0, a.1, a.2).cmp(&(b.0.is_none(), b.0, b.1, b.2)));
 
+    let mut before = std::mem::take(&mut cache.by_id);
+    cache.by_id.reserve(objects.len());
     let mut out = Translation::default();
+    out.routes.reserve(objects.len());
+    out.reports.reserve(objects.len());
     for (order, (_, namespace, name, obj)) in objects.into_iter().enumerate() {
         let id = RouteId(format!("{namespace}/{name}"));
         let spec = &obj.spec;
-        let mut field_errors = Vec::new();
-        let (backend, specs_backends) = match (&spec.service_name, &spec.service_port) {
-            (None, _) => (BackendRef::Static, SpecBackends::Static),
-            (Some(_), None) => {
-                field_errors.push(FieldError::new(
-                    "spec.servicePort",
-                    "`servicePort` (a port number or name of the Service) is required with `serviceName`",
-                ));
-                (BackendRef::Service, SpecBackends::Resolved(Vec::new()))
-            }
-            (Some(service), Some(port)) => match backends.resolve(&namespace, service, port) {
-                Ok(endpoints) => (BackendRef::Service, SpecBackends::Resolved(endpoints)),
-                // An unresolved backend still gets a route: clients see 503 + Retry-After (and
-                // keep reconnecting) rather than 404.
-                Err(e) => (
-                    BackendRef::Unresolved(e),
-                    SpecBackends::Resolved(Vec::new()),
-                ),
-            },
+        let cacheable = spec.tls.is_none() && spec.backend_tls.is_none();
+        let (service, slices) = match &spec.service_name {
+            Some(service) => backends.inputs(namespace, service),
+            None => (None, &[][..]),
         };
-        let mut ready_endpoints = 0;
-        let mut certificate_problems = Vec::new();
-        let mut insecure_backend_tls = false;
-        match route_from_spec(id.clone(), order as u64, spec, specs_backends) {
-            Ok(mut route) if field_errors.is_empty() => {
-                certificate_problems = resolve_tls(
-                    spec,
-                    &namespace,
-                    &backends.secrets,
-                    &mut route,
-                    &mut field_errors,
-                );
-                insecure_backend_tls = route.insecure_skip_verify;
-                if !field_errors.is_empty() {
-                    // The spec names files: leave the route out like any invalid field.
-                    out.reports.push(RouteReport {
-                        id,
-                        namespace,
-                        name,
-                        uid: obj.metadata.uid.clone(),
-                        generation: obj.metadata.generation,
-                        field_errors,
-                        backend,
-                        ready_endpoints: 0,
-                        certificate_problems,
-                        insecure_backend_tls: false,
-                        previous: obj.status.clone(),
-                    });
-                    continue;
+        let cached = before
+            .remove(&id.0)
+            .filter(|c| cacheable && c.still_valid(obj, service, slices));
+        let cached = match cached {
+            Some(c) => c,
+            None => {
+                let (route, report) =
+                    translate_one(id.clone(), order, namespace, name, obj, backends);
+                if let Some(route) = route.clone() {
+                    out.routes.push(route);
                 }
-                ready_endpoints = route
-                    .endpoints
-                    .iter()
-                    .filter(|e| e.state == EndpointState::Ready)
-                    .count();
-                out.routes.push(route);
+                if cacheable {
+                    cache.by_id.insert(
+                        id.0,
+                        Box::new(Cached {
+                            uid: obj.metadata.uid.clone(),
+                            generation: obj.metadata.generation,
+                            spec: spec.clone(),
+                            service: service.cloned(),
+                            slices: slices.to_vec(),
+                            route,
+                            field_errors: report.field_errors.clone(),
+                            backend: report.backend.clone(),
+                            ready_endpoints: report.ready_endpoints,
+                            insecure_backend_tls: report.insecure_backend_tls,
+                        }),
+                    );
+                }
+                out.reports.push(report);
+                continue;
             }
-            Ok(_) => {}
-            Err(errors) => field_errors.extend(errors),
+        };
+        if let Some(route) = &cached.route {
+            let mut route = route.clone();
+            route.order = order as u64;
+            out.routes.push(route);
         }
         out.reports.push(RouteReport {
-            id,
-            namespace,
-            name,
+            id: id.clone(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
             uid: obj.metadata.uid.clone(),
             generation: obj.metadata.generation,
-            field_errors,
-            backend,
-            ready_endpoints: i32::try_from(ready_endpoints).unwrap_or(i32::MAX),
-            certificate_problems,
-            insecure_backend_tls,
+            field_errors: cached.field_errors.clone(),
+            backend: cached.backend.clone(),
+            ready_endpoints: cached.ready_endpoints,
+            certificate_problems: Vec::new(),
+            insecure_backend_tls: cached.insecure_backend_tls,
             previous: obj.status.clone(),
         });
+        cache.by_id.insert(id.0, cached);
     }
     out.routes.sort_by(|a, b| a.id.cmp(&b.id));
     out.reports.sort_by(|a, b| a.id.cmp(&b.id));
     out
+}
+
+/// One WsRoute → its route (`None` when left out) and its status inputs.
+fn translate_one(
+    id: RouteId,
+    order: usize,
+    namespace: &str,
+    name: &str,
+    obj: &WsRoute,
+    backends: &Backends,
+) -> (Option<Route>, RouteReport) {
+    let spec = &obj.spec;
+    let mut field_errors = Vec::new();
+    let (backend, specs_backends) = match (&spec.service_name, &spec.service_port) {
+        (None, _) => (BackendRef::Static, SpecBackends::Static),
+        (Some(_), None) => {
+            field_errors.push(FieldError::new(
+                "spec.servicePort",
+                "`servicePort` (a port number or name of the Service) is required with `serviceName`",
+            ));
+            (BackendRef::Service, SpecBackends::Resolved(Vec::new()))
+        }
+        (Some(service), Some(port)) => match backends.resolve(namespace, service, port) {
+            Ok(endpoints) => (BackendRef::Service, SpecBackends::Resolved(endpoints)),
+            // An unresolved backend still gets a route: clients see 503 + Retry-After (and
+            // keep reconnecting) rather than 404.
+            Err(e) => (
+                BackendRef::Unresolved(e),
+                SpecBackends::Resolved(Vec::new()),
+            ),
+        },
+    };
+    let report =
+        |field_errors, ready_endpoints: usize, certificate_problems, insecure| RouteReport {
+            id: id.clone(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: obj.metadata.uid.clone(),
+            generation: obj.metadata.generation,
+            field_errors,
+            backend: backend.clone(),
+            ready_endpoints: i32::try_from(ready_endpoints).unwrap_or(i32::MAX),
+            certificate_problems,
+            insecure_backend_tls: insecure,
+            previous: obj.status.clone(),
+        };
+    match route_from_spec(id.clone(), order as u64, spec, specs_backends) {
+        Ok(mut route) if field_errors.is_empty() => {
+            let certificate_problems = resolve_tls(
+                spec,
+                namespace,
+                &backends.secrets,
+                &mut route,
+                &mut field_errors,
+            );
+            if !field_errors.is_empty() {
+                // The spec names files: leave the route out like any invalid field.
+                return (None, report(field_errors, 0, certificate_problems, false));
+            }
+            let ready_endpoints = route
+                .endpoints
+                .iter()
+                .filter(|e| e.state == EndpointState::Ready)
+                .count();
+            let insecure = route.insecure_skip_verify;
+            (
+                Some(route),
+                report(
+                    field_errors,
+                    ready_endpoints,
+                    certificate_problems,
+                    insecure,
+                ),
+            )
+        }
+        Ok(_) => (None, report(field_errors, 0, Vec::new(), false)),
+        Err(errors) => {
+            field_errors.extend(errors);
+            (None, report(field_errors, 0, Vec::new(), false))
+        }
+    }
 }
 
 /// Resolves a route's certificate references against the Secrets of its namespace. An

@@ -5,7 +5,7 @@
 //! - `index`: reflector stores → `Vec<Route>` + one `RouteReport` per WsRoute (pure).
 //! - `status`: report + table verdict → `WsRouteStatus` (pure).
 //! - `publish`: the seam to the route table (`RoutePublisher`).
-//! - `controller`: reflectors, debounce, publish, readiness (`run`).
+//! - `controller`: reflectors, rebuild schedule, publish, readiness (`run`, `Reconcile`).
 //! - `writer` + `lease`: status patches and Events, only by the Lease holder.
 
 mod controller;
@@ -19,9 +19,10 @@ mod status;
 mod writer;
 
 pub use crate::api::crd_yaml;
-pub use controller::{run, Error, KubeConfig};
+pub use controller::{run, Error, KubeConfig, RebuildSchedule, Reconcile};
 pub use index::{
-    translate, BackendRef, GuardedRoute, InvalidRoute, RouteReport, Stores, Translation,
+    translate, translate_cached, BackendRef, GuardedRoute, InvalidRoute, RouteReport, Stores,
+    TranslateCache, Translation,
 };
 pub use lease::{decide, run_lease, LeaseConfig, LeaseDecision};
 pub use metrics::{KubeMetrics, PatchOutcome, Resource};

@@ -2,7 +2,7 @@
 //! the Service port's name) and every EndpointSlice labelled with the Service's name (the
 //! slice port of that name gives the pod port, per slice).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -29,11 +29,12 @@ pub enum Unresolved {
     },
 }
 
-/// Services and the slices of each Service, keyed by `(namespace, name)`.
+/// Services and the slices of each Service, by namespace, then Service name (nested so a
+/// lookup borrows its key: this index is rebuilt from the stores on every rebuild).
 #[derive(Clone, Debug, Default)]
 pub struct Backends {
-    pub services: BTreeMap<(String, String), Arc<Service>>,
-    pub slices: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>>,
+    pub services: HashMap<String, HashMap<String, Arc<Service>>>,
+    pub slices: HashMap<String, HashMap<String, Vec<Arc<EndpointSlice>>>>,
     /// Secrets routes may name for certificates (`tls.secretName`, `caSecretName`).
     pub secrets: super::secrets::Secrets,
 }
@@ -46,7 +47,11 @@ impl Backends {
         let mut b = Backends::default();
         for svc in services {
             if let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) {
-                b.services.insert((ns.clone(), name.clone()), svc.clone());
+                let names = match b.services.get_mut(ns.as_str()) {
+                    Some(names) => names,
+                    None => b.services.entry(ns.clone()).or_default(),
+                };
+                names.insert(name.clone(), svc.clone());
             }
         }
         for slice in slices {
@@ -56,13 +61,34 @@ impl Backends {
                 .as_ref()
                 .and_then(|l| l.get(SERVICE_NAME_LABEL));
             if let (Some(ns), Some(svc)) = (&slice.metadata.namespace, owner) {
-                b.slices
-                    .entry((ns.clone(), svc.clone()))
-                    .or_default()
-                    .push(slice.clone());
+                let services = match b.slices.get_mut(ns.as_str()) {
+                    Some(services) => services,
+                    None => b.slices.entry(ns.clone()).or_default(),
+                };
+                match services.get_mut(svc.as_str()) {
+                    Some(slices) => slices.push(slice.clone()),
+                    None => {
+                        services.insert(svc.clone(), vec![slice.clone()]);
+                    }
+                }
             }
         }
         b
+    }
+
+    /// What `resolve` reads for `service` in `namespace`: the Service and its slices.
+    pub fn inputs(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> (Option<&Arc<Service>>, &[Arc<EndpointSlice>]) {
+        (
+            self.services.get(namespace).and_then(|s| s.get(service)),
+            self.slices
+                .get(namespace)
+                .and_then(|s| s.get(service))
+                .map_or(&[][..], Vec::as_slice),
+        )
     }
 
     /// Adds the Secrets certificate references resolve against.
@@ -80,14 +106,11 @@ impl Backends {
         service: &str,
         port: &IntOrString,
     ) -> Result<Vec<Endpoint>, Unresolved> {
-        let key = (namespace.to_string(), service.to_string());
-        let svc = self
-            .services
-            .get(&key)
-            .ok_or_else(|| Unresolved::ServiceNotFound {
-                namespace: namespace.to_string(),
-                name: service.to_string(),
-            })?;
+        let (svc, slices) = self.inputs(namespace, service);
+        let svc = svc.ok_or_else(|| Unresolved::ServiceNotFound {
+            namespace: namespace.to_string(),
+            name: service.to_string(),
+        })?;
         let port_name = service_port_name(svc, port).ok_or_else(|| Unresolved::PortNotFound {
             namespace: namespace.to_string(),
             name: service.to_string(),
@@ -96,14 +119,13 @@ impl Backends {
                 IntOrString::String(s) => s.clone(),
             },
         })?;
-        let slices = self
-            .slices
-            .get(&key)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| Unresolved::NoEndpointSlices {
-                namespace: namespace.to_string(),
-                name: service.to_string(),
-            })?;
+        let slices =
+            Some(slices)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| Unresolved::NoEndpointSlices {
+                    namespace: namespace.to_string(),
+                    name: service.to_string(),
+                })?;
 
         let mut found: BTreeMap<(String, u16), EndpointState> = BTreeMap::new();
         for slice in slices {

@@ -971,3 +971,212 @@ fn default_certificate_secret_resolves() {
     assert!(t.default_certificate.is_none());
     assert!(t.default_certificate_problem.unwrap().contains("not found"));
 }
+
+/// A translation that reuses the previous one's work per WsRoute equals a fresh translation
+/// after every kind of change: slice scaled, Service port renamed, spec edited (even
+/// without a generation bump), route added and deleted, a Secret-backed route's Secret.
+#[test]
+fn cached_translation_equals_fresh_translation_after_each_change() {
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let mut other = service_route("apps", "other", "chat", IntOrString::Int(80));
+    other.metadata.creation_timestamp = Some(Time(Timestamp::from_second(900).expect("time")));
+    other.spec.upstream_path_template = "/other/{everything}".into();
+    w.route(other.clone());
+    let mut cache = TranslateCache::default();
+    let mut check = |w: &World, what: &str| {
+        let cached = w.stores().translate_cached(&mut cache);
+        assert_eq!(cached, w.translate(), "after {what}");
+        cached
+    };
+    check(&w, "first translation");
+    let t = check(&w, "nothing changed");
+    assert_eq!(w.endpoints("apps/chat"), vec![ready("10.0.0.1", 8080)]);
+    assert_eq!(report(&t, "apps/other").ready_endpoints, 1);
+
+    w.slice(slice(
+        "apps",
+        "chat-a",
+        "chat",
+        "IPv4",
+        &[(Some("http"), 8080)],
+        &[("10.0.0.1", Pod::Ready), ("10.0.0.2", Pod::Terminating)],
+    ));
+    let t = check(&w, "slice change");
+    assert_eq!(route_of(&t, "apps/chat").endpoints.len(), 2);
+
+    w.service(service("apps", "chat", &[(Some("web"), 80)]));
+    let t = check(&w, "Service port renamed");
+    assert!(matches!(
+        report(&t, "apps/chat").backend,
+        BackendRef::Service
+    ));
+    assert!(route_of(&t, "apps/chat").endpoints.is_empty());
+
+    other.spec.priority = Some(5);
+    w.route(other.clone());
+    let t = check(&w, "spec edited without a generation bump");
+    assert_eq!(route_of(&t, "apps/other").priority, 5);
+
+    let mut late = service_route("apps", "late", "chat", IntOrString::Int(80));
+    late.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1).expect("time")));
+    late.spec.upstream_path_template = "/late".into();
+    w.route(late.clone());
+    let t = check(&w, "an older route added (orders shift)");
+    assert_eq!(route_of(&t, "apps/late").order, 0);
+    w.routes.apply_watcher_event(&Event::Delete(guarded(late)));
+    check(&w, "route deleted");
+
+    let (cert, key) = pem_pair("chat.example.com");
+    let mut w = chat_world_with_tls(|_| {});
+    w.secret(tls_secret("apps", "chat-tls", &cert, &key));
+    let mut cache = TranslateCache::default();
+    let first = w.stores().translate_cached(&mut cache);
+    assert!(route_of(&first, "apps/chat").certificate.is_some());
+    w.secrets
+        .apply_watcher_event(&Event::Delete(tls_secret("apps", "chat-tls", &cert, &key)));
+    let t = w.stores().translate_cached(&mut cache);
+    assert_eq!(t, w.translate(), "after the Secret was deleted");
+    assert!(route_of(&t, "apps/chat").certificate.is_none());
+}
+
+/// The schedule: a change after a quiet period is due `coalesce` after it; one within the
+/// minimum interval of the last rebuild waits for that interval; changes while a rebuild is
+/// due join it.
+#[test]
+fn rebuild_schedule_coalesces_isolated_changes_and_rate_limits_bursts() {
+    use std::time::Duration;
+    use tokio::time::Instant;
+    let ms = Duration::from_millis;
+    let t0 = Instant::now();
+    let mut s = RebuildSchedule::new(ms(5), ms(75));
+    assert_eq!(s.due(), None);
+    s.changed(t0);
+    assert_eq!(s.due(), Some(t0 + ms(5)));
+    s.changed(t0 + ms(3));
+    assert_eq!(s.due(), Some(t0 + ms(5)), "a change joins the due rebuild");
+    s.rebuilt(t0 + ms(5));
+    s.changed(t0 + ms(10));
+    assert_eq!(
+        s.due(),
+        Some(t0 + ms(80)),
+        "within the interval: waits for it"
+    );
+    s.rebuilt(t0 + ms(80));
+    s.changed(t0 + ms(500));
+    assert_eq!(
+        s.due(),
+        Some(t0 + ms(505)),
+        "after a quiet period: coalesce only"
+    );
+}
+
+/// Driven with the real loop (paused clock): after a quiet second, one EndpointSlice change
+/// is published `coalesce` (5 ms) later, not after the 75 ms window; a burst of 50 changes
+/// 2 ms apart costs a handful of rebuilds, the last of which sees the last change.
+#[tokio::test(start_paused = true)]
+async fn isolated_change_publishes_after_coalesce_and_a_burst_rebuilds_a_few_times() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    let pods = |n: usize| -> Vec<(String, Pod)> {
+        (1..=n)
+            .map(|i| (format!("10.0.0.{i}"), Pod::Ready))
+            .collect()
+    };
+    let chat_slice = |n: usize| {
+        let p = pods(n);
+        let p: Vec<(&str, Pod)> = p.iter().map(|(ip, pod)| (ip.as_str(), *pod)).collect();
+        slice(
+            "apps",
+            "chat-a",
+            "chat",
+            "IPv4",
+            &[(Some("http"), 8080)],
+            &p,
+        )
+    };
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    // (when, endpoints of apps/chat) per publish.
+    let published: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::default();
+    let record = published.clone();
+    let publisher = move |routes: &[Route]| {
+        let mut p = record.lock().expect("lock");
+        let endpoints = routes
+            .iter()
+            .find(|r| r.id.0 == "apps/chat")
+            .map_or(0, |r| r.endpoints.len());
+        p.push((Instant::now(), endpoints));
+        crate::table::Published {
+            generation: p.len() as u64,
+            problems: Vec::new(),
+        }
+    };
+    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
+    let (statuses, _statuses_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+    let (change_tx, change_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let changes = futures_util::stream::unfold(change_rx, |mut rx| async move {
+        rx.recv().await.map(|c| (c, rx))
+    });
+    let metrics = Arc::new(KubeMetrics::default());
+    let coalesce = Duration::from_millis(5);
+    let controller = tokio::spawn(
+        Reconcile {
+            stores: w.stores(),
+            schedule: RebuildSchedule::new(coalesce, Duration::from_millis(75)),
+            publisher: Arc::new(publisher),
+            metrics: metrics.clone(),
+            readiness: ready_tx,
+            statuses,
+        }
+        .run(changes, std::future::pending()),
+    );
+    let deadline = Duration::from_secs(10);
+    tokio::time::timeout(deadline, ready_rx.wait_for(|r| *r))
+        .await
+        .expect("ready in time")
+        .expect("sender alive");
+    let count = || published.lock().expect("lock").len();
+    let last = || *published.lock().expect("lock").last().expect("a publish");
+    assert_eq!(count(), 1);
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let changed_at = Instant::now();
+    w.slice(chat_slice(2));
+    change_tx.send(()).expect("loop alive");
+    tokio::time::timeout(deadline, async {
+        while count() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("published in time");
+    let (at, endpoints) = last();
+    assert_eq!(endpoints, 2);
+    assert_eq!(
+        at - changed_at,
+        coalesce,
+        "isolated change waits only `coalesce`"
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = count();
+    let mut last_change = Instant::now();
+    for n in 3..53 {
+        w.slice(chat_slice(n));
+        change_tx.send(()).expect("loop alive");
+        last_change = Instant::now();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rebuilds = count() - before;
+    assert!(
+        (2..=3).contains(&rebuilds),
+        "{rebuilds} rebuilds for 50 changes over 100 ms (at most one per 75 ms)"
+    );
+    let (at, endpoints) = last();
+    assert_eq!(endpoints, 52, "the last rebuild sees the last change");
+    assert!(at >= last_change);
+    assert_eq!(metrics.rebuilds.get(), count() as u64);
+    controller.abort();
+}
