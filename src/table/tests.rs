@@ -1,5 +1,4 @@
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use http::Method;
 
@@ -679,7 +678,8 @@ fn empty_table_matches_nothing() {
     assert!(t.find(Some("a"), "/", None, &Method::GET).is_none());
 }
 
-/// 10,000 routes compile quickly and each is still found by its own host and path.
+/// 10,000 routes compile without problems and each is still found by its own host and
+/// path. (How fast is the benchmark's business: `cargo bench --bench control_plane`.)
 #[test]
 fn ten_thousand_routes_compile_and_match() {
     let routes: Vec<Route> = (0..10_000u64)
@@ -692,15 +692,9 @@ fn ten_thousand_routes_compile_and_match() {
             }
         })
         .collect();
-    let started = Instant::now();
     let (t, problems) = build(&routes);
     assert!(problems.is_empty());
     assert_eq!(t.routes().len(), 10_000);
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
     assert_eq!(hit(&t, None, "/svc9999/a").as_deref(), Some("r9999"));
     assert_eq!(
         hit(&t, Some("h1.example.com"), "/svc1/a").as_deref(),
