@@ -342,3 +342,54 @@ async fn idle_timeout_closes_only_quiet_sockets() {
         .unwrap();
     assert_eq!(next_msg(&mut busy).await, Message::text("still"));
 }
+
+const RAW_UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+/// A masked text frame as a client sends it (payload under 126 bytes).
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    let key = [0x11, 0x22, 0x33, 0x44];
+    let mut f = vec![0x81, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+/// Reads from `s` until `buf` holds `want` (a byte sequence) and returns everything read.
+async fn read_until(s: &mut TcpStream, buf: &mut Vec<u8>, want: &[u8]) {
+    within("bytes from the gateway", async {
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(want.len()).any(|w| w == want) {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(buf));
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+}
+
+/// An upgrade that follows a plain request on the same kept-alive connection is served
+/// too (the first request went to hyper; the upgrade is handed over from there).
+#[tokio::test]
+async fn upgrade_after_a_plain_request_on_the_same_connection_is_relayed() {
+    let (gw, _echo) = gateway_to_echo().await;
+    let mut s = TcpStream::connect(gw.server.listen_addr).await.unwrap();
+    s.write_all(b"GET /chat/lobby HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, b"\"echo\"").await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // The JSON body ends the first answer; wait for all of it before the next request.
+    read_until(&mut s, &mut got, b"}").await;
+    let mut out = format!("GET /chat/lobby HTTP/1.1\r\nHost: a\r\n{RAW_UPGRADE}\r\n").into_bytes();
+    out.extend_from_slice(&masked_text(b"second"));
+    s.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, b"\x81\x06second").await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("HTTP/1.1 101"), "{text}");
+}

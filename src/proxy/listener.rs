@@ -1,22 +1,14 @@
-//! Accepting client connections (plain, or TLS with certificates chosen by SNI) and
-//! serving HTTP/1.1 on them (hyper), with upgrades.
+//! Accepting client connections (plain, or TLS with certificates chosen by SNI); each is
+//! then served by `connection.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::service::handle;
 use super::tls::Stream;
 use super::Gateway;
-
-/// hyper's read buffer: room for a head at the 431 limit plus what arrives behind it.
-const READ_BUF_BYTES: usize = 2 * super::service::MAX_HEAD_BYTES;
-/// A client must send its whole request head within this time (slowloris guard).
-const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A client must finish its TLS handshake within this time.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,7 +48,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let gw2 = Arc::clone(&gw);
-        let mut conn_drain = gw.drain.signal();
+        let conn_drain = gw.drain.signal();
         let tls = tls.clone();
         gw.drain.spawn(async move {
             let stream = match tls {
@@ -76,21 +68,7 @@ async fn accept_loop(
                     }
                 }
             };
-            let svc = service_fn(move |req| handle(Arc::clone(&gw2), peer, proto, req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_READ_TIMEOUT)
-                .max_buf_size(READ_BUF_BYTES)
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = conn_drain.wait() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            super::connection::serve(gw2, stream, peer, proto, conn_drain).await;
         });
     }
     tracing::info!("listener stopped accepting");

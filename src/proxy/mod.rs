@@ -9,6 +9,7 @@ pub mod frame;
 pub mod relay;
 pub mod tls;
 
+mod connection;
 mod dial;
 mod error;
 mod handshake;

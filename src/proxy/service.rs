@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response};
+use http::{header, HeaderMap, HeaderValue, Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -30,9 +30,14 @@ pub struct RequestCtx {
 impl RequestCtx {
     /// What the balancer may look at in `req` (cookies, headers, query, client IP).
     pub fn pick<'a, B>(&self, req: &'a Request<B>) -> PickContext<'a> {
+        self.pick_from(req.headers(), req.uri().query())
+    }
+
+    /// `pick` from a request's headers and query string.
+    pub fn pick_from<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> PickContext<'a> {
         PickContext {
-            headers: req.headers(),
-            query: req.uri().query(),
+            headers,
+            query,
             client_ip: self.peer.ip(),
             now_ms: unix_now_ms(),
             secure: self.proto == "https",
@@ -131,7 +136,7 @@ fn head_size(req: &Request<Incoming>) -> usize {
 }
 
 /// 16 hex digits, unique enough to find one request in the logs of every hop.
-fn new_request_id() -> HeaderValue {
+pub(super) fn new_request_id() -> HeaderValue {
     use std::hash::{BuildHasher, Hasher};
     thread_local! {
         static SEED: (u64, Cell<u64>) = (
