@@ -21,6 +21,25 @@ fn status_of(resp: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// The gateway with one catch-all route to `backends`.
+async fn gateway_to(backends: &[std::net::SocketAddr]) -> Gateway {
+    Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", backends),
+    )])
+    .await
+}
+
+/// A WebSocket upgrade for `path` sent raw through `gw`; the whole answer as text.
+async fn raw_upgrade(gw: &Gateway, path: &str) -> String {
+    raw_request(
+        gw.server.listen_addr,
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
+    )
+    .await
+}
+
 /// No route: 404 with a JSON body naming host and path.
 #[tokio::test]
 async fn unmatched_request_gets_404_naming_host_and_path() {
@@ -57,11 +76,7 @@ async fn route_without_ready_endpoint_gets_503_with_retry_after() {
         e.state = EndpointState::Terminating;
     }
     let gw = Gateway::start(&[r]).await;
-    let resp = raw_request(
-        gw.server.listen_addr,
-        format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
-    )
-    .await;
+    let resp = raw_upgrade(&gw, "/x").await;
     assert_eq!(status_of(&resp), 503, "{resp}");
     assert!(
         resp.to_ascii_lowercase().contains("retry-after: 1"),
@@ -77,26 +92,12 @@ async fn refused_connects_give_502_and_retry_the_next_endpoint() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     }; // listener dropped: connects are refused
-    let gw = Gateway::start(&[route(
-        "r",
-        0,
-        &spec("/{everything}", "/{everything}", &[dead]),
-    )])
-    .await;
-    let resp = raw_request(
-        gw.server.listen_addr,
-        format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
-    )
-    .await;
+    let gw = gateway_to(&[dead]).await;
+    let resp = raw_upgrade(&gw, "/x").await;
     assert_eq!(status_of(&resp), 502, "{resp}");
 
     let echo = Echo::start("live").await;
-    let gw = Gateway::start(&[route(
-        "r",
-        0,
-        &spec("/{everything}", "/{everything}", &[dead, echo.addr]),
-    )])
-    .await;
+    let gw = gateway_to(&[dead, echo.addr]).await;
     let mut ws = connect(&gw.ws("/x?hello=1")).await;
     let first = within("hello", ws.next()).await.unwrap().unwrap();
     assert!(first.to_text().unwrap().contains("\"live\""));
@@ -133,11 +134,7 @@ async fn connect_timeout_gives_504() {
         ..Default::default()
     });
     let gw = Gateway::start(&[route("r", 0, &s)]).await;
-    let resp = raw_request(
-        gw.server.listen_addr,
-        format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
-    )
-    .await;
+    let resp = raw_upgrade(&gw, "/x").await;
     assert_eq!(status_of(&resp), 504, "{resp}");
     drop(sock);
 }
@@ -146,12 +143,7 @@ async fn connect_timeout_gives_504() {
 #[tokio::test]
 async fn malformed_handshakes_get_400_with_the_reason() {
     let echo = Echo::start("e").await;
-    let gw = Gateway::start(&[route(
-        "r",
-        0,
-        &spec("/{everything}", "/{everything}", &[echo.addr]),
-    )])
-    .await;
+    let gw = gateway_to(&[echo.addr]).await;
     let cases = [
         ("GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", "Sec-WebSocket-Key"),
         ("GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", "Sec-WebSocket-Version"),
@@ -168,12 +160,7 @@ async fn malformed_handshakes_get_400_with_the_reason() {
 #[tokio::test]
 async fn oversized_request_head_gets_431() {
     let echo = Echo::start("e").await;
-    let gw = Gateway::start(&[route(
-        "r",
-        0,
-        &spec("/{everything}", "/{everything}", &[echo.addr]),
-    )])
-    .await;
+    let gw = gateway_to(&[echo.addr]).await;
     let big = "a".repeat(100 * 1024);
     let resp = raw_request(
         gw.server.listen_addr,
@@ -187,17 +174,8 @@ async fn oversized_request_head_gets_431() {
 #[tokio::test]
 async fn backend_refusing_the_upgrade_passes_its_status_and_body() {
     let echo = Echo::start("e").await;
-    let gw = Gateway::start(&[route(
-        "r",
-        0,
-        &spec("/{everything}", "/{everything}", &[echo.addr]),
-    )])
-    .await;
-    let resp = raw_request(
-        gw.server.listen_addr,
-        format!("GET /status/403 HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
-    )
-    .await;
+    let gw = gateway_to(&[echo.addr]).await;
+    let resp = raw_upgrade(&gw, "/status/403").await;
     assert_eq!(status_of(&resp), 403, "{resp}");
     assert!(resp.contains("status 403 from e"), "{resp}");
 }
@@ -247,17 +225,8 @@ fn accept_key(request_head: &str) -> String {
 #[tokio::test]
 async fn backend_answering_garbage_to_the_upgrade_gives_502() {
     let addr = scripted_backend(|_| b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec()).await;
-    let gw = Gateway::start(&[route(
-        "r",
-        0,
-        &spec("/{everything}", "/{everything}", &[addr]),
-    )])
-    .await;
-    let resp = raw_request(
-        gw.server.listen_addr,
-        format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
-    )
-    .await;
+    let gw = gateway_to(&[addr]).await;
+    let resp = raw_upgrade(&gw, "/x").await;
     assert_eq!(status_of(&resp), 502, "{resp}");
     assert!(resp.contains("invalid response head"), "{resp}");
 }
@@ -273,17 +242,8 @@ async fn endless_upgrade_response_head_gives_502() {
         r
     })
     .await;
-    let gw = Gateway::start(&[route(
-        "r",
-        0,
-        &spec("/{everything}", "/{everything}", &[addr]),
-    )])
-    .await;
-    let resp = raw_request(
-        gw.server.listen_addr,
-        format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
-    )
-    .await;
+    let gw = gateway_to(&[addr]).await;
+    let resp = raw_upgrade(&gw, "/x").await;
     assert_eq!(status_of(&resp), 502, "{resp}");
     assert!(
         resp.contains("headers") || resp.contains("exceeds"),
@@ -302,11 +262,7 @@ async fn silent_backend_gives_504_after_the_handshake_timeout() {
         ..Default::default()
     });
     let gw = Gateway::start(&[route("r", 0, &s)]).await;
-    let resp = raw_request(
-        gw.server.listen_addr,
-        format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes(),
-    )
-    .await;
+    let resp = raw_upgrade(&gw, "/x").await;
     assert_eq!(status_of(&resp), 504, "{resp}");
     assert!(resp.contains("300"), "the answer names the limit: {resp}");
     drop(listener);
@@ -326,12 +282,7 @@ async fn informational_answer_before_101_is_skipped() {
         r
     })
     .await;
-    let gw = Gateway::start(&[route(
-        "r",
-        0,
-        &spec("/{everything}", "/{everything}", &[addr]),
-    )])
-    .await;
+    let gw = gateway_to(&[addr]).await;
     let mut ws = connect(&gw.ws("/x")).await;
     let msg = within("first message", ws.next()).await;
     assert_eq!(msg.unwrap().unwrap().into_text().unwrap(), "hi");
@@ -345,12 +296,7 @@ async fn refused_upgrade_with_chunked_body_reaches_the_client_whole() {
         b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\nWWW-Authenticate: Bearer\r\n\r\n6\r\nlogin \r\n5\r\nfirst\r\n0\r\n\r\n".to_vec()
     })
     .await;
-    let gw = Gateway::start(&[route(
-        "r",
-        0,
-        &spec("/{everything}", "/{everything}", &[addr]),
-    )])
-    .await;
+    let gw = gateway_to(&[addr]).await;
     let resp = within("refusal", async {
         let mut s = TcpStream::connect(gw.server.listen_addr).await.unwrap();
         s.write_all(format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes())
@@ -414,12 +360,7 @@ async fn plain_http_is_proxied_with_the_rewritten_path() {
 #[tokio::test]
 async fn server_sent_events_stream_through_one_by_one() {
     let echo = Echo::start("e").await;
-    let gw = Gateway::start(&[route(
-        "r",
-        0,
-        &spec("/{everything}", "/{everything}", &[echo.addr]),
-    )])
-    .await;
+    let gw = gateway_to(&[echo.addr]).await;
     let stream = TcpStream::connect(gw.server.listen_addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -453,12 +394,7 @@ async fn server_sent_events_stream_through_one_by_one() {
 #[tokio::test]
 async fn long_poll_is_held_open_and_answered() {
     let echo = Echo::start("e").await;
-    let gw = Gateway::start(&[route(
-        "r",
-        0,
-        &spec("/{everything}", "/{everything}", &[echo.addr]),
-    )])
-    .await;
+    let gw = gateway_to(&[echo.addr]).await;
     let started = std::time::Instant::now();
     let (status, body) = http_get(&gw.http("/hub/poll?hold_ms=700")).await;
     assert_eq!(status, 200);
@@ -473,12 +409,7 @@ async fn long_poll_is_held_open_and_answered() {
 #[tokio::test]
 async fn admin_endpoints_answer() {
     let echo = Echo::start("e").await;
-    let gw = Gateway::start(&[route(
-        "r",
-        0,
-        &spec("/{everything}", "/{everything}", &[echo.addr]),
-    )])
-    .await;
+    let gw = gateway_to(&[echo.addr]).await;
     let admin = format!("http://{}", gw.server.admin_addr);
     assert_eq!(http_get(&format!("{admin}/healthz")).await.0, 200);
     assert_eq!(http_get(&format!("{admin}/readyz")).await.0, 200);

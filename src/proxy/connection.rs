@@ -396,13 +396,18 @@ async fn serve_hyper(
     }
 }
 
-/// A client stream with the bytes already read from it put back in front.
+/// A stream with the bytes already read from it put back in front (a client's first
+/// request for hyper; a backend's refusal for hyper's client in `upgrade.rs`).
 pub struct Prefixed {
     prefix: Bytes,
     inner: Stream,
 }
 
 impl Prefixed {
+    pub fn new(prefix: Bytes, inner: Stream) -> Self {
+        Prefixed { prefix, inner }
+    }
+
     /// The stream and every byte read from it but not consumed: `consumed_rest` (what hyper
     /// buffered past the head) first, then what hyper never read of the prefix.
     pub fn into_parts(self, consumed_rest: Bytes) -> (Stream, Bytes) {

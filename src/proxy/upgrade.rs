@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::connection::Prefixed;
 use super::tls::Stream;
 use super::Error;
 
@@ -214,8 +215,7 @@ async fn refused(
         reason: e.to_string(),
     };
     let replay = Replay {
-        read,
-        inner: stream,
+        read: Prefixed::new(read, stream),
         request_written: false,
         reader: None,
     };
@@ -235,12 +235,11 @@ async fn refused(
     Ok(Answer::Refused(resp))
 }
 
-/// Reads `read` first, then `inner`; swallows writes. Nothing is readable before hyper
-/// has written its request: an idle hyper client treats bytes it did not ask for as an
-/// error and drops the connection.
+/// Reads what was read already, then the stream (`Prefixed`); swallows writes. Nothing is
+/// readable before hyper has written its request: an idle hyper client treats bytes it did
+/// not ask for as an error and drops the connection.
 struct Replay {
-    read: Bytes,
-    inner: Stream,
+    read: Prefixed,
     request_written: bool,
     reader: Option<std::task::Waker>,
 }
@@ -256,12 +255,7 @@ impl AsyncRead for Replay {
             this.reader = Some(cx.waker().clone());
             return Poll::Pending;
         }
-        if !this.read.is_empty() {
-            let n = this.read.len().min(buf.remaining());
-            buf.put_slice(&this.read.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        Pin::new(&mut this.read).poll_read(cx, buf)
     }
 }
 
@@ -284,7 +278,7 @@ impl AsyncWrite for Replay {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().read).poll_shutdown(cx)
     }
 }
 
