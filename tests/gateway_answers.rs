@@ -57,6 +57,7 @@ async fn unmatched_request_gets_404_naming_host_and_path() {
     .await;
     assert_eq!(status_of(&resp), 404, "{resp}");
     assert!(resp.contains("application/json"));
+    assert!(resp.to_ascii_lowercase().contains("\r\ndate: "), "{resp}");
     assert!(
         resp.contains("a.example") && resp.contains("/nowhere"),
         "{resp}"

@@ -319,7 +319,15 @@ async fn write_error(client: &mut Stream, e: &Error, request_id: &str) {
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     let mut out = response_head(parts.status, &parts.headers);
-    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    // As hyper would: an answer of our own carries the date it was made.
+    out.extend_from_slice(
+        format!(
+            "date: {}\r\ncontent-length: {}\r\n",
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+            body.len()
+        )
+        .as_bytes(),
+    );
     out.extend_from_slice(b"connection: close\r\n\r\n");
     out.extend_from_slice(&body);
     let _ = client.write_all(&out).await;
