@@ -4,7 +4,6 @@
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use support::*;
@@ -67,9 +66,10 @@ async fn demo_serves_websocket_and_http_then_stops_on_sigint() {
     let admin = free_port();
     let listen = format!("127.0.0.1:{port}");
     let admin_listen = format!("127.0.0.1:{admin}");
+    let dir = tempfile::tempdir().unwrap();
     let mut demo = Process::start(
         &["demo", "--listen", &listen, "--admin-listen", &admin_listen],
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        dir.path(),
     );
     let url = format!("ws://{listen}/chat/lobby");
     let mut ws = eventually_async("the demo accepting", DEADLINE, || async {
@@ -106,14 +106,6 @@ async fn demo_serves_websocket_and_http_then_stops_on_sigint() {
         }
     }
     while let Some(Ok(_)) = within("end", ws.next()).await {}
-    let status = within("demo exit", async {
-        loop {
-            if let Some(s) = demo.child.try_wait().unwrap() {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = demo.exit_status().await;
     assert!(status.success(), "{status:?}");
 }

@@ -782,6 +782,9 @@ struct Proc {
     name: String,
     child: Child,
     addrs: BTreeMap<String, SocketAddr>,
+    /// Its stderr lines; disconnected once the process has exited and closed stderr.
+    /// (In a Mutex only so that `Proc` is `Sync` for the tasks that share the environment.)
+    lines: std::sync::Mutex<mpsc::Receiver<String>>,
 }
 
 impl Proc {
@@ -811,11 +814,13 @@ impl Proc {
             name: name.to_string(),
             child,
             addrs: BTreeMap::new(),
+            lines: std::sync::Mutex::new(lines),
         };
         let deadline = std::time::Instant::now() + STEP;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match lines.recv_timeout(left) {
+            let line = proc.lines.lock().expect("lines").recv_timeout(left);
+            match line {
                 Ok(line) => {
                     if let Some(addrs) = bound_addrs(&line, addr_fields) {
                         proc.addrs = addrs;
@@ -842,15 +847,20 @@ impl Proc {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM {pid} ({}) failed", self.name);
+        // Exiting closes its stderr, which ends the reader thread and this channel.
         let deadline = std::time::Instant::now() + STEP;
-        while self.child.try_wait().expect("try_wait").is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} did not exit after SIGTERM",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let lines = self.lines.get_mut().expect("lines");
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("{} did not exit after SIGTERM", self.name)
+                }
+            }
         }
+        self.child.wait().expect("reap the exited process");
     }
 }
 

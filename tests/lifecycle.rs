@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use support::*;
@@ -157,15 +156,7 @@ async fn sigterm_sends_close_1001_to_every_socket_and_exits_zero() {
             }
         }
     }
-    let code = within("process exit", async {
-        loop {
-            if let Some(status) = gw.process.child.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let code = gw.process.exit_status().await;
     assert!(code.success(), "exit status {code:?}");
 }
 

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -227,32 +227,36 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
     .await
 }
 
-/// The built `wsgate` binary, started with arguments; killed on drop.
+/// The built `wsgate` binary, started with arguments; killed on drop. Its output goes to
+/// `wsgate.log` in the working directory (a pipe nobody reads would fill and stall it).
 pub struct Process {
-    pub child: Child,
+    pub child: tokio::process::Child,
 }
 
 impl Process {
+    /// Must run inside the tokio runtime (the child is reaped by it).
     pub fn start(args: &[&str], dir: &Path) -> Process {
-        let child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        let log = std::fs::File::create(dir.join("wsgate.log")).expect("create wsgate.log");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
             .args(args)
             .current_dir(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(Stdio::from(log.try_clone().expect("clone log file")))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
             .spawn()
             .expect("start wsgate binary");
         Process { child }
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.child.id().expect("process still running") as i32
     }
-}
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Waits (within the deadline) for the process to exit by itself.
+    pub async fn exit_status(&mut self) -> std::process::ExitStatus {
+        within("wsgate process exit", self.child.wait())
+            .await
+            .expect("wait for wsgate")
     }
 }
 
