@@ -78,15 +78,15 @@ async fn answer(
     drain: &mut DrainSignal,
 ) -> Option<ReadyToRelay> {
     let mut buf = BytesMut::with_capacity(2048);
-    let head_len = tokio::select! {
+    let head = tokio::select! {
         read = tokio::time::timeout(HEAD_READ_TIMEOUT, read_head(&mut stream, &mut buf)) => match read {
-            Ok(Ok(len)) => len,
+            Ok(Ok(head)) => head,
             // The client went away, or never finished its head.
             Ok(Err(_)) | Err(_) => return None,
         },
         _ = drain.wait() => return None,
     };
-    match head_len.and_then(|len| DirectUpgrade::parse(&mut buf, len)) {
+    match head.and_then(|head| DirectUpgrade::take(&mut buf, head)) {
         Some(upgrade) => answer_upgrade(&gw, stream, upgrade, peer, proto).await,
         None => {
             let io = Prefixed {
@@ -99,15 +99,55 @@ async fn answer(
     }
 }
 
-/// Reads until `buf` holds a complete request head (`Some(len)`), or until it is clear this
+/// A complete first request head, parsed once.
+struct Head {
+    len: usize,
+    /// Where its parts lie when it is a GET/1.1 in origin form, the only shape served
+    /// directly.
+    direct: Option<DirectSpans>,
+}
+
+/// Positions in the read buffer, so the parse's borrows need not outlive it.
+struct DirectSpans {
+    target: std::ops::Range<usize>,
+    headers: Vec<(HeaderName, std::ops::Range<usize>)>,
+}
+
+impl DirectSpans {
+    fn of(req: &httparse::Request<'_, '_>, base: usize) -> Option<DirectSpans> {
+        if req.method != Some("GET") || req.version != Some(1) {
+            return None;
+        }
+        let path = req.path.filter(|p| p.starts_with('/'))?;
+        let span = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            start..start + s.len()
+        };
+        let mut headers = Vec::with_capacity(req.headers.len());
+        for h in req.headers.iter() {
+            headers.push((
+                HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+                span(h.value),
+            ));
+        }
+        Some(DirectSpans {
+            target: span(path.as_bytes()),
+            headers,
+        })
+    }
+}
+
+/// Reads until `buf` holds a complete request head (`Some`), or until it is clear this
 /// connection is for hyper (`None`: malformed, too many headers, or over the size limit).
-async fn read_head(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+async fn read_head(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<Option<Head>> {
     loop {
         if !buf.is_empty() {
             let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            match httparse::Request::new(&mut slots).parse(buf) {
+            let mut req = httparse::Request::new(&mut slots);
+            match req.parse(buf) {
                 Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => {
-                    return Ok(Some(len))
+                    let direct = DirectSpans::of(&req, buf.as_ptr() as usize);
+                    return Ok(Some(Head { len, direct }));
                 }
                 Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => {}
                 Ok(_) | Err(_) => return Ok(None),
@@ -131,28 +171,25 @@ struct DirectUpgrade {
 }
 
 impl DirectUpgrade {
-    /// `Some` when the head in `buf[..len]` is a GET/1.1 WebSocket upgrade that passes
-    /// `handshake::validate`; everything else is left to hyper and the service.
-    fn parse(buf: &mut BytesMut, len: usize) -> Option<DirectUpgrade> {
-        let base = buf.as_ptr() as usize;
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut slots);
-        req.parse(&buf[..len]).ok()?;
-        if req.method != Some("GET") || req.version != Some(1) {
+    /// `Some` when `head` (in `buf`) is a GET/1.1 WebSocket upgrade that passes
+    /// `handshake::validate`; everything else is left to hyper and the service, with `buf`
+    /// as it was.
+    fn take(buf: &mut BytesMut, head: Head) -> Option<DirectUpgrade> {
+        let Head { len, direct } = head;
+        let DirectSpans {
+            target,
+            headers: spans,
+        } = direct?;
+        // Plain requests leave here with `buf` untouched; only upgrades build a header map.
+        let asks_websocket = spans.iter().any(|(name, span)| {
+            name == header::UPGRADE
+                && buf[span.clone()]
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        });
+        if !asks_websocket {
             return None;
         }
-        let path = req.path?;
-        if !path.starts_with('/') {
-            return None;
-        }
-        let target_start = path.as_ptr() as usize - base;
-        let mut spans = Vec::with_capacity(req.headers.len());
-        for h in req.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-            let start = h.value.as_ptr() as usize - base;
-            spans.push((name, start..start + h.value.len()));
-        }
-        let target = target_start..target_start + path.len();
         let rest = buf.split_off(len);
         let head = std::mem::take(buf).freeze();
         let mut headers = HeaderMap::with_capacity(spans.len());
@@ -166,10 +203,10 @@ impl DirectUpgrade {
             }
         }
         if !values_ok
-            || !handshake::is_websocket_upgrade(&headers)
             || handshake::validate(&Method::GET, http::Version::HTTP_11, &headers).is_err()
         {
-            // Not ours after all: put the bytes back together for hyper.
+            // A malformed upgrade: hyper and the service answer it (400 naming the part),
+            // so the bytes go back together as they came.
             drop(headers);
             let mut whole = BytesMut::from(&head[..]);
             whole.extend_from_slice(&rest);
