@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Two wsgate builds and nginx side by side on one scenario: proxy CPU and system calls per
+# operation, a few short rounds, targets alternating. For checking one change quickly; the
+# full comparison is run.sh. Used for the handshake-path rows of bench/RESULTS.md.
+#
+#   bench/pair.sh BEFORE_BIN AFTER_BIN SCENARIO [LOADGEN ARGS...]
+#   e.g. bench/pair.sh /tmp/wsgate-old target/release/wsgate handshakes --conns 8 --size 64
+#
+# ROUNDS (default 3) and SECS (measured seconds per run, default 3) adjust it. Pinning as in
+# run.sh: proxies on core 0, echo backend and load generator on core 1. System calls need
+# `perf stat` (root or perf_event_paranoid <= 1).
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+[ $# -ge 3 ] || { sed -n '2,11p' "$0"; exit 2; }
+BEFORE=$1 AFTER=$2 SCENARIO=$3
+shift 3
+LOADGEN=${LOADGEN_BIN:-$BENCH_DIR/target/release/loadgen}
+ROUNDS=${ROUNDS:-3} SECS=${SECS:-3}
+BASE=${BENCH_PORT_BASE:-19200}
+ECHO_PORT=$((BASE + 1))
+command -v nginx >/dev/null || { echo "pair.sh: needs nginx (apt-get install nginx)" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/wsgate-pair.XXXXXX)
+PIDS=()
+stop_all() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+}
+trap stop_all EXIT
+ulimit -n "$(ulimit -Hn)"
+mkdir -p "$WORK/nginx/tmp"
+sed -e "s|@ECHO_PORT@|$ECHO_PORT|" "$BENCH_DIR/peers/wsgate-routes.yaml.in" >"$WORK/routes.yaml"
+sed -e "s|@PREFIX@|$WORK/nginx|g" -e "s|@ECHO_PORT@|$ECHO_PORT|g" -e "s|@LISTEN_PORT@|$((BASE + 6))|g" \
+    -e "s|@NOFILE@|$(ulimit -n)|g" -e "s|@WORKER_CONNECTIONS@|4096|g" \
+    "$BENCH_DIR/peers/nginx.conf.in" >"$WORK/nginx/nginx.conf"
+
+taskset -c 1 "$AFTER" echo --listen "127.0.0.1:$ECHO_PORT" >/dev/null 2>&1 &
+PIDS+=($!)
+declare -A PORT PID
+start_wsgate() { # name binary port
+    RUST_LOG=warn taskset -c 0 "$2" run --routes "$WORK/routes.yaml" --listen "127.0.0.1:$3" \
+        --admin-listen "127.0.0.1:$(($3 + 1))" >"$WORK/$1.log" 2>&1 &
+    PID[$1]=$!
+    PORT[$1]=$3
+    PIDS+=($!)
+}
+start_wsgate before "$BEFORE" $((BASE + 2))
+start_wsgate after "$AFTER" $((BASE + 4))
+taskset -c 0 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" -g 'daemon off;' &
+PIDS+=($!)
+NGINX_MASTER=$!
+PORT[nginx]=$((BASE + 6))
+for t in before after nginx; do
+    for _ in $(seq 50); do
+        taskset -c 1 "$LOADGEN" handshakes --url "ws://127.0.0.1:${PORT[$t]}/probe" --target probe \
+            --conns 1 --warmup 0s --duration 0.1s >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+done
+PID[nginx]=$(tr ' ' '\n' <"/proc/$NGINX_MASTER/task/$NGINX_MASTER/children" | sed -n 1p)
+
+cpu_ns() { awk '{t += $1} END {printf "%.0f", t}' /proc/"$1"/task/*/schedstat; }
+for round in $(seq "$ROUNDS"); do
+    for t in before after nginx; do
+        pid=${PID[$t]}
+        c0=$(cpu_ns "$pid")
+        perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$WORK/perf.$t" >/dev/null 2>&1 &
+        perf_pid=$!
+        out=$(taskset -c 1 "$LOADGEN" "$SCENARIO" "$@" --warmup 1s --duration "${SECS}s" \
+            --url "ws://127.0.0.1:${PORT[$t]}/bench" --target "$t")
+        c1=$(cpu_ns "$pid")
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        python3 - "$round" "$t" "$out" $((c1 - c0)) "$WORK/perf.$t" <<'PY'
+import json, sys
+rnd, target, out, cpu_ns, perf = sys.argv[1:]
+r = json.loads(out.strip().splitlines()[-1])
+ops = r.get("total_messages") or r.get("total_cycles") or 0
+rate = r.get("msgs_per_s") or r.get("per_s") or r.get("achieved_rate") or 0
+calls = None
+try:
+    for line in open(perf):
+        f = line.strip().split(",")
+        if len(f) > 2 and f[2] == "raw_syscalls:sys_enter" and f[0].isdigit():
+            calls = int(f[0])
+except OSError:
+    pass
+per = f"{calls / ops:.2f}" if calls is not None and ops else "—"
+p99 = (r.get("rtt_us") or r.get("cycle_us") or {}).get("p99")
+print(f"round {rnd} {target:6s} {rate:>10,.0f}/s  p99 {p99} µs  proxy CPU {int(cpu_ns) / 1e3 / max(ops, 1):.2f} µs/op  system calls {per}/op")
+PY
+    done
+done
