@@ -480,46 +480,56 @@ struct Tcp {
 impl Transport for Tcp {
     fn poll_step(&mut self, cx: &mut Context<'_>, up: &mut Half, down: &mut Half) -> Poll<()> {
         let (client, upstream) = (&self.client, &self.upstream);
-        if up.wants_read() {
-            if let Poll::Ready(r) = client.poll_read_ready(cx) {
-                if r.is_err() {
-                    up.src_done = true;
-                }
-                read_and_forward(client, upstream, up, CLIENT_DIED);
-                return Poll::Ready(());
-            }
+        // One move per step, reads first; each check registers its waker when not ready.
+        if read_when_ready(cx, client, upstream, up, CLIENT_DIED)
+            || read_when_ready(cx, upstream, client, down, UPSTREAM_DIED)
+            || flush_when_ready(cx, upstream, up)
+            || flush_when_ready(cx, client, down)
+        {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
-        if down.wants_read() {
-            if let Poll::Ready(r) = upstream.poll_read_ready(cx) {
-                if r.is_err() {
-                    down.src_done = true;
-                }
-                read_and_forward(upstream, client, down, UPSTREAM_DIED);
-                return Poll::Ready(());
-            }
-        }
-        if up.has_backlog() {
-            if let Poll::Ready(r) = upstream.poll_write_ready(cx) {
-                if r.is_err() {
-                    up.dst_dead = true;
-                }
-                up.flush(upstream);
-                up.shut_if_done(upstream);
-                return Poll::Ready(());
-            }
-        }
-        if down.has_backlog() {
-            if let Poll::Ready(r) = client.poll_write_ready(cx) {
-                if r.is_err() {
-                    down.dst_dead = true;
-                }
-                down.flush(client);
-                down.shut_if_done(client);
-                return Poll::Ready(());
-            }
-        }
-        Poll::Pending
     }
+}
+
+/// If `half` wants to read and `src` is readable: one read, forwarded to `dst`.
+#[inline]
+fn read_when_ready(
+    cx: &mut Context<'_>,
+    src: &TcpStream,
+    dst: &TcpStream,
+    half: &mut Half,
+    died_code: (u16, &'static str),
+) -> bool {
+    if !half.wants_read() {
+        return false;
+    }
+    let Poll::Ready(r) = src.poll_read_ready(cx) else {
+        return false;
+    };
+    if r.is_err() {
+        half.src_done = true;
+    }
+    read_and_forward(src, dst, half, died_code);
+    true
+}
+
+/// If `half` has a backlog and `dst` is writable: flush it, then pass a half-close on.
+#[inline]
+fn flush_when_ready(cx: &mut Context<'_>, dst: &TcpStream, half: &mut Half) -> bool {
+    if !half.has_backlog() {
+        return false;
+    }
+    let Poll::Ready(r) = dst.poll_write_ready(cx) else {
+        return false;
+    };
+    if r.is_err() {
+        half.dst_dead = true;
+    }
+    half.flush(dst);
+    half.shut_if_done(dst);
+    true
 }
 
 /// Any byte streams (TLS on either side).
