@@ -121,6 +121,10 @@ struct RunArgs {
     /// How often routes files are checked for changes.
     #[arg(long, env = "WSGATE_RELOAD_INTERVAL", default_value = "1s", value_parser = duration)]
     reload_interval: Duration,
+    /// Worker threads. Default: one per CPU this process may use (CPU affinity and the
+    /// container's CPU limit). With 1, every connection runs on a single-threaded runtime.
+    #[arg(long, env = "WSGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -146,10 +150,11 @@ fn duration_or_zero(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = match &cli.command {
+        Command::Run(args) => args.workers.map(usize::from),
+        _ => None,
+    };
+    let runtime = match build_runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -163,6 +168,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// With one worker (the default on one CPU, e.g. a pod limited to one CPU) a current-thread
+/// runtime: no work-stealing queues, idle-worker bookkeeping or cross-thread wake-ups on
+/// each socket event. bench/RESULTS.md has what that saves per message.
+fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.enable_all().build()
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -59,6 +59,14 @@ fn check_names_a_missing_file() {
     assert!(out.contains("no/such/routes.yaml"), "{out}");
 }
 
+/// `--workers 0` is refused before anything starts, naming the flag.
+#[test]
+fn zero_workers_is_refused_naming_the_flag() {
+    let (code, out) = wsgate(&["run", "--workers", "0", "--routes", "no/such/routes.yaml"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--workers"), "{out}");
+}
+
 /// `wsgate demo` serves its built-in routes to the echo backend and stops cleanly on Ctrl-C.
 #[tokio::test]
 async fn demo_serves_websocket_and_http_then_stops_on_sigint() {

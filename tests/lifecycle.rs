@@ -110,6 +110,17 @@ async fn echo_round_trip(ws: &mut Ws, text: &str) {
 /// SIGTERM: readiness fails first, every WebSocket gets Close 1001, the process exits 0.
 #[tokio::test]
 async fn sigterm_sends_close_1001_to_every_socket_and_exits_zero() {
+    sigterm_drains(&[]).await;
+}
+
+/// The same with one worker, which runs everything on a current-thread runtime (the
+/// default on one CPU): relaying, the admin server, signals and the drain share one thread.
+#[tokio::test]
+async fn one_worker_relays_and_drains_like_many() {
+    sigterm_drains(&["--workers", "1"]).await;
+}
+
+async fn sigterm_drains(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let echo = Echo::start("e").await;
     std::fs::write(
@@ -117,11 +128,9 @@ async fn sigterm_sends_close_1001_to_every_socket_and_exits_zero() {
         routes_yaml(&[("all", "/{everything}", "/{everything}", echo.addr)]),
     )
     .unwrap();
-    let mut gw = start_binary(
-        dir.path(),
-        &["--shutdown-delay", "300ms", "--drain-timeout", "5s"],
-    )
-    .await;
+    let mut args = vec!["--shutdown-delay", "300ms", "--drain-timeout", "5s"];
+    args.extend_from_slice(extra);
+    let mut gw = start_binary(dir.path(), &args).await;
     let mut sockets = Vec::new();
     for i in 0..3 {
         let mut ws = connect(&format!("ws://{}/s{i}", gw.listen)).await;

@@ -461,6 +461,13 @@ where
     progress
 }
 
+/// Both directions ended: each source closed and the close passed on, or both Close frames
+/// went through — then the close handshake is complete, and as the server side towards the
+/// client we close the TCP connection now (RFC 6455 §7.1.1) instead of waiting for FINs.
+fn relay_done(up: &Half, down: &Half) -> bool {
+    (up.finished() && down.finished()) || (up.closed_and_flushed() && down.closed_and_flushed())
+}
+
 /// The two connections of a relay and how bytes move between them.
 trait Transport {
     /// Moves whatever can move now; `Ready` once anything changed, else `Pending` with
@@ -480,12 +487,20 @@ struct Tcp {
 impl Transport for Tcp {
     fn poll_step(&mut self, cx: &mut Context<'_>, up: &mut Half, down: &mut Half) -> Poll<()> {
         let (client, upstream) = (&self.client, &self.upstream);
-        // One move per step, reads first; each check registers its waker when not ready.
-        if read_when_ready(cx, client, upstream, up, CLIENT_DIED)
-            || read_when_ready(cx, upstream, client, down, UPSTREAM_DIED)
-            || flush_when_ready(cx, upstream, up)
-            || flush_when_ready(cx, client, down)
+        // Moves until nothing can move, so one wake-up is one step however many sockets
+        // became ready; each check registers its waker when not ready. Bounded: a read or
+        // flush clears the readiness it used unless it moved a full buffer, and tokio's
+        // cooperative budget ends the loop (Pending plus a wake-up) after enough moves.
+        let mut moved = false;
+        while !relay_done(up, down)
+            && (read_when_ready(cx, client, upstream, up, CLIENT_DIED)
+                || read_when_ready(cx, upstream, client, down, UPSTREAM_DIED)
+                || flush_when_ready(cx, upstream, up)
+                || flush_when_ready(cx, client, down))
         {
+            moved = true;
+        }
+        if moved {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -639,13 +654,7 @@ async fn run<T: Transport>(
     let mut linger_timer: Option<Pin<Box<Sleep>>> = None;
 
     let end = loop {
-        if up.finished() && down.finished() {
-            break RelayEnd::Closed;
-        }
-        if up.closed_and_flushed() && down.closed_and_flushed() {
-            // Both Close frames went through: the close handshake is complete, and as the
-            // server side towards the client we close the TCP connection now (RFC 6455
-            // §7.1.1) instead of waiting for the peers' FINs.
+        if relay_done(&up, &down) {
             break RelayEnd::Closed;
         }
         if linger_timer.is_none() && (up.src_done || down.src_done || (up.discard && down.discard))
