@@ -63,20 +63,23 @@ PID[nginx]=$(tr ' ' '\n' <"/proc/$NGINX_MASTER/task/$NGINX_MASTER/children" | se
 cpu_ns() { awk '{t += $1} END {printf "%.0f", t}' /proc/"$1"/task/*/schedstat; }
 # Times the proxy went to sleep and was woken (voluntary context switches, all threads).
 sleeps() { awk '/^voluntary_ctxt_switches/ {t += $2} END {print t}' /proc/"$1"/task/*/status; }
+# User-space clock ticks, all threads (the kernel's tick sampling: coarse, fine over seconds).
+uticks() { awk '{t += $14} END {print t}' /proc/"$1"/task/*/stat; }
+sticks() { awk '{t += $15} END {print t}' /proc/"$1"/task/*/stat; }
 for round in $(seq "$ROUNDS"); do
     for t in before after nginx; do
         pid=${PID[$t]}
-        c0=$(cpu_ns "$pid") s0=$(sleeps "$pid")
+        c0=$(cpu_ns "$pid") s0=$(sleeps "$pid") u0=$(uticks "$pid") k0=$(sticks "$pid")
         perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$WORK/perf.$t" >/dev/null 2>&1 &
         perf_pid=$!
         out=$(taskset -c 1 "$LOADGEN" "$SCENARIO" "$@" --warmup 1s --duration "${SECS}s" \
             --url "ws://127.0.0.1:${PORT[$t]}/bench" --target "$t")
-        c1=$(cpu_ns "$pid") s1=$(sleeps "$pid")
+        c1=$(cpu_ns "$pid") s1=$(sleeps "$pid") u1=$(uticks "$pid") k1=$(sticks "$pid")
         kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" 2>/dev/null || true
-        python3 - "$round" "$t" "$out" $((c1 - c0)) "$WORK/perf.$t" $((s1 - s0)) <<'PY'
+        python3 - "$round" "$t" "$out" $((c1 - c0)) "$WORK/perf.$t" $((s1 - s0)) $((u1 - u0)) $((k1 - k0)) <<'PY'
 import json, sys
-rnd, target, out, cpu_ns, perf, sleeps = sys.argv[1:]
+rnd, target, out, cpu_ns, perf, sleeps, uticks, kticks = sys.argv[1:]
 r = json.loads(out.strip().splitlines()[-1])
 ops = r.get("total_messages") or r.get("total_cycles") or 0
 rate = r.get("msgs_per_s") or r.get("per_s") or r.get("achieved_rate") or 0
@@ -90,7 +93,7 @@ except OSError:
     pass
 per = f"{calls / ops:.2f}" if calls is not None and ops else "—"
 p99 = (r.get("rtt_us") or r.get("cycle_us") or {}).get("p99")
-print(f"round {rnd} {target:6s} {rate:>10,.0f}/s  p99 {p99} µs  proxy CPU {int(cpu_ns) / 1e3 / max(ops, 1):.2f} µs/op  system calls {per}/op  sleeps {int(sleeps) / max(ops, 1):.2f}/op")
+print(f"round {rnd} {target:6s} {rate:>10,.0f}/s  p99 {p99} µs  proxy CPU {int(cpu_ns) / 1e3 / max(ops, 1):.2f} µs/op  system calls {per}/op  sleeps {int(sleeps) / max(ops, 1):.2f}/op  user {100 * int(uticks) / max(int(uticks) + int(kticks), 1):.1f}%")
 PY
     done
 done

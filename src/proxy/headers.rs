@@ -25,8 +25,19 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Removes hop-by-hop headers, including any named in `Connection`, and `Upgrade`
 /// (the caller re-adds `Upgrade: websocket` where it belongs).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Tokens removed anyway (or not header names) are skipped, so the usual
-    // `Connection: Upgrade` costs no allocation.
+    for name in connection_listed(headers).iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::UPGRADE || HOP_BY_HOP.contains(name)
+}
+
+/// The header names listed in `Connection`, apart from tokens removed anyway (or not header
+/// names), so the usual `Connection: Upgrade` costs no allocation.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut listed: Vec<HeaderName> = Vec::new();
     for token in headers
         .get_all(header::CONNECTION)
@@ -45,10 +56,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             listed.push(name);
         }
     }
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
+    listed
 }
 
 /// Whether a comma-separated header contains `token` (case-insensitive).
@@ -70,31 +78,64 @@ pub struct Forwarded<'a> {
     pub request_id: &'a HeaderValue,
 }
 
-/// Prepares a request's headers for the backend: hop-by-hop removed, `Host` set to the
-/// backend (Ocelot's behaviour; the original goes to `X-Forwarded-Host`), the client's IP
-/// appended to `X-Forwarded-For` (so ASP.NET's ForwardedHeaders, which trusts the last
-/// hop, sees the real client), `X-Forwarded-Proto` and `X-Request-Id` set.
+/// Prepares a request's headers for the backend, in place (the HTTP path); the rules are
+/// `for_upstream`'s.
 pub fn to_upstream(headers: &mut HeaderMap, backend_authority: &str, fwd: &Forwarded<'_>) {
-    strip_hop_by_hop(headers);
+    let mut out = HeaderMap::with_capacity(headers.len() + 4);
+    for_upstream(headers, backend_authority, fwd, |name, value| {
+        out.append(name.clone(), value.clone());
+    });
+    *headers = out;
+}
+
+/// The headers a request carries to the backend, handed to `emit` one by one without
+/// touching `headers` (the WebSocket path writes them straight into the request head, and
+/// the balancer may still be reading the client's originals): hop-by-hop removed (as
+/// `strip_hop_by_hop`), `Host` set to the backend (Ocelot's behaviour; the original goes to
+/// `X-Forwarded-Host`), the client's IP appended to `X-Forwarded-For` (so ASP.NET's
+/// ForwardedHeaders, which trusts the last hop, sees the real client), `X-Forwarded-Proto`
+/// and `X-Request-Id` set. Headers the rules replace come last.
+pub fn for_upstream(
+    headers: &HeaderMap,
+    backend_authority: &str,
+    fwd: &Forwarded<'_>,
+    mut emit: impl FnMut(&HeaderName, &HeaderValue),
+) {
+    let listed = connection_listed(headers);
+    let replaced = |name: &HeaderName| {
+        name == header::HOST
+            || *name == X_FORWARDED_FOR
+            || *name == X_FORWARDED_PROTO
+            || *name == X_REQUEST_ID
+            || (fwd.host.is_some() && *name == X_FORWARDED_HOST)
+    };
+    for (name, value) in headers {
+        if is_hop_by_hop(name) || listed.contains(name) || replaced(name) {
+            continue;
+        }
+        emit(name, value);
+    }
     if let Ok(v) = HeaderValue::from_str(backend_authority) {
-        headers.insert(header::HOST, v);
+        emit(&header::HOST, &v);
     }
     let ip = fwd.client_ip.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    // A `Connection`-listed X-Forwarded-For was meant for this hop only.
+    let prev = match listed.contains(&X_FORWARDED_FOR) {
+        true => None,
+        false => headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
+    };
+    let xff = match prev {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
         _ => ip,
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        emit(&X_FORWARDED_FOR, &v);
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(fwd.proto),
-    );
+    emit(&X_FORWARDED_PROTO, &HeaderValue::from_static(fwd.proto));
     if let Some(host) = fwd.host {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        emit(&X_FORWARDED_HOST, host);
     }
-    headers.insert(X_REQUEST_ID.clone(), fwd.request_id.clone());
+    emit(&X_REQUEST_ID, fwd.request_id);
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::connection::Prefixed;
+use super::headers::{for_upstream, Forwarded};
 use super::tls::Stream;
 use super::Error;
 
@@ -41,15 +42,17 @@ pub enum Answer {
     Refused(Response<Incoming>),
 }
 
-/// Sends `GET target` with `headers` over `stream` and reads the answer, all within `wait`.
+/// Sends what is left of the upgrade request (`unsent`: `request_head`'s bytes the dial did
+/// not already write) over `stream` and reads the answer, all within `wait`. `target` is the
+/// request's target, for reading a refusal.
 pub async fn upgrade(
     stream: Stream,
+    unsent: Vec<u8>,
     target: &str,
-    headers: &HeaderMap,
     endpoint: &str,
     wait: Duration,
 ) -> Result<Answer, Error> {
-    match tokio::time::timeout(wait, exchange(stream, target, headers, endpoint)).await {
+    match tokio::time::timeout(wait, exchange(stream, unsent, target, endpoint)).await {
         Ok(answer) => answer,
         Err(_) => Err(Error::UpstreamTimeout {
             endpoint: endpoint.to_string(),
@@ -60,24 +63,25 @@ pub async fn upgrade(
 
 async fn exchange(
     mut stream: Stream,
+    unsent: Vec<u8>,
     target: &str,
-    headers: &HeaderMap,
     endpoint: &str,
 ) -> Result<Answer, Error> {
     let protocol = |reason: String| Error::UpstreamProtocol {
         endpoint: endpoint.to_string(),
         reason,
     };
-    let head = request_head(target, headers);
-    stream
-        .write_all(&head)
-        .await
-        .map_err(|e| protocol(format!("sending the upgrade request: {e}")))?;
-    stream
-        .flush()
-        .await
-        .map_err(|e| protocol(format!("sending the upgrade request: {e}")))?;
-    drop(head);
+    if !unsent.is_empty() {
+        stream
+            .write_all(&unsent)
+            .await
+            .map_err(|e| protocol(format!("sending the upgrade request: {e}")))?;
+        stream
+            .flush()
+            .await
+            .map_err(|e| protocol(format!("sending the upgrade request: {e}")))?;
+    }
+    drop(unsent);
 
     let mut buf = BytesMut::with_capacity(1024);
     loop {
@@ -123,9 +127,16 @@ pub fn valid_target(target: &str) -> bool {
     target.starts_with('/') && target.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
-/// `GET target HTTP/1.1` and the headers, as one buffer for one write.
-fn request_head(target: &str, headers: &HeaderMap) -> Vec<u8> {
-    let size = 32
+/// The upgrade request to `endpoint`, as one buffer for one write: `GET target HTTP/1.1`,
+/// the client's headers as forwarded (`headers::for_upstream`), `Connection: upgrade`,
+/// `Upgrade: websocket`.
+pub fn request_head(
+    target: &str,
+    headers: &HeaderMap,
+    endpoint: &str,
+    fwd: &Forwarded<'_>,
+) -> Vec<u8> {
+    let size = 160
         + target.len()
         + headers
             .iter()
@@ -135,13 +146,13 @@ fn request_head(target: &str, headers: &HeaderMap) -> Vec<u8> {
     head.extend_from_slice(b"GET ");
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    for_upstream(headers, endpoint, fwd, |name, value| {
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
+    });
+    head.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
     head
 }
 
@@ -286,17 +297,30 @@ impl AsyncWrite for Replay {
 mod tests {
     use super::*;
 
-    /// The head carries the target and every header once, and ends with an empty line.
+    /// The head carries the target, the forwarded headers (each client header once, the
+    /// backend as Host, the forwarding headers), the upgrade pair and an empty line.
     #[test]
-    fn request_head_is_request_line_headers_and_blank_line() {
+    fn request_head_is_request_line_forwarded_headers_and_blank_line() {
         let mut h = HeaderMap::new();
-        h.insert("host", HeaderValue::from_static("b:80"));
+        h.insert("host", HeaderValue::from_static("chat.example.com"));
+        h.insert("connection", HeaderValue::from_static("Upgrade, x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
         h.append("sec-websocket-protocol", HeaderValue::from_static("a"));
         h.append("sec-websocket-protocol", HeaderValue::from_static("b"));
-        let head = request_head("/ws/1?x=2", &h);
+        let id = HeaderValue::from_static("req-1");
+        let fwd = Forwarded {
+            client_ip: "127.0.0.1".parse().unwrap(),
+            proto: "http",
+            host: h.get("host"),
+            request_id: &id,
+        };
+        let head = request_head("/ws/1?x=2", &h, "b:80", &fwd);
         assert_eq!(
             String::from_utf8(head).unwrap(),
-            "GET /ws/1?x=2 HTTP/1.1\r\nhost: b:80\r\nsec-websocket-protocol: a\r\nsec-websocket-protocol: b\r\n\r\n"
+            "GET /ws/1?x=2 HTTP/1.1\r\nsec-websocket-protocol: a\r\nsec-websocket-protocol: b\r\n\
+             host: b:80\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: chat.example.com\r\nx-request-id: req-1\r\n\
+             connection: upgrade\r\nupgrade: websocket\r\n\r\n"
         );
     }
 

@@ -11,7 +11,7 @@ use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use super::dial::dial;
+use super::dial::{dial, Greeting};
 use super::headers::{to_upstream, Forwarded};
 use super::service::RequestCtx;
 use super::tls::{upstream_stream, Stream};
@@ -22,6 +22,8 @@ use crate::table::CompiledRoute;
 /// A connected (and, for `wss`/`https` routes, TLS-wrapped) backend, before any HTTP.
 pub struct Connected<'t> {
     pub stream: Stream,
+    /// The greeting's bytes still to write (all of them behind TLS).
+    pub unsent: Vec<u8>,
     pub backend: &'t Backend,
     /// `host:port`, for the `Host` header and logs.
     pub endpoint: String,
@@ -32,30 +34,31 @@ pub struct Connected<'t> {
 }
 
 /// Dials the route's backend chosen for `pick` (retrying the next on failure) and completes
-/// TLS for `wss`/`https` routes.
+/// TLS for `wss`/`https` routes. A `greeting` (the first bytes, built for the chosen
+/// endpoint) goes out with the connect where it can (plain TCP); the rest is `unsent`.
 pub async fn connect<'t>(
     route: &'t CompiledRoute,
     pick: &PickContext<'_>,
+    greeting: Option<Greeting<'_>>,
 ) -> Result<Connected<'t>, Error> {
-    let dialed = dial(route, pick).await?;
+    let tls = route.upstream_tls.is_some();
+    let dialed = dial(route, pick, greeting.filter(|_| !tls)).await?;
     let backend = dialed.backend;
-    let endpoint = backend.endpoint.authority();
+    let endpoint = dialed.endpoint;
     let load = backend.load.begin();
     let stream = upstream_stream(route, dialed.stream, &backend.endpoint).await?;
+    let unsent = match greeting {
+        Some(greeting) if tls => greeting(&endpoint),
+        _ => dialed.unsent,
+    };
     Ok(Connected {
         stream,
+        unsent,
         backend,
         endpoint,
         load,
         set_cookie: dialed.set_cookie,
     })
-}
-
-impl Connected<'_> {
-    /// The client's headers made ready for this backend (see `headers::to_upstream`).
-    pub fn forward_headers(&self, headers: &mut HeaderMap, ctx: &RequestCtx) {
-        forward_headers(headers, &self.endpoint, ctx);
-    }
 }
 
 /// A backend connection ready for one request.
@@ -79,7 +82,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let connected = connect(route, pick).await?;
+    let connected = connect(route, pick, None).await?;
     let endpoint = connected.endpoint;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(connected.stream))
         .await
@@ -124,16 +127,17 @@ where
 }
 
 fn forward_headers(headers: &mut HeaderMap, endpoint: &str, ctx: &RequestCtx) {
-    to_upstream(
-        headers,
-        endpoint,
-        &Forwarded {
-            client_ip: ctx.peer.ip(),
-            proto: ctx.proto,
-            host: ctx.host.as_ref(),
-            request_id: &ctx.request_id,
-        },
-    );
+    to_upstream(headers, endpoint, &forwarded(ctx));
+}
+
+/// What a backend is told about the request `ctx` describes.
+pub fn forwarded(ctx: &RequestCtx) -> Forwarded<'_> {
+    Forwarded {
+        client_ip: ctx.peer.ip(),
+        proto: ctx.proto,
+        host: ctx.host.as_ref(),
+        request_id: &ctx.request_id,
+    }
 }
 
 pub fn protocol(endpoint: &str, e: hyper::Error) -> Error {

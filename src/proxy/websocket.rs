@@ -19,7 +19,7 @@ use super::headers::strip_hop_by_hop;
 use super::relay::{relay_streams, RelayConfig, RelayStats};
 use super::service::{ProxyBody, RequestCtx};
 use super::tls::Stream;
-use super::upgrade::{upgrade, valid_target, Answer};
+use super::upgrade::{request_head, upgrade, valid_target, Answer};
 use super::{upstream, Error, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
@@ -45,10 +45,11 @@ pub enum Opened {
 }
 
 /// Dials the backend the balancer picks for this request (its `headers` and `query`) and
-/// forwards the upgrade request with `headers` (made ready for the backend here).
+/// forwards the upgrade request with `headers` (as `headers::for_upstream` forwards them),
+/// written with the connect when the connection is up at once.
 pub async fn open(
     route: &CompiledRoute,
-    mut headers: HeaderMap,
+    headers: HeaderMap,
     query: Option<&str>,
     downstream: &str,
     ctx: &RequestCtx,
@@ -59,15 +60,14 @@ pub async fn open(
             "the downstream path is not a valid request target",
         ));
     }
-    let mut exchange = upstream::connect(route, &ctx.pick_from(&headers, query)).await?;
-    exchange.forward_headers(&mut headers, ctx);
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-
+    let fwd = upstream::forwarded(ctx);
+    let greeting = |endpoint: &str| request_head(downstream, &headers, endpoint, &fwd);
+    let pick = ctx.pick_from(&headers, query);
+    let mut exchange = upstream::connect(route, &pick, Some(&greeting)).await?;
     let answer = upgrade(
         exchange.stream,
+        exchange.unsent,
         downstream,
-        &headers,
         &exchange.endpoint,
         route.route.timeouts.handshake,
     )
