@@ -311,7 +311,7 @@ def render(runs, meta, targets, kept_notes):
         "- Backend: `wsgate echo` (hyper + tokio-tungstenite), the same process for every target; "
         "\"direct\" is the load generator talking to it with no proxy.\n"
         "- Pinning: each proxy alone on core 0 (`taskset -c 0`, one worker: nginx `worker_processes 1`, "
-        "HAProxy `nbthread 1`, wsgate's tokio runtime sees one CPU); load generator and echo backend share "
+        "HAProxy `nbthread 1`, wsgate sees one CPU and so runs one worker on a current-thread runtime); load generator and echo backend share "
         "core 1; all at default priority. On 2 cores the generator side saturates first, so the fair "
         "comparison between proxies is their own CPU time per message / MB / handshake "
         "(on-CPU time from `/proc/PID/task/*/schedstat`, summed over every thread and over nginx's master "
