@@ -37,6 +37,7 @@ sed -e "s|@PREFIX@|$WORK/nginx|g" -e "s|@ECHO_PORT@|$ECHO_PORT|g" -e "s|@LISTEN_
 
 taskset -c 1 "$AFTER" echo --listen "127.0.0.1:$ECHO_PORT" >/dev/null 2>&1 &
 PIDS+=($!)
+ECHO_PID=$!
 declare -A PORT PID
 start_wsgate() { # name binary port
     RUST_LOG=warn taskset -c 0 "$2" run --routes "$WORK/routes.yaml" --listen "127.0.0.1:$3" \
@@ -70,16 +71,18 @@ for round in $(seq "$ROUNDS"); do
     for t in before after nginx; do
         pid=${PID[$t]}
         c0=$(cpu_ns "$pid") s0=$(sleeps "$pid") u0=$(uticks "$pid") k0=$(sticks "$pid")
+        e0=$(cpu_ns "$ECHO_PID")
         perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$WORK/perf.$t" >/dev/null 2>&1 &
         perf_pid=$!
         out=$(taskset -c 1 "$LOADGEN" "$SCENARIO" "$@" --warmup 1s --duration "${SECS}s" \
             --url "ws://127.0.0.1:${PORT[$t]}/bench" --target "$t")
         c1=$(cpu_ns "$pid") s1=$(sleeps "$pid") u1=$(uticks "$pid") k1=$(sticks "$pid")
+        e1=$(cpu_ns "$ECHO_PID")
         kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" 2>/dev/null || true
-        python3 - "$round" "$t" "$out" $((c1 - c0)) "$WORK/perf.$t" $((s1 - s0)) $((u1 - u0)) $((k1 - k0)) <<'PY'
+        python3 - "$round" "$t" "$out" $((c1 - c0)) "$WORK/perf.$t" $((s1 - s0)) $((u1 - u0)) $((k1 - k0)) $((e1 - e0)) <<'PY'
 import json, sys
-rnd, target, out, cpu_ns, perf, sleeps, uticks, kticks = sys.argv[1:]
+rnd, target, out, cpu_ns, perf, sleeps, uticks, kticks, echo_ns = sys.argv[1:]
 r = json.loads(out.strip().splitlines()[-1])
 ops = r.get("total_messages") or r.get("total_cycles") or 0
 rate = r.get("msgs_per_s") or r.get("per_s") or r.get("achieved_rate") or 0
@@ -93,7 +96,8 @@ except OSError:
     pass
 per = f"{calls / ops:.2f}" if calls is not None and ops else "—"
 p99 = (r.get("rtt_us") or r.get("cycle_us") or {}).get("p99")
-print(f"round {rnd} {target:6s} {rate:>10,.0f}/s  p99 {p99} µs  proxy CPU {int(cpu_ns) / 1e3 / max(ops, 1):.2f} µs/op  system calls {per}/op  sleeps {int(sleeps) / max(ops, 1):.2f}/op  user {100 * int(uticks) / max(int(uticks) + int(kticks), 1):.1f}%")
+print(f"round {rnd} {target:6s} {rate:>10,.0f}/s  p99 {p99} µs  proxy CPU {int(cpu_ns) / 1e3 / max(ops, 1):.2f} µs/op  system calls {per}/op  sleeps {int(sleeps) / max(ops, 1):.2f}/op  user {100 * int(uticks) / max(int(uticks) + int(kticks), 1):.1f}%"
+      f"  echo backend CPU {int(echo_ns) / 1e3 / max(ops, 1):.2f} µs/op")
 PY
     done
 done
