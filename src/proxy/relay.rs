@@ -113,10 +113,6 @@ struct Half {
     bytes: u64,
     bytes_flushed: u64,
     messages_flushed: u64,
-    /// Step back once before reading a newly readable `src` (see `read_when_ready`).
-    defer_read: bool,
-    /// That step back was taken; the next check reads.
-    deferred: bool,
 }
 
 impl Half {
@@ -136,8 +132,6 @@ impl Half {
             bytes: 0,
             bytes_flushed: 0,
             messages_flushed: 0,
-            defer_read: false,
-            deferred: false,
         }
     }
 
@@ -476,9 +470,6 @@ fn relay_done(up: &Half, down: &Half) -> bool {
 
 /// The two connections of a relay and how bytes move between them.
 trait Transport {
-    /// Honours `Half::defer_read`.
-    const DEFERS_READS: bool;
-
     /// Moves whatever can move now; `Ready` once anything changed, else `Pending` with
     /// every needed waker registered.
     fn poll_step(&mut self, cx: &mut Context<'_>, up: &mut Half, down: &mut Half) -> Poll<()>;
@@ -494,8 +485,6 @@ struct Tcp {
 }
 
 impl Transport for Tcp {
-    const DEFERS_READS: bool = true;
-
     fn poll_step(&mut self, cx: &mut Context<'_>, up: &mut Half, down: &mut Half) -> Poll<()> {
         let (client, upstream) = (&self.client, &self.upstream);
         // Moves until nothing can move, so one wake-up is one step however many sockets
@@ -534,15 +523,6 @@ fn read_when_ready(
     let Poll::Ready(r) = src.poll_read_ready(cx) else {
         return false;
     };
-    if half.defer_read && !half.deferred {
-        // Go to the back of the run queue once: every other connection woken by the same
-        // poll moves first, more of this client's frames arrive meanwhile, and the backend
-        // gets them in fewer, larger writes — which costs it (and us) less per message.
-        half.deferred = true;
-        cx.waker().wake_by_ref();
-        return false;
-    }
-    half.deferred = false;
     if r.is_err() {
         half.src_done = true;
     }
@@ -578,8 +558,6 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    const DEFERS_READS: bool = false;
-
     fn poll_step(&mut self, cx: &mut Context<'_>, up: &mut Half, down: &mut Half) -> Poll<()> {
         let a = pump(cx, &mut self.client, &mut self.upstream, up, CLIENT_DIED);
         let b = pump(
@@ -650,12 +628,6 @@ async fn run<T: Transport>(
     // `up` carries client → upstream (masked frames), `down` upstream → client.
     let mut up = Half::new(true);
     let mut down = Half::new(false);
-    // Client reads step back once only where a wake-up goes to the back of the queue: on a
-    // multi-thread runtime it would come straight back (LIFO slot), so it would only cost.
-    // Deferring backend reads as well measured worse (bench/RESULTS.md).
-    up.defer_read = T::DEFERS_READS
-        && tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
 
     for (half, early) in [(&mut up, &client_early), (&mut down, &upstream_early)] {
         if !early.is_empty() {
