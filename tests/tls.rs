@@ -8,7 +8,6 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use support::certs::{self, Ca, Leaf, TlsEcho};
@@ -324,22 +323,18 @@ async fn file_mode_serves_certificate_files_and_reloads_them_when_rewritten() {
     // refused and the old certificate keeps serving.
     replace_file(&dir.path().join("certs/chat.key"), &second.key_pem);
     replace_file(&dir.path().join("certs/chat.crt"), &second.cert_pem);
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    eventually_async("the rewritten certificate is served", DEADLINE, || async {
         let (_, leaf) = certs::tls_connect(addr, "chat.test").await.unwrap();
         if leaf == second.der {
-            break;
+            return Some(());
         }
         assert_eq!(
             leaf, first.der,
             "only the old or the new certificate is ever served"
         );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the rewritten certificate was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        None
+    })
+    .await;
     round_trip(&mut open, "after rotation").await;
     let (mut fresh, _) = certs::wss_connect(addr, "chat.test", "/room").await;
     round_trip(&mut fresh, "new connection").await;

@@ -141,6 +141,8 @@ fn nonblocking_tcp_socket(addr: SocketAddr) -> io::Result<Socket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::task::Poll;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -187,38 +189,56 @@ mod tests {
             let _ = filler.connect(&SockAddr::from(addr));
             fillers.push(filler);
         }
-        let dial = tokio::spawn(async move { connect_sending(addr, b"hello").await });
-        // Let the dial's SYN meet the full queue, then drain the queue so a retransmitted
-        // SYN gets through.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!dial.is_finished(), "connected through a full accept queue");
-        // Accept until the connection carrying the caller's bytes shows up; the fillers'
-        // connections come through too (without bytes).
-        let accepting = tokio::spawn(async move {
-            let mut carried = Vec::new();
-            while carried.is_empty() {
-                let (mut peer, _) = listener.accept().await.unwrap();
-                let mut buf = [0u8; 16];
-                if let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_millis(300), peer.read(&mut buf)).await
-                {
-                    carried.extend_from_slice(&buf[..n]);
+        // One poll runs the dial up to its wait: socket, connect (its SYN meets the full
+        // queue), the early write (EAGAIN). Then drain the queue so a retransmitted SYN gets
+        // through.
+        let mut dial = Box::pin(connect_sending(addr, b"hello"));
+        let first_poll = std::future::poll_fn(|cx| Poll::Ready(dial.as_mut().poll(cx))).await;
+        assert!(
+            first_poll.is_pending(),
+            "connected through a full accept queue"
+        );
+        // Accept everything queued (the fillers' connections come through too).
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        let acceptor = tokio::spawn(async move {
+            loop {
+                let (peer, from) = listener.accept().await.unwrap();
+                if accepted_tx.send((peer, from)).is_err() {
+                    return;
                 }
             }
-            carried
         });
         let (mut stream, sent) = tokio::time::timeout(DEADLINE, dial)
             .await
             .expect("connected once the queue drained")
-            .unwrap()
             .unwrap();
         assert_eq!(sent, 0);
         stream.write_all(b"hello").await.unwrap();
-        let carried = tokio::time::timeout(DEADLINE, accepting)
+        let ours = stream.local_addr().unwrap();
+        let mut peer = loop {
+            let (peer, from) = tokio::time::timeout(DEADLINE, accepted.recv())
+                .await
+                .expect("the dial's connection was accepted")
+                .unwrap();
+            if from == ours {
+                break peer;
+            }
+        };
+        let mut got = [0u8; 5];
+        tokio::time::timeout(DEADLINE, peer.read_exact(&mut got))
             .await
-            .expect("the bytes arrived")
+            .unwrap()
             .unwrap();
-        assert_eq!(carried, b"hello");
+        assert_eq!(&got, b"hello");
+        // Nothing but the caller's one write arrives.
+        stream.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(DEADLINE, peer.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+        acceptor.abort();
         drop(fillers);
     }
 
