@@ -226,8 +226,30 @@ def proxy_verdicts(values, targets):
             f"- {SCENARIO_TITLES[scenario]}, {label}: wsgate {fmt(mine, 'cpu' if 'CPU' in label else 'rate')}"
             f" vs best peer {best_name} {fmt(best, 'cpu' if 'CPU' in label else 'rate')}"
             f" ({ratio:.2f}×) — {'meets' if wins else 'BEHIND'}"
+            + paired_note(values, scenario, label, targets, higher_is_better)
         )
     return out
+
+
+def paired_note(values, scenario, label, targets, higher_is_better):
+    """Round by round against the better peer of that same round: runs seconds apart share the
+    machine's state, so this shows whether a gap between medians outlasts the drift between
+    rounds (this machine's speed wanders by more than 10 % over minutes)."""
+    mine = values.get((scenario, label, "wsgate"), [])
+    peers = [values.get((scenario, label, p), []) for p in ("nginx", "haproxy") if p in targets]
+    ratios = []
+    for i, m in enumerate(mine):
+        in_round = [series[i] for series in peers if i < len(series) and series[i] is not None]
+        if m is None or not in_round:
+            continue
+        best = max(in_round) if higher_is_better else min(in_round)
+        if best:
+            ratios.append(m / best)
+    if len(ratios) < 2:
+        return ""
+    ahead = sum(1 for r in ratios if (r >= 1 if higher_is_better else r <= 1))
+    return (f"; round by round: ahead in {ahead} of {len(ratios)}, ratio "
+            f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})")
 
 
 def commands(runs, targets):
