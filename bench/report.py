@@ -58,7 +58,10 @@ def metrics():
 
     def calls_per(count_key, field="proxy_syscalls"):
         def get(run):
-            calls, count = run.get(field), dig(run, "result", count_key)
+            # Counted in a separate pass after the measured run (`syscall_ops` operations);
+            # older records counted during the measured run itself.
+            calls = run.get(field)
+            count = run.get("syscall_ops") or dig(run, "result", count_key)
             return None if calls is None or not count else calls / count
         return get
 
@@ -339,6 +342,9 @@ def render(runs, meta, targets, kept_notes):
         "(on-CPU time from `/proc/PID/task/*/schedstat`, summed over every thread and over nginx's master "
         "and worker, divided by every echo of the run, warm-up included; `/proc/PID/stat` utime+stime is "
         "recorded too, but its 10 ms ticks are too coarse for the lighter scenarios).\n"
+        "- System calls (scenarios 1 and 4): `perf stat` counts them in a separate short pass "
+        "right after each measured run, never during it — tracing every call slows the traced "
+        "proxy and would distort its CPU and rate.\n"
         f"- Load generator: `bench/loadgen` (fastwebsockets, hdrhistogram), warm-up {m.get('warmup')}, "
         f"measured {m.get('duration')} per run. Latency scenario: 2,000 msg/s over 10 connections, "
         "64 B, measured from the actual send (from the due time when a late reply delayed the send).\n"

@@ -47,9 +47,11 @@ has_scenario() { [[ ",$SCENARIO_SET," == *",$1,"* ]]; }
 
 if [ "$MODE" = full ]; then
     ROUNDS=${ROUNDS:-3}; WARMUP=${WARMUP:-1s}; DURATION=${DURATION:-5s}
+    COUNT_WARMUP=0.5s; COUNT_DURATION=2s
     IDLE_CONNS=${IDLE_CONNS:-9900}; IDLE_HOLD_S=8
 else
     ROUNDS=${ROUNDS:-1}; WARMUP=${WARMUP:-0.2s}; DURATION=${DURATION:-1s}
+    COUNT_WARMUP=0.1s; COUNT_DURATION=0.5s
     IDLE_CONNS=${IDLE_CONNS:-500}; IDLE_HOLD_S=3
 fi
 LATENCY_RATE=2000
@@ -287,6 +289,39 @@ record() { # round scenario target cmd proxy_cpu_s echo_cpu_s extra_json result_
         "$5" "$6" "$9" "$7" "$result" >>"$RUNS"
 }
 
+# System calls per operation come from a separate short pass right after the measured run, with
+# perf attached only then: tracing every system call slows the traced proxy (≈0.4 µs per small
+# message here), which would distort the measured run's CPU and rate. Sets syscalls,
+# epoll_waits and syscall_ops (the operations of the counting pass) in the caller.
+count_syscalls() { # round scenario target proxy_pid
+    [ "$SYSCALLS" = 1 ] || return 0
+    case "$2" in throughput|handshakes) ;; *) return 0 ;; esac
+    local args perf_pid out="$WORK/logs/r$1-$2-$3.count.json"
+    args=$(WARMUP=$COUNT_WARMUP DURATION=$COUNT_DURATION scenario_args "$2")
+    perf stat -x, -e raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait \
+        -p "$(tree_pids "$4" | paste -sd,)" -o "$out.syscalls" >/dev/null 2>&1 &
+    perf_pid=$!
+    PIDS+=("$perf_pid")
+    sleep 0.3 # perf attaches before the load starts; the idle proxy adds next to nothing
+    # shellcheck disable=SC2086
+    timeout 60 taskset -c "$LOAD_CPU" "$LOADGEN_BIN" $args --url "$(url_of "$3")" --target "$3" \
+        >"$out" 2>"$out.err" || true
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    forget_pid "$perf_pid"
+    syscalls=$(awk -F, '$3 == "raw_syscalls:sys_enter" && $1 ~ /^[0-9]+$/ {print $1}' "$out.syscalls" 2>/dev/null)
+    epoll_waits=$(awk -F, '$3 == "syscalls:sys_enter_epoll_wait" && $1 ~ /^[0-9]+$/ {print $1}' "$out.syscalls" 2>/dev/null)
+    # Every operation of the pass, warm-up included, as perf counted from its start.
+    syscall_ops=$(python3 -c 'import json, sys
+try:
+    r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+    n = (r.get("total_messages") or r.get("total_cycles") or 0)
+    print(n if n else "null")
+except (OSError, ValueError, IndexError):
+    print("null")' "$out")
+    syscalls=${syscalls:-null} epoll_waits=${epoll_waits:-null}
+}
+
 run_load() { # round scenario target
     local round=$1 scenario=$2 t=$3 args cmd out status=0 proxy_pid="" p0=0 p1=0 k0=0 k1=0 e0 e1
     local proxy_cpu=null proxy_ticks_cpu=null
@@ -296,33 +331,22 @@ run_load() { # round scenario target
     [ "$t" = direct ] || proxy_pid=${PID_OF[$t]}
     [ -z "$proxy_pid" ] || { p0=$(cpu_ns "$proxy_pid"); k0=$(cpu_ticks "$proxy_pid"); }
     e0=$(cpu_ns "${PID_OF[echo]}")
-    local perf_pid="" syscalls=null epoll_waits=null
-    if [ "$SYSCALLS" = 1 ] && [ -n "$proxy_pid" ]; then
-        perf stat -x, -e raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait \
-            -p "$(tree_pids "$proxy_pid" | paste -sd,)" -o "$out.syscalls" >/dev/null 2>&1 &
-        perf_pid=$!
-        PIDS+=("$perf_pid")
-    fi
     # shellcheck disable=SC2086
     timeout 120 taskset -c "$LOAD_CPU" "$LOADGEN_BIN" $args --url "$(url_of "$t")" --target "$t" \
         >"$out" 2>"$out.err" || status=$?
     e1=$(cpu_ns "${PID_OF[echo]}")
-    if [ -n "$perf_pid" ]; then
-        kill -INT "$perf_pid" 2>/dev/null || true
-        wait "$perf_pid" 2>/dev/null || true
-        forget_pid "$perf_pid"
-        syscalls=$(awk -F, '$3 == "raw_syscalls:sys_enter" && $1 ~ /^[0-9]+$/ {print $1}' "$out.syscalls" 2>/dev/null)
-        epoll_waits=$(awk -F, '$3 == "syscalls:sys_enter_epoll_wait" && $1 ~ /^[0-9]+$/ {print $1}' "$out.syscalls" 2>/dev/null)
-        syscalls=${syscalls:-null} epoll_waits=${epoll_waits:-null}
-    fi
     if [ -n "$proxy_pid" ]; then
         p1=$(cpu_ns "$proxy_pid")
         k1=$(cpu_ticks "$proxy_pid")
         proxy_cpu=$(ns_secs $((p1 - p0)))
         proxy_ticks_cpu=$(secs $((k1 - k0)))
     fi
+    local syscalls=null epoll_waits=null syscall_ops=null
+    if [ "$status" = 0 ] && [ -n "$proxy_pid" ]; then
+        count_syscalls "$round" "$scenario" "$t" "$proxy_pid"
+    fi
     record "$round" "$scenario" "$t" "$cmd" "$proxy_cpu" "$(ns_secs $((e1 - e0)))" \
-        "\"proxy_cpu_ticks_s\":$proxy_ticks_cpu,\"proxy_syscalls\":$syscalls,\"proxy_epoll_waits\":$epoll_waits," "$out" "$status"
+        "\"proxy_cpu_ticks_s\":$proxy_ticks_cpu,\"proxy_syscalls\":$syscalls,\"proxy_epoll_waits\":$epoll_waits,\"syscall_ops\":$syscall_ops," "$out" "$status"
     if [ "$status" != 0 ]; then
         FAILURES=$((FAILURES + 1))
         log "  $scenario/$t failed (exit $status): $(head -c 300 "$out.err")"
