@@ -169,6 +169,56 @@ async fn sigterm_drains(extra: &[&str]) {
     assert!(code.success(), "exit status {code:?}");
 }
 
+/// With one worker the whole process is one thread, through loading, relaying and a reload:
+/// glibc then keeps its single-threaded paths (system calls without cancellation bookkeeping,
+/// malloc without arena locks), which a single stray thread, e.g. tokio's blocking pool for
+/// `tokio::fs`, would switch off for good.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn one_worker_process_never_starts_a_second_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    let echo = Echo::start("e").await;
+    std::fs::write(&file, routes_yaml(&[("a", "/a/{x}", "/{x}", echo.addr)])).unwrap();
+    let gw = start_binary(dir.path(), &["--workers", "1"]).await;
+    let mut ws = connect(&format!("ws://{}/a/1", gw.listen)).await;
+    echo_round_trip(&mut ws, "relayed").await;
+
+    replace_file(
+        &file,
+        &routes_yaml(&[
+            ("a", "/a/{x}", "/{x}", echo.addr),
+            ("b", "/b/{x}", "/{x}", echo.addr),
+        ]),
+    );
+    let url = format!("ws://{}/b/1", gw.listen);
+    let mut reloaded = eventually_async("the reloaded route", DEADLINE, || async {
+        tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .ok()
+            .map(|(ws, _)| ws)
+    })
+    .await;
+    echo_round_trip(&mut reloaded, "after the reload").await;
+
+    let tasks = format!("/proc/{}/task", gw.process.pid());
+    let threads: Vec<String> = std::fs::read_dir(&tasks)
+        .unwrap()
+        .map(|t| {
+            let comm = t.unwrap().path().join("comm");
+            std::fs::read_to_string(comm)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        threads.len(),
+        1,
+        "threads of a one-worker gateway: {threads:?}"
+    );
+}
+
 /// Editing the routes file while sockets are open: new handshakes see the new table, the
 /// open sockets keep working against their old backend; a broken edit changes nothing.
 #[tokio::test]

@@ -214,7 +214,12 @@ impl FileState {
             }
         }
         let read_at = SystemTime::now();
-        let content = match tokio::fs::read(path).await {
+        // Inline for the same reason as the `stat` above, and one more: with one worker the
+        // process then never starts a second thread, and glibc keeps taking its single-threaded
+        // paths — system calls without the cancellation bookkeeping, malloc without arena
+        // locks — for good (bench/RESULTS.md, "Runs M and after"). A routes file is read once
+        // per change; even 10,000 routes read in about a millisecond.
+        let content = match std::fs::read(path) {
             Ok(bytes) => Ok(Content {
                 digest: Sha1::digest(&bytes).into(),
                 bytes: std::sync::Arc::new(bytes),
