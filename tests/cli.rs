@@ -80,13 +80,7 @@ async fn demo_serves_websocket_and_http_then_stops_on_sigint() {
         dir.path(),
     );
     let url = format!("ws://{listen}/chat/lobby");
-    let mut ws = eventually_async("the demo accepting", DEADLINE, || async {
-        tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .ok()
-            .map(|(ws, _)| ws)
-    })
-    .await;
+    let mut ws = connect_eventually("the demo accepting", &url).await;
     within("send", ws.send(Message::text("hello")))
         .await
         .unwrap();

@@ -192,13 +192,7 @@ async fn one_worker_process_never_starts_a_second_thread() {
         ]),
     );
     let url = format!("ws://{}/b/1", gw.listen);
-    let mut reloaded = eventually_async("the reloaded route", DEADLINE, || async {
-        tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .ok()
-            .map(|(ws, _)| ws)
-    })
-    .await;
+    let mut reloaded = connect_eventually("the reloaded route", &url).await;
     echo_round_trip(&mut reloaded, "after the reload").await;
 
     let tasks = format!("/proc/{}/task", gw.process.pid());
@@ -246,13 +240,7 @@ async fn routes_file_edit_reloads_without_touching_live_connections() {
     );
     // Poll until a new handshake sees the new table.
     let url = format!("ws://{}/b/1?hello=1", gw.listen);
-    let mut ws = eventually_async("the new route", DEADLINE, || async {
-        tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .ok()
-            .map(|(ws, _)| ws)
-    })
-    .await;
+    let mut ws = connect_eventually("the new route", &url).await;
     assert_eq!(hello_name(&mut ws).await, "new");
     let mut fresh = connect(&format!("ws://{}/a/9?hello=1", gw.listen)).await;
     assert_eq!(hello_name(&mut fresh).await, "new");

@@ -167,6 +167,18 @@ impl Gateway {
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Retries the handshake until it succeeds (a process still starting, a route table still
+/// reloading), failing the test with `what` after the deadline.
+pub async fn connect_eventually(what: &str, url: &str) -> Ws {
+    eventually_async(what, DEADLINE, || async {
+        tokio_tungstenite::connect_async(url)
+            .await
+            .ok()
+            .map(|(ws, _)| ws)
+    })
+    .await
+}
+
 /// Opens a WebSocket with a deadline; panics with the handshake error otherwise.
 pub async fn connect(url: &str) -> Ws {
     connect_with(url, &[]).await
