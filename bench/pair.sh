@@ -18,50 +18,17 @@ shift 3
 LOADGEN=${LOADGEN_BIN:-$BENCH_DIR/target/release/loadgen}
 ROUNDS=${ROUNDS:-3} SECS=${SECS:-3}
 BASE=${BENCH_PORT_BASE:-19200}
-ECHO_PORT=$((BASE + 1))
 command -v nginx >/dev/null || { echo "pair.sh: needs nginx (apt-get install nginx)" >&2; exit 1; }
 
-WORK=$(mktemp -d /tmp/wsgate-pair.XXXXXX)
-PIDS=()
-stop_all() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-}
-trap stop_all EXIT
-ulimit -n "$(ulimit -Hn)"
-mkdir -p "$WORK/nginx/tmp"
-sed -e "s|@ECHO_PORT@|$ECHO_PORT|" "$BENCH_DIR/peers/wsgate-routes.yaml.in" >"$WORK/routes.yaml"
-sed -e "s|@PREFIX@|$WORK/nginx|g" -e "s|@ECHO_PORT@|$ECHO_PORT|g" -e "s|@LISTEN_PORT@|$((BASE + 6))|g" \
-    -e "s|@NOFILE@|$(ulimit -n)|g" -e "s|@WORKER_CONNECTIONS@|4096|g" \
-    "$BENCH_DIR/peers/nginx.conf.in" >"$WORK/nginx/nginx.conf"
-
-taskset -c 1 "$AFTER" echo --listen "127.0.0.1:$ECHO_PORT" >/dev/null 2>&1 &
-PIDS+=($!)
-ECHO_PID=$!
-declare -A PORT PID
-start_wsgate() { # name binary port
-    RUST_LOG=warn taskset -c 0 "$2" run --routes "$WORK/routes.yaml" --listen "127.0.0.1:$3" \
-        --admin-listen "127.0.0.1:$(($3 + 1))" >"$WORK/$1.log" 2>&1 &
-    PID[$1]=$!
-    PORT[$1]=$3
-    PIDS+=($!)
-}
+SIDE_BY_SIDE_NAME=pair
+# shellcheck source=bench/side-by-side.sh
+. "$BENCH_DIR/side-by-side.sh"
+start_echo "$AFTER"
 start_wsgate before "$BEFORE" $((BASE + 2))
 start_wsgate after "$AFTER" $((BASE + 4))
-taskset -c 0 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" -g 'daemon off;' &
-PIDS+=($!)
-NGINX_MASTER=$!
-PORT[nginx]=$((BASE + 6))
-for t in before after nginx; do
-    for _ in $(seq 50); do
-        taskset -c 1 "$LOADGEN" handshakes --url "ws://127.0.0.1:${PORT[$t]}/probe" --target probe \
-            --conns 1 --warmup 0s --duration 0.1s >/dev/null 2>&1 && break
-        sleep 0.2
-    done
-done
-PID[nginx]=$(tr ' ' '\n' <"/proc/$NGINX_MASTER/task/$NGINX_MASTER/children" | sed -n 1p)
+start_nginx $((BASE + 6))
+wait_relaying before after nginx
 
-cpu_ns() { awk '{t += $1} END {printf "%.0f", t}' /proc/"$1"/task/*/schedstat; }
 # Times the proxy went to sleep and was woken (voluntary context switches, all threads).
 sleeps() { awk '/^voluntary_ctxt_switches/ {t += $2} END {print t}' /proc/"$1"/task/*/status; }
 # User-space clock ticks, all threads (the kernel's tick sampling: coarse, fine over seconds).
