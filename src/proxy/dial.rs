@@ -148,6 +148,16 @@ mod tests {
 
     const DEADLINE: Duration = Duration::from_secs(10);
 
+    /// The next `len` bytes from `peer`, within the deadline.
+    async fn received(peer: &mut tokio::net::TcpStream, len: usize) -> Vec<u8> {
+        let mut got = vec![0u8; len];
+        tokio::time::timeout(DEADLINE, peer.read_exact(&mut got))
+            .await
+            .expect("bytes within the deadline")
+            .unwrap();
+        got
+    }
+
     /// A listener that accepts: the greeting goes out with the connect.
     #[tokio::test]
     async fn greeting_goes_out_with_the_connect_when_the_connection_is_up() {
@@ -158,12 +168,7 @@ mod tests {
             .unwrap();
         assert_eq!(sent, 18);
         let (mut peer, _) = listener.accept().await.unwrap();
-        let mut got = [0u8; 18];
-        tokio::time::timeout(DEADLINE, peer.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&got, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(received(&mut peer, 18).await, b"GET / HTTP/1.1\r\n\r\n");
         drop(stream);
     }
 
@@ -224,12 +229,7 @@ mod tests {
                 break peer;
             }
         };
-        let mut got = [0u8; 5];
-        tokio::time::timeout(DEADLINE, peer.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&got, b"hello");
+        assert_eq!(received(&mut peer, 5).await, b"hello");
         // Nothing but the caller's one write arrives.
         stream.shutdown().await.unwrap();
         let mut rest = Vec::new();

@@ -122,12 +122,8 @@ where
 
     /// The client's headers made ready for this backend (see `headers::to_upstream`).
     pub fn forward_headers(&self, headers: &mut HeaderMap, ctx: &RequestCtx) {
-        forward_headers(headers, &self.endpoint, ctx);
+        to_upstream(headers, &self.endpoint, &forwarded(ctx));
     }
-}
-
-fn forward_headers(headers: &mut HeaderMap, endpoint: &str, ctx: &RequestCtx) {
-    to_upstream(headers, endpoint, &forwarded(ctx));
 }
 
 /// What a backend is told about the request `ctx` describes.
