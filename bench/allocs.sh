@@ -4,6 +4,9 @@
 #
 #   bench/allocs.sh [WSGATE_BIN]        default: target/release/wsgate (build it first)
 #
+# The binary must use the system allocator, the only one dhat sees: build it with
+# `cargo build --release --no-default-features` (the default build uses mimalloc).
+#
 # Starts `wsgate echo` and `wsgate run` under dhat on loopback, runs the load generator's
 # handshake scenario (connect, one echo, close) with one client for 3 s, stops wsgate with
 # SIGINT and prints allocations and bytes allocated per handshake (start-up included, so a
@@ -54,6 +57,9 @@ with open(f"{work}/dhat.json") as f:
     points = json.load(f)["pps"]
 blocks = sum(p["tbk"] for p in points)
 size = sum(p["tb"] for p in points)
+if blocks < handshakes:
+    print("allocs.sh: dhat saw almost no allocations: is this a mimalloc build? "
+          "Use one built with --no-default-features.", file=sys.stderr)
 print(f"{handshakes} handshakes: {blocks / handshakes:.1f} allocations and "
       f"{size / handshakes / 1024:.1f} KiB allocated per handshake (start-up included)")
 PY

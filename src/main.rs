@@ -147,6 +147,11 @@ fn duration_or_zero(s: &str) -> Result<Duration, String> {
     duration(s)
 }
 
+// See the "mimalloc" feature in Cargo.toml for why and what it measured.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);

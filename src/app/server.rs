@@ -119,7 +119,8 @@ impl Server {
 
 /// Binds a traffic listener with a deep accept queue: a burst of handshakes (every client
 /// reconnecting after a deploy) must wait in the kernel, not be refused. The kernel caps
-/// the backlog at `net.core.somaxconn`.
+/// the backlog at `net.core.somaxconn`. Accepts are deferred until the client's first bytes
+/// (`defer_accept`).
 fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -127,6 +128,74 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if let Err(e) = defer_accept(&socket) {
+        tracing::debug!(error = %e, "TCP_DEFER_ACCEPT not available; accepting at once");
+    }
     socket.bind(addr)?;
     socket.listen(4096)
+}
+
+/// Every client of this listener speaks first (an HTTP request head, a TLS ClientHello), so
+/// the kernel may hand a connection over only once its first bytes are in: the accept and the
+/// head then come with one wake-up, and the first read never finds an empty socket. Side by
+/// side this saved ~1.8 system calls and ~4 % of the CPU of a proxied handshake
+/// (bench/RESULTS.md). A client that stays silent is handed over anyway once its second ACK
+/// comes, about a second later (nginx's `deferred` uses the same 1 s for the same reason);
+/// the head-read timeout takes over from there.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn defer_accept(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let seconds: libc::c_int = 1;
+    // SAFETY: a valid descriptor owned by `socket` for the duration of the call, and a
+    // pointer to a live `c_int` with its exact size, as TCP_DEFER_ACCEPT expects.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&seconds as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn defer_accept(_socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    /// A client that has connected but sent nothing is not handed over yet; its first bytes
+    /// bring the connection in, and they are already readable when the accept returns.
+    #[tokio::test]
+    async fn traffic_listener_hands_over_connections_with_their_first_bytes() {
+        let listener = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        // The kernel holds a silent connection for about a second (the deferral), so a
+        // handover within this window would mean the option is not set.
+        let early = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(early.is_err(), "a silent connection was accepted at once");
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (accepted, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("accepted once bytes arrived")
+            .unwrap();
+        let mut head = [0u8; 64];
+        let n = accepted
+            .try_read(&mut head)
+            .expect("bytes readable at accept");
+        assert_eq!(&head[..n], b"GET / HTTP/1.1\r\n");
+    }
 }

@@ -93,7 +93,9 @@ async fn answer(
                 prefix: buf.freeze(),
                 inner: stream,
             };
-            serve_hyper(gw, io, peer, proto, drain.clone()).await;
+            // Boxed: hyper's connection future is large, and a direct upgrade (the common
+            // case) should not carry its space.
+            Box::pin(serve_hyper(gw, io, peer, proto, drain.clone())).await;
             None
         }
     }
@@ -294,16 +296,14 @@ async fn answer_upgrade(
             return None;
         }
     };
+    let answer = switched.client_head();
     let Switched {
-        headers,
         upstream,
         early,
         load,
         endpoint,
+        ..
     } = switched;
-    let mut answer = response_head(StatusCode::SWITCHING_PROTOCOLS, &headers);
-    drop(headers);
-    answer.extend_from_slice(b"\r\n");
     if client.write_all(&answer).await.is_err() || client.flush().await.is_err() {
         tracing::debug!(request_id = %rid, "client went away before the 101");
         return None;

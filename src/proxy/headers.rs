@@ -31,6 +31,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// For headers as raw (name, value) bytes (a backend's 101, written on without a header map):
+/// a test that is true for the names `strip_hop_by_hop` would remove — the hop-by-hop ones,
+/// `Upgrade`, and those the `Connection` headers list. Names compare case-insensitively.
+pub fn hop_by_hop_in<'a, I>(headers: I) -> impl Fn(&[u8]) -> bool + 'a
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
+    let mut listed: smallvec::SmallVec<[&'a [u8]; 4]> = smallvec::SmallVec::new();
+    for (_, value) in headers.filter(|(n, _)| n.eq_ignore_ascii_case(b"connection")) {
+        listed.extend(
+            value
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|t| !t.is_empty()),
+        );
+    }
+    move |name: &[u8]| {
+        name.eq_ignore_ascii_case(b"upgrade")
+            || HOP_BY_HOP
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+            || listed.iter().any(|t| name.eq_ignore_ascii_case(t))
+    }
+}
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::UPGRADE || HOP_BY_HOP.contains(name)
 }
@@ -173,6 +198,37 @@ mod tests {
             names,
             vec!["authorization", "cookie", "sec-websocket-protocol"]
         );
+    }
+
+    /// The raw-bytes test removes what `strip_hop_by_hop` removes, whatever the case.
+    #[test]
+    fn raw_hop_by_hop_test_matches_the_header_map_rules() {
+        let raw: &[(&[u8], &[u8])] = &[
+            (b"Connection", b"Upgrade, X-Secret-Hop"),
+            (b"Upgrade", b"websocket"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"x-secret-hop", b"1"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Sec-WebSocket-Accept", b"abc"),
+            (b"Set-Cookie", b"a=1"),
+        ];
+        let hop = hop_by_hop_in(raw.iter().copied());
+        let kept: Vec<&[u8]> = raw.iter().map(|(n, _)| *n).filter(|n| !hop(n)).collect();
+        assert_eq!(kept, vec![&b"Sec-WebSocket-Accept"[..], &b"Set-Cookie"[..]]);
+
+        let mut map = map(&[
+            ("connection", "Upgrade, X-Secret-Hop"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("sec-websocket-accept", "abc"),
+            ("set-cookie", "a=1"),
+        ]);
+        strip_hop_by_hop(&mut map);
+        let mut names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["sec-websocket-accept", "set-cookie"]);
     }
 
     /// Forwarding headers: Host rewritten, XFF appended, proto/host/request id set.

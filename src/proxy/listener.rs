@@ -50,7 +50,10 @@ async fn accept_loop(
         let gw2 = Arc::clone(&gw);
         let conn_drain = gw.drain.signal();
         let tls = tls.clone();
-        gw.drain.spawn(async move {
+        // Boxed: the task then holds a pointer, not the connection's whole future, so
+        // spawning and finishing it copy a few bytes instead of ~1.6 KB several times over
+        // (callgrind: ~3 % of a handshake's instructions).
+        gw.drain.spawn(Box::pin(async move {
             let stream = match tls {
                 None => Stream::Tcp(stream),
                 Some(acceptor) => {
@@ -69,7 +72,7 @@ async fn accept_loop(
                 }
             };
             super::connection::serve(gw2, stream, peer, proto, conn_drain).await;
-        });
+        }));
     }
     tracing::info!("listener stopped accepting");
 }

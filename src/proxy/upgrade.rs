@@ -18,10 +18,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::connection::Prefixed;
-use super::headers::{for_upstream, Forwarded};
+use super::headers::{for_upstream, hop_by_hop_in, Forwarded};
 use super::tls::Stream;
 use super::Error;
 
@@ -31,10 +32,10 @@ const MAX_HEADERS: usize = 100;
 
 /// The backend's answer to the upgrade request.
 pub enum Answer {
-    /// `101 Switching Protocols`: its headers, the upgraded stream, and any bytes the backend
+    /// `101 Switching Protocols`: its head, the upgraded stream, and any bytes the backend
     /// sent right behind the head (the first frames may share its segment).
     Switched {
-        headers: HeaderMap,
+        head: SwitchedHead,
         stream: Stream,
         early: Bytes,
     },
@@ -92,14 +93,16 @@ async fn exchange(
                 buf.advance(len);
                 continue;
             }
-            Head::Switched { headers, early } => {
+            Head::Switched { head, early } => {
                 return Ok(Answer::Switched {
-                    headers,
+                    head,
                     stream,
                     early,
                 });
             }
-            Head::Final => return refused(stream, buf.freeze(), target, endpoint).await,
+            // Boxed: a refusal is rare, and hyper's client handshake is a large future that
+            // every upgrade exchange would otherwise carry.
+            Head::Final => return Box::pin(refused(stream, buf.freeze(), target, endpoint)).await,
         }
         if buf.len() >= MAX_RESPONSE_HEAD {
             return Err(protocol(format!(
@@ -162,14 +165,76 @@ enum Head {
     Partial,
     /// A 1xx other than 101 of this many bytes.
     Informational(usize),
-    /// A 101: its headers (sharing the read buffer) and the bytes behind the head.
-    Switched { headers: HeaderMap, early: Bytes },
+    /// A 101: its head (the read buffer's bytes) and the bytes behind it.
+    Switched { head: SwitchedHead, early: Bytes },
     /// Any other final status: left for hyper to read again.
     Final,
 }
 
-/// Parses what `buf` holds so far. On a 101 the buffer is consumed: header values become
-/// slices of it rather than copies.
+/// A backend's 101 as it arrived: the head's bytes and where each header's name and value lie
+/// in them. Nothing is copied or hashed: the client's 101 is written from these spans, and a
+/// header map is built only where hyper needs one (an upgrade on a kept-alive connection).
+/// httparse has already checked names (tokens) and values (no control bytes), the same rules
+/// `HeaderName` and `HeaderValue` apply.
+#[derive(Debug)]
+pub struct SwitchedHead {
+    bytes: Bytes,
+    /// (name, value) spans; five or six headers is the usual 101.
+    spans: SmallVec<[(Span, Span); 8]>,
+}
+
+/// Start and end in the head, which is at most `MAX_RESPONSE_HEAD` bytes: compact, since
+/// the head moves through several futures on its way to the client.
+#[derive(Debug, Clone, Copy)]
+struct Span(u16, u16);
+
+impl Span {
+    fn of(part: &[u8], base: usize) -> Span {
+        let start = part.as_ptr() as usize - base;
+        Span(start as u16, (start + part.len()) as u16)
+    }
+
+    fn range(self) -> std::ops::Range<usize> {
+        self.0 as usize..self.1 as usize
+    }
+}
+
+impl SwitchedHead {
+    /// The headers that travel on to the client, as (name, value) bytes: the backend's,
+    /// without hop-by-hop ones, `Upgrade`, or those its `Connection` lists
+    /// (`headers::hop_by_hop_in`).
+    pub fn end_to_end(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let all = self
+            .spans
+            .iter()
+            .map(|(n, v)| (&self.bytes[n.range()], &self.bytes[v.range()]));
+        let hop = hop_by_hop_in(all.clone());
+        all.filter(move |(name, _)| !hop(name))
+    }
+
+    /// Length of the head in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// `end_to_end` as a header map, for a response hyper writes.
+    pub fn end_to_end_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.spans.len());
+        for (name, value) in self.end_to_end() {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_maybe_shared(self.bytes.slice_ref(value)),
+            ) else {
+                continue;
+            };
+            map.append(name, value);
+        }
+        map
+    }
+}
+
+/// Parses what `buf` holds so far. On a 101 the buffer is consumed: it becomes the head's
+/// bytes, and what follows the head becomes `early`.
 fn parse_head(buf: &mut BytesMut) -> Result<Head, String> {
     if buf.is_empty() {
         return Ok(Head::Partial);
@@ -187,25 +252,23 @@ fn parse_head(buf: &mut BytesMut) -> Result<Head, String> {
     if resp.version != Some(1) {
         return Err("response is not HTTP/1.1".into());
     }
+    if len > MAX_RESPONSE_HEAD {
+        return Err(format!("response head exceeds {MAX_RESPONSE_HEAD} bytes"));
+    }
     let code = resp.code.unwrap_or(0);
     if code == StatusCode::SWITCHING_PROTOCOLS.as_u16() {
         let base = buf.as_ptr() as usize;
-        let mut spans = Vec::with_capacity(resp.headers.len());
-        for h in resp.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| format!("invalid response header name {:?}", h.name))?;
-            let start = h.value.as_ptr() as usize - base;
-            spans.push((name, start..start + h.value.len()));
-        }
+        let spans = resp
+            .headers
+            .iter()
+            .map(|h| (Span::of(h.name.as_bytes(), base), Span::of(h.value, base)))
+            .collect();
         let early = buf.split_off(len).freeze();
-        let head = std::mem::take(buf).freeze();
-        let mut headers = HeaderMap::with_capacity(spans.len());
-        for (name, span) in spans {
-            let value = HeaderValue::from_maybe_shared(head.slice(span))
-                .map_err(|_| format!("invalid value in response header {name}"))?;
-            headers.append(name, value);
-        }
-        return Ok(Head::Switched { headers, early });
+        let bytes = std::mem::take(buf).freeze();
+        return Ok(Head::Switched {
+            head: SwitchedHead { bytes, spans },
+            early,
+        });
     }
     if (100..200).contains(&code) {
         return Ok(Head::Informational(len));
@@ -333,15 +396,26 @@ mod tests {
         }
     }
 
-    /// A 101 yields its headers and the exact head length, so bytes behind it are kept.
+    /// A 101 yields its end-to-end headers and the exact head length, so bytes behind it are
+    /// kept.
     #[test]
     fn switching_protocols_head_keeps_headers_and_length() {
-        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc\r\n\r\n\x81\x02hi";
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\nSec-WebSocket-Accept: abc\r\nSet-Cookie: a=1\r\n\r\n\x81\x02hi";
         match parse_head(&mut BytesMut::from(&raw[..])).unwrap() {
-            Head::Switched { headers, early } => {
+            Head::Switched { head, early } => {
                 assert_eq!(&early[..], b"\x81\x02hi");
-                assert_eq!(headers["sec-websocket-accept"], "abc");
-                assert_eq!(headers.len(), 3);
+                // Hop-by-hop headers and those Connection lists stay here.
+                let kept: Vec<_> = head.end_to_end().collect();
+                assert_eq!(
+                    kept,
+                    vec![
+                        (&b"Sec-WebSocket-Accept"[..], &b"abc"[..]),
+                        (&b"Set-Cookie"[..], &b"a=1"[..])
+                    ]
+                );
+                let map = head.end_to_end_map();
+                assert_eq!(map["sec-websocket-accept"], "abc");
+                assert_eq!(map.len(), 2);
             }
             other => panic!("expected 101, got {other:?}"),
         }

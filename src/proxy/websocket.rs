@@ -19,22 +19,56 @@ use super::headers::strip_hop_by_hop;
 use super::relay::{relay_streams, RelayConfig, RelayStats};
 use super::service::{ProxyBody, RequestCtx};
 use super::tls::Stream;
-use super::upgrade::{request_head, upgrade, valid_target, Answer};
+use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
 use super::{upstream, Error, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
 
 /// A backend that switched protocols, ready to relay.
 pub struct Switched {
-    /// The headers of the client's 101: the backend's, hop-by-hop removed, plus the
-    /// sticky-session cookie.
-    pub headers: HeaderMap,
+    /// The backend's 101; its end-to-end headers go on to the client.
+    pub head: SwitchedHead,
+    /// The sticky-session cookie for the client's 101, when the route is cookie-sticky.
+    pub set_cookie: Option<HeaderValue>,
     pub upstream: Stream,
     /// Bytes the backend sent right behind its 101.
     pub early: Bytes,
     /// Counts the connection as load on the endpoint until dropped.
     pub load: ConnectionGuard,
     pub endpoint: String,
+}
+
+impl Switched {
+    /// The client's 101, ready to write: the status line, the backend's end-to-end headers
+    /// (hop-by-hop ones removed), `Connection`/`Upgrade`, the sticky cookie, the blank line.
+    pub fn client_head(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128 + self.head.len());
+        out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+        for (name, value) in self.head.end_to_end() {
+            for part in [name, b": ", value, b"\r\n"] {
+                out.extend_from_slice(part);
+            }
+        }
+        out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
+        if let Some(cookie) = &self.set_cookie {
+            out.extend_from_slice(b"set-cookie: ");
+            out.extend_from_slice(cookie.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    /// The headers of `client_head` as a map, for a 101 that hyper writes.
+    pub fn client_headers(&self) -> HeaderMap {
+        let mut headers = self.head.end_to_end_map();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Some(cookie) = &self.set_cookie {
+            headers.append(header::SET_COOKIE, cookie.clone());
+        }
+        headers
+    }
 }
 
 /// How the backend answered the upgrade.
@@ -75,24 +109,17 @@ pub async fn open(
     drop(headers);
     match answer {
         Answer::Switched {
-            mut headers,
+            head,
             stream,
             early,
-        } => {
-            strip_hop_by_hop(&mut headers);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            if let Some(cookie) = exchange.set_cookie.take() {
-                headers.append(header::SET_COOKIE, cookie);
-            }
-            Ok(Opened::Switched(Switched {
-                headers,
-                upstream: stream,
-                early,
-                load: exchange.load,
-                endpoint: exchange.endpoint,
-            }))
-        }
+        } => Ok(Opened::Switched(Switched {
+            head,
+            set_cookie: exchange.set_cookie.take(),
+            upstream: stream,
+            early,
+            load: exchange.load,
+            endpoint: exchange.endpoint,
+        })),
         Answer::Refused(mut resp) => {
             route
                 .metrics
@@ -167,14 +194,14 @@ pub async fn proxy(
     };
     let mut to_client = Response::new(http_body_util::Full::new(Bytes::new()));
     *to_client.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *to_client.headers_mut() = switched.client_headers();
     let Switched {
-        headers,
         upstream,
         early,
         load,
         endpoint,
+        ..
     } = switched;
-    *to_client.headers_mut() = headers;
 
     let table = Arc::clone(table);
     let route_index = index_of(&table, route);

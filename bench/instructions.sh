@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied WebSocket handshake, counted by valgrind's callgrind
+# (exact, not timed, so it resolves differences of a few per cent that this machine's timing
+# noise hides). Start-up is taken out: wsgate runs twice, for a short and a longer load, and
+# the figure is the difference in instructions over the difference in handshakes.
+#
+#   bench/instructions.sh [WSGATE_BIN...]    default: target/release/wsgate (build it first)
+#
+# Several binaries are measured one after another, each against the same echo backend (the
+# first binary's `wsgate echo`). Prints instructions per handshake and, for the last binary,
+# the functions that executed the most of them. Needs valgrind and bench/target/release/loadgen.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$BENCH_DIR")
+[ $# -gt 0 ] || set -- "$REPO/target/release/wsgate"
+LOADGEN=${LOADGEN_BIN:-$BENCH_DIR/target/release/loadgen}
+PORT_BASE=${BENCH_PORT_BASE:-19150}
+ECHO=127.0.0.1:$((PORT_BASE + 1))
+GATEWAY=127.0.0.1:$((PORT_BASE + 2))
+ADMIN=127.0.0.1:$((PORT_BASE + 3))
+command -v valgrind >/dev/null || { echo "instructions.sh: needs valgrind" >&2; exit 1; }
+for bin in "$@" "$LOADGEN"; do
+    [ -x "$bin" ] || { echo "instructions.sh: build $bin first" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d /tmp/wsgate-instructions.XXXXXX)
+PIDS=()
+stop_all() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+}
+trap stop_all EXIT
+sed -e "s|@ECHO_PORT@|${ECHO##*:}|" "$BENCH_DIR/peers/wsgate-routes.yaml.in" >"$WORK/routes.yaml"
+"$1" echo --listen "$ECHO" >"$WORK/echo.log" 2>&1 &
+PIDS+=($!)
+
+# One callgrind run of BIN under SECS seconds of load: writes $WORK/NAME.{out,json}.
+measure() { # bin name secs
+    # One CPU, as in the benchmark: one worker on a current-thread runtime.
+    RUST_LOG=warn taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$WORK/$2.out" "$1" run \
+        --routes "$WORK/routes.yaml" --listen "$GATEWAY" --admin-listen "$ADMIN" >"$WORK/$2.log" 2>&1 &
+    local gw=$!
+    PIDS+=("$gw")
+    for _ in $(seq 150); do
+        "$LOADGEN" handshakes --url "ws://$GATEWAY/probe" --target probe --conns 1 --warmup 0s \
+            --duration 0.1s >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    "$LOADGEN" handshakes --url "ws://$GATEWAY/bench" --target wsgate --conns 1 --warmup 0s \
+        --duration "${3}s" >"$WORK/$2.json"
+    kill -INT "$gw"
+    wait "$gw" || true
+}
+
+i=0
+for bin in "$@"; do
+    i=$((i + 1))
+    measure "$bin" "b$i-short" 1
+    measure "$bin" "b$i-long" 4
+    python3 - "$WORK" "b$i" "$bin" <<'PY'
+import json, re, sys
+work, name, bin_ = sys.argv[1:]
+def run(kind):
+    with open(f"{work}/{name}-{kind}.json") as f:
+        n = json.loads(f.read().strip().splitlines()[-1])["total_cycles"]
+    with open(f"{work}/{name}-{kind}.out") as f:
+        ir = next(int(l.split()[1]) for l in f if l.startswith("summary:") or l.startswith("totals:"))
+    return n, ir
+(n1, i1), (n2, i2) = run("short"), run("long")
+print(f"{bin_}: {(i2 - i1) / max(n2 - n1, 1):,.0f} instructions per handshake "
+      f"({n2 - n1} handshakes apart)")
+PY
+done
+echo "functions of the last binary (4 s run, start-up included):"
+callgrind_annotate "$WORK/b$i-long.out" 2>/dev/null | sed -n '/^Ir/,$p' | sed -n '1,40p'
+echo "callgrind profiles: $WORK"
