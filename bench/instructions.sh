@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# User-space instructions per proxied WebSocket handshake, counted by valgrind's callgrind
-# (exact, not timed, so it resolves differences of a few per cent that this machine's timing
-# noise hides). Start-up is taken out: wsgate runs twice, for a short and a longer load, and
-# the figure is the difference in instructions over the difference in handshakes.
+# User-space instructions per proxied WebSocket handshake (or message), counted by valgrind's
+# callgrind (exact, not timed, so it resolves differences of a few per cent that this
+# machine's timing noise hides). Start-up is taken out: wsgate runs twice, for a short and a
+# longer load, and the figure is the difference in instructions over the difference in
+# operations.
 #
 #   bench/instructions.sh [WSGATE_BIN...]    default: target/release/wsgate (build it first)
+#   LOAD="throughput --conns 10 --inflight 4 --size 64" bench/instructions.sh ...   per message
 #
 # Several binaries are measured one after another, each against the same echo backend (the
 # first binary's `wsgate echo`). Prints instructions per handshake and, for the last binary,
@@ -15,6 +17,7 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH_DIR")
 [ $# -gt 0 ] || set -- "$REPO/target/release/wsgate"
 LOADGEN=${LOADGEN_BIN:-$BENCH_DIR/target/release/loadgen}
+LOAD=${LOAD:-handshakes --conns 1}
 PORT_BASE=${BENCH_PORT_BASE:-19150}
 ECHO=127.0.0.1:$((PORT_BASE + 1))
 GATEWAY=127.0.0.1:$((PORT_BASE + 2))
@@ -47,7 +50,8 @@ measure() { # bin name secs
             --duration 0.1s >/dev/null 2>&1 && break
         sleep 0.2
     done
-    "$LOADGEN" handshakes --url "ws://$GATEWAY/bench" --target wsgate --conns 1 --warmup 0s \
+    # shellcheck disable=SC2086
+    "$LOADGEN" $LOAD --url "ws://$GATEWAY/bench" --target wsgate --warmup 0s \
         --duration "${3}s" >"$WORK/$2.json"
     kill -INT "$gw"
     wait "$gw" || true
@@ -63,13 +67,14 @@ import json, re, sys
 work, name, bin_ = sys.argv[1:]
 def run(kind):
     with open(f"{work}/{name}-{kind}.json") as f:
-        n = json.loads(f.read().strip().splitlines()[-1])["total_cycles"]
+        r = json.loads(f.read().strip().splitlines()[-1])
+        n = r.get("total_cycles") or r.get("total_messages") or 0
     with open(f"{work}/{name}-{kind}.out") as f:
         ir = next(int(l.split()[1]) for l in f if l.startswith("summary:") or l.startswith("totals:"))
     return n, ir
 (n1, i1), (n2, i2) = run("short"), run("long")
-print(f"{bin_}: {(i2 - i1) / max(n2 - n1, 1):,.0f} instructions per handshake "
-      f"({n2 - n1} handshakes apart)")
+print(f"{bin_}: {(i2 - i1) / max(n2 - n1, 1):,.0f} instructions per operation "
+      f"({n2 - n1} operations apart)")
 PY
 done
 echo "functions of the last binary (4 s run, start-up included):"

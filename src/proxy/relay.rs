@@ -470,8 +470,9 @@ fn relay_done(up: &Half, down: &Half) -> bool {
 
 /// The two connections of a relay and how bytes move between them.
 trait Transport {
-    /// Moves whatever can move now; `Ready` once anything changed, else `Pending` with
-    /// every needed waker registered.
+    /// Moves whatever can move until nothing can, then: `Ready` if anything changed,
+    /// `Pending` if not — either way with a waker registered for everything it waits on
+    /// (`run` relies on that to sleep after a step that moved bytes).
     fn poll_step(&mut self, cx: &mut Context<'_>, up: &mut Half, down: &mut Half) -> Poll<()>;
 }
 
@@ -559,15 +560,24 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     fn poll_step(&mut self, cx: &mut Context<'_>, up: &mut Half, down: &mut Half) -> Poll<()> {
-        let a = pump(cx, &mut self.client, &mut self.upstream, up, CLIENT_DIED);
-        let b = pump(
-            cx,
-            &mut self.upstream,
-            &mut self.client,
-            down,
-            UPSTREAM_DIED,
-        );
-        if a || b {
+        // As for plain TCP: pump until a pass moves nothing, so every waker is registered.
+        // Bounded by tokio's cooperative budget, which the sockets under the TLS streams use.
+        let mut moved = false;
+        while !relay_done(up, down) {
+            let a = pump(cx, &mut self.client, &mut self.upstream, up, CLIENT_DIED);
+            let b = pump(
+                cx,
+                &mut self.upstream,
+                &mut self.client,
+                down,
+                UPSTREAM_DIED,
+            );
+            if !(a || b) {
+                break;
+            }
+            moved = true;
+        }
+        if moved {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -657,11 +667,9 @@ async fn run<T: Transport>(
         if relay_done(&up, &down) {
             break RelayEnd::Closed;
         }
-        if linger_timer.is_none() && (up.src_done || down.src_done || (up.discard && down.discard))
-        {
+        if linger_timer.is_none() && winding_down(&up, &down) {
             linger_timer = Some(Box::pin(tokio::time::sleep(config.linger)));
         }
-        let (up_bytes, down_bytes) = (up.bytes, down.bytes);
         // Injected Close frames land in a backlog; the next step writes them.
         tokio::select! {
             biased;
@@ -670,7 +678,31 @@ async fn run<T: Transport>(
                 down.close_wanted = Some((close_code::GOING_AWAY, "gateway shutting down"));
                 down.inject_if_ready();
             }
-            _ = poll_fn(|cx| transport.poll_step(cx, &mut up, &mut down)) => {}
+            _ = poll_fn(|cx| {
+                let before = (up.bytes, down.bytes);
+                if transport.poll_step(cx, &mut up, &mut down).is_pending() {
+                    return Poll::Pending;
+                }
+                if idle.is_some() && (up.bytes, down.bytes) != before {
+                    last_activity = Instant::now();
+                }
+                if up.bytes - up.bytes_flushed > METRICS_FLUSH_BYTES {
+                    up.flush_metrics(&metrics.bytes_up, &metrics.messages_up);
+                }
+                if down.bytes - down.bytes_flushed > METRICS_FLUSH_BYTES {
+                    down.flush_metrics(&metrics.bytes_down, &metrics.messages_down);
+                }
+                // A step stops only once nothing can move, with a waker registered for
+                // everything it waits on. Unless the relay is winding down (what the loop
+                // around this reacts to), sleep right here: going round the loop would poll
+                // every socket again only to learn that (callgrind: ~10 % fewer instructions
+                // per small message).
+                if relay_done(&up, &down) || winding_down(&up, &down) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }) => {}
             _ = fire(&mut idle_timer) => {
                 let idle = idle.unwrap_or_default();
                 if last_activity + idle <= Instant::now() {
@@ -686,15 +718,6 @@ async fn run<T: Transport>(
             }
             _ = fire(&mut linger_timer) => break RelayEnd::LingerExpired,
         }
-        if idle.is_some() && (up.bytes != up_bytes || down.bytes != down_bytes) {
-            last_activity = Instant::now();
-        }
-        if up.bytes - up.bytes_flushed > METRICS_FLUSH_BYTES {
-            up.flush_metrics(&metrics.bytes_up, &metrics.messages_up);
-        }
-        if down.bytes - down.bytes_flushed > METRICS_FLUSH_BYTES {
-            down.flush_metrics(&metrics.bytes_down, &metrics.messages_down);
-        }
     };
     up.flush_metrics(&metrics.bytes_up, &metrics.messages_up);
     down.flush_metrics(&metrics.bytes_down, &metrics.messages_down);
@@ -707,6 +730,12 @@ async fn run<T: Transport>(
         injected_to_upstream: up.injected,
         end,
     }
+}
+
+/// A side has closed (or both got our Close): from here the other side has the linger time
+/// to follow.
+fn winding_down(up: &Half, down: &Half) -> bool {
+    up.src_done || down.src_done || (up.discard && down.discard)
 }
 
 /// Completes when the timer is set and due; never when it is not set.
