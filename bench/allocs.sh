@@ -24,26 +24,15 @@ ADMIN=127.0.0.1:$((PORT_BASE + 3))
 command -v valgrind >/dev/null || { echo "allocs.sh: needs valgrind" >&2; exit 1; }
 [ -x "$WSGATE" ] && [ -x "$LOADGEN" ] || { echo "allocs.sh: build $WSGATE and $LOADGEN first" >&2; exit 1; }
 
-WORK=$(mktemp -d /tmp/wsgate-allocs.XXXXXX)
-PIDS=()
-stop_all() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-}
-trap stop_all EXIT
-sed -e "s|@ECHO_PORT@|${ECHO##*:}|" "$BENCH_DIR/peers/wsgate-routes.yaml.in" >"$WORK/routes.yaml"
-
-"$WSGATE" echo --listen "$ECHO" >"$WORK/echo.log" 2>&1 &
-PIDS+=($!)
+VALGRIND_TOOL_NAME=allocs
+# shellcheck source=bench/under-valgrind.sh
+. "$BENCH_DIR/under-valgrind.sh"
+start_echo "$WSGATE"
 RUST_LOG=warn valgrind --tool=dhat --dhat-out-file="$WORK/dhat.json" "$WSGATE" run \
     --routes "$WORK/routes.yaml" --listen "$GATEWAY" --admin-listen "$ADMIN" >"$WORK/dhat.log" 2>&1 &
 GW=$!
 PIDS+=("$GW")
-for _ in $(seq 100); do
-    "$LOADGEN" handshakes --url "ws://$GATEWAY/probe" --target probe --conns 1 --warmup 0s \
-        --duration 0.1s >/dev/null 2>&1 && break
-    sleep 0.2
-done
+wait_gateway
 "$LOADGEN" handshakes --url "ws://$GATEWAY/bench" --target wsgate --conns 1 --warmup 0s \
     --duration 3s >"$WORK/run.json"
 kill -INT "$GW"

@@ -27,16 +27,10 @@ for bin in "$@" "$LOADGEN"; do
     [ -x "$bin" ] || { echo "instructions.sh: build $bin first" >&2; exit 1; }
 done
 
-WORK=$(mktemp -d /tmp/wsgate-instructions.XXXXXX)
-PIDS=()
-stop_all() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-}
-trap stop_all EXIT
-sed -e "s|@ECHO_PORT@|${ECHO##*:}|" "$BENCH_DIR/peers/wsgate-routes.yaml.in" >"$WORK/routes.yaml"
-"$1" echo --listen "$ECHO" >"$WORK/echo.log" 2>&1 &
-PIDS+=($!)
+VALGRIND_TOOL_NAME=instructions
+# shellcheck source=bench/under-valgrind.sh
+. "$BENCH_DIR/under-valgrind.sh"
+start_echo "$1"
 
 # One callgrind run of BIN under SECS seconds of load: writes $WORK/NAME.{out,json}.
 measure() { # bin name secs
@@ -45,11 +39,7 @@ measure() { # bin name secs
         --routes "$WORK/routes.yaml" --listen "$GATEWAY" --admin-listen "$ADMIN" >"$WORK/$2.log" 2>&1 &
     local gw=$!
     PIDS+=("$gw")
-    for _ in $(seq 150); do
-        "$LOADGEN" handshakes --url "ws://$GATEWAY/probe" --target probe --conns 1 --warmup 0s \
-            --duration 0.1s >/dev/null 2>&1 && break
-        sleep 0.2
-    done
+    wait_gateway
     # shellcheck disable=SC2086
     "$LOADGEN" $LOAD --url "ws://$GATEWAY/bench" --target wsgate --warmup 0s \
         --duration "${3}s" >"$WORK/$2.json"

@@ -1,0 +1,28 @@
+# shellcheck shell=bash disable=SC2034  # sourced; the caller reads WORK and PIDS
+# Shared set-up of the valgrind tools (allocs.sh, instructions.sh); sourced, not run.
+# Needs BENCH_DIR, ECHO (host:port of the echo backend), GATEWAY and LOADGEN set by the caller,
+# and VALGRIND_TOOL_NAME (for the work directory's name).
+
+WORK=$(mktemp -d "/tmp/wsgate-${VALGRIND_TOOL_NAME:-valgrind}.XXXXXX")
+PIDS=()
+stop_all() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+}
+trap stop_all EXIT
+sed -e "s|@ECHO_PORT@|${ECHO##*:}|" "$BENCH_DIR/peers/wsgate-routes.yaml.in" >"$WORK/routes.yaml"
+
+start_echo() { # wsgate binary: the echo backend every measured gateway relays to
+    "$1" echo --listen "$ECHO" >"$WORK/echo.log" 2>&1 &
+    PIDS+=($!)
+}
+
+wait_gateway() { # until a gateway under valgrind relays an echo (bounded: 150 tries, 0.2 s apart)
+    for _ in $(seq 150); do
+        "$LOADGEN" handshakes --url "ws://$GATEWAY/probe" --target probe --conns 1 --warmup 0s \
+            --duration 0.1s >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    echo "gateway at $GATEWAY never relayed an echo" >&2
+    return 1
+}
