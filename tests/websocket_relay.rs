@@ -187,6 +187,77 @@ async fn bytes_coalesced_with_101_are_relayed() {
     assert_eq!(next_msg(&mut ws).await, Message::text("early"));
 }
 
+/// The client's 101 carries the backend's end-to-end headers and none of its hop-by-hop ones
+/// (those RFC 9110 names and those its `Connection` lists), with one `Connection: upgrade`
+/// and one `Upgrade: websocket` of wsgate's own.
+#[tokio::test]
+async fn backend_101_passes_end_to_end_headers_and_stops_hop_by_hop_ones() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            head.extend_from_slice(&buf[..n]);
+        }
+        let out = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
+                   Proxy-Authenticate: Basic\r\nX-Backend: b1\r\n\
+                   Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        s.write_all(out.as_bytes()).await.unwrap();
+        let _ = s.read(&mut buf).await;
+    });
+    let gw = Gateway::start(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[addr]),
+    )])
+    .await;
+    let mut client = TcpStream::connect(gw.server.listen_addr).await.unwrap();
+    client
+        .write_all(
+            b"GET /x HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = within("the 101", client.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "connection closed before the 101: {head:?}");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let mut lines = head.lines();
+    assert_eq!(lines.next(), Some("http/1.1 101 switching protocols"));
+    let headers: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+    let named = |name: &str| {
+        headers
+            .iter()
+            .filter(|l| l.starts_with(&format!("{name}:")))
+            .count()
+    };
+    assert!(headers.contains(&"x-backend: b1"), "{headers:?}");
+    assert!(
+        headers.contains(&"sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{headers:?}"
+    );
+    assert!(headers.contains(&"connection: upgrade"), "{headers:?}");
+    assert!(headers.contains(&"upgrade: websocket"), "{headers:?}");
+    for (name, times) in [
+        ("connection", 1),
+        ("upgrade", 1),
+        ("x-hop", 0),
+        ("keep-alive", 0),
+        ("proxy-authenticate", 0),
+    ] {
+        assert_eq!(named(name), times, "{name} in {headers:?}");
+    }
+}
+
 /// A backend that dies without a Close frame: the client gets Close 1011, then the end.
 #[tokio::test]
 async fn backend_dying_mid_stream_sends_close_1011_to_client() {
