@@ -128,6 +128,9 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    // Accepted connections inherit it (Linux and the BSDs): no setsockopt per connection
+    // (the accept loop checks the first connection and sets it itself where not inherited).
+    socket.set_nodelay(true)?;
     if let Err(e) = defer_accept(&socket) {
         tracing::debug!(error = %e, "TCP_DEFER_ACCEPT not available; accepting at once");
     }
@@ -197,5 +200,7 @@ mod tests {
             .try_read(&mut head)
             .expect("bytes readable at accept");
         assert_eq!(&head[..n], b"GET / HTTP/1.1\r\n");
+        // Set on the listener, inherited: the accept loop relies on it to skip a system call.
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY not inherited");
     }
 }

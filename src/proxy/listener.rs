@@ -32,6 +32,7 @@ async fn accept_loop(
     tls: Option<TlsAcceptor>,
 ) {
     let mut drain = gw.drain.signal();
+    let mut nodelay = NoDelay::Unknown;
     loop {
         let accepted = tokio::select! {
             _ = drain.wait() => break,
@@ -46,7 +47,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        nodelay.ensure(&stream);
         let gw2 = Arc::clone(&gw);
         let conn_drain = gw.drain.signal();
         let tls = tls.clone();
@@ -75,4 +76,70 @@ async fn accept_loop(
         }));
     }
     tracing::info!("listener stopped accepting");
+}
+
+/// Whether accepted connections arrive with TCP_NODELAY already set (inherited from a
+/// listener bound with it, as `app::server` binds them), learned from the first connection
+/// with one `getsockopt`, so the rest skip a `setsockopt` each.
+enum NoDelay {
+    Unknown,
+    Inherited,
+    SetEach,
+}
+
+impl NoDelay {
+    fn ensure(&mut self, stream: &tokio::net::TcpStream) {
+        match self {
+            NoDelay::Inherited => {}
+            NoDelay::SetEach => {
+                let _ = stream.set_nodelay(true);
+            }
+            NoDelay::Unknown => {
+                *self = if stream.nodelay().unwrap_or(false) {
+                    NoDelay::Inherited
+                } else {
+                    let _ = stream.set_nodelay(true);
+                    NoDelay::SetEach
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NoDelay;
+
+    async fn accepted(listener_nodelay: bool) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_nodelay(listener_nodelay).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(8).unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        listener.accept().await.unwrap().0
+    }
+
+    /// Every accepted connection ends up with TCP_NODELAY, whether the listener passed it on
+    /// (then no call per connection) or not (then each is set).
+    #[tokio::test]
+    async fn accepted_connections_always_get_nodelay() {
+        for listener_nodelay in [true, false] {
+            let mut state = NoDelay::Unknown;
+            for _ in 0..2 {
+                let stream = accepted(listener_nodelay).await;
+                state.ensure(&stream);
+                assert!(
+                    stream.nodelay().unwrap(),
+                    "listener nodelay {listener_nodelay}"
+                );
+            }
+            assert_eq!(
+                matches!(state, NoDelay::Inherited),
+                listener_nodelay,
+                "what the first connection showed is remembered"
+            );
+        }
+    }
 }
