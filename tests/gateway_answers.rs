@@ -190,15 +190,11 @@ async fn scripted_backend(reply: fn(&str) -> Vec<u8>) -> std::net::SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
+                let Some(head) = read_http_head(&mut s).await else {
+                    return;
+                };
+                let _ = s.write_all(&reply(&head)).await;
                 let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s.write_all(&reply(&String::from_utf8_lossy(&head))).await;
                 while let Ok(n) = s.read(&mut buf).await {
                     if n == 0 {
                         break;

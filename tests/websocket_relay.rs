@@ -150,13 +150,7 @@ async fn bytes_coalesced_with_101_are_relayed() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let mut head = Vec::new();
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            head.extend_from_slice(&buf[..n]);
-        }
-        let text = String::from_utf8_lossy(&head).to_string();
+        let text = read_http_head(&mut s).await.expect("the upgrade request");
         let key = text
             .lines()
             .find_map(|l| {
@@ -175,7 +169,7 @@ async fn bytes_coalesced_with_101_are_relayed() {
         out.extend_from_slice(b"early");
         s.write_all(&out).await.unwrap();
         // Keep the socket open until the client is done.
-        let _ = s.read(&mut buf).await;
+        let _ = s.read(&mut [0u8; 64]).await;
     });
     let gw = Gateway::start(&[route(
         "r",
@@ -196,18 +190,13 @@ async fn backend_101_passes_end_to_end_headers_and_stops_hop_by_hop_ones() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let mut head = Vec::new();
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            head.extend_from_slice(&buf[..n]);
-        }
+        read_http_head(&mut s).await.expect("the upgrade request");
         let out = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
                    Connection: Upgrade, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
                    Proxy-Authenticate: Basic\r\nX-Backend: b1\r\n\
                    Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
         s.write_all(out.as_bytes()).await.unwrap();
-        let _ = s.read(&mut buf).await;
+        let _ = s.read(&mut [0u8; 64]).await;
     });
     let gw = Gateway::start(&[route(
         "r",
@@ -223,14 +212,10 @@ async fn backend_101_passes_end_to_end_headers_and_stops_hop_by_hop_ones() {
         )
         .await
         .unwrap();
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = within("the 101", client.read(&mut buf)).await.unwrap();
-        assert!(n > 0, "connection closed before the 101: {head:?}");
-        head.extend_from_slice(&buf[..n]);
-    }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let head = within("the 101", read_http_head(&mut client))
+        .await
+        .expect("a 101 before the connection closed")
+        .to_ascii_lowercase();
     let mut lines = head.lines();
     assert_eq!(lines.next(), Some("http/1.1 101 switching protocols"));
     let headers: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
