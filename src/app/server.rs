@@ -141,10 +141,11 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// Every client of this listener speaks first (an HTTP request head, a TLS ClientHello), so
 /// the kernel may hand a connection over only once its first bytes are in: the accept and the
 /// head then come with one wake-up, and the first read never finds an empty socket. Side by
-/// side this saved ~1.8 system calls and ~4 % of the CPU of a proxied handshake
-/// (bench/RESULTS.md). A client that stays silent is handed over anyway once its second ACK
-/// comes, about a second later (nginx's `deferred` uses the same 1 s for the same reason);
-/// the head-read timeout takes over from there.
+/// side (`bench/pair.sh ... handshakes`, 5 rounds) this saved ~1.8 system calls and ~5 % of
+/// the CPU of a proxied handshake (92.4 -> 87.8 µs by the median; bench/RESULTS.md). A client
+/// that stays silent is handed over anyway once its second ACK comes, about a second later
+/// (nginx's `deferred` uses the same 1 s for the same reason); the head-read timeout takes
+/// over from there.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn defer_accept(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {

@@ -25,15 +25,23 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Removes hop-by-hop headers, including any named in `Connection`, and `Upgrade`
 /// (the caller re-adds `Upgrade: websocket` where it belongs).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in connection_listed(headers).iter().chain(HOP_BY_HOP.iter()) {
+    let doomed: smallvec::SmallVec<[HeaderName; 4]> = {
+        let hop = hop_by_hop_in(as_bytes(headers));
+        headers
+            .keys()
+            .filter(|name| hop(name.as_str().as_bytes()))
+            .cloned()
+            .collect()
+    };
+    for name in doomed {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
 }
 
-/// For headers as raw (name, value) bytes (a backend's 101, written on without a header map):
-/// a test that is true for the names `strip_hop_by_hop` would remove — the hop-by-hop ones,
-/// `Upgrade`, and those the `Connection` headers list. Names compare case-insensitively.
+/// The one hop-by-hop rule, for every caller (header maps here, a backend's raw 101 in
+/// `upgrade.rs`): a test that is true for the names that stop at this hop — RFC 9110's
+/// hop-by-hop headers, `Upgrade`, and those the `Connection` headers list. Names compare
+/// case-insensitively; the tokens of `Connection` are borrowed, not copied.
 pub fn hop_by_hop_in<'a, I>(headers: I) -> impl Fn(&[u8]) -> bool + 'a
 where
     I: Iterator<Item = (&'a [u8], &'a [u8])>,
@@ -56,32 +64,11 @@ where
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::UPGRADE || HOP_BY_HOP.contains(name)
-}
-
-/// The header names listed in `Connection`, apart from tokens removed anyway (or not header
-/// names), so the usual `Connection: Upgrade` costs no allocation.
-fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut listed: Vec<HeaderName> = Vec::new();
-    for token in headers
-        .get_all(header::CONNECTION)
+/// A header map's entries as raw (name, value) bytes, for `hop_by_hop_in`.
+fn as_bytes(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+    headers
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-    {
-        if ["upgrade", "close", "keep-alive"]
-            .iter()
-            .any(|t| token.eq_ignore_ascii_case(t))
-        {
-            continue;
-        }
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-            listed.push(name);
-        }
-    }
-    listed
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
 }
 
 /// Whether a comma-separated header contains `token` (case-insensitive).
@@ -126,7 +113,7 @@ pub fn for_upstream(
     fwd: &Forwarded<'_>,
     mut emit: impl FnMut(&HeaderName, &HeaderValue),
 ) {
-    let listed = connection_listed(headers);
+    let hop = hop_by_hop_in(as_bytes(headers));
     let replaced = |name: &HeaderName| {
         name == header::HOST
             || *name == X_FORWARDED_FOR
@@ -135,7 +122,7 @@ pub fn for_upstream(
             || (fwd.host.is_some() && *name == X_FORWARDED_HOST)
     };
     for (name, value) in headers {
-        if is_hop_by_hop(name) || listed.contains(name) || replaced(name) {
+        if hop(name.as_str().as_bytes()) || replaced(name) {
             continue;
         }
         emit(name, value);
@@ -145,7 +132,7 @@ pub fn for_upstream(
     }
     let ip = fwd.client_ip.to_string();
     // A `Connection`-listed X-Forwarded-For was meant for this hop only.
-    let prev = match listed.contains(&X_FORWARDED_FOR) {
+    let prev = match hop(X_FORWARDED_FOR.as_str().as_bytes()) {
         true => None,
         false => headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
     };

