@@ -162,7 +162,7 @@ impl Half {
         }
         self.bytes += chunk.len() as u64;
         if self.close_wanted.is_none() {
-            self.tracker.advance_all(chunk);
+            self.tracker.track(chunk);
             return chunk;
         }
         if self.tracker.at_boundary() {
@@ -492,10 +492,21 @@ impl Transport for Tcp {
         // became ready; each check registers its waker when not ready. Bounded: a read or
         // flush clears the readiness it used unless it moved a full buffer, and tokio's
         // cooperative budget ends the loop (Pending plus a wake-up) after enough moves.
+        // A socket that answered Pending keeps our waker until it becomes ready, so it is
+        // not asked again within the step (bench/instructions.sh: 3.5 -> 3.0 readiness polls
+        // per step).
         let mut moved = false;
+        let (mut client_waits, mut upstream_waits) = (false, false);
         while !relay_done(up, down)
-            && (read_when_ready(cx, client, upstream, up, CLIENT_DIED)
-                || read_when_ready(cx, upstream, client, down, UPSTREAM_DIED)
+            && (read_when_ready(cx, client, upstream, up, CLIENT_DIED, &mut client_waits)
+                || read_when_ready(
+                    cx,
+                    upstream,
+                    client,
+                    down,
+                    UPSTREAM_DIED,
+                    &mut upstream_waits,
+                )
                 || flush_when_ready(cx, upstream, up)
                 || flush_when_ready(cx, client, down))
         {
@@ -509,7 +520,8 @@ impl Transport for Tcp {
     }
 }
 
-/// If `half` wants to read and `src` is readable: one read, forwarded to `dst`.
+/// If `half` wants to read and `src` is readable: one read, forwarded to `dst`. Skipped
+/// while `waits` (`src` answered Pending earlier in this step); sets it on Pending.
 #[inline]
 fn read_when_ready(
     cx: &mut Context<'_>,
@@ -517,11 +529,13 @@ fn read_when_ready(
     dst: &TcpStream,
     half: &mut Half,
     died_code: (u16, &'static str),
+    waits: &mut bool,
 ) -> bool {
-    if !half.wants_read() {
+    if *waits || !half.wants_read() {
         return false;
     }
     let Poll::Ready(r) = src.poll_read_ready(cx) else {
+        *waits = true;
         return false;
     };
     if r.is_err() {

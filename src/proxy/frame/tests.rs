@@ -87,8 +87,8 @@ fn fragmented_message_with_interleaved_ping_is_one_message() {
     );
     assert!(t.at_boundary());
     assert_eq!(t.messages(), 0);
-    t.advance_all(&ping);
-    t.advance_all(&last);
+    t.track(&ping);
+    t.track(&last);
     assert_eq!(t.messages(), 1);
 }
 
@@ -97,10 +97,10 @@ fn fragmented_message_with_interleaved_ping_is_one_message() {
 fn close_seen_after_complete_close_frame() {
     let mut t = FrameTracker::new();
     let close = frame(OP_CLOSE, true, &[0x03, 0xE8], Some([1, 2, 3, 4]));
-    t.advance_all(&close[..close.len() - 1]);
+    t.track(&close[..close.len() - 1]);
     assert!(!t.close_seen());
     assert!(!t.at_boundary());
-    t.advance_all(&close[close.len() - 1..]);
+    t.track(&close[close.len() - 1..]);
     assert!(t.close_seen());
 }
 
@@ -114,7 +114,7 @@ fn garbage_desyncs_instead_of_panicking() {
         vec![0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0], // 64-bit length with top bit
     ] {
         let mut t = FrameTracker::new();
-        t.advance_all(&bad);
+        t.track(&bad);
         assert!(t.desynced(), "{bad:?}");
         assert!(!t.at_boundary());
     }
@@ -167,5 +167,48 @@ proptest! {
         prop_assert_eq!(whole.len(), frames.len());
         prop_assert_eq!(whole, split);
         prop_assert!(t.at_boundary());
+    }
+}
+
+/// What the relay can observe of a tracker.
+fn observable(t: &FrameTracker) -> (bool, bool, bool, u64, bool, u64) {
+    (
+        t.at_boundary(),
+        t.close_seen(),
+        t.desynced(),
+        t.messages(),
+        t.in_payload,
+        t.remaining,
+    )
+}
+
+proptest! {
+    /// `track` (the relay's per-read loop) ends in the same state as feeding the same
+    /// reads to `advance` frame by frame, for valid frames and for arbitrary bytes alike.
+    #[test]
+    fn track_agrees_with_advance(
+        frames in prop::collection::vec((0u8..6, any::<bool>(), 0usize..300, any::<bool>()), 0..20),
+        garbage in prop::collection::vec(any::<u8>(), 0..40),
+        chunks in prop::collection::vec(1usize..64, 1..10),
+    ) {
+        let mut stream = vec![];
+        for (op, fin, len, masked) in &frames {
+            let op = [OP_TEXT, OP_BINARY, OP_PING, OP_PONG, OP_CONTINUATION, OP_CLOSE][*op as usize];
+            let control = op & 0x08 != 0;
+            let len = if control { len % 126 } else { *len };
+            let fin = control || *fin;
+            stream.extend(frame(op, fin, &vec![0xAB; len], masked.then_some([1, 2, 3, 4])));
+        }
+        stream.extend(garbage);
+        let (_, by_frame) = boundaries(&stream, &chunks);
+        let mut tracked = FrameTracker::new();
+        let mut sizes = chunks.iter().cycle();
+        let mut off = 0;
+        while off < stream.len() {
+            let end = (off + *sizes.next().unwrap()).min(stream.len());
+            tracked.track(&stream[off..end]);
+            off = end;
+        }
+        prop_assert_eq!(observable(&tracked), observable(&by_frame));
     }
 }
