@@ -142,16 +142,28 @@ async fn handshake_headers_are_forwarded() {
     assert_eq!(h["host"], echo.addr.to_string());
 }
 
-/// A message the backend sends in the same TCP segment as its 101 is not lost.
-#[tokio::test]
-async fn bytes_coalesced_with_101_are_relayed() {
-    // A backend that writes the 101 and a text frame in one write.
+/// A backend that accepts one connection, reads its request head and writes whatever `answer`
+/// makes of it, then holds the socket open until the other side is done.
+async fn scripted_backend(
+    answer: impl FnOnce(&str) -> Vec<u8> + Send + 'static,
+) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let text = read_http_head(&mut s).await.expect("the upgrade request");
-        let key = text
+        let request = read_http_head(&mut s).await.expect("the upgrade request");
+        s.write_all(&answer(&request)).await.unwrap();
+        let _ = s.read(&mut [0u8; 64]).await;
+    });
+    addr
+}
+
+/// A message the backend sends in the same TCP segment as its 101 is not lost.
+#[tokio::test]
+async fn bytes_coalesced_with_101_are_relayed() {
+    // A backend that writes the 101 and a text frame in one write.
+    let addr = scripted_backend(|request| {
+        let key = request
             .lines()
             .find_map(|l| {
                 l.strip_prefix("sec-websocket-key: ")
@@ -167,10 +179,9 @@ async fn bytes_coalesced_with_101_are_relayed() {
         .into_bytes();
         out.extend_from_slice(&[0x81, 0x05]);
         out.extend_from_slice(b"early");
-        s.write_all(&out).await.unwrap();
-        // Keep the socket open until the client is done.
-        let _ = s.read(&mut [0u8; 64]).await;
-    });
+        out
+    })
+    .await;
     let gw = Gateway::start(&[route(
         "r",
         0,
@@ -186,18 +197,14 @@ async fn bytes_coalesced_with_101_are_relayed() {
 /// and one `Upgrade: websocket` of wsgate's own.
 #[tokio::test]
 async fn backend_101_passes_end_to_end_headers_and_stops_hop_by_hop_ones() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        read_http_head(&mut s).await.expect("the upgrade request");
-        let out = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                   Connection: Upgrade, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
-                   Proxy-Authenticate: Basic\r\nX-Backend: b1\r\n\
-                   Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-        s.write_all(out.as_bytes()).await.unwrap();
-        let _ = s.read(&mut [0u8; 64]).await;
-    });
+    let addr = scripted_backend(|_| {
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
+         Proxy-Authenticate: Basic\r\nX-Backend: b1\r\n\
+         Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+            .into()
+    })
+    .await;
     let gw = Gateway::start(&[route(
         "r",
         0,
