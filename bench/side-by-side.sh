@@ -4,16 +4,11 @@
 # Needs BENCH_DIR, BASE (port base) and LOADGEN set by the caller.
 
 ECHO_PORT=$((BASE + 1))
-WORK=$(mktemp -d "/tmp/wsgate-${SIDE_BY_SIDE_NAME:-tool}.XXXXXX")
-PIDS=()
+SCRATCH_NAME=${SIDE_BY_SIDE_NAME:-tool}
+# shellcheck source=bench/scratch.sh
+. "$BENCH_DIR/scratch.sh"
 declare -A PORT PID
-stop_all() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-}
-trap stop_all EXIT
 ulimit -n "$(ulimit -Hn)"
-sed -e "s|@ECHO_PORT@|$ECHO_PORT|" "$BENCH_DIR/peers/wsgate-routes.yaml.in" >"$WORK/routes.yaml"
 
 start_echo() { # wsgate binary; sets ECHO_PID
     taskset -c 1 "$1" echo --listen "127.0.0.1:$ECHO_PORT" >/dev/null 2>&1 &

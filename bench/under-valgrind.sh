@@ -1,16 +1,12 @@
-# shellcheck shell=bash disable=SC2034  # sourced; the caller reads WORK and PIDS
+# shellcheck shell=bash disable=SC2034  # sourced
 # Shared set-up of the valgrind tools (allocs.sh, instructions.sh); sourced, not run.
 # Needs BENCH_DIR, ECHO (host:port of the echo backend), GATEWAY and LOADGEN set by the caller,
 # and VALGRIND_TOOL_NAME (for the work directory's name).
 
-WORK=$(mktemp -d "/tmp/wsgate-${VALGRIND_TOOL_NAME:-valgrind}.XXXXXX")
-PIDS=()
-stop_all() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-}
-trap stop_all EXIT
-sed -e "s|@ECHO_PORT@|${ECHO##*:}|" "$BENCH_DIR/peers/wsgate-routes.yaml.in" >"$WORK/routes.yaml"
+ECHO_PORT=${ECHO##*:}
+SCRATCH_NAME=${VALGRIND_TOOL_NAME:-valgrind}
+# shellcheck source=bench/scratch.sh
+. "$BENCH_DIR/scratch.sh"
 
 start_echo() { # wsgate binary: the echo backend every measured gateway relays to
     "$1" echo --listen "$ECHO" >"$WORK/echo.log" 2>&1 &
