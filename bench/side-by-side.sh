@@ -46,6 +46,20 @@ start_haproxy() { # port
     PORT[haproxy]=$1
 }
 
+start_peers() { # wsgate binary: the echo backend, wsgate, nginx and HAProxy (the usual four)
+    start_echo "$1"
+    start_wsgate wsgate "$1" $((BASE + 2))
+    start_nginx $((BASE + 4))
+    start_haproxy $((BASE + 5))
+}
+
+start_floor() { # binary port [VAR=VALUE...]: the bare epoll forwarder (loadgen/src/bin/floor.rs)
+    env "${@:3}" taskset -c 0 "$1" "127.0.0.1:$2" "127.0.0.1:$ECHO_PORT" >"$WORK/floor.log" 2>&1 &
+    PID[floor]=$!
+    PIDS+=($!)
+    PORT[floor]=$2
+}
+
 wait_relaying() { # targets...: each relays a WebSocket echo (bounded: 50 tries, 0.2 s apart)
     local t
     for t in "$@"; do

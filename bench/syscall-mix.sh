@@ -25,10 +25,7 @@ done
 SIDE_BY_SIDE_NAME=mix
 # shellcheck source=bench/side-by-side.sh
 . "$BENCH_DIR/side-by-side.sh"
-start_echo "$WSGATE"
-start_wsgate wsgate "$WSGATE" $((BASE + 2))
-start_nginx $((BASE + 4))
-start_haproxy $((BASE + 5))
+start_peers "$WSGATE"
 # shellcheck disable=SC2086
 wait_relaying $TARGETS
 
