@@ -8,8 +8,8 @@
 #
 # WSGATE_BIN, LOADGEN_BIN, FLOOR_BIN, ROUNDS (default 6), SECS (measured seconds per run,
 # default 3) and TARGETS (default "wsgate nginx haproxy floor") adjust it; FLOOR_ENV (e.g.
-# "FLOOR_BATCH=1") picks a variant of the floor (floor.rs says which there are). Pinning as in
-# run.sh: proxies on core 0, echo backend and load generator on core 1.
+# "FLOOR_BATCH=1" or "FLOOR_WORK_NS=300") picks a variant of the floor (floor.rs lists them).
+# Pinning as in run.sh: proxies on core 0, echo backend and load generator on core 1.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -17,7 +17,9 @@
 //!   (HAProxy's order, seen with strace) instead of writing right after each read (nginx's);
 //! - `FLOOR_OUT_ON_DEMAND=1`: watch for EPOLLOUT only while a write waits (HAProxy's
 //!   level-triggered poller), not always (nginx's and tokio's edge-triggered registration);
-//! - `FLOOR_SPIN_US=N`: poll without sleeping for up to N µs before blocking in `epoll_wait`.
+//! - `FLOOR_SPIN_US=N`: poll without sleeping for up to N µs before blocking in `epoll_wait`;
+//! - `FLOOR_WORK_NS=N`: busy-wait N ns before handling each event, a stand-in for a proxy's
+//!   own per-event work (what does being that much slower per event cost, and on which core?).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
@@ -35,22 +37,23 @@ struct Variant {
     batch: bool,
     out_on_demand: bool,
     spin: Duration,
+    work: Duration,
 }
 
 impl Variant {
     fn from_env() -> Result<Self, String> {
         let flag = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0");
-        let spin = match std::env::var("FLOOR_SPIN_US") {
-            Ok(v) => Duration::from_micros(
-                v.parse()
-                    .map_err(|e| format!("FLOOR_SPIN_US={v:?}: not a number of µs ({e})"))?,
-            ),
-            Err(_) => Duration::ZERO,
+        let number = |name: &str| match std::env::var(name) {
+            Ok(v) => v
+                .parse::<u64>()
+                .map_err(|e| format!("{name}={v:?}: not a whole number ({e})")),
+            Err(_) => Ok(0),
         };
         Ok(Variant {
             batch: flag("FLOOR_BATCH"),
             out_on_demand: flag("FLOOR_OUT_ON_DEMAND"),
-            spin,
+            spin: Duration::from_micros(number("FLOOR_SPIN_US")?),
+            work: Duration::from_nanos(number("FLOOR_WORK_NS")?),
         })
     }
 
@@ -350,6 +353,12 @@ fn run(listen: SocketAddr, backend: SocketAddr, variant: Variant) -> std::io::Re
             if token == LISTENER {
                 floor.accept_all(&listener, backend)?;
                 continue;
+            }
+            if !variant.work.is_zero() {
+                let started = Instant::now();
+                while started.elapsed() < variant.work {
+                    std::hint::spin_loop();
+                }
             }
             let (slot, side) = ((token / 2) as usize, (token % 2) as usize);
             // An event for a pair dropped earlier in this round finds its slot empty (or taken
