@@ -11,8 +11,8 @@
 //!
 //!     floor LISTEN_ADDR BACKEND_ADDR      e.g. floor 127.0.0.1:19606 127.0.0.1:19601
 //!
-//! Three variants, each something a peer does differently, to test whether it is what makes
-//! that peer faster (bench/RESULTS.md, "Run V"):
+//! Variants, each something a peer does differently or a knob to test what makes one proxy
+//! faster than another (bench/RESULTS.md, "Run V"):
 //! - `FLOOR_BATCH=1`: read every ready socket of one `epoll_wait` first, then write them all
 //!   (HAProxy's order, seen with strace) instead of writing right after each read (nginx's);
 //! - `FLOOR_OUT_ON_DEMAND=1`: watch for EPOLLOUT only while a write waits (HAProxy's
