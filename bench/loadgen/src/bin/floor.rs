@@ -32,7 +32,7 @@ const BUFFER: usize = 64 * 1024;
 const MAX_EVENTS: usize = 1024;
 const LISTENER: u64 = u64::MAX;
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Variant {
     batch: bool,
     out_on_demand: bool,
