@@ -234,7 +234,7 @@ struct ReadyToRelay {
     upstream: Stream,
     upstream_early: Bytes,
     load: ConnectionGuard,
-    endpoint: String,
+    endpoint: Arc<str>,
     request_id: HeaderValue,
 }
 

@@ -9,6 +9,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -25,7 +26,7 @@ pub struct Dialed<'t> {
     pub stream: TcpStream,
     pub backend: &'t Backend,
     /// `host:port` of the backend.
-    pub endpoint: String,
+    pub endpoint: Arc<str>,
     /// `Set-Cookie` for the response when the route is cookie-sticky.
     pub set_cookie: Option<http::HeaderValue>,
     /// The greeting's bytes not written yet (all of them when none could go with the
@@ -42,7 +43,7 @@ pub async fn dial<'t>(
     let mut last: Option<Error> = None;
     for backend in route.balancer.pick(pick) {
         let ep = &backend.endpoint;
-        let endpoint = ep.authority();
+        let endpoint = Arc::clone(&backend.authority);
         let first = greeting.map(|g| g(&endpoint)).unwrap_or_default();
         let started = Instant::now();
         let attempt = async {
@@ -74,7 +75,7 @@ pub async fn dial<'t>(
                 tracing::warn!(route = %route.route.id, endpoint = %endpoint, error = %source, "connect to backend failed");
                 last = Some(Error::ConnectFailed {
                     route: route.route.id.0.clone(),
-                    last: endpoint,
+                    last: endpoint.to_string(),
                     source,
                 });
             }
@@ -82,7 +83,7 @@ pub async fn dial<'t>(
                 tracing::warn!(route = %route.route.id, endpoint = %endpoint, timeout_ms = timeout.as_millis() as u64, "connect to backend timed out");
                 last = Some(Error::ConnectTimeout {
                     route: route.route.id.0.clone(),
-                    last: endpoint,
+                    last: endpoint.to_string(),
                 });
             }
         }

@@ -3,6 +3,7 @@
 //! client handshake and the request sent with the route's time limit (`open`). The WebSocket
 //! upgrade itself is `upgrade.rs`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,7 +27,7 @@ pub struct Connected<'t> {
     pub unsent: Vec<u8>,
     pub backend: &'t Backend,
     /// `host:port`, for the `Host` header and logs.
-    pub endpoint: String,
+    pub endpoint: Arc<str>,
     /// Counts this exchange as load on the endpoint until dropped.
     pub load: ConnectionGuard,
     /// The sticky-session cookie to hand the client, if the balancer assigned one.
@@ -66,7 +67,7 @@ pub struct Upstream<'t, B> {
     pub sender: SendRequest<B>,
     pub backend: &'t Backend,
     /// `host:port`, for the `Host` header and logs.
-    pub endpoint: String,
+    pub endpoint: Arc<str>,
     /// Counts this exchange as load on the endpoint until dropped.
     pub load: ConnectionGuard,
     /// The sticky-session cookie to hand the client, if the balancer assigned one.
@@ -112,7 +113,7 @@ where
     ) -> Result<Response<Incoming>, Error> {
         match tokio::time::timeout(wait, self.sender.send_request(req)).await {
             Err(_) => Err(Error::UpstreamTimeout {
-                endpoint: self.endpoint.clone(),
+                endpoint: self.endpoint.to_string(),
                 timeout_ms: wait.as_millis(),
             }),
             Ok(Err(e)) => Err(protocol(&self.endpoint, e)),

@@ -35,7 +35,7 @@ pub struct Switched {
     pub early: Bytes,
     /// Counts the connection as load on the endpoint until dropped.
     pub load: ConnectionGuard,
-    pub endpoint: String,
+    pub endpoint: Arc<str>,
 }
 
 impl Switched {
