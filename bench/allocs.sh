@@ -2,7 +2,7 @@
 # Heap allocations per proxied WebSocket handshake, counted by valgrind's dhat (exact, not
 # timed, so it needs no quiet machine). Used for the handshake-path rows of bench/RESULTS.md.
 #
-#   bench/allocs.sh [WSGATE_BIN]        default: target/release/wsgate (build it first)
+#   bench/allocs.sh [WSGATE_BIN]        default: target/release/wsgate (rebuilt first if stale)
 #
 # The binary must use the system allocator, the only one dhat sees: build it with
 # `cargo build --release --no-default-features` (the default build uses mimalloc).
@@ -22,6 +22,9 @@ ECHO=127.0.0.1:$((PORT_BASE + 1))
 GATEWAY=127.0.0.1:$((PORT_BASE + 2))
 ADMIN=127.0.0.1:$((PORT_BASE + 3))
 command -v valgrind >/dev/null || { echo "allocs.sh: needs valgrind" >&2; exit 1; }
+# shellcheck source=bench/release-build.sh
+. "$BENCH_DIR/release-build.sh"
+fresh_release_wsgate "$WSGATE"
 [ -x "$WSGATE" ] && [ -x "$LOADGEN" ] || { echo "allocs.sh: build $WSGATE and $LOADGEN first" >&2; exit 1; }
 
 VALGRIND_TOOL_NAME=allocs

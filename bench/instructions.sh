@@ -5,7 +5,7 @@
 # longer load, and the figure is the difference in instructions over the difference in
 # operations.
 #
-#   bench/instructions.sh [WSGATE_BIN...]    default: target/release/wsgate (build it first)
+#   bench/instructions.sh [WSGATE_BIN...]    default: target/release/wsgate (rebuilt first if stale)
 #   LOAD="throughput --conns 10 --inflight 4 --size 64" bench/instructions.sh ...   per message
 #
 # Several binaries are measured one after another, each against the same echo backend (the
@@ -23,7 +23,10 @@ ECHO=127.0.0.1:$((PORT_BASE + 1))
 GATEWAY=127.0.0.1:$((PORT_BASE + 2))
 ADMIN=127.0.0.1:$((PORT_BASE + 3))
 command -v valgrind >/dev/null || { echo "instructions.sh: needs valgrind" >&2; exit 1; }
+# shellcheck source=bench/release-build.sh
+. "$BENCH_DIR/release-build.sh"
 for bin in "$@" "$LOADGEN"; do
+    fresh_release_wsgate "$bin"
     [ -x "$bin" ] || { echo "instructions.sh: build $bin first" >&2; exit 1; }
 done
 

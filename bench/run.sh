@@ -125,6 +125,8 @@ if command -v perf >/dev/null && perf stat -x, -e raw_syscalls:sys_enter -- true
     SYSCALLS=1
 fi
 
+# shellcheck source=bench/release-build.sh
+. "$BENCH_DIR/release-build.sh"
 if [ -z "${LOADGEN_BIN:-}" ]; then
     log "building loadgen (release)"
     CARGO_TARGET_DIR="$BENCH_DIR/target" cargo build --release --quiet --manifest-path "$BENCH_DIR/loadgen/Cargo.toml"
@@ -134,6 +136,8 @@ if [ -z "${WSGATE_BIN:-}" ]; then
     log "building wsgate (release)"
     cargo build --release --quiet --manifest-path "$REPO/Cargo.toml" --bin wsgate
     WSGATE_BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/wsgate"
+else
+    fresh_release_wsgate "$WSGATE_BIN"
 fi
 [ -x "$LOADGEN_BIN" ] || die "no loadgen binary at $LOADGEN_BIN"
 [ -x "$WSGATE_BIN" ] || die "no wsgate binary at $WSGATE_BIN"
