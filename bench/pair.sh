@@ -21,11 +21,6 @@ ROUNDS=${ROUNDS:-3} SECS=${SECS:-3} COUNT_SECS=${COUNT_SECS:-1}
 BASE=${BENCH_PORT_BASE:-19200}
 command -v nginx >/dev/null || { echo "pair.sh: needs nginx (apt-get install nginx)" >&2; exit 1; }
 
-# shellcheck source=bench/release-build.sh
-. "$BENCH_DIR/release-build.sh"
-fresh_release_wsgate "$BEFORE"
-fresh_release_wsgate "$AFTER"
-
 SIDE_BY_SIDE_NAME=pair
 # shellcheck source=bench/side-by-side.sh
 . "$BENCH_DIR/side-by-side.sh"

@@ -7,10 +7,13 @@ ECHO_PORT=$((BASE + 1))
 SCRATCH_NAME=${SIDE_BY_SIDE_NAME:-tool}
 # shellcheck source=bench/scratch.sh
 . "$BENCH_DIR/scratch.sh"
+# shellcheck source=bench/release-build.sh
+. "$BENCH_DIR/release-build.sh"
 declare -A PORT PID
 ulimit -n "$(ulimit -Hn)"
 
 start_echo() { # wsgate binary; sets ECHO_PID
+    fresh_release_wsgate "$1"
     taskset -c 1 "$1" echo --listen "127.0.0.1:$ECHO_PORT" >/dev/null 2>&1 &
     ECHO_PID=$!
     PIDS+=("$ECHO_PID")
@@ -18,6 +21,7 @@ start_echo() { # wsgate binary; sets ECHO_PID
 }
 
 start_wsgate() { # name binary port (the admin listener takes port + 1)
+    fresh_release_wsgate "$2"
     RUST_LOG=warn taskset -c 0 "$2" run --routes "$WORK/routes.yaml" --listen "127.0.0.1:$3" \
         --admin-listen "127.0.0.1:$(($3 + 1))" >"$WORK/$1.log" 2>&1 &
     PID[$1]=$!

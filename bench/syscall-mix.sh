@@ -22,10 +22,6 @@ for tool in perf nginx haproxy python3; do
     command -v "$tool" >/dev/null || { echo "syscall-mix.sh: needs $tool" >&2; exit 1; }
 done
 
-# shellcheck source=bench/release-build.sh
-. "$BENCH_DIR/release-build.sh"
-fresh_release_wsgate "$WSGATE"
-
 SIDE_BY_SIDE_NAME=mix
 # shellcheck source=bench/side-by-side.sh
 . "$BENCH_DIR/side-by-side.sh"
