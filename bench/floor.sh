@@ -7,8 +7,11 @@
 #   bench/floor.sh [LOADGEN ARGS...]    default: scenario 1, throughput --conns 100 --inflight 16 --size 64
 #
 # WSGATE_BIN, LOADGEN_BIN, FLOOR_BIN, ROUNDS (default 6), SECS (measured seconds per run,
-# default 3) and TARGETS (default "wsgate nginx haproxy floor") adjust it; FLOOR_ENV (e.g.
+# default 3) and TARGETS (default "wsgate nginx haproxy floor"; also "wsgate-tokio": wsgate
+# with --relay-threads 0, every relay on the async runtime) adjust it; FLOOR_ENV (e.g.
 # "FLOOR_BATCH=1" or "FLOOR_WORK_NS=300") picks a variant of the floor (floor.rs lists them).
+# WARM=1 first runs 1 s of small messages through every target, so a wsgate that moves busy
+# relays to a relay thread has started one before, e.g., handshakes are measured.
 # Pinning as in run.sh: proxies on core 0, echo backend and load generator on core 1.
 set -euo pipefail
 
@@ -30,7 +33,15 @@ SIDE_BY_SIDE_NAME=floor
 start_peers "$WSGATE"
 read -r -a FLOOR_VARIANT <<<"${FLOOR_ENV:-}"
 start_floor "$FLOOR" $((BASE + 6)) "${FLOOR_VARIANT[@]}"
+[[ " ${TARGET_LIST[*]} " != *" wsgate-tokio "* ]] ||
+    start_wsgate wsgate-tokio "$WSGATE" $((BASE + 8)) --relay-threads 0
 wait_relaying "${TARGET_LIST[@]}"
+if [ -n "${WARM:-}" ]; then
+    for t in "${TARGET_LIST[@]}"; do
+        taskset -c 1 "$LOADGEN" throughput --conns 10 --inflight 4 --size 64 --warmup 0s \
+            --duration 1s --url "ws://127.0.0.1:${PORT[$t]}/warm" --target "$t" >/dev/null
+    done
+fi
 
 n=${#TARGET_LIST[@]}
 for round in $(seq "$ROUNDS"); do
@@ -60,14 +71,14 @@ for line in open(sys.argv[1]):
         "proxy_us": int(proxy_ns) / 1e3 / max(ops, 1), "echo_us": int(echo_ns) / 1e3 / max(ops, 1),
     }
     x = rows[(int(rnd), target)]
-    print(f"round {rnd} {target:8s} {x['rate']:>10,.0f}/s  p50 {x['p50']} µs  p99 {x['p99']} µs"
+    print(f"round {rnd} {target:12s} {x['rate']:>10,.0f}/s  p50 {x['p50']} µs  p99 {x['p99']} µs"
           f"  proxy CPU {x['proxy_us']:.2f} µs/op  echo backend CPU {x['echo_us']:.2f} µs/op")
 targets = list(dict.fromkeys(t for _, t in rows))
 rounds = sorted({r for r, _ in rows})
 print("\nmedians over", len(rounds), "rounds")
 for t in targets:
     col = lambda k: statistics.median(rows[(r, t)][k] for r in rounds if rows[(r, t)][k] is not None)
-    print(f"  {t:8s} {col('rate'):>10,.0f}/s  p99 {col('p99'):.0f} µs  proxy CPU {col('proxy_us'):.2f} µs/op"
+    print(f"  {t:12s} {col('rate'):>10,.0f}/s  p99 {col('p99'):.0f} µs  proxy CPU {col('proxy_us'):.2f} µs/op"
           f"  echo backend CPU {col('echo_us'):.2f} µs/op")
 def versus(a, b, key, better):
     wins = sum(better(rows[(r, a)][key], rows[(r, b)][key]) for r in rounds)
@@ -75,7 +86,9 @@ def versus(a, b, key, better):
     print(f"  {a} vs {b}, {key}: {ratio:.2f}× by round, {a} ahead in {wins} of {len(rounds)}")
 print("round by round")
 higher, lower = (lambda x, y: x > y), (lambda x, y: x < y)
-for a, b in [("floor", "haproxy"), ("floor", "nginx"), ("wsgate", "floor"), ("wsgate", "haproxy"), ("wsgate", "nginx")]:
+for a, b in [("floor", "haproxy"), ("floor", "nginx"), ("wsgate", "floor"), ("wsgate", "haproxy"),
+             ("wsgate", "nginx"), ("wsgate", "wsgate-tokio"), ("wsgate-tokio", "haproxy"),
+             ("wsgate-tokio", "nginx")]:
     if a in targets and b in targets:
         versus(a, b, "rate", higher)
         versus(a, b, "p99", lower)

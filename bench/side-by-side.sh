@@ -20,10 +20,10 @@ start_echo() { # wsgate binary; sets ECHO_PID
     PORT[direct]=$ECHO_PORT
 }
 
-start_wsgate() { # name binary port (the admin listener takes port + 1)
+start_wsgate() { # name binary port [more wsgate run flags...] (the admin listener takes port + 1)
     fresh_release_wsgate "$2"
     RUST_LOG=warn taskset -c 0 "$2" run --routes "$WORK/routes.yaml" --listen "127.0.0.1:$3" \
-        --admin-listen "127.0.0.1:$(($3 + 1))" >"$WORK/$1.log" 2>&1 &
+        --admin-listen "127.0.0.1:$(($3 + 1))" "${@:4}" >"$WORK/$1.log" 2>&1 &
     PID[$1]=$!
     PORT[$1]=$3
     PIDS+=($!)

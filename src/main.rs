@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use wsgate::app::{self, ServerOptions};
 use wsgate::model::parse_duration;
+use wsgate::proxy::OffloadOptions;
 use wsgate::telemetry::logging::{self, LogFormat};
 
 #[derive(Parser, Debug)]
@@ -125,6 +126,12 @@ struct RunArgs {
     /// container's CPU limit). With 1, every connection runs on a single-threaded runtime.
     #[arg(long, env = "WSGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
+    /// Relay threads for busy plain-TCP WebSocket relays: after its first 128 messages a
+    /// relay leaves the async runtime for one of these (an epoll loop that costs less per
+    /// message; bench/RESULTS.md, "Run X"). Default: one per worker. 0 keeps every relay on
+    /// the async runtime.
+    #[arg(long, env = "WSGATE_RELAY_THREADS")]
+    relay_threads: Option<u16>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -179,9 +186,7 @@ fn main() -> ExitCode {
 /// runtime: no work-stealing queues, idle-worker bookkeeping or cross-thread wake-ups on
 /// each socket event. bench/RESULTS.md has what that saves per message.
 fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = workers.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
+    let workers = worker_count(workers);
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -190,6 +195,23 @@ fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runt
         b
     };
     builder.enable_all().build()
+}
+
+/// `--workers`, or one per CPU this process may use.
+fn worker_count(workers: Option<usize>) -> usize {
+    workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    })
+}
+
+/// `--relay-threads`, or one per worker.
+fn relay_offload(relay_threads: Option<u16>, workers: Option<u16>) -> OffloadOptions {
+    OffloadOptions {
+        threads: relay_threads
+            .map(usize::from)
+            .unwrap_or_else(|| worker_count(workers.map(usize::from))),
+        ..OffloadOptions::default()
+    }
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -206,6 +228,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 admin_listen: args.admin_listen,
                 shutdown_delay: args.shutdown_delay,
                 drain_timeout: args.drain_timeout,
+                relay_offload: relay_offload(args.relay_threads, args.workers),
             };
             let sticky_key =
                 app::sticky_key(args.sticky_key_file.as_deref(), args.sticky_key.as_deref())?;
@@ -268,6 +291,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 admin_listen,
                 shutdown_delay: Duration::ZERO,
                 drain_timeout: Duration::from_secs(5),
+                relay_offload: relay_offload(None, None),
             })
             .await?;
         }

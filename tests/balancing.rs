@@ -117,6 +117,7 @@ async fn replica(routes: &[Route], key: &StickyKey) -> (Server, Arc<Publisher>) 
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             shutdown_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(5),
+            relay_offload: Default::default(),
             tls_listen: None,
         },
         Arc::clone(&publisher),

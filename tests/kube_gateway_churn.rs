@@ -208,6 +208,7 @@ async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpo
                 admin_listen: "127.0.0.1:0".parse().expect("addr"),
                 shutdown_delay: Duration::ZERO,
                 drain_timeout: Duration::from_secs(2),
+                relay_offload: Default::default(),
                 tls_listen: None,
             },
             sticky_key: wsgate::balance::StickyKey::random(),

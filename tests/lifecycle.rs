@@ -169,8 +169,9 @@ async fn sigterm_drains(extra: &[&str]) {
     assert!(code.success(), "exit status {code:?}");
 }
 
-/// With one worker the whole process is one thread, through loading, relaying and a reload:
-/// glibc then keeps its single-threaded paths (system calls without cancellation bookkeeping,
+/// With one worker the whole process is one thread, through loading, relaying and a reload,
+/// until a relay gets busy enough to move to a relay thread (not here: one message): glibc
+/// then keeps its single-threaded paths (system calls without cancellation bookkeeping,
 /// malloc without arena locks), which a single stray thread, e.g. tokio's blocking pool for
 /// `tokio::fs`, would switch off for good.
 #[cfg(target_os = "linux")]

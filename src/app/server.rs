@@ -23,6 +23,8 @@ pub struct ServerOptions {
     pub shutdown_delay: Duration,
     /// How long live connections get to finish after Close 1001 before the process exits.
     pub drain_timeout: Duration,
+    /// Relay threads for busy plain-TCP relays, and when a relay moves to one.
+    pub relay_offload: proxy::OffloadOptions,
 }
 
 pub struct Server {
@@ -61,7 +63,12 @@ impl Server {
         let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let tls_config = proxy::tls::server_config(Arc::clone(&publisher))
             .context("cannot build the TLS configuration")?;
-        let gateway = Gateway::new(publisher, Arc::clone(&metrics), Drain::new());
+        let gateway = Gateway::new(
+            publisher,
+            Arc::clone(&metrics),
+            Drain::new(),
+            options.relay_offload,
+        );
         let readiness = Arc::new(Readiness::default());
         tokio::spawn(proxy::serve(listener, Arc::clone(&gateway), "http"));
         if let Some(tls_listener) = tls_listener {

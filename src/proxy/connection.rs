@@ -48,6 +48,7 @@ pub async fn serve(
     proto: &'static str,
     mut drain: DrainSignal,
 ) {
+    let offload = gw.offload.clone();
     // Boxed: the head read, routing, dialing, TLS, the upgrade exchange and hyper are large
     // futures; an idle relayed connection's task keeps only the relay and what it holds.
     let Some(r) = Box::pin(answer(gw, stream, peer, proto, &mut drain)).await else {
@@ -63,6 +64,7 @@ pub async fn serve(
         websocket::relay_config(route),
         drain,
         &route.metrics,
+        offload.as_deref(),
     )
     .await;
     websocket::relay_ended(route, started, &stats, r.load, &r.endpoint, &r.request_id);
@@ -526,7 +528,7 @@ mod size_budget {
         let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
         let publisher = std::sync::Arc::new(crate::table::Publisher::new(metrics.clone()));
         let drain = crate::proxy::Drain::new();
-        let gw = crate::proxy::Gateway::new(publisher, metrics, drain.clone());
+        let gw = crate::proxy::Gateway::new(publisher, metrics, drain.clone(), Default::default());
         let fut = super::serve(
             gw,
             super::Stream::Tcp(a),

@@ -25,6 +25,7 @@ mod websocket;
 pub use drain::{Drain, DrainSignal};
 pub use error::Error;
 pub use listener::{serve, serve_tls};
+pub use relay::{Offload, OffloadOptions};
 
 use std::sync::Arc;
 
@@ -37,14 +38,23 @@ pub struct Gateway {
     pub publisher: Arc<Publisher>,
     pub metrics: Arc<Metrics>,
     pub drain: Drain,
+    /// Relay threads for busy plain-TCP relays; `None` keeps every relay on the runtime.
+    pub offload: Option<Arc<Offload>>,
 }
 
 impl Gateway {
-    pub fn new(publisher: Arc<Publisher>, metrics: Arc<Metrics>, drain: Drain) -> Arc<Self> {
+    pub fn new(
+        publisher: Arc<Publisher>,
+        metrics: Arc<Metrics>,
+        drain: Drain,
+        offload: OffloadOptions,
+    ) -> Arc<Self> {
+        let offload = Offload::new(offload, metrics.offload());
         Arc::new(Gateway {
             publisher,
             metrics,
             drain,
+            offload,
         })
     }
 }

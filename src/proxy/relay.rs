@@ -41,6 +41,28 @@ thread_local! {
     static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_BUF].into_boxed_slice());
 }
 
+/// A socket written without waiting: tokio's (readiness tracked by tokio) or mio's (by a
+/// relay thread's own loop).
+trait TryWrite: std::os::fd::AsFd {
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize>;
+}
+
+impl TryWrite for TcpStream {
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, bytes)
+    }
+}
+
+impl TryWrite for mio::net::TcpStream {
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        io::Write::write(&mut &*self, bytes)
+    }
+}
+
+mod offload;
+
+pub use offload::{Offload, OffloadMetrics, OffloadOptions, DEFAULT_AFTER_MESSAGES};
+
 /// Close codes wsgate sends on its own behalf.
 pub mod close_code {
     /// The gateway is shutting down, or the connection was idle too long.
@@ -215,7 +237,7 @@ impl Half {
     }
 
     /// Writes as much as `dst` takes now, keeping the rest in the backlog.
-    fn forward(&mut self, dst: &TcpStream, bytes: &[u8]) {
+    fn forward<W: TryWrite>(&mut self, dst: &W, bytes: &[u8]) {
         if bytes.is_empty() || self.dst_dead {
             return;
         }
@@ -240,7 +262,7 @@ impl Half {
     }
 
     /// Flushes the backlog; frees it once empty so an idle connection holds no buffer.
-    fn flush(&mut self, dst: &TcpStream) {
+    fn flush<W: TryWrite>(&mut self, dst: &W) {
         while self.has_backlog() {
             match dst.try_write(&self.backlog[self.backlog_off..]) {
                 Ok(n) => self.backlog_off += n,
@@ -257,7 +279,7 @@ impl Half {
     }
 
     /// After `src` ended and the backlog is out, pass the half-close on.
-    fn shut_if_done(&mut self, dst: &TcpStream) {
+    fn shut_if_done<W: TryWrite>(&mut self, dst: &W) {
         if self.src_done && !self.has_backlog() && !self.dst_shut && !self.dst_dead {
             let _ = SockRef::from(dst).shutdown(Shutdown::Write);
             self.dst_shut = true;
@@ -600,105 +622,187 @@ where
 }
 
 /// Relays two upgraded connections until both sides have closed (or the linger time after
-/// the first close ran out): the plain-TCP fast path when neither side is TLS.
-/// `client_early` / `upstream_early` are bytes each side sent right behind its handshake.
+/// the first close ran out): the plain-TCP fast path when neither side is TLS, moved to a
+/// relay thread of `offload` once busy. `client_early` / `upstream_early` are bytes each
+/// side sent right behind its handshake.
+#[allow(clippy::too_many_arguments)]
 pub async fn relay_streams(
     client: Stream,
     client_early: Bytes,
     upstream: Stream,
     upstream_early: Bytes,
     config: RelayConfig,
-    drain: DrainSignal,
+    mut drain: DrainSignal,
     metrics: &RouteMetrics,
+    offload: Option<&Offload>,
 ) -> RelayStats {
+    let mut state = RelayState::new(client_early, upstream_early, &drain);
     // Each arm awaits `run` directly: one fewer future layer keeps the per-connection
     // task small.
-    match (client, upstream) {
+    let end = match (client, upstream) {
         (Stream::Tcp(client), Stream::Tcp(upstream)) => {
-            let transport = Tcp { client, upstream };
-            run(
-                transport,
-                client_early,
-                upstream_early,
-                config,
-                drain,
-                metrics,
-            )
-            .await
+            let mut tcp = Tcp { client, upstream };
+            let mut offload = offload;
+            loop {
+                let thread =
+                    match run(&mut tcp, &mut state, config, &mut drain, metrics, offload).await {
+                        Exit::Ended(end) => break end,
+                        Exit::Move(thread) => thread,
+                    };
+                let Tcp { client, upstream } = tcp;
+                let RelayState { up, down, .. } = state;
+                // Boxed: the moved relay's future would otherwise widen every relay's task.
+                let moved = Box::pin(thread.relay(
+                    offload.expect("a move needs the relay threads"),
+                    client,
+                    upstream,
+                    up,
+                    down,
+                    config,
+                    state.last_activity.into_std(),
+                    &mut drain,
+                    metrics,
+                ))
+                .await;
+                match moved {
+                    Ok(finished) => {
+                        state.up = finished.up;
+                        state.down = finished.down;
+                        break finished.end;
+                    }
+                    Err(back) => {
+                        let back = *back;
+                        tracing::warn!(error = %back.error, "cannot move a busy relay to a relay thread; it stays on the async runtime");
+                        tcp = Tcp {
+                            client: back.client,
+                            upstream: back.upstream,
+                        };
+                        state.up = back.up;
+                        state.down = back.down;
+                        offload = None;
+                    }
+                }
+            }
         }
         (client, upstream) => {
-            let transport = Io { client, upstream };
-            run(
-                transport,
-                client_early,
-                upstream_early,
+            let mut transport = Io { client, upstream };
+            match run(
+                &mut transport,
+                &mut state,
                 config,
-                drain,
+                &mut drain,
                 metrics,
+                None,
             )
             .await
+            {
+                Exit::Ended(end) => end,
+                Exit::Move(_) => {
+                    unreachable!("only plain TCP relays move, and this one has no relay threads")
+                }
+            }
+        }
+    };
+    state.finish(end, metrics)
+}
+
+/// A relay's state on its way, which moves with it to a relay thread.
+struct RelayState {
+    /// client → upstream (masked frames).
+    up: Half,
+    /// upstream → client.
+    down: Half,
+    draining: bool,
+    last_activity: Instant,
+}
+
+impl RelayState {
+    fn new(client_early: Bytes, upstream_early: Bytes, drain: &DrainSignal) -> Self {
+        let mut up = Half::new(true);
+        let mut down = Half::new(false);
+        for (half, early) in [(&mut up, &client_early), (&mut down, &upstream_early)] {
+            if !early.is_empty() {
+                let fwd = half.accept(early);
+                half.queue(fwd);
+            }
+        }
+        // hyper's read buffer may sit behind these bytes; a long-lived connection must not
+        // keep it (they go out of scope here).
+        let draining = drain.is_draining();
+        if draining {
+            down.close_wanted = Some((close_code::GOING_AWAY, "gateway shutting down"));
+            down.inject_if_ready();
+        }
+        RelayState {
+            up,
+            down,
+            draining,
+            last_activity: Instant::now(),
+        }
+    }
+
+    fn finish(mut self, end: RelayEnd, metrics: &RouteMetrics) -> RelayStats {
+        let (up, down) = (&mut self.up, &mut self.down);
+        up.flush_metrics(&metrics.bytes_up, &metrics.messages_up);
+        down.flush_metrics(&metrics.bytes_down, &metrics.messages_down);
+        RelayStats {
+            bytes_up: up.bytes,
+            bytes_down: down.bytes,
+            messages_up: up.tracker.messages(),
+            messages_down: down.tracker.messages(),
+            injected_to_client: down.injected,
+            injected_to_upstream: up.injected,
+            end,
         }
     }
 }
 
-async fn run<T: Transport>(
-    mut transport: T,
-    client_early: Bytes,
-    upstream_early: Bytes,
+/// How a relay left the async runtime's loop.
+enum Exit<'o> {
+    Ended(RelayEnd),
+    /// Busy enough to move to this relay thread.
+    Move(&'o offload::RelayThread),
+}
+
+async fn run<'o, T: Transport>(
+    transport: &mut T,
+    state: &mut RelayState,
     config: RelayConfig,
-    mut drain: DrainSignal,
+    drain: &mut DrainSignal,
     metrics: &RouteMetrics,
-) -> RelayStats {
-    // `up` carries client → upstream (masked frames), `down` upstream → client.
-    let mut up = Half::new(true);
-    let mut down = Half::new(false);
-
-    for (half, early) in [(&mut up, &client_early), (&mut down, &upstream_early)] {
-        if !early.is_empty() {
-            let fwd = half.accept(early);
-            half.queue(fwd);
-        }
-    }
-    // hyper's read buffer may sit behind these bytes; a long-lived connection must not
-    // keep it.
-    drop(client_early);
-    drop(upstream_early);
-
-    let mut draining = drain.is_draining();
-    if draining {
-        down.close_wanted = Some((close_code::GOING_AWAY, "gateway shutting down"));
-        down.inject_if_ready();
-    }
+    mut offload: Option<&'o Offload>,
+) -> Exit<'o> {
     let idle = config.idle;
-    let mut last_activity = Instant::now();
     // Timers exist only when needed (a route with `timeouts.idle`, a connection closing),
     // so an idle relayed connection without them owns none.
     let mut idle_timer: Option<Pin<Box<Sleep>>> =
-        idle.map(|d| Box::pin(tokio::time::sleep_until(last_activity + d)));
+        idle.map(|d| Box::pin(tokio::time::sleep_until(state.last_activity + d)));
     let mut linger_timer: Option<Pin<Box<Sleep>>> = None;
 
-    let end = loop {
-        if relay_done(&up, &down) {
-            break RelayEnd::Closed;
+    loop {
+        if relay_done(&state.up, &state.down) {
+            return Exit::Ended(RelayEnd::Closed);
         }
-        if linger_timer.is_none() && winding_down(&up, &down) {
+        if linger_timer.is_none() && winding_down(&state.up, &state.down) {
             linger_timer = Some(Box::pin(tokio::time::sleep(config.linger)));
         }
+        let mut move_due = false;
         // Injected Close frames land in a backlog; the next step writes them.
         tokio::select! {
             biased;
-            _ = poll_fn(|cx| drain.poll_drain(cx)), if !draining => {
-                draining = true;
-                down.close_wanted = Some((close_code::GOING_AWAY, "gateway shutting down"));
-                down.inject_if_ready();
+            _ = poll_fn(|cx| drain.poll_drain(cx)), if !state.draining => {
+                state.draining = true;
+                state.down.close_wanted = Some((close_code::GOING_AWAY, "gateway shutting down"));
+                state.down.inject_if_ready();
             }
             _ = poll_fn(|cx| {
+                let RelayState { up, down, last_activity, .. } = &mut *state;
                 let before = (up.bytes, down.bytes);
-                if transport.poll_step(cx, &mut up, &mut down).is_pending() {
+                if transport.poll_step(cx, up, down).is_pending() {
                     return Poll::Pending;
                 }
                 if idle.is_some() && (up.bytes, down.bytes) != before {
-                    last_activity = Instant::now();
+                    *last_activity = Instant::now();
                 }
                 if up.bytes - up.bytes_flushed > METRICS_FLUSH_BYTES {
                     up.flush_metrics(&metrics.bytes_up, &metrics.messages_up);
@@ -711,38 +815,36 @@ async fn run<T: Transport>(
                 // around this reacts to), sleep right here: going round the loop would poll
                 // every socket again only to learn that (bench/instructions.sh: 1,491 -> 1,256
                 // instructions per 64 B message).
-                if relay_done(&up, &down) || winding_down(&up, &down) {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
+                if relay_done(up, down) || winding_down(up, down) {
+                    return Poll::Ready(());
                 }
+                if offload.is_some_and(|o| o.due(up.tracker.messages() + down.tracker.messages())) {
+                    move_due = true;
+                    return Poll::Ready(());
+                }
+                Poll::Pending
             }) => {}
             _ = fire(&mut idle_timer) => {
                 let idle = idle.unwrap_or_default();
-                if last_activity + idle <= Instant::now() {
+                if state.last_activity + idle <= Instant::now() {
                     tracing::info!(idle_ms = idle.as_millis() as u64, "closing idle WebSocket connection (route timeouts.idle)");
-                    for half in [&mut up, &mut down] {
+                    for half in [&mut state.up, &mut state.down] {
                         half.close_wanted = Some((close_code::GOING_AWAY, "idle timeout"));
                         half.inject_if_ready();
                     }
                     idle_timer = None;
                 } else if let Some(t) = idle_timer.as_mut() {
-                    t.as_mut().reset(last_activity + idle);
+                    t.as_mut().reset(state.last_activity + idle);
                 }
             }
-            _ = fire(&mut linger_timer) => break RelayEnd::LingerExpired,
+            _ = fire(&mut linger_timer) => return Exit::Ended(RelayEnd::LingerExpired),
         }
-    };
-    up.flush_metrics(&metrics.bytes_up, &metrics.messages_up);
-    down.flush_metrics(&metrics.bytes_down, &metrics.messages_down);
-    RelayStats {
-        bytes_up: up.bytes,
-        bytes_down: down.bytes,
-        messages_up: up.tracker.messages(),
-        messages_down: down.tracker.messages(),
-        injected_to_client: down.injected,
-        injected_to_upstream: up.injected,
-        end,
+        if move_due && !state.draining {
+            match offload.and_then(Offload::thread) {
+                Some(thread) => return Exit::Move(thread),
+                None => offload = None,
+            }
+        }
     }
 }
 
@@ -793,8 +895,10 @@ mod size_budget {
             .await
             .unwrap();
         let (b, _) = l.accept().await.unwrap();
-        let metrics = crate::telemetry::Metrics::new().route("x");
+        let all = crate::telemetry::Metrics::new();
+        let metrics = all.route("x");
         let drain = crate::proxy::Drain::new();
+        let offload = super::Offload::new(Default::default(), all.offload());
         let fut = super::relay_streams(
             super::Stream::Tcp(a),
             bytes::Bytes::new(),
@@ -803,6 +907,7 @@ mod size_budget {
             Default::default(),
             drain.signal(),
             &metrics,
+            offload.as_deref(),
         );
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1400, "relay future grew to {size} bytes");

@@ -207,6 +207,7 @@ pub async fn proxy(
     let route_index = index_of(&table, route);
     let drain = gw.drain.signal();
     let request_id = ctx.request_id.clone();
+    let offload = gw.offload.clone();
     gw.drain.spawn(async move {
         let route = &table.routes()[route_index];
         let (client, client_early) = match client_upgrade.await {
@@ -231,6 +232,7 @@ pub async fn proxy(
             relay_config(route),
             drain,
             &route.metrics,
+            offload.as_deref(),
         )
         .await;
         relay_ended(route, started, &stats, load, &endpoint, &request_id);

@@ -19,6 +19,7 @@ use wsgate::api::WsRouteSpec;
 use wsgate::app::{Server, ServerOptions};
 use wsgate::echo::{self, EchoConfig};
 use wsgate::model::{route_from_spec, Route, RouteId, SpecBackends};
+pub use wsgate::proxy::OffloadOptions;
 use wsgate::table::Publisher;
 use wsgate::telemetry::Metrics;
 
@@ -145,6 +146,15 @@ impl Gateway {
     }
 
     pub async fn start_with(routes: &[Route], drain_timeout: Duration) -> Gateway {
+        Self::start_with_offload(routes, drain_timeout, OffloadOptions::default()).await
+    }
+
+    /// With `relay_offload` deciding when relays move to relay threads.
+    pub async fn start_with_offload(
+        routes: &[Route],
+        drain_timeout: Duration,
+        relay_offload: OffloadOptions,
+    ) -> Gateway {
         let metrics = Arc::new(Metrics::new());
         let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
         let published = publisher.publish(routes);
@@ -156,6 +166,7 @@ impl Gateway {
                 admin_listen: "127.0.0.1:0".parse().unwrap(),
                 shutdown_delay: Duration::ZERO,
                 drain_timeout,
+                relay_offload,
             },
             Arc::clone(&publisher),
             Arc::clone(&metrics),

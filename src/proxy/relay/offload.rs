@@ -1,0 +1,881 @@
+//! Relay threads: a busy plain-TCP relay leaves the async runtime for a thread that runs
+//! one edge-triggered epoll loop (mio) over the sockets of many connections.
+//!
+//! Why: per small message, tokio's per-event machinery (waking the relay's task,
+//! scheduling and polling it, the readiness bookkeeping of its two sockets) made wsgate's
+//! CPU per 64 B message ~7 % higher than a loop that owns its sockets outright
+//! (bench/RESULTS.md, "Run X"). Moving a connection costs ~12 µs once (its sockets leave
+//! tokio's epoll set for the thread's, and the thread and the task each wake the other
+//! once), so only relays that proved busy move: after `after_messages` messages. Quiet
+//! and short-lived connections stay on tokio, where an idle relay costs least memory.
+//!
+//! The relay logic is the same `Half` as on tokio: frame tracking, Close injection at a
+//! frame boundary, a backlog only while a reader is slow, half-close, idle timeout, linger
+//! and drain. The connection's task stays alive on tokio, waiting for the thread to hand
+//! the relay's state back, so drain accounting and the relay's log line are unchanged.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream as MioTcp;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use super::{
+    close_code, relay_done, winding_down, Half, RelayConfig, RelayEnd, CLIENT_DIED, READ_BUF,
+    UPSTREAM_DIED,
+};
+use crate::proxy::drain::DrainSignal;
+use crate::telemetry::RouteMetrics;
+
+/// How relays move to relay threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffloadOptions {
+    /// Relay threads, started on first use. 0: every relay stays on the async runtime.
+    pub threads: usize,
+    /// A plain-TCP relay moves once this many WebSocket messages (both ways) passed.
+    pub after_messages: u64,
+}
+
+/// Moving costs about what ~30 small messages save (RESULTS "Run X"); 128 keeps one-shot
+/// and request-like connections on tokio and moves a busy one within its first second.
+pub const DEFAULT_AFTER_MESSAGES: u64 = 128;
+
+impl Default for OffloadOptions {
+    fn default() -> Self {
+        OffloadOptions {
+            threads: 1,
+            after_messages: DEFAULT_AFTER_MESSAGES,
+        }
+    }
+}
+
+/// The relay threads of one gateway.
+pub struct Offload {
+    threads: Box<[OnceLock<Option<RelayThread>>]>,
+    next_thread: AtomicUsize,
+    next_key: AtomicU64,
+    after_messages: u64,
+    moved: Counter,
+    on_threads: Gauge,
+}
+
+/// Process-wide counters of the moves, registered with the gateway's metrics.
+#[derive(Clone, Default)]
+pub struct OffloadMetrics {
+    /// Relays moved to a relay thread.
+    pub moved: Counter,
+    /// Relays running on relay threads now.
+    pub on_threads: Gauge,
+}
+
+impl Offload {
+    /// `None` when `options.threads` is 0.
+    pub fn new(options: OffloadOptions, metrics: OffloadMetrics) -> Option<Arc<Offload>> {
+        (options.threads > 0).then(|| {
+            Arc::new(Offload {
+                threads: (0..options.threads).map(|_| OnceLock::new()).collect(),
+                next_thread: AtomicUsize::new(0),
+                next_key: AtomicU64::new(1),
+                after_messages: options.after_messages,
+                moved: metrics.moved,
+                on_threads: metrics.on_threads,
+            })
+        })
+    }
+
+    /// Whether a relay that has passed `messages` messages should move now.
+    pub(super) fn due(&self, messages: u64) -> bool {
+        messages >= self.after_messages
+    }
+
+    /// The next thread round-robin, started if it is not yet. `None` if it could not be
+    /// started (logged once): the relay then stays where it is.
+    pub(super) fn thread(&self) -> Option<&RelayThread> {
+        let i = self.next_thread.fetch_add(1, Ordering::Relaxed) % self.threads.len();
+        self.threads[i]
+            .get_or_init(|| match RelayThread::start(i) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a relay thread; busy relays stay on the async runtime");
+                    None
+                }
+            })
+            .as_ref()
+    }
+}
+
+/// What the relay thread hands back when a relay ends.
+pub(super) struct Finished {
+    pub up: Half,
+    pub down: Half,
+    pub end: RelayEnd,
+}
+
+/// The sockets could not join the relay thread: they go back to the caller, still
+/// registered with tokio, and the relay goes on there.
+pub(super) struct NotMoved {
+    pub client: TcpStream,
+    pub upstream: TcpStream,
+    pub up: Half,
+    pub down: Half,
+    pub error: io::Error,
+}
+
+pub(super) struct RelayThread {
+    commands: mpsc::Sender<Command>,
+    /// Shared with the thread: were it closed with this handle, a wake-up still pending in
+    /// the poller would vanish with it, and the thread would never see the last commands.
+    waker: Arc<Waker>,
+    registry: Registry,
+}
+
+enum Command {
+    Adopt(Box<Conn>),
+    /// The gateway drains: Close 1001 to every client, now and for relays adopted later.
+    Drain,
+    /// The connection's task is gone (the runtime is shutting down): close its sockets.
+    Abort(u64),
+}
+
+const WAKE: Token = Token(usize::MAX);
+
+impl RelayThread {
+    fn start(index: usize) -> io::Result<RelayThread> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        let (commands, inbox) = mpsc::channel();
+        let kept = Arc::clone(&waker);
+        std::thread::Builder::new()
+            .name(format!("wsgate-relay-{index}"))
+            .spawn(move || {
+                Loop::new(poll, inbox).run();
+                drop(kept);
+            })?;
+        Ok(RelayThread {
+            commands,
+            waker,
+            registry,
+        })
+    }
+
+    fn send(&self, command: Command) {
+        // The thread only exits once every sender is gone, so a send cannot fail while
+        // `self` exists; a wake-up that fails (eventfd full) still leaves one pending.
+        let _ = self.commands.send(command);
+        let _ = self.waker.wake();
+    }
+
+    /// Relays `client` ⇄ `upstream` on this thread until both sides are done, answering
+    /// the drain on the way. Returns the relay's final state, or the sockets back if they
+    /// could not move.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn relay(
+        &self,
+        offload: &Offload,
+        client: TcpStream,
+        upstream: TcpStream,
+        up: Half,
+        down: Half,
+        config: RelayConfig,
+        last_activity: Instant,
+        drain: &mut DrainSignal,
+        metrics: &RouteMetrics,
+    ) -> Result<Finished, Box<NotMoved>> {
+        let key = offload.next_key.fetch_add(1, Ordering::Relaxed);
+        let (client, upstream) = match self.register(key, client, upstream) {
+            Ok(pair) => pair,
+            Err(Unregistered::Back(client, upstream, error)) => {
+                return Err(Box::new(NotMoved {
+                    client,
+                    upstream,
+                    up,
+                    down,
+                    error,
+                }))
+            }
+            Err(Unregistered::Lost(e)) => {
+                tracing::error!(error = %e, "a relay's socket could not move between pollers; connection closed");
+                return Ok(Finished {
+                    up,
+                    down,
+                    end: RelayEnd::Closed,
+                });
+            }
+        };
+        let (done, mut finished) = oneshot::channel();
+        self.send(Command::Adopt(Box::new(Conn {
+            key,
+            client,
+            upstream,
+            up,
+            down,
+            ready: Ready::ALL,
+            idle: config.idle,
+            last_activity,
+            linger: config.linger,
+            linger_at: None,
+            counters: Counters::of(metrics),
+            done: Some(done),
+        })));
+        offload.moved.inc();
+        offload.on_threads.inc();
+        let mut abort = AbortOnDrop {
+            offload,
+            thread: self,
+            key,
+            armed: true,
+        };
+        if !drain.is_draining() {
+            tokio::select! {
+                biased;
+                r = &mut finished => return Ok(abort.finish(r)),
+                _ = drain.wait() => {}
+            }
+        }
+        self.send(Command::Drain);
+        let r = finished.await;
+        Ok(abort.finish(r))
+    }
+
+    /// Takes both sockets out of tokio and registers them with this thread's poller. If
+    /// the poller refuses them, they go back to tokio.
+    fn register(
+        &self,
+        key: u64,
+        client: TcpStream,
+        upstream: TcpStream,
+    ) -> Result<(MioTcp, MioTcp), Unregistered> {
+        // tokio deregisters with one epoll_ctl each; should that fail, into_std has closed
+        // the socket and the relay cannot go on anywhere.
+        let client = client.into_std().map_err(Unregistered::Lost)?;
+        let upstream = upstream.into_std().map_err(Unregistered::Lost)?;
+        let mut client = MioTcp::from_std(client);
+        let mut upstream = MioTcp::from_std(upstream);
+        let both = Interest::READABLE | Interest::WRITABLE;
+        let registered = self
+            .registry
+            .register(&mut client, token(key, Side::Client), both)
+            .and_then(|()| {
+                self.registry
+                    .register(&mut upstream, token(key, Side::Upstream), both)
+                    .inspect_err(|_| {
+                        let _ = self.registry.deregister(&mut client);
+                    })
+            });
+        match registered {
+            Ok(()) => Ok((client, upstream)),
+            Err(error) => {
+                let back = TcpStream::from_std(client.into())
+                    .and_then(|c| Ok((c, TcpStream::from_std(upstream.into())?)));
+                match back {
+                    Ok((client, upstream)) => Err(Unregistered::Back(client, upstream, error)),
+                    Err(e) => Err(Unregistered::Lost(e)),
+                }
+            }
+        }
+    }
+}
+
+enum Unregistered {
+    /// The sockets are back on tokio.
+    Back(TcpStream, TcpStream, io::Error),
+    /// A socket was closed on the way.
+    Lost(io::Error),
+}
+
+impl Drop for RelayThread {
+    fn drop(&mut self) {
+        // The sender drops with `self`; the wake-up lets the thread see it and exit once
+        // its last relay ends.
+        let _ = self.waker.wake();
+    }
+}
+
+/// Tells the thread to close a relay whose task was dropped before it ended.
+struct AbortOnDrop<'a> {
+    offload: &'a Offload,
+    thread: &'a RelayThread,
+    key: u64,
+    armed: bool,
+}
+
+impl AbortOnDrop<'_> {
+    fn finish(&mut self, r: Result<Finished, oneshot::error::RecvError>) -> Finished {
+        self.armed = false;
+        self.offload.on_threads.dec();
+        r.unwrap_or_else(|_| {
+            // Only a panic on the relay thread drops the sender unsent.
+            tracing::error!("relay thread failed; connection closed");
+            Finished {
+                up: Half::new(true),
+                down: Half::new(false),
+                end: RelayEnd::Closed,
+            }
+        })
+    }
+}
+
+impl Drop for AbortOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.offload.on_threads.dec();
+            self.thread.send(Command::Abort(self.key));
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Client = 0,
+    Upstream = 1,
+}
+
+fn token(key: u64, side: Side) -> Token {
+    Token(((key as usize) << 1) | side as usize)
+}
+
+/// Readiness the thread knows of, from edge-triggered events; cleared when a call finds
+/// the socket drained (a short read) or full (a write that left a backlog).
+#[derive(Clone, Copy)]
+struct Ready(u8);
+
+impl Ready {
+    const CLIENT_READ: u8 = 1;
+    const CLIENT_WRITE: u8 = 2;
+    const UPSTREAM_READ: u8 = 4;
+    const UPSTREAM_WRITE: u8 = 8;
+    /// A fresh registration: anything may have arrived while the sockets moved.
+    const ALL: Ready = Ready(15);
+
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    fn set(&mut self, bit: u8, on: bool) {
+        if on {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
+    }
+}
+
+/// The route's counters, flushed from the thread as bytes pass.
+struct Counters {
+    bytes_up: Counter,
+    messages_up: Counter,
+    bytes_down: Counter,
+    messages_down: Counter,
+}
+
+impl Counters {
+    fn of(m: &RouteMetrics) -> Self {
+        Counters {
+            bytes_up: m.bytes_up.clone(),
+            messages_up: m.messages_up.clone(),
+            bytes_down: m.bytes_down.clone(),
+            messages_down: m.messages_down.clone(),
+        }
+    }
+}
+
+/// One relay on a relay thread.
+struct Conn {
+    key: u64,
+    client: MioTcp,
+    upstream: MioTcp,
+    /// client → upstream, masked frames.
+    up: Half,
+    /// upstream → client.
+    down: Half,
+    ready: Ready,
+    idle: Option<Duration>,
+    last_activity: Instant,
+    linger: Duration,
+    linger_at: Option<Instant>,
+    counters: Counters,
+    done: Option<oneshot::Sender<Finished>>,
+}
+
+impl Conn {
+    /// Moves bytes until nothing can move. Returns whether any moved.
+    fn step(&mut self, buf: &mut [u8]) -> bool {
+        let mut moved_any = false;
+        loop {
+            if relay_done(&self.up, &self.down) {
+                return moved_any;
+            }
+            let mut moved = false;
+            if self.ready.has(Ready::CLIENT_READ) && self.up.wants_read() {
+                let more =
+                    read_and_forward(&self.client, &self.upstream, &mut self.up, CLIENT_DIED, buf);
+                self.ready.set(Ready::CLIENT_READ, more);
+                if self.up.has_backlog() {
+                    self.ready.set(Ready::UPSTREAM_WRITE, false);
+                }
+                moved = true;
+            }
+            if self.ready.has(Ready::UPSTREAM_READ) && self.down.wants_read() {
+                let more = read_and_forward(
+                    &self.upstream,
+                    &self.client,
+                    &mut self.down,
+                    UPSTREAM_DIED,
+                    buf,
+                );
+                self.ready.set(Ready::UPSTREAM_READ, more);
+                if self.down.has_backlog() {
+                    self.ready.set(Ready::CLIENT_WRITE, false);
+                }
+                moved = true;
+            }
+            if self.up.has_backlog() && self.ready.has(Ready::UPSTREAM_WRITE) {
+                self.up.flush(&self.upstream);
+                self.up.shut_if_done(&self.upstream);
+                self.ready
+                    .set(Ready::UPSTREAM_WRITE, !self.up.has_backlog());
+                moved = true;
+            }
+            if self.down.has_backlog() && self.ready.has(Ready::CLIENT_WRITE) {
+                self.down.flush(&self.client);
+                self.down.shut_if_done(&self.client);
+                self.ready
+                    .set(Ready::CLIENT_WRITE, !self.down.has_backlog());
+                moved = true;
+            }
+            if !moved {
+                return moved_any;
+            }
+            moved_any = true;
+        }
+    }
+
+    fn flush_metrics_if_due(&mut self) {
+        if self.up.bytes - self.up.bytes_flushed > super::METRICS_FLUSH_BYTES {
+            self.up
+                .flush_metrics(&self.counters.bytes_up, &self.counters.messages_up);
+        }
+        if self.down.bytes - self.down.bytes_flushed > super::METRICS_FLUSH_BYTES {
+            self.down
+                .flush_metrics(&self.counters.bytes_down, &self.counters.messages_down);
+        }
+    }
+
+    fn want_close(&mut self, towards_client_only: bool, reason: &'static str) {
+        self.down.close_wanted = Some((close_code::GOING_AWAY, reason));
+        self.down.inject_if_ready();
+        if !towards_client_only {
+            self.up.close_wanted = Some((close_code::GOING_AWAY, reason));
+            self.up.inject_if_ready();
+        }
+        // The Close frames sit in the backlogs; let the next step try to write them.
+        self.ready
+            .set(Ready::CLIENT_WRITE | Ready::UPSTREAM_WRITE, true);
+    }
+}
+
+/// One read from `src` into the thread's buffer, forwarded to `dst` at once. Returns
+/// whether `src` may hold more (the read filled the buffer).
+fn read_and_forward(
+    src: &MioTcp,
+    dst: &MioTcp,
+    half: &mut Half,
+    died_code: (u16, &'static str),
+    buf: &mut [u8],
+) -> bool {
+    let mut more = false;
+    match (&*src).read(buf) {
+        Ok(0) => half.src_done = true,
+        Ok(n) => {
+            let fwd = half.accept(&buf[..n]);
+            half.forward(dst, fwd);
+            half.inject_if_ready();
+            more = n == buf.len();
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => more = true,
+        Err(_) => half.src_done = true,
+    }
+    half.close_if_src_died(died_code);
+    half.flush(dst);
+    half.shut_if_done(dst);
+    more
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Idle,
+    Linger,
+}
+
+/// Relay keys are sequential: a multiply spreads them over the map's buckets without
+/// SipHash's cost on every event.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// The current time, read at most once per wake-up and only when a relay needs it.
+struct Clock(Option<Instant>);
+
+impl Clock {
+    fn now(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
+}
+
+struct Loop {
+    poll: Poll,
+    inbox: mpsc::Receiver<Command>,
+    conns: HashMap<u64, Box<Conn>, BuildHasherDefault<KeyHasher>>,
+    timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
+    draining: bool,
+    /// Every sender is gone: exit once the last relay ends.
+    orphaned: bool,
+    buf: Box<[u8]>,
+}
+
+impl Loop {
+    fn new(poll: Poll, inbox: mpsc::Receiver<Command>) -> Self {
+        Loop {
+            poll,
+            inbox,
+            conns: HashMap::default(),
+            timers: BinaryHeap::new(),
+            draining: false,
+            orphaned: false,
+            buf: vec![0u8; READ_BUF].into_boxed_slice(),
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        while !(self.orphaned && self.conns.is_empty()) {
+            let timeout = self
+                .timers
+                .peek()
+                .map(|Reverse((at, _, _))| at.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "relay thread cannot wait for its sockets");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+            let mut clock = Clock(None);
+            for event in events.iter() {
+                if event.token() == WAKE {
+                    self.take_commands(&mut clock);
+                    continue;
+                }
+                let key = (event.token().0 >> 1) as u64;
+                let Some(conn) = self.conns.get_mut(&key) else {
+                    // Registered by the task before the thread adopted it; adoption
+                    // assumes every readiness, so this event is not lost.
+                    continue;
+                };
+                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+                let (r, w) = if event.token().0 & 1 == Side::Client as usize {
+                    (Ready::CLIENT_READ, Ready::CLIENT_WRITE)
+                } else {
+                    (Ready::UPSTREAM_READ, Ready::UPSTREAM_WRITE)
+                };
+                if readable {
+                    conn.ready.set(r, true);
+                }
+                if writable {
+                    conn.ready.set(w, true);
+                }
+                self.settle(key, &mut clock);
+            }
+            if !self.timers.is_empty() {
+                self.fire_timers(&mut clock);
+            }
+        }
+    }
+
+    fn take_commands(&mut self, clock: &mut Clock) {
+        loop {
+            match self.inbox.try_recv() {
+                Ok(Command::Adopt(mut conn)) => {
+                    let key = conn.key;
+                    if let Some(idle) = conn.idle {
+                        self.timers.push(Reverse((
+                            conn.last_activity + idle,
+                            key,
+                            TimerKind::Idle,
+                        )));
+                    }
+                    if self.draining {
+                        conn.want_close(true, "gateway shutting down");
+                    }
+                    self.conns.insert(key, conn);
+                    self.settle(key, clock);
+                }
+                Ok(Command::Drain) => {
+                    if self.draining {
+                        continue;
+                    }
+                    self.draining = true;
+                    let keys: Vec<u64> = self.conns.keys().copied().collect();
+                    for key in keys {
+                        if let Some(conn) = self.conns.get_mut(&key) {
+                            conn.want_close(true, "gateway shutting down");
+                        }
+                        self.settle(key, clock);
+                    }
+                }
+                Ok(Command::Abort(key)) => {
+                    // Dropping the sockets closes them and takes them out of the poller.
+                    self.conns.remove(&key);
+                }
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    self.orphaned = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Steps one relay and deals with what the step changed: the end, the linger timer,
+    /// idle bookkeeping, metrics.
+    fn settle(&mut self, key: u64, clock: &mut Clock) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let moved = conn.step(&mut self.buf);
+        if relay_done(&conn.up, &conn.down) {
+            self.end(key, RelayEnd::Closed);
+            return;
+        }
+        if moved {
+            if conn.idle.is_some() {
+                conn.last_activity = clock.now();
+            }
+            conn.flush_metrics_if_due();
+        }
+        if conn.linger_at.is_none() && winding_down(&conn.up, &conn.down) {
+            let at = clock.now() + conn.linger;
+            conn.linger_at = Some(at);
+            self.timers.push(Reverse((at, key, TimerKind::Linger)));
+        }
+    }
+
+    fn end(&mut self, key: u64, end: RelayEnd) {
+        if let Some(conn) = self.conns.remove(&key) {
+            let Conn { up, down, done, .. } = *conn;
+            if let Some(done) = done {
+                let _ = done.send(Finished { up, down, end });
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, clock: &mut Clock) {
+        let now = clock.now();
+        while let Some(&Reverse((at, key, kind))) = self.timers.peek() {
+            if at > now {
+                return;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            match kind {
+                TimerKind::Linger => {
+                    if conn.linger_at.is_some_and(|l| l <= now) {
+                        self.end(key, RelayEnd::LingerExpired);
+                    }
+                }
+                TimerKind::Idle => {
+                    let Some(idle) = conn.idle else { continue };
+                    let due = conn.last_activity + idle;
+                    if due <= now {
+                        tracing::info!(
+                            idle_ms = idle.as_millis() as u64,
+                            "closing idle WebSocket connection (route timeouts.idle)"
+                        );
+                        conn.idle = None;
+                        conn.want_close(false, "idle timeout");
+                        self.settle(key, clock);
+                    } else {
+                        self.timers.push(Reverse((due, key, TimerKind::Idle)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::proxy::relay::{relay_streams, RelayStats};
+    use crate::proxy::tls::Stream;
+    use crate::proxy::Drain;
+    use crate::telemetry::Metrics;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// A masked text frame, as a client sends it (payload under 126 bytes).
+    fn masked_text(payload: &[u8]) -> Vec<u8> {
+        let key = [0x11, 0x22, 0x33, 0x44];
+        let mut f = vec![0x81, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        f
+    }
+
+    /// The far ends of a relay that has moved to a relay thread.
+    struct Moved {
+        client: TcpStream,
+        upstream: TcpStream,
+        relay: JoinHandle<RelayStats>,
+        metrics: Arc<Metrics>,
+    }
+
+    fn on_threads(metrics: &Metrics) -> Option<u64> {
+        metrics.encode().lines().find_map(|l| {
+            l.strip_prefix("wsgate_relays_on_threads ")
+                .and_then(|v| v.parse().ok())
+        })
+    }
+
+    async fn wait_on_threads(metrics: &Metrics, n: u64) {
+        let deadline = Instant::now() + DEADLINE;
+        while on_threads(metrics) != Some(n) {
+            assert!(
+                Instant::now() < deadline,
+                "relays on threads never became {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Relays one frame client → upstream, after which the relay moves.
+    async fn moved_relay(linger: Duration) -> Moved {
+        let (mut client, client_inner) = pair().await;
+        let (upstream_inner, mut upstream) = pair().await;
+        let metrics = Arc::new(Metrics::new());
+        let offload = Offload::new(
+            OffloadOptions {
+                threads: 1,
+                after_messages: 1,
+            },
+            metrics.offload(),
+        )
+        .expect("one thread");
+        let route = metrics.route("t");
+        let config = RelayConfig { idle: None, linger };
+        let relay = tokio::spawn(async move {
+            let drain = Drain::new();
+            relay_streams(
+                Stream::Tcp(client_inner),
+                Bytes::new(),
+                Stream::Tcp(upstream_inner),
+                Bytes::new(),
+                config,
+                drain.signal(),
+                &route,
+                Some(&offload),
+            )
+            .await
+        });
+        let frame = masked_text(b"hi");
+        client.write_all(&frame).await.unwrap();
+        let mut got = vec![0u8; frame.len()];
+        tokio::time::timeout(DEADLINE, upstream.read_exact(&mut got))
+            .await
+            .expect("frame relayed")
+            .unwrap();
+        assert_eq!(got, frame);
+        wait_on_threads(&metrics, 1).await;
+        Moved {
+            client,
+            upstream,
+            relay,
+            metrics,
+        }
+    }
+
+    /// The client half-closes without a Close frame and the backend never follows: the
+    /// backend gets Close 1001, and the relay ends when the linger time runs out.
+    #[tokio::test]
+    async fn linger_ends_a_moved_relay_whose_other_side_never_closes() {
+        let mut m = moved_relay(Duration::from_millis(200)).await;
+        m.client.shutdown().await.unwrap();
+        let stats = tokio::time::timeout(DEADLINE, m.relay)
+            .await
+            .expect("relay ended")
+            .unwrap();
+        assert_eq!(stats.end, RelayEnd::LingerExpired);
+        assert_eq!(stats.injected_to_upstream, Some(close_code::GOING_AWAY));
+        assert_eq!(stats.messages_up, 1);
+        // The Close frame (masked, code 1001), then the FIN passed on.
+        let mut rest = Vec::new();
+        tokio::time::timeout(DEADLINE, m.upstream.read_to_end(&mut rest))
+            .await
+            .expect("upstream closed")
+            .unwrap();
+        assert_eq!(rest[0], 0x88, "a Close frame: {rest:?}");
+        let key = [rest[2], rest[3], rest[4], rest[5]];
+        let code = u16::from_be_bytes([rest[6] ^ key[0], rest[7] ^ key[1]]);
+        assert_eq!(code, close_code::GOING_AWAY);
+        assert_eq!(on_threads(&m.metrics), Some(0));
+    }
+
+    /// A moved relay whose task is dropped (the runtime shutting down) is closed on its
+    /// thread: both far ends see their connection end.
+    #[tokio::test]
+    async fn dropping_the_task_closes_a_moved_relay() {
+        let mut m = moved_relay(Duration::from_secs(10)).await;
+        m.relay.abort();
+        let _ = m.relay.await;
+        let mut buf = [0u8; 16];
+        for end in [&mut m.client, &mut m.upstream] {
+            let n = tokio::time::timeout(DEADLINE, end.read(&mut buf))
+                .await
+                .expect("connection closed")
+                .unwrap_or(0);
+            assert_eq!(n, 0, "no bytes, only the end");
+        }
+        assert_eq!(on_threads(&m.metrics), Some(0));
+    }
+}

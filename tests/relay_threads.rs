@@ -1,0 +1,292 @@
+//! Relays that moved from the async runtime to a relay thread behave as before they moved:
+//! every kind of message passes unchanged, a side that dies gets the other side a Close,
+//! the drain and the idle timeout send Close 1001, and the route's metrics count what
+//! passed. Here relays move after their first message (the default is 128), and every
+//! test first checks, by the gateway's own metric, that its relay did move.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate::model::Route;
+
+const MOVE_AFTER_FIRST_MESSAGE: OffloadOptions = OffloadOptions {
+    threads: 2,
+    after_messages: 1,
+};
+
+async fn moving_gateway(routes: &[Route]) -> Gateway {
+    Gateway::start_with_offload(routes, Duration::from_secs(5), MOVE_AFTER_FIRST_MESSAGE).await
+}
+
+async fn gateway_to(backend: SocketAddr) -> Gateway {
+    moving_gateway(&[route(
+        "r",
+        0,
+        &spec("/{everything}", "/{everything}", &[backend]),
+    )])
+    .await
+}
+
+/// The value of the metric line starting with `series` (name and labels).
+fn metric(gw: &Gateway, series: &str) -> Option<u64> {
+    gw.metrics.encode().lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.parse::<f64>().ok().map(|v| v as u64)
+    })
+}
+
+/// Waits until `n` relays have moved and `on_threads` run on relay threads.
+async fn relays_moved(gw: &Gateway, n: u64, on_threads: u64) {
+    eventually("relays moved to relay threads", || {
+        (metric(gw, "wsgate_relays_moved_total") == Some(n)
+            && metric(gw, "wsgate_relays_on_threads") == Some(on_threads))
+        .then_some(())
+    })
+    .await;
+}
+
+async fn next_msg(ws: &mut Ws) -> Message {
+    within("next message", ws.next())
+        .await
+        .expect("stream ended")
+        .expect("websocket error")
+}
+
+async fn round_trip(ws: &mut Ws, m: Message) {
+    within("send", ws.send(m.clone())).await.unwrap();
+    assert_eq!(next_msg(ws).await, m);
+}
+
+/// Text, binary, empty and 16 MiB messages (which back up in the relay's backlog), then a
+/// fragmented message with a ping between its fragments, all after the move; the Close
+/// handshake ends the relay on its thread and the route's metrics count every message.
+#[tokio::test]
+async fn moved_relay_passes_every_kind_and_size_and_counts_them() {
+    let echo = Echo::start("e").await;
+    let gw = gateway_to(echo.addr).await;
+    let mut ws = connect(&gw.ws("/chat")).await;
+    round_trip(&mut ws, Message::text("first")).await;
+    relays_moved(&gw, 1, 1).await;
+
+    let big: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    for m in [
+        Message::text("hello"),
+        Message::binary(vec![0u8, 1, 2, 255]),
+        Message::text(""),
+        Message::binary(big),
+        Message::text("ünïcødé ✓"),
+    ] {
+        round_trip(&mut ws, m).await;
+    }
+    let frames = [
+        Frame::message(b"frag".to_vec(), OpCode::Data(Data::Text), false),
+        Frame::ping(b"mid".to_vec()),
+        Frame::message(b"ment".to_vec(), OpCode::Data(Data::Continue), false),
+        Frame::message(b"ed".to_vec(), OpCode::Data(Data::Continue), true),
+    ];
+    for f in frames {
+        within("send frame", ws.send(Message::Frame(f)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        next_msg(&mut ws).await,
+        Message::Pong(b"mid".to_vec().into())
+    );
+    assert_eq!(next_msg(&mut ws).await, Message::text("fragmented"));
+
+    within("close", ws.close(None)).await.unwrap();
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    relays_moved(&gw, 1, 0).await;
+    // "first", five messages and the fragmented one, each way.
+    eventually("message counts", || {
+        let up = r#"wsgate_messages_total{route="r",direction="ClientToUpstream"}"#;
+        let down = r#"wsgate_messages_total{route="r",direction="UpstreamToClient"}"#;
+        (metric(&gw, up) == Some(7) && metric(&gw, down) == Some(7)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(&gw, r#"wsgate_connections_active{route="r"}"#),
+        Some(0)
+    );
+}
+
+/// A backend that echoes text, and on "die" drops its TCP connection without a Close.
+/// Reports the Close code it received, if any, once its connection ends.
+async fn scripted_backend() -> (
+    SocketAddr,
+    tokio::sync::oneshot::Receiver<Option<CloseCode>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
+        let mut seen = None;
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Text(t) if t.as_str() == "die" => break,
+                Message::Text(t) => {
+                    let echoed = ws.send(Message::Text(t)).await;
+                    if echoed.is_err() {
+                        break;
+                    }
+                }
+                Message::Close(c) => {
+                    seen = c.map(|c| c.code);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let _ = seen_tx.send(seen);
+    });
+    (addr, seen_rx)
+}
+
+/// The backend dies without a Close after the move: the client gets Close 1011.
+#[tokio::test]
+async fn moved_relay_sends_1011_when_the_backend_dies() {
+    let (backend, _seen) = scripted_backend().await;
+    let gw = gateway_to(backend).await;
+    let mut ws = connect(&gw.ws("/x")).await;
+    round_trip(&mut ws, Message::text("one")).await;
+    relays_moved(&gw, 1, 1).await;
+    within("send", ws.send(Message::text("die"))).await.unwrap();
+    match next_msg(&mut ws).await {
+        Message::Close(Some(c)) => assert_eq!(c.code, CloseCode::Error),
+        other => panic!("expected Close 1011, got {other:?}"),
+    }
+    // The client's Close reply goes out as it reads on; then the relay ends.
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    relays_moved(&gw, 1, 0).await;
+}
+
+/// The client vanishes without a Close after the move: the backend gets Close 1001.
+#[tokio::test]
+async fn moved_relay_sends_1001_to_the_backend_when_the_client_vanishes() {
+    let (backend, seen) = scripted_backend().await;
+    let gw = gateway_to(backend).await;
+    let mut ws = connect(&gw.ws("/bye")).await;
+    round_trip(&mut ws, Message::text("one")).await;
+    relays_moved(&gw, 1, 1).await;
+    drop(ws.into_inner());
+    let seen = within("backend sees a Close", seen).await.unwrap();
+    assert_eq!(seen, Some(CloseCode::Away));
+}
+
+/// The client's own Close code reaches the backend through the relay thread.
+#[tokio::test]
+async fn moved_relay_passes_the_clients_close_code() {
+    let (backend, seen) = scripted_backend().await;
+    let gw = gateway_to(backend).await;
+    let mut ws = connect(&gw.ws("/c")).await;
+    round_trip(&mut ws, Message::text("one")).await;
+    relays_moved(&gw, 1, 1).await;
+    let close = CloseFrame {
+        code: CloseCode::Library(4001),
+        reason: "bye".into(),
+    };
+    within("close", ws.close(Some(close))).await.unwrap();
+    let seen = within("backend sees a Close", seen).await.unwrap();
+    assert_eq!(seen, Some(CloseCode::Library(4001)));
+}
+
+/// The drain reaches moved relays: each client gets Close 1001 "gateway shutting down", and
+/// once the clients answer, the drain completes within its budget.
+#[tokio::test]
+async fn drain_sends_1001_through_relay_threads_and_completes() {
+    let echo = Echo::start("e").await;
+    let gw = gateway_to(echo.addr).await;
+    let mut sockets = Vec::new();
+    for i in 0..3 {
+        let mut ws = connect(&gw.ws(&format!("/s{i}"))).await;
+        round_trip(&mut ws, Message::text("before")).await;
+        sockets.push(ws);
+    }
+    relays_moved(&gw, 3, 3).await;
+    let server = &gw.server;
+    let (clean, ()) = tokio::join!(server.shutdown(), async {
+        for ws in &mut sockets {
+            match next_msg(ws).await {
+                Message::Close(Some(c)) => {
+                    assert_eq!(c.code, CloseCode::Away);
+                    assert_eq!(c.reason.as_str(), "gateway shutting down");
+                }
+                other => panic!("expected Close 1001, got {other:?}"),
+            }
+            // Reading on flushes the client's Close reply; then the gateway ends it.
+            while let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_secs(5), ws.next()).await
+            {}
+        }
+    });
+    assert!(clean, "the drain must complete within its budget");
+    relays_moved(&gw, 3, 0).await;
+}
+
+/// `timeouts.idle` after the move: a quiet socket gets Close 1001 "idle timeout", one that
+/// keeps talking past the limit stays open.
+#[tokio::test]
+async fn moved_relay_idle_timeout_closes_only_quiet_sockets() {
+    let echo = Echo::start("e").await;
+    let mut s = spec("/{everything}", "/{everything}", &[echo.addr]);
+    s.timeouts = Some(wsgate::api::RouteTimeouts {
+        idle: Some("400ms".into()),
+        ..Default::default()
+    });
+    let gw = moving_gateway(&[route("idle", 0, &s)]).await;
+    let mut quiet = connect(&gw.ws("/quiet")).await;
+    let mut busy = connect(&gw.ws("/busy")).await;
+    round_trip(&mut quiet, Message::text("moved")).await;
+    round_trip(&mut busy, Message::text("moved")).await;
+    relays_moved(&gw, 2, 2).await;
+    let started = std::time::Instant::now();
+    // Talk on `busy` every 100 ms for well past the limit.
+    while started.elapsed() < Duration::from_millis(1000) {
+        round_trip(&mut busy, Message::text("tick")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match next_msg(&mut quiet).await {
+        Message::Close(Some(c)) => {
+            assert_eq!(c.code, CloseCode::Away);
+            assert_eq!(c.reason.as_str(), "idle timeout");
+        }
+        other => panic!("expected Close 1001 on the quiet socket, got {other:?}"),
+    }
+    round_trip(&mut busy, Message::text("still")).await;
+}
+
+/// With no relay threads (`--relay-threads 0`) nothing moves, however busy.
+#[tokio::test]
+async fn no_relay_threads_keeps_every_relay_on_the_runtime() {
+    let echo = Echo::start("e").await;
+    let gw = Gateway::start_with_offload(
+        &[route(
+            "r",
+            0,
+            &spec("/{everything}", "/{everything}", &[echo.addr]),
+        )],
+        Duration::from_secs(5),
+        OffloadOptions {
+            threads: 0,
+            after_messages: 1,
+        },
+    )
+    .await;
+    let mut ws = connect(&gw.ws("/x")).await;
+    for i in 0..20 {
+        round_trip(&mut ws, Message::text(format!("m{i}"))).await;
+    }
+    assert_eq!(metric(&gw, "wsgate_relays_moved_total"), Some(0));
+}
