@@ -644,16 +644,16 @@ pub async fn relay_streams(
             let mut tcp = Tcp { client, upstream };
             let mut offload = offload;
             loop {
-                let thread =
+                let (pool, thread) =
                     match run(&mut tcp, &mut state, config, &mut drain, metrics, offload).await {
                         Exit::Ended(end) => break end,
-                        Exit::Move(thread) => thread,
+                        Exit::Move(pool, thread) => (pool, thread),
                     };
                 let Tcp { client, upstream } = tcp;
                 let RelayState { up, down, .. } = state;
                 // Boxed: the moved relay's future would otherwise widen every relay's task.
                 let moved = Box::pin(thread.relay(
-                    offload.expect("a move needs the relay threads"),
+                    pool,
                     client,
                     upstream,
                     up,
@@ -697,9 +697,7 @@ pub async fn relay_streams(
             .await
             {
                 Exit::Ended(end) => end,
-                Exit::Move(_) => {
-                    unreachable!("only plain TCP relays move, and this one has no relay threads")
-                }
+                Exit::Move(..) => unreachable!("run was given no relay threads"),
             }
         }
     };
@@ -760,8 +758,8 @@ impl RelayState {
 /// How a relay left the async runtime's loop.
 enum Exit<'o> {
     Ended(RelayEnd),
-    /// Busy enough to move to this relay thread.
-    Move(&'o offload::RelayThread),
+    /// Busy enough to move to this relay thread of these.
+    Move(&'o Offload, &'o offload::RelayThread),
 }
 
 async fn run<'o, T: Transport>(
@@ -840,8 +838,8 @@ async fn run<'o, T: Transport>(
             _ = fire(&mut linger_timer) => return Exit::Ended(RelayEnd::LingerExpired),
         }
         if move_due && !state.draining {
-            match offload.and_then(Offload::thread) {
-                Some(thread) => return Exit::Move(thread),
+            match offload.and_then(|pool| Some((pool, pool.thread()?))) {
+                Some((pool, thread)) => return Exit::Move(pool, thread),
                 None => offload = None,
             }
         }

@@ -203,17 +203,10 @@ impl RelayThread {
                     error,
                 }))
             }
-            Err(Unregistered::Lost(e)) => {
-                tracing::error!(error = %e, "a relay's socket could not move between pollers; connection closed");
-                return Ok(Finished {
-                    up,
-                    down,
-                    end: RelayEnd::Closed,
-                });
-            }
+            Err(Unregistered::Lost(e)) => return Ok(lost(e, up, down)),
         };
         let (done, mut finished) = oneshot::channel();
-        self.send(Command::Adopt(Box::new(Conn {
+        let adopt = Command::Adopt(Box::new(Conn {
             key,
             client,
             upstream,
@@ -226,7 +219,31 @@ impl RelayThread {
             linger_at: None,
             counters: Counters::of(metrics),
             done: Some(done),
-        })));
+        }));
+        if let Err(mpsc::SendError(Command::Adopt(conn))) = self.commands.send(adopt) {
+            // The thread is gone (only a panic ends it while this handle exists): the
+            // relay goes back to tokio instead of being lost with it.
+            let Conn {
+                mut client,
+                mut upstream,
+                up,
+                down,
+                ..
+            } = *conn;
+            let _ = self.registry.deregister(&mut client);
+            let _ = self.registry.deregister(&mut upstream);
+            return match to_tokio(client, upstream) {
+                Ok((client, upstream)) => Err(Box::new(NotMoved {
+                    client,
+                    upstream,
+                    up,
+                    down,
+                    error: io::Error::other("the relay thread has stopped"),
+                })),
+                Err(e) => Ok(lost(e, up, down)),
+            };
+        }
+        let _ = self.waker.wake();
         offload.moved.inc();
         offload.on_threads.inc();
         let mut abort = AbortOnDrop {
@@ -274,14 +291,10 @@ impl RelayThread {
             });
         match registered {
             Ok(()) => Ok((client, upstream)),
-            Err(error) => {
-                let back = TcpStream::from_std(client.into())
-                    .and_then(|c| Ok((c, TcpStream::from_std(upstream.into())?)));
-                match back {
-                    Ok((client, upstream)) => Err(Unregistered::Back(client, upstream, error)),
-                    Err(e) => Err(Unregistered::Lost(e)),
-                }
-            }
+            Err(error) => match to_tokio(client, upstream) {
+                Ok((client, upstream)) => Err(Unregistered::Back(client, upstream, error)),
+                Err(e) => Err(Unregistered::Lost(e)),
+            },
         }
     }
 }
@@ -291,6 +304,23 @@ enum Unregistered {
     Back(TcpStream, TcpStream, io::Error),
     /// A socket was closed on the way.
     Lost(io::Error),
+}
+
+/// A relay whose socket closed while moving between pollers (a failed `epoll_ctl` on a
+/// socket tokio or mio had registered): it ends here.
+fn lost(error: io::Error, up: Half, down: Half) -> Finished {
+    tracing::error!(%error, "a relay's socket could not move between pollers; connection closed");
+    Finished {
+        up,
+        down,
+        end: RelayEnd::Closed,
+    }
+}
+
+/// Sockets taken out of a relay thread's poller (or never registered there) back on tokio.
+fn to_tokio(client: MioTcp, upstream: MioTcp) -> io::Result<(TcpStream, TcpStream)> {
+    let client = TcpStream::from_std(client.into())?;
+    Ok((client, TcpStream::from_std(upstream.into())?))
 }
 
 impl Drop for RelayThread {
