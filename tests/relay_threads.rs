@@ -10,10 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use support::relay_checks::*;
 use support::*;
-use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate::model::Route;
@@ -54,18 +53,6 @@ async fn relays_moved(gw: &Gateway, n: u64, on_threads: u64) {
     .await;
 }
 
-async fn next_msg(ws: &mut Ws) -> Message {
-    within("next message", ws.next())
-        .await
-        .expect("stream ended")
-        .expect("websocket error")
-}
-
-async fn round_trip(ws: &mut Ws, m: Message) {
-    within("send", ws.send(m.clone())).await.unwrap();
-    assert_eq!(next_msg(ws).await, m);
-}
-
 /// Text, binary, empty and 16 MiB messages (which back up in the relay's backlog), then a
 /// fragmented message with a ping between its fragments, all after the move; the Close
 /// handshake ends the relay on its thread and the route's metrics count every message.
@@ -77,32 +64,8 @@ async fn moved_relay_passes_every_kind_and_size_and_counts_them() {
     round_trip(&mut ws, Message::text("first")).await;
     relays_moved(&gw, 1, 1).await;
 
-    let big: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    for m in [
-        Message::text("hello"),
-        Message::binary(vec![0u8, 1, 2, 255]),
-        Message::text(""),
-        Message::binary(big),
-        Message::text("ünïcødé ✓"),
-    ] {
-        round_trip(&mut ws, m).await;
-    }
-    let frames = [
-        Frame::message(b"frag".to_vec(), OpCode::Data(Data::Text), false),
-        Frame::ping(b"mid".to_vec()),
-        Frame::message(b"ment".to_vec(), OpCode::Data(Data::Continue), false),
-        Frame::message(b"ed".to_vec(), OpCode::Data(Data::Continue), true),
-    ];
-    for f in frames {
-        within("send frame", ws.send(Message::Frame(f)))
-            .await
-            .unwrap();
-    }
-    assert_eq!(
-        next_msg(&mut ws).await,
-        Message::Pong(b"mid".to_vec().into())
-    );
-    assert_eq!(next_msg(&mut ws).await, Message::text("fragmented"));
+    every_kind_and_size_round_trips(&mut ws).await;
+    fragmented_message_with_ping_round_trips(&mut ws).await;
 
     within("close", ws.close(None)).await.unwrap();
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
@@ -120,44 +83,10 @@ async fn moved_relay_passes_every_kind_and_size_and_counts_them() {
     );
 }
 
-/// A backend that echoes text, and on "die" drops its TCP connection without a Close.
-/// Reports the Close code it received, if any, once its connection ends.
-async fn scripted_backend() -> (
-    SocketAddr,
-    tokio::sync::oneshot::Receiver<Option<CloseCode>>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let (s, _) = listener.accept().await.unwrap();
-        let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
-        let mut seen = None;
-        while let Some(Ok(m)) = ws.next().await {
-            match m {
-                Message::Text(t) if t.as_str() == "die" => break,
-                Message::Text(t) => {
-                    let echoed = ws.send(Message::Text(t)).await;
-                    if echoed.is_err() {
-                        break;
-                    }
-                }
-                Message::Close(c) => {
-                    seen = c.map(|c| c.code);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let _ = seen_tx.send(seen);
-    });
-    (addr, seen_rx)
-}
-
 /// The backend dies without a Close after the move: the client gets Close 1011.
 #[tokio::test]
 async fn moved_relay_sends_1011_when_the_backend_dies() {
-    let (backend, _seen) = scripted_backend().await;
+    let (backend, _seen) = backend_dying_on_cue().await;
     let gw = gateway_to(backend).await;
     let mut ws = connect(&gw.ws("/x")).await;
     round_trip(&mut ws, Message::text("one")).await;
@@ -175,7 +104,7 @@ async fn moved_relay_sends_1011_when_the_backend_dies() {
 /// The client vanishes without a Close after the move: the backend gets Close 1001.
 #[tokio::test]
 async fn moved_relay_sends_1001_to_the_backend_when_the_client_vanishes() {
-    let (backend, seen) = scripted_backend().await;
+    let (backend, seen) = backend_dying_on_cue().await;
     let gw = gateway_to(backend).await;
     let mut ws = connect(&gw.ws("/bye")).await;
     round_trip(&mut ws, Message::text("one")).await;
@@ -188,7 +117,7 @@ async fn moved_relay_sends_1001_to_the_backend_when_the_client_vanishes() {
 /// The client's own Close code reaches the backend through the relay thread.
 #[tokio::test]
 async fn moved_relay_passes_the_clients_close_code() {
-    let (backend, seen) = scripted_backend().await;
+    let (backend, seen) = backend_dying_on_cue().await;
     let gw = gateway_to(backend).await;
     let mut ws = connect(&gw.ws("/c")).await;
     round_trip(&mut ws, Message::text("one")).await;
@@ -251,20 +180,7 @@ async fn moved_relay_idle_timeout_closes_only_quiet_sockets() {
     round_trip(&mut quiet, Message::text("moved")).await;
     round_trip(&mut busy, Message::text("moved")).await;
     relays_moved(&gw, 2, 2).await;
-    let started = std::time::Instant::now();
-    // Talk on `busy` every 100 ms for well past the limit.
-    while started.elapsed() < Duration::from_millis(1000) {
-        round_trip(&mut busy, Message::text("tick")).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    match next_msg(&mut quiet).await {
-        Message::Close(Some(c)) => {
-            assert_eq!(c.code, CloseCode::Away);
-            assert_eq!(c.reason.as_str(), "idle timeout");
-        }
-        other => panic!("expected Close 1001 on the quiet socket, got {other:?}"),
-    }
-    round_trip(&mut busy, Message::text("still")).await;
+    idle_limit_closes_only_the_quiet_one(&mut quiet, &mut busy).await;
 }
 
 /// With no relay threads (`--relay-threads 0`) nothing moves, however busy.

@@ -6,20 +6,12 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use support::relay_checks::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
-
-async fn next_msg(ws: &mut Ws) -> Message {
-    within("next message", ws.next())
-        .await
-        .expect("stream ended")
-        .expect("websocket error")
-}
 
 async fn gateway_to_echo() -> (Gateway, Echo) {
     let echo = Echo::start("echo-1").await;
@@ -37,18 +29,7 @@ async fn gateway_to_echo() -> (Gateway, Echo) {
 async fn messages_of_every_kind_and_size_pass_unchanged() {
     let (gw, _echo) = gateway_to_echo().await;
     let mut ws = connect(&gw.ws("/chat/lobby")).await;
-    let big: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let messages = vec![
-        Message::text("hello"),
-        Message::binary(vec![0u8, 1, 2, 255]),
-        Message::text(""),
-        Message::binary(big),
-        Message::text("ünïcødé ✓"),
-    ];
-    for m in &messages {
-        within("send", ws.send(m.clone())).await.unwrap();
-        assert_eq!(&next_msg(&mut ws).await, m);
-    }
+    every_kind_and_size_round_trips(&mut ws).await;
     within("close", ws.close(None)).await.unwrap();
 }
 
@@ -58,32 +39,7 @@ async fn messages_of_every_kind_and_size_pass_unchanged() {
 async fn fragmented_message_and_interleaved_ping_pass() {
     let (gw, _echo) = gateway_to_echo().await;
     let mut ws = connect(&gw.ws("/chat/frag")).await;
-    let frames = [
-        Frame::message(b"frag".to_vec(), OpCode::Data(Data::Text), false),
-        Frame::ping(b"mid".to_vec()),
-        Frame::message(b"ment".to_vec(), OpCode::Data(Data::Continue), false),
-        Frame::message(b"ed".to_vec(), OpCode::Data(Data::Continue), true),
-    ];
-    for f in frames {
-        within("send frame", ws.send(Message::Frame(f)))
-            .await
-            .unwrap();
-    }
-    let mut got_pong = false;
-    loop {
-        match next_msg(&mut ws).await {
-            Message::Pong(p) => {
-                assert_eq!(&p[..], b"mid");
-                got_pong = true;
-            }
-            Message::Text(t) => {
-                assert_eq!(t.as_str(), "fragmented");
-                break;
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert!(got_pong, "pong must arrive before the echoed message");
+    fragmented_message_with_ping_round_trips(&mut ws).await;
 }
 
 /// The subprotocol the backend picks reaches the client.
@@ -266,21 +222,7 @@ async fn backend_dying_mid_stream_sends_close_1011_to_client() {
 /// A client that vanishes without a Close: the backend gets Close 1001 (going away).
 #[tokio::test]
 async fn client_vanishing_sends_close_1001_to_backend() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let (s, _) = listener.accept().await.unwrap();
-        let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
-        let mut seen = None;
-        while let Some(Ok(m)) = ws.next().await {
-            if let Message::Close(c) = m {
-                seen = c.map(|c| c.code);
-                break;
-            }
-        }
-        let _ = seen_tx.send(seen);
-    });
+    let (addr, seen_rx) = backend_dying_on_cue().await;
     let gw = Gateway::start(&[route(
         "r",
         0,
@@ -384,26 +326,7 @@ async fn idle_timeout_closes_only_quiet_sockets() {
     let gw = Gateway::start(&[route("idle", 0, &s)]).await;
     let mut quiet = connect(&gw.ws("/quiet")).await;
     let mut busy = connect(&gw.ws("/busy")).await;
-    let started = std::time::Instant::now();
-    // Talk on `busy` every 100 ms for well past the limit.
-    while started.elapsed() < Duration::from_millis(1000) {
-        within("send", busy.send(Message::text("tick")))
-            .await
-            .unwrap();
-        assert_eq!(next_msg(&mut busy).await, Message::text("tick"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    match next_msg(&mut quiet).await {
-        Message::Close(Some(c)) => {
-            assert_eq!(c.code, CloseCode::Away);
-            assert_eq!(c.reason.as_str(), "idle timeout");
-        }
-        other => panic!("expected Close 1001 on the quiet socket, got {other:?}"),
-    }
-    within("send after", busy.send(Message::text("still")))
-        .await
-        .unwrap();
-    assert_eq!(next_msg(&mut busy).await, Message::text("still"));
+    idle_limit_closes_only_the_quiet_one(&mut quiet, &mut busy).await;
 }
 
 const RAW_UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
