@@ -64,6 +64,8 @@ pub struct Offload {
     next_thread: AtomicUsize,
     next_key: AtomicU64,
     after_messages: u64,
+    /// `STEP_BUDGET`; lower in tests, to make every relay need more than one turn.
+    step_budget: usize,
     moved: Counter,
     on_threads: Gauge,
 }
@@ -86,6 +88,7 @@ impl Offload {
                 next_thread: AtomicUsize::new(0),
                 next_key: AtomicU64::new(1),
                 after_messages: options.after_messages,
+                step_budget: STEP_BUDGET,
                 moved: metrics.moved,
                 on_threads: metrics.on_threads,
             })
@@ -102,7 +105,7 @@ impl Offload {
     pub(super) fn thread(&self) -> Option<&RelayThread> {
         let i = self.next_thread.fetch_add(1, Ordering::Relaxed) % self.threads.len();
         self.threads[i]
-            .get_or_init(|| match RelayThread::start(i) {
+            .get_or_init(|| match RelayThread::start(i, self.step_budget) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start a relay thread; busy relays stay on the async runtime");
@@ -149,7 +152,7 @@ enum Command {
 const WAKE: Token = Token(usize::MAX);
 
 impl RelayThread {
-    fn start(index: usize) -> io::Result<RelayThread> {
+    fn start(index: usize, step_budget: usize) -> io::Result<RelayThread> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
@@ -158,7 +161,7 @@ impl RelayThread {
         std::thread::Builder::new()
             .name(format!("wsgate-relay-{index}"))
             .spawn(move || {
-                Loop::new(poll, inbox).run();
+                Loop::new(poll, inbox, step_budget).run();
                 drop(kept);
             })?;
         Ok(RelayThread {
@@ -219,6 +222,7 @@ impl RelayThread {
             linger_at: None,
             counters: Counters::of(metrics),
             done: Some(done),
+            again: false,
         }));
         if let Err(mpsc::SendError(Command::Adopt(conn))) = self.commands.send(adopt) {
             // The thread is gone (only a panic ends it while this handle exists): the
@@ -419,6 +423,17 @@ impl Counters {
     }
 }
 
+/// Passes one relay may make per turn (each reads or writes up to 64 KiB per direction).
+const STEP_BUDGET: usize = 32;
+
+/// What one turn of a relay did.
+#[derive(Default)]
+struct Step {
+    moved: bool,
+    /// The budget ran out with bytes still moving: the relay needs another turn.
+    unfinished: bool,
+}
+
 /// One relay on a relay thread.
 struct Conn {
     key: u64,
@@ -435,15 +450,18 @@ struct Conn {
     linger_at: Option<Instant>,
     counters: Counters,
     done: Option<oneshot::Sender<Finished>>,
+    /// In `Loop::again`, waiting for another turn.
+    again: bool,
 }
 
 impl Conn {
-    /// Moves bytes until nothing can move. Returns whether any moved.
-    fn step(&mut self, buf: &mut [u8]) -> bool {
-        let mut moved_any = false;
-        loop {
+    /// Moves bytes until nothing can move, or until it has made `budget` passes: a relay
+    /// whose sender keeps its socket full must not keep the thread from the others.
+    fn step(&mut self, buf: &mut [u8], budget: usize) -> Step {
+        let mut step = Step::default();
+        for _ in 0..budget {
             if relay_done(&self.up, &self.down) {
-                return moved_any;
+                return step;
             }
             let mut moved = false;
             if self.ready.has(Ready::CLIENT_READ) && self.up.wants_read() {
@@ -484,10 +502,12 @@ impl Conn {
                 moved = true;
             }
             if !moved {
-                return moved_any;
+                return step;
             }
-            moved_any = true;
+            step.moved = true;
         }
+        step.unfinished = true;
+        step
     }
 
     fn flush_metrics_if_due(&mut self) {
@@ -581,6 +601,10 @@ struct Loop {
     inbox: mpsc::Receiver<Command>,
     conns: HashMap<u64, Box<Conn>, BuildHasherDefault<KeyHasher>>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
+    /// Relays that used up their turn with bytes still moving; served after the events of
+    /// the next wake-up, which then does not wait.
+    again: Vec<u64>,
+    step_budget: usize,
     draining: bool,
     /// Every sender is gone: exit once the last relay ends.
     orphaned: bool,
@@ -588,12 +612,14 @@ struct Loop {
 }
 
 impl Loop {
-    fn new(poll: Poll, inbox: mpsc::Receiver<Command>) -> Self {
+    fn new(poll: Poll, inbox: mpsc::Receiver<Command>, step_budget: usize) -> Self {
         Loop {
             poll,
             inbox,
             conns: HashMap::default(),
             timers: BinaryHeap::new(),
+            again: Vec::new(),
+            step_budget,
             draining: false,
             orphaned: false,
             buf: vec![0u8; READ_BUF].into_boxed_slice(),
@@ -603,10 +629,13 @@ impl Loop {
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
         while !(self.orphaned && self.conns.is_empty()) {
-            let timeout = self
-                .timers
-                .peek()
-                .map(|Reverse((at, _, _))| at.saturating_duration_since(Instant::now()));
+            let timeout = if self.again.is_empty() {
+                self.timers
+                    .peek()
+                    .map(|Reverse((at, _, _))| at.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(error = %e, "relay thread cannot wait for its sockets");
@@ -643,6 +672,12 @@ impl Loop {
             }
             if !self.timers.is_empty() {
                 self.fire_timers(&mut clock);
+            }
+            for key in std::mem::take(&mut self.again) {
+                if let Some(conn) = self.conns.get_mut(&key) {
+                    conn.again = false;
+                    self.settle(key, &mut clock);
+                }
             }
         }
     }
@@ -697,12 +732,16 @@ impl Loop {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        let moved = conn.step(&mut self.buf);
+        let step = conn.step(&mut self.buf, self.step_budget);
         if relay_done(&conn.up, &conn.down) {
             self.end(key, RelayEnd::Closed);
             return;
         }
-        if moved {
+        if step.unfinished && !conn.again {
+            conn.again = true;
+            self.again.push(key);
+        }
+        if step.moved {
             if conn.idle.is_some() {
                 conn.last_activity = clock.now();
             }
@@ -821,10 +860,14 @@ mod tests {
 
     /// Relays one frame client → upstream, after which the relay moves.
     async fn moved_relay(linger: Duration) -> Moved {
+        moved_relay_with_budget(linger, STEP_BUDGET).await
+    }
+
+    async fn moved_relay_with_budget(linger: Duration, step_budget: usize) -> Moved {
         let (mut client, client_inner) = pair().await;
         let (upstream_inner, mut upstream) = pair().await;
         let metrics = Arc::new(Metrics::new());
-        let offload = Offload::new(
+        let mut offload = Offload::new(
             OffloadOptions {
                 threads: 1,
                 after_messages: 1,
@@ -832,6 +875,9 @@ mod tests {
             metrics.offload(),
         )
         .expect("one thread");
+        Arc::get_mut(&mut offload)
+            .expect("not shared yet")
+            .step_budget = step_budget;
         let route = metrics.route("t");
         let config = RelayConfig { idle: None, linger };
         let relay = tokio::spawn(async move {
@@ -907,5 +953,46 @@ mod tests {
             assert_eq!(n, 0, "no bytes, only the end");
         }
         assert_eq!(on_threads(&m.metrics), Some(0));
+    }
+
+    /// A relay with more bytes waiting than one turn moves gets further turns without a
+    /// new readiness event: with one pass per turn, a 4 MiB frame each way still arrives
+    /// whole, and so does the small frame behind it.
+    #[tokio::test]
+    async fn a_relay_gets_further_turns_until_its_sockets_are_drained() {
+        let mut m = moved_relay_with_budget(Duration::from_secs(10), 1).await;
+        let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        // A binary frame with a 64-bit length, unmasked (the relay does not unmask).
+        let mut frame = vec![0x82, 127];
+        frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        frame.extend_from_slice(&payload);
+        let small = masked_text(b"after");
+        let (mut client_read, mut client_write) = m.client.split();
+        let (mut upstream_read, mut upstream_write) = m.upstream.split();
+        let sent = async {
+            client_write.write_all(&frame).await.unwrap();
+            client_write.write_all(&small).await.unwrap();
+            upstream_write.write_all(&frame).await.unwrap();
+        };
+        let want_up = frame.len() + small.len();
+        let received = async {
+            let mut up = vec![0u8; want_up];
+            let mut down = vec![0u8; frame.len()];
+            let (a, b) = tokio::join!(
+                upstream_read.read_exact(&mut up),
+                client_read.read_exact(&mut down)
+            );
+            a.unwrap();
+            b.unwrap();
+            (up, down)
+        };
+        let ((), (up, down)) =
+            tokio::time::timeout(DEADLINE, async { tokio::join!(sent, received) })
+                .await
+                .expect("every byte relayed");
+        assert_eq!(&up[..frame.len()], &frame[..]);
+        assert_eq!(&up[frame.len()..], &small[..]);
+        assert_eq!(down, frame);
+        assert_eq!(on_threads(&m.metrics), Some(1));
     }
 }
