@@ -206,3 +206,36 @@ async fn no_relay_threads_keeps_every_relay_on_the_runtime() {
     }
     assert_eq!(metric(&gw, "wsgate_relays_moved_total"), Some(0));
 }
+
+/// A hundred relays moving at once to two threads while every one of them talks, pipelined:
+/// each client gets its own messages back in order, and every relay ends when its client
+/// closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_relays_move_talk_and_end_at_once() {
+    let echo = Echo::start("e").await;
+    let gw = gateway_to(echo.addr).await;
+    let clients: Vec<_> = (0..100)
+        .map(|i| {
+            let url = gw.ws(&format!("/c{i}"));
+            tokio::spawn(async move {
+                let mut ws = connect(&url).await;
+                for j in 0..50 {
+                    within("send", ws.send(Message::text(format!("{i}-{j}"))))
+                        .await
+                        .unwrap();
+                }
+                for j in 0..50 {
+                    assert_eq!(next_msg(&mut ws).await, Message::text(format!("{i}-{j}")));
+                }
+                within("close", ws.close(None)).await.unwrap();
+                while let Ok(Some(Ok(_))) =
+                    tokio::time::timeout(Duration::from_secs(5), ws.next()).await
+                {}
+            })
+        })
+        .collect();
+    for client in clients {
+        within("client", client).await.unwrap();
+    }
+    relays_moved(&gw, 100, 0).await;
+}
