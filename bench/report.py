@@ -365,7 +365,9 @@ def render(runs, meta, targets, kept_notes):
         "`option forwardfor` plus `X-Forwarded-Proto`/`-Host` and `X-Request-ID` (a `unique-id`) set, "
         "`timeout client/server 60s`, `maxconn` idle + 32, no logging.\n"
         "- wsgate (`bench/peers/wsgate-routes.yaml.in`): `wsgate run --routes` with one WsRoute "
-        "`/{everything}` → the echo backend, `RUST_LOG=warn`.\n"
+        "`/{everything}` → the echo backend, `RUST_LOG=warn`, otherwise its defaults: one worker "
+        "and one relay thread, to which a relay moves after 128 messages (inside the warm-up of "
+        "scenarios 1–3; scenario 4's and 5's connections never move).\n"
     )
     out.append("## Results (medians)\n")
     out.append("Ratios in parentheses are to direct; latency rows show µs added over direct.\n")
