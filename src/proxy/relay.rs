@@ -11,7 +11,9 @@
 //! (`Half` and `run`): plain TCP on both sides (readiness + `try_read`/`try_write`, the
 //! fast path) and any `AsyncRead + AsyncWrite` pair (TLS on either side), driven from one
 //! hand-written `poll` that borrows the same per-thread buffer only inside that call.
-//! rustls keeps its own record buffers per TLS connection.
+//! rustls keeps its own record buffers per TLS connection. A plain-TCP relay that gets
+//! busy moves to a relay thread (`offload`), which runs the same `Half` logic from its own
+//! epoll loop.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
