@@ -24,6 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
@@ -63,7 +64,7 @@ impl TryWrite for mio::net::TcpStream {
 
 mod offload;
 
-pub use offload::{Offload, OffloadMetrics, OffloadOptions, DEFAULT_AFTER_MESSAGES};
+pub use offload::{Offload, OffloadMetrics, OffloadOptions};
 
 /// Close codes wsgate sends on its own behalf.
 pub mod close_code {
@@ -390,11 +391,20 @@ impl Half {
         }
     }
 
-    fn flush_metrics(
-        &mut self,
-        bytes: &prometheus_client::metrics::counter::Counter,
-        messages: &prometheus_client::metrics::counter::Counter,
-    ) {
+    /// Closes this direction with our 1001 at its next frame boundary (drain, idle timeout).
+    fn close_going_away(&mut self, reason: &'static str) {
+        self.close_wanted = Some((close_code::GOING_AWAY, reason));
+        self.inject_if_ready();
+    }
+
+    /// Flushes the counts once `METRICS_FLUSH_BYTES` passed since the last flush.
+    fn flush_metrics_if_due(&mut self, bytes: &Counter, messages: &Counter) {
+        if self.bytes - self.bytes_flushed > METRICS_FLUSH_BYTES {
+            self.flush_metrics(bytes, messages);
+        }
+    }
+
+    fn flush_metrics(&mut self, bytes: &Counter, messages: &Counter) {
         bytes.inc_by(self.bytes - self.bytes_flushed);
         self.bytes_flushed = self.bytes;
         let m = self.tracker.messages();
@@ -730,8 +740,7 @@ impl RelayState {
         // keep it (they go out of scope here).
         let draining = drain.is_draining();
         if draining {
-            down.close_wanted = Some((close_code::GOING_AWAY, "gateway shutting down"));
-            down.inject_if_ready();
+            down.close_going_away("gateway shutting down");
         }
         RelayState {
             up,
@@ -792,8 +801,7 @@ async fn run<'o, T: Transport>(
             biased;
             _ = poll_fn(|cx| drain.poll_drain(cx)), if !state.draining => {
                 state.draining = true;
-                state.down.close_wanted = Some((close_code::GOING_AWAY, "gateway shutting down"));
-                state.down.inject_if_ready();
+                state.down.close_going_away("gateway shutting down");
             }
             _ = poll_fn(|cx| {
                 let RelayState { up, down, last_activity, .. } = &mut *state;
@@ -804,12 +812,8 @@ async fn run<'o, T: Transport>(
                 if idle.is_some() && (up.bytes, down.bytes) != before {
                     *last_activity = Instant::now();
                 }
-                if up.bytes - up.bytes_flushed > METRICS_FLUSH_BYTES {
-                    up.flush_metrics(&metrics.bytes_up, &metrics.messages_up);
-                }
-                if down.bytes - down.bytes_flushed > METRICS_FLUSH_BYTES {
-                    down.flush_metrics(&metrics.bytes_down, &metrics.messages_down);
-                }
+                up.flush_metrics_if_due(&metrics.bytes_up, &metrics.messages_up);
+                down.flush_metrics_if_due(&metrics.bytes_down, &metrics.messages_down);
                 // A step stops only once nothing can move, with a waker registered for
                 // everything it waits on. Unless the relay is winding down (what the loop
                 // around this reacts to), sleep right here: going round the loop would poll
@@ -828,10 +832,8 @@ async fn run<'o, T: Transport>(
                 let idle = idle.unwrap_or_default();
                 if state.last_activity + idle <= Instant::now() {
                     tracing::info!(idle_ms = idle.as_millis() as u64, "closing idle WebSocket connection (route timeouts.idle)");
-                    for half in [&mut state.up, &mut state.down] {
-                        half.close_wanted = Some((close_code::GOING_AWAY, "idle timeout"));
-                        half.inject_if_ready();
-                    }
+                    state.up.close_going_away("idle timeout");
+                    state.down.close_going_away("idle timeout");
                     idle_timer = None;
                 } else if let Some(t) = idle_timer.as_mut() {
                     t.as_mut().reset(state.last_activity + idle);

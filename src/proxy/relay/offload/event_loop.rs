@@ -13,8 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
 use super::super::{
-    close_code, relay_done, winding_down, Half, RelayEnd, CLIENT_DIED, METRICS_FLUSH_BYTES,
-    READ_BUF, UPSTREAM_DIED,
+    relay_done, winding_down, Half, RelayEnd, CLIENT_DIED, READ_BUF, UPSTREAM_DIED,
 };
 use super::{Command, Finished, Side, WAKE};
 use crate::telemetry::RouteMetrics;
@@ -152,22 +151,16 @@ impl Conn {
     }
 
     fn flush_metrics_if_due(&mut self) {
-        if self.up.bytes - self.up.bytes_flushed > METRICS_FLUSH_BYTES {
-            self.up
-                .flush_metrics(&self.counters.bytes_up, &self.counters.messages_up);
-        }
-        if self.down.bytes - self.down.bytes_flushed > METRICS_FLUSH_BYTES {
-            self.down
-                .flush_metrics(&self.counters.bytes_down, &self.counters.messages_down);
-        }
+        let c = &self.counters;
+        self.up.flush_metrics_if_due(&c.bytes_up, &c.messages_up);
+        self.down
+            .flush_metrics_if_due(&c.bytes_down, &c.messages_down);
     }
 
     fn want_close(&mut self, towards_client_only: bool, reason: &'static str) {
-        self.down.close_wanted = Some((close_code::GOING_AWAY, reason));
-        self.down.inject_if_ready();
+        self.down.close_going_away(reason);
         if !towards_client_only {
-            self.up.close_wanted = Some((close_code::GOING_AWAY, reason));
-            self.up.inject_if_ready();
+            self.up.close_going_away(reason);
         }
         // The Close frames sit in the backlogs; let the next step try to write them.
         self.ready
