@@ -12,7 +12,8 @@
 # "FLOOR_BATCH=1" or "FLOOR_WORK_NS=300") picks a variant of the floor (floor.rs lists them).
 # WARM=1 first runs 1 s of small messages through every target, so a wsgate that moves busy
 # relays to a relay thread has started one before, e.g., handshakes are measured.
-# Pinning as in run.sh: proxies on core 0, echo backend and load generator on core 1.
+# Pinning as in run.sh: proxies on core 0, echo backend and load generator on core 1;
+# ECHO_CPU=0 puts the echo backend on core 0 with the proxies (side-by-side.sh).
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -67,18 +68,18 @@ for line in open(sys.argv[1]):
     lat = r.get("rtt_us") or r.get("cycle_us") or {}
     rows[(int(rnd), target)] = {
         "rate": r.get("msgs_per_s") or r.get("per_s") or r.get("achieved_rate") or 0,
-        "p50": lat.get("p50"), "p99": lat.get("p99"),
+        "p50": lat.get("p50"), "p99": lat.get("p99"), "p999": lat.get("p999"),
         "proxy_us": int(proxy_ns) / 1e3 / max(ops, 1), "echo_us": int(echo_ns) / 1e3 / max(ops, 1),
     }
     x = rows[(int(rnd), target)]
-    print(f"round {rnd} {target:12s} {x['rate']:>10,.0f}/s  p50 {x['p50']} µs  p99 {x['p99']} µs"
+    print(f"round {rnd} {target:12s} {x['rate']:>10,.0f}/s  p50 {x['p50']} µs  p99 {x['p99']} µs  p999 {x['p999']} µs"
           f"  proxy CPU {x['proxy_us']:.2f} µs/op  echo backend CPU {x['echo_us']:.2f} µs/op")
 targets = list(dict.fromkeys(t for _, t in rows))
 rounds = sorted({r for r, _ in rows})
 print("\nmedians over", len(rounds), "rounds")
 for t in targets:
     col = lambda k: statistics.median(rows[(r, t)][k] for r in rounds if rows[(r, t)][k] is not None)
-    print(f"  {t:12s} {col('rate'):>10,.0f}/s  p99 {col('p99'):.0f} µs  proxy CPU {col('proxy_us'):.2f} µs/op"
+    print(f"  {t:12s} {col('rate'):>10,.0f}/s  p99 {col('p99'):.0f} µs  p999 {col('p999'):.0f} µs  proxy CPU {col('proxy_us'):.2f} µs/op"
           f"  echo backend CPU {col('echo_us'):.2f} µs/op")
 def versus(a, b, key, better):
     wins = sum(better(rows[(r, a)][key], rows[(r, b)][key]) for r in rounds)
@@ -92,5 +93,6 @@ for a, b in [("floor", "haproxy"), ("floor", "nginx"), ("wsgate", "floor"), ("ws
     if a in targets and b in targets:
         versus(a, b, "rate", higher)
         versus(a, b, "p99", lower)
+        versus(a, b, "p999", lower)
         versus(a, b, "proxy_us", lower)
 PY

@@ -208,10 +208,14 @@ def proxy_verdicts(values, targets):
     out = []
     checks = [
         ("throughput", "messages/s (64 B, 100 conns × 16 in flight)", True),
+        ("throughput", "RTT p50 (µs)", False),
+        ("throughput", "RTT p99 (µs)", False),
         ("throughput", "proxy CPU per message (µs)", False),
         ("bulk", "MB/s echoed (64 KiB, 10 conns)", True),
         ("bulk", "proxy CPU per MB echoed (ms)", False),
+        ("latency", "RTT p50 (µs)", False),
         ("latency", "RTT p99 (µs)", False),
+        ("latency", "RTT p999 (µs)", False),
         ("handshakes", "handshakes/s (connect, 1 echo, close; 8 workers)", True),
         ("handshakes", "proxy CPU per handshake (µs)", False),
         ("idle", "proxy PSS per idle connection (bytes)", False),

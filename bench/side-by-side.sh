@@ -1,6 +1,9 @@
 # shellcheck shell=bash disable=SC2034  # sourced; the caller reads PORT, PID, ECHO_PID, WORK
 # Shared set-up of the small side-by-side tools (pair.sh, syscall-mix.sh); sourced, not run.
 # Pinning as in run.sh: proxies on core 0, echo backend and load generator on core 1.
+# ECHO_CPU=0 moves the echo backend onto the proxies' core instead, so the load generator has
+# a core to itself and the rate follows what the proxy and the backend spend together
+# (bench/RESULTS.md, "After run Y").
 # Needs BENCH_DIR, BASE (port base) and LOADGEN set by the caller.
 
 ECHO_PORT=$((BASE + 1))
@@ -14,7 +17,7 @@ ulimit -n "$(ulimit -Hn)"
 
 start_echo() { # wsgate binary; sets ECHO_PID
     fresh_release_wsgate "$1"
-    taskset -c 1 "$1" echo --listen "127.0.0.1:$ECHO_PORT" >/dev/null 2>&1 &
+    taskset -c "${ECHO_CPU:-1}" "$1" echo --listen "127.0.0.1:$ECHO_PORT" >/dev/null 2>&1 &
     ECHO_PID=$!
     PIDS+=("$ECHO_PID")
     PORT[direct]=$ECHO_PORT

@@ -5,6 +5,7 @@
 
 ECHO_PORT=${ECHO##*:}
 SCRATCH_NAME=${VALGRIND_TOOL_NAME:-valgrind}
+KEEP_SCRATCH=1 # the profiles in it are what these tools are run for
 # shellcheck source=bench/scratch.sh
 . "$BENCH_DIR/scratch.sh"
 
