@@ -404,6 +404,35 @@ impl Half {
         }
     }
 
+    /// Passes on what one read from the source brought: forwards the bytes (a Close of
+    /// ours goes in at the next frame boundary), answers a source that ended or died, then
+    /// flushes and passes a half-close on. Interrupted or would-block reads bring nothing.
+    fn pass_on_read<W: TryWrite>(
+        &mut self,
+        read: io::Result<&[u8]>,
+        dst: &W,
+        died_code: (u16, &'static str),
+    ) {
+        match read {
+            Ok([]) => self.src_done = true,
+            Ok(bytes) => {
+                let fwd = self.accept(bytes);
+                self.forward(dst, fwd);
+                self.inject_if_ready();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => self.src_done = true,
+        }
+        // The source vanished without a Close: tell the other side properly.
+        self.close_if_src_died(died_code);
+        self.flush(dst);
+        self.shut_if_done(dst);
+    }
+
     fn flush_metrics(&mut self, bytes: &Counter, messages: &Counter) {
         bytes.inc_by(self.bytes - self.bytes_flushed);
         self.bytes_flushed = self.bytes;
@@ -423,30 +452,17 @@ fn read_and_forward(
 ) {
     READ_BUFFER.with(|buf| {
         let mut buf = buf.borrow_mut();
-        match src.try_read(&mut buf[..]) {
-            Ok(0) => half.src_done = true,
-            Ok(n) => {
-                let fwd = half.accept(&buf[..n]);
-                half.forward(dst, fwd);
-                half.inject_if_ready();
-                if n < buf.len() {
-                    // A short read drained the socket: forget the readiness now instead of
-                    // paying a read that returns EAGAIN on the next step. Safe with tokio's
-                    // readiness ticks: data that arrives meanwhile raises a new event.
-                    let _ = src.try_io(Interest::READABLE, || {
-                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                    });
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => half.src_done = true,
+        let read = src.try_read(&mut buf[..]);
+        if matches!(read, Ok(n) if n > 0 && n < buf.len()) {
+            // A short read drained the socket: forget the readiness now instead of paying
+            // a read that returns EAGAIN on the next step. Safe with tokio's readiness
+            // ticks: data that arrives meanwhile raises a new event.
+            let _ = src.try_io(Interest::READABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
         }
+        half.pass_on_read(read.map(|n| &buf[..n]), dst, died_code);
     });
-    // The source vanished without a Close: tell the other side properly.
-    half.close_if_src_died(died_code);
-    half.flush(dst);
-    half.shut_if_done(dst);
 }
 
 /// One direction of a poll-driven relay: flush the backlog, read once into the worker's
@@ -804,7 +820,7 @@ async fn run<'o, T: Transport>(
                 state.down.close_going_away("gateway shutting down");
             }
             _ = poll_fn(|cx| {
-                let RelayState { up, down, last_activity, .. } = &mut *state;
+                let RelayState { up, down, last_activity, draining } = &mut *state;
                 let before = (up.bytes, down.bytes);
                 if transport.poll_step(cx, up, down).is_pending() {
                     return Poll::Pending;
@@ -822,7 +838,10 @@ async fn run<'o, T: Transport>(
                 if relay_done(up, down) || winding_down(up, down) {
                     return Poll::Ready(());
                 }
-                if offload.is_some_and(|o| o.due(up.tracker.messages() + down.tracker.messages())) {
+                // A draining relay stays put: its Close frames are already on their way.
+                if !*draining
+                    && offload.is_some_and(|o| o.due(up.tracker.messages() + down.tracker.messages()))
+                {
                     move_due = true;
                     return Poll::Ready(());
                 }
@@ -841,7 +860,7 @@ async fn run<'o, T: Transport>(
             }
             _ = fire(&mut linger_timer) => return Exit::Ended(RelayEnd::LingerExpired),
         }
-        if move_due && !state.draining {
+        if move_due {
             match offload.and_then(|pool| Some((pool, pool.thread()?))) {
                 Some((pool, thread)) => return Exit::Move(pool, thread),
                 None => offload = None,

@@ -76,8 +76,7 @@ pub struct Metrics {
     pub table_reloads_ok: Counter,
     pub table_reloads_failed: Counter,
     pub route_problems: Gauge,
-    relays_moved: Counter,
-    relays_on_threads: Gauge,
+    offload: crate::proxy::relay::OffloadMetrics,
     /// Handles already resolved, by route: a rebuild of 10,000 routes then costs one map
     /// lookup per route instead of sixteen family lookups with label allocations.
     resolved: std::sync::Mutex<std::collections::HashMap<String, RouteMetrics>>,
@@ -111,8 +110,7 @@ impl Metrics {
             table_reloads_ok: Counter::default(),
             table_reloads_failed: Counter::default(),
             route_problems: Gauge::default(),
-            relays_moved: Counter::default(),
-            relays_on_threads: Gauge::default(),
+            offload: Default::default(),
             resolved: Default::default(),
             registry: Registry::default(),
         };
@@ -174,22 +172,19 @@ impl Metrics {
         registry.register(
             "relays_moved",
             "Busy plain-TCP relays moved from the async runtime to a relay thread",
-            m.relays_moved.clone(),
+            m.offload.moved.clone(),
         );
         registry.register(
             "relays_on_threads",
             "Relays running on relay threads now",
-            m.relays_on_threads.clone(),
+            m.offload.on_threads.clone(),
         );
         Metrics { registry, ..m }
     }
 
     /// The relay threads' counters.
     pub fn offload(&self) -> crate::proxy::relay::OffloadMetrics {
-        crate::proxy::relay::OffloadMetrics {
-            moved: self.relays_moved.clone(),
-            on_threads: self.relays_on_threads.clone(),
-        }
+        self.offload.clone()
     }
 
     /// Resolves one route's handles; called by `compile`, never per connection.

@@ -168,8 +168,8 @@ impl Conn {
     }
 }
 
-/// One read from `src` into the thread's buffer, forwarded to `dst` at once. Returns
-/// whether `src` may hold more (the read filled the buffer).
+/// One read from `src` into the thread's buffer, passed on to `dst` at once. Returns
+/// whether `src` may hold more (the read filled the buffer, or was interrupted).
 fn read_and_forward(
     src: &MioTcp,
     dst: &MioTcp,
@@ -177,22 +177,12 @@ fn read_and_forward(
     died_code: (u16, &'static str),
     buf: &mut [u8],
 ) -> bool {
-    let mut more = false;
-    match (&*src).read(buf) {
-        Ok(0) => half.src_done = true,
-        Ok(n) => {
-            let fwd = half.accept(&buf[..n]);
-            half.forward(dst, fwd);
-            half.inject_if_ready();
-            more = n == buf.len();
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => more = true,
-        Err(_) => half.src_done = true,
-    }
-    half.close_if_src_died(died_code);
-    half.flush(dst);
-    half.shut_if_done(dst);
+    let read = (&*src).read(buf);
+    let more = match &read {
+        Ok(n) => *n == buf.len(),
+        Err(e) => e.kind() == io::ErrorKind::Interrupted,
+    };
+    half.pass_on_read(read.map(|n| &buf[..n]), dst, died_code);
     more
 }
 
