@@ -1,5 +1,6 @@
 # shellcheck shell=bash disable=SC2034  # sourced; the caller reads PORT, PID, ECHO_PID, WORK
-# Shared set-up of the small side-by-side tools (pair.sh, syscall-mix.sh); sourced, not run.
+# Shared set-up of the small side-by-side tools (pair.sh, syscall-mix.sh, floor.sh); sourced,
+# not run.
 # Pinning as in run.sh: proxies on core 0, echo backend and load generator on core 1.
 # ECHO_CPU=0 moves the echo backend onto the proxies' core instead, so the load generator has
 # a core to itself and the rate follows what the proxy and the backend spend together
