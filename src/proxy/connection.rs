@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::drain::DrainSignal;
+use super::frame::Extensions;
 use super::headers::X_REQUEST_ID;
 use super::relay::relay_streams;
 use super::service::{handle, new_request_id, RequestCtx, MAX_HEAD_BYTES};
@@ -61,7 +62,7 @@ pub async fn serve(
         r.client_early,
         r.upstream,
         r.upstream_early,
-        websocket::relay_config(route),
+        websocket::relay_config(route, r.extensions),
         drain,
         &route.metrics,
         offload.as_deref(),
@@ -238,6 +239,7 @@ struct ReadyToRelay {
     load: ConnectionGuard,
     endpoint: Arc<str>,
     request_id: HeaderValue,
+    extensions: Extensions,
 }
 
 /// Routes the upgrade, opens the backend and writes its answer to the client: `Some` after
@@ -299,6 +301,7 @@ async fn answer_upgrade(
         }
     };
     let answer = switched.client_head();
+    let extensions = websocket::negotiated_extensions(&switched.head);
     let Switched {
         upstream,
         early,
@@ -323,6 +326,7 @@ async fn answer_upgrade(
         // allocated for the life of the connection.
         request_id: HeaderValue::from_bytes(ctx.request_id.as_bytes())
             .unwrap_or(HeaderValue::from_static("-")),
+        extensions,
     })
 }
 

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::connection::Prefixed;
+use super::frame::Extensions;
 use super::headers::strip_hop_by_hop;
 use super::relay::{relay_streams, RelayConfig, RelayStats};
 use super::service::{ProxyBody, RequestCtx};
@@ -131,10 +132,21 @@ pub async fn open(
     }
 }
 
-/// The relay settings of `route`.
-pub fn relay_config(route: &CompiledRoute) -> RelayConfig {
+/// The extensions the backend's 101 negotiated, as far as the relay needs to know them
+/// (which RSV bits frames may carry).
+pub fn negotiated_extensions(head: &SwitchedHead) -> Extensions {
+    Extensions::negotiated(
+        head.end_to_end()
+            .filter(|(name, _)| name.eq_ignore_ascii_case(b"sec-websocket-extensions"))
+            .map(|(_, value)| value),
+    )
+}
+
+/// The relay settings of `route`, with the extensions the backend's 101 negotiated.
+pub fn relay_config(route: &CompiledRoute, extensions: Extensions) -> RelayConfig {
     RelayConfig {
         idle: route.route.timeouts.idle,
+        extensions,
         ..RelayConfig::default()
     }
 }
@@ -159,6 +171,17 @@ pub fn relay_ended(
 ) {
     route.metrics.connections_active.dec();
     drop(load);
+    if let Some((side, violation)) = stats.violation {
+        tracing::info!(
+            request_id = ?request_id,
+            route = %route.route.id,
+            endpoint = %endpoint,
+            side = ?side,
+            %violation,
+            close_code = violation.close_code(),
+            "WebSocket connection failed: a side broke the protocol"
+        );
+    }
     tracing::debug!(
         request_id = ?request_id,
         route = %route.route.id,
@@ -170,6 +193,7 @@ pub fn relay_ended(
         messages_down = stats.messages_down,
         injected_to_client = ?stats.injected_to_client,
         injected_to_upstream = ?stats.injected_to_upstream,
+        violation = ?stats.violation,
         end = ?stats.end,
         "WebSocket connection ended"
     );
@@ -195,6 +219,7 @@ pub async fn proxy(
     let mut to_client = Response::new(http_body_util::Full::new(Bytes::new()));
     *to_client.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *to_client.headers_mut() = switched.client_headers();
+    let config = relay_config(route, negotiated_extensions(&switched.head));
     let Switched {
         upstream,
         early,
@@ -229,7 +254,7 @@ pub async fn proxy(
             client_early,
             upstream,
             early,
-            relay_config(route),
+            config,
             drain,
             &route.metrics,
             offload.as_deref(),

@@ -9,15 +9,16 @@
 //! once), so only relays that proved busy move: after `after_messages` messages. Quiet
 //! and short-lived connections stay on tokio, where an idle relay costs least memory.
 //!
-//! The relay logic is the same `Half` as on tokio: frame tracking, Close injection at a
-//! frame boundary, a backlog only while a reader is slow, half-close, idle timeout, linger
-//! and drain. The connection's task stays alive on tokio, waiting for the thread to hand
-//! the relay's state back, so drain accounting and the relay's log line are unchanged.
+//! The relay's state moves with it: the same relay machine as on tokio (frame tracking
+//! and the protocol rules, Close injection at a frame boundary, a backlog only while a
+//! reader is slow, half-close, idle timeout, linger and drain), driven here by the thread's
+//! loop. The connection's task stays alive on tokio, waiting for the thread to hand the
+//! machine back, so drain accounting and the relay's log line are unchanged; the
+//! connection's tracing span goes along, so what the thread logs names the connection.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
-use std::time::Instant;
 
 use mio::net::TcpStream as MioTcp;
 use mio::{Interest, Poll, Registry, Token, Waker};
@@ -26,7 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use super::{Half, RelayConfig, RelayEnd};
+use super::{Relay, Side};
 use crate::proxy::drain::DrainSignal;
 use crate::telemetry::RouteMetrics;
 
@@ -115,20 +116,12 @@ impl Offload {
     }
 }
 
-/// What the relay thread hands back when a relay ends.
-pub(super) struct Finished {
-    pub up: Half,
-    pub down: Half,
-    pub end: RelayEnd,
-}
-
 /// The sockets could not join the relay thread: they go back to the caller, still
 /// registered with tokio, and the relay goes on there.
 pub(super) struct NotMoved {
     pub client: TcpStream,
     pub upstream: TcpStream,
-    pub up: Half,
-    pub down: Half,
+    pub relay: Relay,
     pub error: io::Error,
 }
 
@@ -186,13 +179,11 @@ impl RelayThread {
         offload: &Offload,
         client: TcpStream,
         upstream: TcpStream,
-        up: Half,
-        down: Half,
-        config: RelayConfig,
-        last_activity: Instant,
+        relay: Relay,
+        span: tracing::Span,
         drain: &mut DrainSignal,
         metrics: &RouteMetrics,
-    ) -> Result<Finished, Box<NotMoved>> {
+    ) -> Result<Relay, Box<NotMoved>> {
         let key = offload.next_key.fetch_add(1, Ordering::Relaxed);
         let (client, upstream) = match self.register(key, client, upstream) {
             Ok(pair) => pair,
@@ -200,26 +191,22 @@ impl RelayThread {
                 return Err(Box::new(NotMoved {
                     client,
                     upstream,
-                    up,
-                    down,
+                    relay,
                     error,
                 }))
             }
-            Err(Unregistered::Lost(e)) => return Ok(lost(e, up, down)),
+            Err(Unregistered::Lost(e)) => return Ok(lost(e, relay)),
         };
         let (done, mut finished) = oneshot::channel();
         let adopt = Command::Adopt(Box::new(Conn {
             key,
             client,
             upstream,
-            up,
-            down,
+            relay,
             ready: Ready::ALL,
-            idle: config.idle,
-            last_activity,
-            linger: config.linger,
-            linger_at: None,
+            armed: None,
             counters: Counters::of(metrics),
+            span,
             done: Some(done),
             again: false,
         }));
@@ -229,8 +216,7 @@ impl RelayThread {
             let Conn {
                 mut client,
                 mut upstream,
-                up,
-                down,
+                relay,
                 ..
             } = *conn;
             let _ = self.registry.deregister(&mut client);
@@ -239,11 +225,10 @@ impl RelayThread {
                 Ok((client, upstream)) => Err(Box::new(NotMoved {
                     client,
                     upstream,
-                    up,
-                    down,
+                    relay,
                     error: io::Error::other("the relay thread has stopped"),
                 })),
-                Err(e) => Ok(lost(e, up, down)),
+                Err(e) => Ok(lost(e, relay)),
             };
         }
         let _ = self.waker.wake();
@@ -287,7 +272,7 @@ impl RelayThread {
             .register(&mut client, token(key, Side::Client), both)
             .and_then(|()| {
                 self.registry
-                    .register(&mut upstream, token(key, Side::Upstream), both)
+                    .register(&mut upstream, token(key, Side::Backend), both)
                     .inspect_err(|_| {
                         let _ = self.registry.deregister(&mut client);
                     })
@@ -311,13 +296,9 @@ enum Unregistered {
 
 /// A relay whose socket closed while moving between pollers (a failed `epoll_ctl` on a
 /// socket tokio or mio had registered): it ends here.
-fn lost(error: io::Error, up: Half, down: Half) -> Finished {
+fn lost(error: io::Error, relay: Relay) -> Relay {
     tracing::error!(%error, "a relay's socket could not move between pollers; connection closed");
-    Finished {
-        up,
-        down,
-        end: RelayEnd::Closed,
-    }
+    relay
 }
 
 /// Sockets taken out of a relay thread's poller (or never registered there) back on tokio.
@@ -343,17 +324,13 @@ struct AbortOnDrop<'a> {
 }
 
 impl AbortOnDrop<'_> {
-    fn finish(&mut self, r: Result<Finished, oneshot::error::RecvError>) -> Finished {
+    fn finish(&mut self, r: Result<Relay, oneshot::error::RecvError>) -> Relay {
         self.armed = false;
         self.offload.on_threads.dec();
         r.unwrap_or_else(|_| {
             // Only a panic on the relay thread drops the sender unsent.
             tracing::error!("relay thread failed; connection closed");
-            Finished {
-                up: Half::new(true),
-                down: Half::new(false),
-                end: RelayEnd::Closed,
-            }
+            Relay::new(Default::default(), false, std::time::Instant::now())
         })
     }
 }
@@ -367,12 +344,8 @@ impl Drop for AbortOnDrop<'_> {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Side {
-    Client = 0,
-    Upstream = 1,
-}
-
+/// A socket's poller token: the relay's key and the side (the low bit: 0 client, 1
+/// backend).
 fn token(key: u64, side: Side) -> Token {
     Token(((key as usize) << 1) | side as usize)
 }
@@ -380,7 +353,7 @@ fn token(key: u64, side: Side) -> Token {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use bytes::Bytes;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -388,7 +361,7 @@ mod tests {
     use tokio::task::JoinHandle;
 
     use super::*;
-    use crate::proxy::relay::{close_code, relay_streams, RelayStats};
+    use crate::proxy::relay::{close_code, relay_streams, RelayConfig, RelayEnd, RelayStats};
     use crate::proxy::tls::Stream;
     use crate::proxy::Drain;
     use crate::telemetry::Metrics;
@@ -458,7 +431,11 @@ mod tests {
             .expect("not shared yet")
             .step_budget = step_budget;
         let route = metrics.route("t");
-        let config = RelayConfig { idle: None, linger };
+        let config = RelayConfig {
+            idle: None,
+            linger,
+            ..Default::default()
+        };
         let relay = tokio::spawn(async move {
             let drain = Drain::new();
             relay_streams(
@@ -541,22 +518,28 @@ mod tests {
     async fn a_relay_gets_further_turns_until_its_sockets_are_drained() {
         let mut m = moved_relay_with_budget(Duration::from_secs(10), 1).await;
         let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-        // A binary frame with a 64-bit length, unmasked (the relay does not unmask).
-        let mut frame = vec![0x82, 127];
+        // A binary frame with a 64-bit length, masked as a client's must be (the relay
+        // does not unmask: the key only has to be there).
+        let mut frame = vec![0x82, 0x80 | 127];
         frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        frame.extend_from_slice(&[0; 4]);
         frame.extend_from_slice(&payload);
+        // The backend's frames are not masked.
+        let mut backend_frame = vec![0x82, 127];
+        backend_frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        backend_frame.extend_from_slice(&payload);
         let small = masked_text(b"after");
         let (mut client_read, mut client_write) = m.client.split();
         let (mut upstream_read, mut upstream_write) = m.upstream.split();
         let sent = async {
             client_write.write_all(&frame).await.unwrap();
             client_write.write_all(&small).await.unwrap();
-            upstream_write.write_all(&frame).await.unwrap();
+            upstream_write.write_all(&backend_frame).await.unwrap();
         };
         let want_up = frame.len() + small.len();
         let received = async {
             let mut up = vec![0u8; want_up];
-            let mut down = vec![0u8; frame.len()];
+            let mut down = vec![0u8; backend_frame.len()];
             let (a, b) = tokio::join!(
                 upstream_read.read_exact(&mut up),
                 client_read.read_exact(&mut down)
@@ -571,7 +554,7 @@ mod tests {
                 .expect("every byte relayed");
         assert_eq!(&up[..frame.len()], &frame[..]);
         assert_eq!(&up[frame.len()..], &small[..]);
-        assert_eq!(down, frame);
+        assert_eq!(down, backend_frame);
         assert_eq!(on_threads(&m.metrics), Some(1));
     }
 }

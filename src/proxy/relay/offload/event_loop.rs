@@ -13,9 +13,9 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
 use super::super::{
-    relay_done, winding_down, Half, RelayEnd, CLIENT_DIED, READ_BUF, UPSTREAM_DIED,
+    add_counts, pass_on_read, route_counters, write_owed, Counts, Relay, Side, Timeout, READ_BUF,
 };
-use super::{Command, Finished, Side, WAKE};
+use super::{Command, WAKE};
 use crate::telemetry::RouteMetrics;
 
 /// Readiness the thread knows of, from edge-triggered events; cleared when a call finds
@@ -31,6 +31,14 @@ impl Ready {
     /// A fresh registration: anything may have arrived while the sockets moved.
     pub(super) const ALL: Ready = Ready(15);
 
+    /// The (read, write) bits of `side`.
+    fn bits(side: Side) -> (u8, u8) {
+        match side {
+            Side::Client => (Self::CLIENT_READ, Self::CLIENT_WRITE),
+            Side::Backend => (Self::UPSTREAM_READ, Self::UPSTREAM_WRITE),
+        }
+    }
+
     fn has(self, bit: u8) -> bool {
         self.0 & bit != 0
     }
@@ -45,21 +53,16 @@ impl Ready {
 }
 
 /// The route's counters, flushed from the thread as bytes pass.
-pub(super) struct Counters {
-    bytes_up: Counter,
-    messages_up: Counter,
-    bytes_down: Counter,
-    messages_down: Counter,
-}
+pub(super) struct Counters([Counter; 4]);
 
 impl Counters {
     pub(super) fn of(m: &RouteMetrics) -> Self {
-        Counters {
-            bytes_up: m.bytes_up.clone(),
-            messages_up: m.messages_up.clone(),
-            bytes_down: m.bytes_down.clone(),
-            messages_down: m.messages_down.clone(),
-        }
+        Counters(route_counters(m).map(Counter::clone))
+    }
+
+    fn add(&self, counts: Counts) {
+        let [a, b, c, d] = &self.0;
+        add_counts(counts, [a, b, c, d]);
     }
 }
 
@@ -79,19 +82,16 @@ pub(super) struct Conn {
     pub(super) key: u64,
     pub(super) client: MioTcp,
     pub(super) upstream: MioTcp,
-    /// client → upstream, masked frames.
-    pub(super) up: Half,
-    /// upstream → client.
-    pub(super) down: Half,
+    pub(super) relay: Relay,
     pub(super) ready: Ready,
-    pub(super) idle: Option<Duration>,
-    pub(super) last_activity: Instant,
-    pub(super) linger: Duration,
-    pub(super) linger_at: Option<Instant>,
+    /// The deadline this relay has in the thread's timer heap, if any.
+    pub(super) armed: Option<Instant>,
     pub(super) counters: Counters,
-    pub(super) done: Option<oneshot::Sender<Finished>>,
+    pub(super) done: Option<oneshot::Sender<Relay>>,
     /// In `Loop::again`, waiting for another turn.
     pub(super) again: bool,
+    /// The connection's span, entered for what the thread logs about it.
+    pub(super) span: tracing::Span,
 }
 
 impl Conn {
@@ -100,47 +100,13 @@ impl Conn {
     fn step(&mut self, buf: &mut [u8], budget: usize) -> Step {
         let mut step = Step::default();
         for _ in 0..budget {
-            if relay_done(&self.up, &self.down) {
+            if self.relay.is_done() {
                 return step;
             }
-            let mut moved = false;
-            if self.ready.has(Ready::CLIENT_READ) && self.up.wants_read() {
-                let more =
-                    read_and_forward(&self.client, &self.upstream, &mut self.up, CLIENT_DIED, buf);
-                self.ready.set(Ready::CLIENT_READ, more);
-                if self.up.has_backlog() {
-                    self.ready.set(Ready::UPSTREAM_WRITE, false);
-                }
-                moved = true;
-            }
-            if self.ready.has(Ready::UPSTREAM_READ) && self.down.wants_read() {
-                let more = read_and_forward(
-                    &self.upstream,
-                    &self.client,
-                    &mut self.down,
-                    UPSTREAM_DIED,
-                    buf,
-                );
-                self.ready.set(Ready::UPSTREAM_READ, more);
-                if self.down.has_backlog() {
-                    self.ready.set(Ready::CLIENT_WRITE, false);
-                }
-                moved = true;
-            }
-            if self.up.has_backlog() && self.ready.has(Ready::UPSTREAM_WRITE) {
-                self.up.flush(&self.upstream);
-                self.up.shut_if_done(&self.upstream);
-                self.ready
-                    .set(Ready::UPSTREAM_WRITE, !self.up.has_backlog());
-                moved = true;
-            }
-            if self.down.has_backlog() && self.ready.has(Ready::CLIENT_WRITE) {
-                self.down.flush(&self.client);
-                self.down.shut_if_done(&self.client);
-                self.ready
-                    .set(Ready::CLIENT_WRITE, !self.down.has_backlog());
-                moved = true;
-            }
+            let moved = self.read_when_ready(Side::Client, buf)
+                | self.read_when_ready(Side::Backend, buf)
+                | self.flush_when_ready(Side::Backend)
+                | self.flush_when_ready(Side::Client);
             if !moved {
                 return step;
             }
@@ -150,46 +116,54 @@ impl Conn {
         step
     }
 
-    fn flush_metrics_if_due(&mut self) {
-        let c = &self.counters;
-        self.up.flush_metrics_if_due(&c.bytes_up, &c.messages_up);
-        self.down
-            .flush_metrics_if_due(&c.bytes_down, &c.messages_down);
-    }
-
-    fn want_close(&mut self, towards_client_only: bool, reason: &'static str) {
-        self.down.close_going_away(reason);
-        if !towards_client_only {
-            self.up.close_going_away(reason);
+    /// One read from `from` if it is readable and the machine wants it, passed on to the
+    /// other side at once.
+    #[inline]
+    fn read_when_ready(&mut self, from: Side, buf: &mut [u8]) -> bool {
+        let to = from.other();
+        let (readable, _) = Ready::bits(from);
+        let (_, writable) = Ready::bits(to);
+        if !self.ready.has(readable) || !self.relay.wants_read(from) {
+            return false;
         }
-        // The Close frames sit in the backlogs; let the next step try to write them.
-        self.ready
-            .set(Ready::CLIENT_WRITE | Ready::UPSTREAM_WRITE, true);
+        let (src, dst) = match from {
+            Side::Client => (&self.client, &self.upstream),
+            Side::Backend => (&self.upstream, &self.client),
+        };
+        let read = (&*src).read(buf);
+        let more = match &read {
+            Ok(n) => *n == buf.len(),
+            Err(e) => e.kind() == io::ErrorKind::Interrupted,
+        };
+        pass_on_read(&mut self.relay, from, read.map(|n| &buf[..n]), dst);
+        self.ready.set(readable, more);
+        if self.relay.has_backlog(to) {
+            self.ready.set(writable, false);
+        }
+        true
     }
-}
 
-/// One read from `src` into the thread's buffer, passed on to `dst` at once. Returns
-/// whether `src` may hold more (the read filled the buffer, or was interrupted).
-fn read_and_forward(
-    src: &MioTcp,
-    dst: &MioTcp,
-    half: &mut Half,
-    died_code: (u16, &'static str),
-    buf: &mut [u8],
-) -> bool {
-    let read = (&*src).read(buf);
-    let more = match &read {
-        Ok(n) => *n == buf.len(),
-        Err(e) => e.kind() == io::ErrorKind::Interrupted,
-    };
-    half.pass_on_read(read.map(|n| &buf[..n]), dst, died_code);
-    more
-}
+    /// Writes what waits for `to` if it is writable.
+    #[inline]
+    fn flush_when_ready(&mut self, to: Side) -> bool {
+        let (_, writable) = Ready::bits(to);
+        if !self.relay.has_backlog(to) || !self.ready.has(writable) {
+            return false;
+        }
+        let dst = match to {
+            Side::Client => &self.client,
+            Side::Backend => &self.upstream,
+        };
+        write_owed(&mut self.relay, to, dst);
+        self.ready.set(writable, !self.relay.has_backlog(to));
+        true
+    }
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum TimerKind {
-    Idle,
-    Linger,
+    fn drain(&mut self) {
+        self.relay.handle_drain();
+        // The Close frame sits in the backlog; let the next step try to write it.
+        self.ready.set(Ready::CLIENT_WRITE, true);
+    }
 }
 
 /// Relay keys are sequential: a multiply spreads them over the map's buckets without
@@ -224,7 +198,8 @@ pub(super) struct Loop {
     poll: Poll,
     inbox: mpsc::Receiver<Command>,
     conns: HashMap<u64, Box<Conn>, BuildHasherDefault<KeyHasher>>,
-    timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
+    /// Each relay's next deadline (entries whose relay since armed another are stale).
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Relays that used up their turn with bytes still moving; served after the events of
     /// the next wake-up, which then does not wait.
     again: Vec<u64>,
@@ -256,7 +231,7 @@ impl Loop {
             let timeout = if self.again.is_empty() {
                 self.timers
                     .peek()
-                    .map(|Reverse((at, _, _))| at.saturating_duration_since(Instant::now()))
+                    .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
             } else {
                 Some(Duration::ZERO)
             };
@@ -311,15 +286,8 @@ impl Loop {
             match self.inbox.try_recv() {
                 Ok(Command::Adopt(mut conn)) => {
                     let key = conn.key;
-                    if let Some(idle) = conn.idle {
-                        self.timers.push(Reverse((
-                            conn.last_activity + idle,
-                            key,
-                            TimerKind::Idle,
-                        )));
-                    }
                     if self.draining {
-                        conn.want_close(true, "gateway shutting down");
+                        conn.drain();
                     }
                     self.conns.insert(key, conn);
                     self.settle(key, clock);
@@ -332,7 +300,7 @@ impl Loop {
                     let keys: Vec<u64> = self.conns.keys().copied().collect();
                     for key in keys {
                         if let Some(conn) = self.conns.get_mut(&key) {
-                            conn.want_close(true, "gateway shutting down");
+                            conn.drain();
                         }
                         self.settle(key, clock);
                     }
@@ -350,15 +318,15 @@ impl Loop {
         }
     }
 
-    /// Steps one relay and deals with what the step changed: the end, the linger timer,
-    /// idle bookkeeping, metrics.
+    /// Steps one relay and deals with what the step changed: the end, another turn,
+    /// activity, metrics, the relay's deadline.
     fn settle(&mut self, key: u64, clock: &mut Clock) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
         let step = conn.step(&mut self.buf, self.step_budget);
-        if relay_done(&conn.up, &conn.down) {
-            self.end(key, RelayEnd::Closed);
+        if conn.relay.is_done() {
+            self.end(key);
             return;
         }
         if step.unfinished && !conn.again {
@@ -366,30 +334,41 @@ impl Loop {
             self.again.push(key);
         }
         if step.moved {
-            if conn.idle.is_some() {
-                conn.last_activity = clock.now();
+            if conn.relay.tracks_activity() {
+                conn.relay.note_activity(clock.now());
             }
-            conn.flush_metrics_if_due();
+            if conn.relay.counts_due() {
+                conn.counters.add(conn.relay.take_counts());
+            }
         }
-        if conn.linger_at.is_none() && winding_down(&conn.up, &conn.down) {
-            let at = clock.now() + conn.linger;
-            conn.linger_at = Some(at);
-            self.timers.push(Reverse((at, key, TimerKind::Linger)));
+        // A deadline that moved later (an idle one, after activity) stays armed at the
+        // earlier time; when that fires, the relay is armed again.
+        if let Some(at) = conn.relay.poll_deadline(|| clock.now()) {
+            if conn.armed.is_none_or(|armed| at < armed) {
+                conn.armed = Some(at);
+                self.timers.push(Reverse((at, key)));
+            }
         }
     }
 
-    fn end(&mut self, key: u64, end: RelayEnd) {
+    fn end(&mut self, key: u64) {
         if let Some(conn) = self.conns.remove(&key) {
-            let Conn { up, down, done, .. } = *conn;
+            let Conn {
+                mut relay,
+                done,
+                counters,
+                ..
+            } = *conn;
+            counters.add(relay.take_counts());
             if let Some(done) = done {
-                let _ = done.send(Finished { up, down, end });
+                let _ = done.send(relay);
             }
         }
     }
 
     fn fire_timers(&mut self, clock: &mut Clock) {
         let now = clock.now();
-        while let Some(&Reverse((at, key, kind))) = self.timers.peek() {
+        while let Some(&Reverse((at, key))) = self.timers.peek() {
             if at > now {
                 return;
             }
@@ -397,28 +376,28 @@ impl Loop {
             let Some(conn) = self.conns.get_mut(&key) else {
                 continue;
             };
-            match kind {
-                TimerKind::Linger => {
-                    if conn.linger_at.is_some_and(|l| l <= now) {
-                        self.end(key, RelayEnd::LingerExpired);
-                    }
-                }
-                TimerKind::Idle => {
-                    let Some(idle) = conn.idle else { continue };
-                    let due = conn.last_activity + idle;
-                    if due <= now {
-                        tracing::info!(
-                            idle_ms = idle.as_millis() as u64,
-                            "closing idle WebSocket connection (route timeouts.idle)"
-                        );
-                        conn.idle = None;
-                        conn.want_close(false, "idle timeout");
-                        self.settle(key, clock);
-                    } else {
-                        self.timers.push(Reverse((due, key, TimerKind::Idle)));
-                    }
-                }
+            if conn.armed != Some(at) {
+                continue;
             }
+            conn.armed = None;
+            match conn.relay.handle_timeout(now) {
+                Timeout::LingerExpired => {
+                    self.end(key);
+                    continue;
+                }
+                Timeout::Idle(idle) => {
+                    let _entered = conn.span.enter();
+                    tracing::info!(
+                        idle_ms = idle.as_millis() as u64,
+                        "closing idle WebSocket connection (route timeouts.idle)"
+                    );
+                    // The Close frames sit in the backlogs; let the step try to write them.
+                    conn.ready
+                        .set(Ready::CLIENT_WRITE | Ready::UPSTREAM_WRITE, true);
+                }
+                Timeout::Nothing => {}
+            }
+            self.settle(key, clock);
         }
     }
 }

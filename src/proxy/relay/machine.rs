@@ -1,0 +1,693 @@
+//! The relay as a state machine: what happens between a client and a backend after the
+//! 101, with no sockets, no clocks and no async. The application (a driver) is responsible
+//! for the I/O, and for an event loop with a timer: it hands in what happened — bytes read
+//! from a side, a side's end, a write that failed, a timeout, the drain — and carries out
+//! what the machine asks — write these bytes to a side, flush it, shut its write half, wake
+//! up at this deadline — until the machine says it is done.
+//!
+//! Two drivers exist: the tokio relay (`relay.rs`, plain TCP and TLS) and the relay thread
+//! (`offload/event_loop.rs`); a relay moves from the first to the second with this state.
+//!
+//! What the machine owns, per direction ([`Flow`]): the frame tracker with the protocol
+//! rules (`frame.rs`), the backlog of bytes the destination has not taken yet (which also
+//! carries our own Close frames, placed at a frame boundary), and the close handshake.
+//! For the connection: the idle and linger deadlines, the drain, and how it ended.
+//!
+//! The forward path borrows: [`Relay::handle_read`] returns the part of the read that may
+//! go on, as a view into the driver's buffer; the driver writes it and reports how much
+//! went ([`Relay::handle_forwarded`]); only what the destination did not take is copied
+//! into the backlog. No allocation per message, no lock.
+
+use std::time::{Duration, Instant};
+
+use crate::proxy::frame::{
+    close_code, close_frame, Extensions, FrameRules, FrameTracker, Violation,
+};
+
+/// Flush byte and message counts to the shared metrics at least this often (in bytes), so
+/// a long-lived connection shows up before it ends without touching shared counters per
+/// read.
+const COUNTS_DUE_BYTES: u64 = 256 * 1024;
+
+/// The two ends of a relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client = 0,
+    Backend = 1,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct RelayConfig {
+    /// Close both sides (1001) after this long with no bytes either way. None = never.
+    pub idle: Option<Duration>,
+    /// How long to wait for the other side once the relay winds down (a side closed, a
+    /// Close frame passed or was sent, a side broke the protocol).
+    pub linger: Duration,
+    /// What the backend's 101 negotiated (which RSV bits frames may carry).
+    pub extensions: Extensions,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            idle: None,
+            linger: Duration::from_secs(10),
+            extensions: Extensions::None,
+        }
+    }
+}
+
+/// Why a relay ended, for the log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Both sides closed (with or without a Close handshake).
+    Closed,
+    /// The relay wound down and a side did not follow within the linger time.
+    LingerExpired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayStats {
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub messages_up: u64,
+    pub messages_down: u64,
+    /// A Close frame of ours went towards the client (drain, idle, backend died or broke
+    /// the protocol, client broke the protocol).
+    pub injected_to_client: Option<u16>,
+    /// A Close frame of ours went towards the backend (client died, idle, a side broke the
+    /// protocol).
+    pub injected_to_upstream: Option<u16>,
+    /// The side that broke the protocol, and how.
+    pub violation: Option<(Side, Violation)>,
+    pub end: RelayEnd,
+}
+
+/// Bytes of one read that go on to the other side now: header bytes held back from
+/// earlier reads, then a prefix of the read. Hand it back with
+/// [`Relay::handle_forwarded`] once written.
+#[must_use = "hand the forward back to Relay::handle_forwarded"]
+pub struct Forward<'a> {
+    to: Side,
+    held: [u8; 14],
+    held_len: u8,
+    body: &'a [u8],
+}
+
+impl<'a> Forward<'a> {
+    /// Where these bytes go.
+    pub fn to(&self) -> Side {
+        self.to
+    }
+
+    /// The bytes, in order.
+    pub fn parts(&self) -> [&[u8]; 2] {
+        [&self.held[..usize::from(self.held_len)], self.body]
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.held_len) + self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a side needs next from the driver (besides reads).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output<'a> {
+    /// Write these bytes (the backlog), then report with [`Relay::handle_sent`].
+    Write(&'a [u8]),
+    /// Flush a buffering stream (TLS records), then [`Relay::handle_flushed`].
+    Flush,
+    /// Shut the write half (FIN; close_notify first for TLS), then
+    /// [`Relay::handle_shutdown`].
+    Shutdown,
+}
+
+/// What a timeout did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Timeout {
+    /// Nothing was due.
+    Nothing,
+    /// The connection was quiet for this long: both sides get Close 1001.
+    Idle(Duration),
+    /// The linger time ran out: the relay is done.
+    LingerExpired,
+}
+
+/// Byte and message counts since the last [`Relay::take_counts`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub bytes_up: u64,
+    pub messages_up: u64,
+    pub bytes_down: u64,
+    pub messages_down: u64,
+}
+
+/// One direction: bytes read from the source side, written to the destination side.
+#[derive(Debug)]
+struct Flow {
+    tracker: FrameTracker,
+    /// Bytes for the destination it has not taken yet, from `backlog_off` on.
+    backlog: Vec<u8>,
+    backlog_off: usize,
+    /// The source reached EOF or failed.
+    src_done: bool,
+    /// The destination failed; further bytes for it are dropped.
+    dst_dead: bool,
+    /// The destination's write half is shut.
+    dst_shut: bool,
+    /// A Close frame of ours went to the destination: later bytes from the source are
+    /// dropped (no data may follow a Close).
+    discard: bool,
+    /// Write this Close to the destination at the next frame boundary.
+    close_wanted: Option<Close>,
+    injected: Option<u16>,
+    /// Our frames towards the destination must be masked (it is the backend).
+    masked: bool,
+    /// The destination buffers what it is given (TLS) until flushed.
+    buffered: bool,
+    unflushed: bool,
+    bytes: u64,
+    bytes_counted: u64,
+    messages_counted: u64,
+}
+
+impl Flow {
+    fn new(rules: FrameRules, buffered: bool) -> Self {
+        Flow {
+            tracker: FrameTracker::new(rules),
+            backlog: Vec::new(),
+            backlog_off: 0,
+            src_done: false,
+            dst_dead: false,
+            dst_shut: false,
+            discard: false,
+            close_wanted: None,
+            injected: None,
+            // Frames from a client are masked; so must ours be that go where they go.
+            masked: rules.masked,
+            buffered,
+            unflushed: false,
+            bytes: 0,
+            bytes_counted: 0,
+            messages_counted: 0,
+        }
+    }
+
+    fn has_backlog(&self) -> bool {
+        self.backlog_off < self.backlog.len()
+    }
+
+    fn wants_read(&self) -> bool {
+        !self.src_done && !self.has_backlog()
+    }
+
+    /// A Close frame (the source's or ours) went this way and nothing is left to write.
+    fn closed_and_flushed(&self) -> bool {
+        (self.tracker.close_seen() || self.injected.is_some())
+            && !self.has_backlog()
+            && !self.unflushed
+    }
+
+    fn finished(&self) -> bool {
+        self.src_done && (self.dst_shut || self.dst_dead)
+    }
+
+    /// Nothing more goes this way but what is already on its way.
+    fn stopped(&self) -> bool {
+        self.discard || self.tracker.close_seen() || self.tracker.violation().is_some()
+    }
+
+    /// Keeps bytes for the next write.
+    fn stash(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() || self.dst_dead {
+            return;
+        }
+        if self.backlog_off > 0 {
+            self.backlog.drain(..self.backlog_off);
+            self.backlog_off = 0;
+        }
+        self.backlog.extend_from_slice(bytes);
+    }
+
+    /// If a Close is wanted and the stream is at a boundary, queue it and stop forwarding.
+    fn inject_if_ready(&mut self) {
+        let Some(close) = self.close_wanted else {
+            return;
+        };
+        let (code, reason) = close.code_and_reason();
+        if self.discard || self.dst_dead || self.dst_shut || self.tracker.close_seen() {
+            // Nothing can follow, or the source's own Close already went this way and
+            // ours would be a second one.
+            self.close_wanted = None;
+            return;
+        }
+        if !self.tracker.at_boundary() {
+            return;
+        }
+        let mut frame = Vec::with_capacity(8 + reason.len());
+        close_frame(code, reason, self.masked.then(mask_key), &mut frame);
+        self.stash(&frame);
+        self.injected = Some(code);
+        self.close_wanted = None;
+        self.discard = true;
+    }
+
+    /// Wants our Close at the next frame boundary.
+    fn close_with(&mut self, close: Close) {
+        self.close_wanted = Some(close);
+        self.inject_if_ready();
+    }
+}
+
+/// One relayed connection's protocol state. See the module documentation.
+#[derive(Debug)]
+pub struct Relay {
+    /// client → backend (masked frames).
+    up: Flow,
+    /// backend → client.
+    down: Flow,
+    idle: Option<Duration>,
+    last_activity: Instant,
+    linger: Duration,
+    linger_at: Option<Instant>,
+    draining: bool,
+    /// We asked both sides, or the client, to close (drain, idle timeout).
+    closing: bool,
+    /// Set when a timeout ended the relay.
+    end: Option<RelayEnd>,
+    violation: Option<(Side, Violation)>,
+}
+
+/// The Close frames wsgate sends on its own behalf (a byte, not a code and a string, in
+/// every connection's state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Close {
+    ClientDied,
+    BackendDied,
+    ClientBrokeProtocol,
+    BackendBrokeProtocol,
+    /// To the side that broke the protocol.
+    Violation(Violation),
+    Draining,
+    Idle,
+}
+
+impl Close {
+    fn code_and_reason(self) -> (u16, &'static str) {
+        match self {
+            Close::ClientDied => (close_code::GOING_AWAY, "client went away"),
+            Close::BackendDied => (close_code::INTERNAL_ERROR, "backend connection lost"),
+            Close::ClientBrokeProtocol => (
+                close_code::GOING_AWAY,
+                "client broke the WebSocket protocol",
+            ),
+            Close::BackendBrokeProtocol => (close_code::BAD_GATEWAY, "bad gateway"),
+            Close::Violation(v) => (v.close_code(), v.reason()),
+            Close::Draining => (close_code::GOING_AWAY, "gateway shutting down"),
+            Close::Idle => (close_code::GOING_AWAY, "idle timeout"),
+        }
+    }
+}
+
+impl Relay {
+    /// A relay starting at `now`. `buffered`: the streams buffer writes until flushed
+    /// (TLS), so a relay is done only once they are flushed.
+    pub fn new(config: RelayConfig, buffered: bool, now: Instant) -> Self {
+        let rules = |masked| FrameRules {
+            masked,
+            extensions: config.extensions,
+        };
+        Relay {
+            up: Flow::new(rules(true), buffered),
+            down: Flow::new(rules(false), buffered),
+            idle: config.idle,
+            last_activity: now,
+            linger: config.linger,
+            linger_at: None,
+            draining: false,
+            closing: false,
+            end: None,
+            violation: None,
+        }
+    }
+
+    /// The flow whose source is `side`.
+    fn flow_from(&mut self, side: Side) -> &mut Flow {
+        match side {
+            Side::Client => &mut self.up,
+            Side::Backend => &mut self.down,
+        }
+    }
+
+    /// The flow whose destination is `side`.
+    fn flow_to(&self, side: Side) -> &Flow {
+        match side {
+            Side::Client => &self.down,
+            Side::Backend => &self.up,
+        }
+    }
+
+    fn flow_to_mut(&mut self, side: Side) -> &mut Flow {
+        match side {
+            Side::Client => &mut self.down,
+            Side::Backend => &mut self.up,
+        }
+    }
+
+    // ---- events -------------------------------------------------------------------------
+
+    /// Bytes read from `from`. Returns what goes on to the other side now; write it (unless
+    /// that side has a backlog: then nothing) and hand it back to
+    /// [`Relay::handle_forwarded`]. A frame that breaks the rules is not forwarded, nor
+    /// anything after it: the side that sent it gets Close 1002 (1007), the other side
+    /// Close 1001 (towards the backend) or 1014 (towards the client).
+    #[inline]
+    pub fn handle_read<'a>(&mut self, from: Side, bytes: &'a [u8]) -> Forward<'a> {
+        let to = from.other();
+        let flow = self.flow_from(from);
+        let mut fwd = Forward {
+            to,
+            held: [0; 14],
+            held_len: 0,
+            body: &[],
+        };
+        if flow.discard || flow.dst_dead || flow.src_done {
+            return fwd;
+        }
+        flow.bytes += bytes.len() as u64;
+        let tracked = if flow.close_wanted.is_none() {
+            flow.tracker.track(bytes)
+        } else {
+            // Forward only up to the end of the frame under way, so that our Close goes
+            // right behind it; the rest is dropped with the Close.
+            let n = flow.tracker.payload_remaining().min(bytes.len() as u64) as usize;
+            flow.tracker.track(&bytes[..n])
+        };
+        fwd.held = tracked.held;
+        fwd.held_len = tracked.held_len;
+        fwd.body = &bytes[..tracked.forward];
+        let held_close = flow.tracker.take_held_close();
+        if !held_close.is_empty() {
+            // A Close that came in several reads, now checked: it goes on from here.
+            flow.stash(&held_close);
+        }
+        if let Some(v) = flow.tracker.violation() {
+            if self.violation.is_none() {
+                self.fail(from, v);
+            }
+        }
+        fwd
+    }
+
+    /// How much of `fwd` the driver wrote (all of it, part, or nothing because that side
+    /// had a backlog or failed); the rest is kept for later. Then our Close frames go in
+    /// where they are due.
+    #[inline]
+    pub fn handle_forwarded(&mut self, fwd: Forward<'_>, sent: usize) {
+        let flow = self.flow_to_mut(fwd.to);
+        if sent < fwd.len() {
+            let [held, body] = fwd.parts();
+            if sent < held.len() {
+                flow.stash(&held[sent..]);
+                flow.stash(body);
+            } else {
+                flow.stash(&body[sent - held.len()..]);
+            }
+        }
+        if sent > 0 && flow.buffered {
+            flow.unflushed = true;
+        }
+        self.inject_due();
+    }
+
+    /// `from` ended (EOF or a read error). If no Close passed either way, the other side
+    /// gets ours (1011 towards the client when the backend vanished, 1001 towards the
+    /// backend when the client did); once a side has sent Close, its peer ending the
+    /// connection just ends the close handshake.
+    pub fn handle_eof(&mut self, from: Side) {
+        let close_passed = self.up.tracker.close_seen() || self.down.tracker.close_seen();
+        let failed = self.violation.is_some();
+        let flow = self.flow_from(from);
+        flow.src_done = true;
+        if !close_passed && !failed && flow.injected.is_none() {
+            flow.close_wanted = Some(match from {
+                Side::Client => Close::ClientDied,
+                Side::Backend => Close::BackendDied,
+            });
+        }
+        self.inject_due();
+    }
+
+    /// A write to `to` failed: nothing more goes there.
+    pub fn handle_write_failed(&mut self, to: Side) {
+        let flow = self.flow_to_mut(to);
+        flow.dst_dead = true;
+        flow.backlog = Vec::new();
+        flow.backlog_off = 0;
+        flow.unflushed = false;
+    }
+
+    /// `n` bytes of [`Output::Write`] went to `to`.
+    pub fn handle_sent(&mut self, to: Side, n: usize) {
+        let flow = self.flow_to_mut(to);
+        flow.backlog_off += n;
+        if !flow.has_backlog() {
+            // Freed once flushed, so an idle connection holds no buffer.
+            flow.backlog = Vec::new();
+            flow.backlog_off = 0;
+        }
+        if n > 0 && flow.buffered {
+            flow.unflushed = true;
+        }
+    }
+
+    pub fn handle_flushed(&mut self, to: Side) {
+        self.flow_to_mut(to).unflushed = false;
+    }
+
+    pub fn handle_shutdown(&mut self, to: Side) {
+        self.flow_to_mut(to).dst_shut = true;
+    }
+
+    /// The gateway drains: the client gets Close 1001 at the next frame boundary.
+    pub fn handle_drain(&mut self) {
+        if !self.draining {
+            self.draining = true;
+            self.closing = true;
+            self.down.close_with(Close::Draining);
+        }
+    }
+
+    /// Bytes moved at `now` (for the idle deadline; see [`Relay::tracks_activity`]).
+    pub fn note_activity(&mut self, now: Instant) {
+        self.last_activity = now;
+    }
+
+    /// The deadline returned by [`Relay::poll_deadline`] passed (or may have).
+    pub fn handle_timeout(&mut self, now: Instant) -> Timeout {
+        if self.linger_at.is_some_and(|at| at <= now) {
+            self.end = Some(RelayEnd::LingerExpired);
+            return Timeout::LingerExpired;
+        }
+        match self.idle {
+            Some(idle) if self.last_activity + idle <= now => {
+                self.idle = None;
+                self.closing = true;
+                self.up.close_with(Close::Idle);
+                self.down.close_with(Close::Idle);
+                Timeout::Idle(idle)
+            }
+            _ => Timeout::Nothing,
+        }
+    }
+
+    // ---- what the driver does next ------------------------------------------------------
+
+    /// Whether to read from `from`: not once it ended, nor while the other side has not
+    /// taken what came before (backpressure).
+    #[inline]
+    pub fn wants_read(&self, from: Side) -> bool {
+        match from {
+            Side::Client => self.up.wants_read(),
+            Side::Backend => self.down.wants_read(),
+        }
+    }
+
+    /// Whether bytes wait for `to`.
+    #[inline]
+    pub fn has_backlog(&self, to: Side) -> bool {
+        self.flow_to(to).has_backlog()
+    }
+
+    /// What `to` needs next: the backlog written, a flush, the write half shut, or nothing.
+    #[inline]
+    pub fn poll_output(&self, to: Side) -> Option<Output<'_>> {
+        let flow = self.flow_to(to);
+        if flow.dst_dead {
+            None
+        } else if flow.has_backlog() {
+            Some(Output::Write(&flow.backlog[flow.backlog_off..]))
+        } else if flow.unflushed {
+            Some(Output::Flush)
+        } else if flow.src_done && !flow.dst_shut {
+            Some(Output::Shutdown)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the driver must call [`Relay::note_activity`] when bytes move.
+    pub fn tracks_activity(&self) -> bool {
+        self.idle.is_some()
+    }
+
+    /// When to call [`Relay::handle_timeout`] next, if ever. `now` is asked only when the
+    /// relay has just started winding down (the linger deadline starts then).
+    pub fn poll_deadline(&mut self, now: impl FnOnce() -> Instant) -> Option<Instant> {
+        if self.linger_at.is_none() && self.winding_down() {
+            self.linger_at = Some(now() + self.linger);
+        }
+        let idle_at = self.idle.map(|idle| self.last_activity + idle);
+        match (idle_at, self.linger_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A side has closed, a Close passed, we are closing (drain, idle), or a side broke the
+    /// protocol: from here the sides have the linger time to finish.
+    pub fn winding_down(&self) -> bool {
+        self.closing
+            || self.up.src_done
+            || self.down.src_done
+            || self.up.stopped()
+            || self.down.stopped()
+    }
+
+    /// The relay is over: close both connections. Both directions ended (each source
+    /// closed and the close passed on), or both Close frames went through — then the close
+    /// handshake is complete, and as the server side towards the client we close the TCP
+    /// connection now (RFC 6455 §7.1.1) instead of waiting for FINs — or the linger ran
+    /// out.
+    #[inline]
+    pub fn is_done(&self) -> bool {
+        self.end.is_some()
+            || (self.up.finished() && self.down.finished())
+            || (self.up.closed_and_flushed() && self.down.closed_and_flushed())
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Data messages passed so far, both ways.
+    pub fn messages(&self) -> u64 {
+        self.up.tracker.messages() + self.down.tracker.messages()
+    }
+
+    /// Whether enough bytes passed since the last [`Relay::take_counts`] to flush them to
+    /// the shared metrics.
+    #[inline]
+    pub fn counts_due(&self) -> bool {
+        self.up.bytes - self.up.bytes_counted > COUNTS_DUE_BYTES
+            || self.down.bytes - self.down.bytes_counted > COUNTS_DUE_BYTES
+    }
+
+    /// Counts since the last call.
+    pub fn take_counts(&mut self) -> Counts {
+        let take = |flow: &mut Flow| {
+            let bytes = flow.bytes - flow.bytes_counted;
+            let messages = flow.tracker.messages() - flow.messages_counted;
+            flow.bytes_counted = flow.bytes;
+            flow.messages_counted = flow.tracker.messages();
+            (bytes, messages)
+        };
+        let (bytes_up, messages_up) = take(&mut self.up);
+        let (bytes_down, messages_down) = take(&mut self.down);
+        Counts {
+            bytes_up,
+            messages_up,
+            bytes_down,
+            messages_down,
+        }
+    }
+
+    /// What the relay did, once it is done.
+    pub fn stats(&self) -> RelayStats {
+        RelayStats {
+            bytes_up: self.up.bytes,
+            bytes_down: self.down.bytes,
+            messages_up: self.up.tracker.messages(),
+            messages_down: self.down.tracker.messages(),
+            injected_to_client: self.down.injected,
+            injected_to_upstream: self.up.injected,
+            violation: self.violation,
+            end: self.end.unwrap_or(RelayEnd::Closed),
+        }
+    }
+
+    // ---- internals ----------------------------------------------------------------------
+
+    /// `from` broke the protocol: it gets Close 1002 (1007), the other side 1001 or 1014.
+    #[cold]
+    fn fail(&mut self, from: Side, v: Violation) {
+        self.violation = Some((from, v));
+        let to_peer = match from {
+            Side::Client => Close::ClientBrokeProtocol,
+            Side::Backend => Close::BackendBrokeProtocol,
+        };
+        // Injected once the forward of this read is handed back (`handle_forwarded`), so
+        // the frames before the offending one go first.
+        self.flow_from(from).close_wanted = Some(to_peer);
+        self.flow_to_mut(from).close_wanted = Some(Close::Violation(v));
+    }
+
+    #[inline]
+    fn inject_due(&mut self) {
+        if self.up.close_wanted.is_some() {
+            self.up.inject_if_ready();
+        }
+        if self.down.close_wanted.is_some() {
+            self.down.inject_if_ready();
+        }
+    }
+}
+
+/// A fresh masking key for frames we send to a backend. RFC 6455 wants keys a third
+/// party cannot predict; a per-thread xorshift seeded from the process's random hasher
+/// keys is enough for the few Close frames a proxy writes.
+fn mask_key() -> [u8; 4] {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x9E37_79B9_7F4A_7C15);
+            h.finish() | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x as u32).to_le_bytes()
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,422 @@
+//! The relay machine without sockets: a simulated driver whose sockets take a limited
+//! number of bytes per write (so backlogs form), driven by byte slices and a fake clock.
+
+use super::*;
+use crate::proxy::frame::{OP_CLOSE, OP_CONTINUATION, OP_PING, OP_TEXT};
+use proptest::prelude::*;
+
+const KEY: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
+
+fn frame(b0: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    crate::proxy::frame::tests::raw_frame(b0, payload, mask)
+}
+
+fn text(payload: &[u8], masked: bool) -> Vec<u8> {
+    frame(0x80 | OP_TEXT, payload, masked.then_some(KEY))
+}
+
+fn close(code: u16, reason: &[u8], masked: bool) -> Vec<u8> {
+    let mut p = code.to_be_bytes().to_vec();
+    p.extend_from_slice(reason);
+    frame(0x80 | OP_CLOSE, &p, masked.then_some(KEY))
+}
+
+/// A frame as it arrived: opcode, whether masked, unmasked payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Parsed {
+    b0: u8,
+    masked: bool,
+    payload: Vec<u8>,
+}
+
+impl Parsed {
+    fn close_code(&self) -> Option<u16> {
+        (self.b0 & 0x0F == OP_CLOSE && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+/// Parses complete frames; panics on a partial one (a destination must never be left
+/// inside a frame by what the machine wrote).
+fn parse(mut bytes: &[u8]) -> Vec<Parsed> {
+    let mut out = vec![];
+    while !bytes.is_empty() {
+        assert!(bytes.len() >= 2, "partial header: {bytes:?}");
+        let (b0, b1) = (bytes[0], bytes[1]);
+        let masked = b1 & 0x80 != 0;
+        let (len, mut at) = match b1 & 0x7F {
+            126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        let key = masked.then(|| {
+            let k: [u8; 4] = bytes[at..at + 4].try_into().unwrap();
+            at += 4;
+            k
+        });
+        assert!(bytes.len() >= at + len, "partial payload");
+        let payload = bytes[at..at + len]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| key.map_or(*b, |k| b ^ k[i % 4]))
+            .collect();
+        out.push(Parsed {
+            b0,
+            masked,
+            payload,
+        });
+        bytes = &bytes[at + len..];
+    }
+    out
+}
+
+/// A driver over in-memory sockets that take at most `room` bytes until made writable.
+struct Sim {
+    relay: Relay,
+    now: Instant,
+    /// What each side received: [client, backend].
+    got: [Vec<u8>; 2],
+    shut: [bool; 2],
+    room: [usize; 2],
+    /// Bytes a socket takes each time it becomes writable.
+    refill: usize,
+}
+
+impl Sim {
+    fn new(config: RelayConfig, refill: usize) -> Sim {
+        let now = Instant::now();
+        Sim {
+            relay: Relay::new(config, false, now),
+            now,
+            got: [vec![], vec![]],
+            shut: [false; 2],
+            room: [refill; 2],
+            refill,
+        }
+    }
+
+    fn write(&mut self, to: Side, bytes: &[u8]) -> usize {
+        assert!(!self.shut[to as usize], "write after shutdown to {to:?}");
+        let n = bytes.len().min(self.room[to as usize]);
+        self.room[to as usize] -= n;
+        self.got[to as usize].extend_from_slice(&bytes[..n]);
+        n
+    }
+
+    fn read(&mut self, from: Side, bytes: &[u8]) {
+        if !self.relay.wants_read(from) {
+            // A driver reads only what the machine wants (backpressure, an ended side).
+            self.writable();
+            if !self.relay.wants_read(from) {
+                return;
+            }
+        }
+        let fwd = self.relay.handle_read(from, bytes);
+        let to = fwd.to();
+        let mut sent = 0;
+        if !self.relay.has_backlog(to) {
+            for part in fwd.parts() {
+                let n = self.write(to, part);
+                sent += n;
+                if n < part.len() {
+                    break;
+                }
+            }
+        }
+        self.relay.handle_forwarded(fwd, sent);
+        self.owed(Side::Client);
+        self.owed(Side::Backend);
+    }
+
+    fn owed(&mut self, to: Side) {
+        while let Some(out) = self.relay.poll_output(to) {
+            match out {
+                Output::Write(bytes) => {
+                    let bytes = bytes.to_vec();
+                    let n = self.write(to, &bytes);
+                    if n == 0 {
+                        return;
+                    }
+                    self.relay.handle_sent(to, n);
+                }
+                Output::Flush => self.relay.handle_flushed(to),
+                Output::Shutdown => {
+                    self.shut[to as usize] = true;
+                    self.relay.handle_shutdown(to);
+                }
+            }
+        }
+    }
+
+    /// Both sockets drain: everything owed goes out.
+    fn writable(&mut self) {
+        for _ in 0..10_000 {
+            self.room = [self.refill; 2];
+            self.owed(Side::Client);
+            self.owed(Side::Backend);
+            if !self.relay.has_backlog(Side::Client) && !self.relay.has_backlog(Side::Backend) {
+                return;
+            }
+        }
+        panic!("backlog never drained");
+    }
+
+    fn eof(&mut self, from: Side) {
+        self.relay.handle_eof(from);
+        self.owed(Side::Client);
+        self.owed(Side::Backend);
+    }
+
+    /// Moves the clock to the machine's deadline and fires it.
+    fn fire(&mut self) -> Option<Timeout> {
+        let now = self.now;
+        let at = self.relay.poll_deadline(|| now)?;
+        self.now = self.now.max(at);
+        let t = self.relay.handle_timeout(self.now);
+        self.owed(Side::Client);
+        self.owed(Side::Backend);
+        Some(t)
+    }
+
+    fn frames(&self, side: Side) -> Vec<Parsed> {
+        parse(&self.got[side as usize])
+    }
+}
+
+fn closes(frames: &[Parsed]) -> Vec<u16> {
+    frames.iter().filter_map(Parsed::close_code).collect()
+}
+
+/// Frames before an offending one go on, nothing of it does; the offender gets 1002 and
+/// the backend 1001 when the client broke the rule; the client gets 1014 when the backend
+/// did, and the backend 1002 (masked); then the relay is done.
+#[test]
+fn a_violation_fails_the_connection_with_the_stated_codes() {
+    for from in [Side::Client, Side::Backend] {
+        let masked = from == Side::Client;
+        let good = text(b"before", masked);
+        // The wrong masking for this direction.
+        let bad = text(b"wrongly masked", !masked);
+        let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+        sim.read(from, &[good.clone(), bad].concat());
+        sim.writable();
+        let to = from.other();
+        let got = sim.frames(to);
+        assert_eq!(got[0].payload, b"before", "{from:?}");
+        assert_eq!(got.len(), 2, "{from:?}: {got:?}");
+        let peer_code = if from == Side::Client { 1001 } else { 1014 };
+        assert_eq!(closes(&got), vec![peer_code]);
+        assert_eq!(got[1].masked, to == Side::Backend);
+        let back = sim.frames(from);
+        assert_eq!(closes(&back), vec![1002]);
+        assert_eq!(back[0].masked, from == Side::Backend);
+        assert!(sim.relay.is_done());
+        assert_eq!(
+            sim.relay.stats().violation,
+            Some((from, Violation::Masking))
+        );
+    }
+}
+
+/// A Close reason that is not UTF-8 earns 1007.
+#[test]
+fn a_bad_close_reason_earns_1007() {
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    sim.read(Side::Client, &close(1000, &[0xFF, 0xFE], true));
+    sim.writable();
+    assert_eq!(closes(&sim.frames(Side::Client)), vec![1007]);
+    assert_eq!(closes(&sim.frames(Side::Backend)), vec![1001]);
+    assert!(sim.relay.is_done());
+}
+
+/// The Autobahn 7.x case: the client's Close went through, the backend ends its TCP
+/// connection without answering: the client gets no invented 1011, just the end.
+#[test]
+fn peer_fin_after_a_close_never_earns_1011() {
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    sim.read(Side::Client, &close(1000, b"bye", true));
+    sim.eof(Side::Backend);
+    sim.writable();
+    assert!(closes(&sim.frames(Side::Client)).is_empty());
+    assert!(sim.shut[Side::Client as usize], "the FIN is passed on");
+    // The backend's Close went to the client, then the client vanished: no 1001 for it.
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    sim.read(Side::Backend, &close(1000, b"bye", false));
+    sim.eof(Side::Client);
+    sim.writable();
+    assert!(closes(&sim.frames(Side::Backend)).is_empty());
+}
+
+/// Without any Close, a backend that vanishes earns the client 1011, and a client that
+/// vanishes earns the backend a masked 1001.
+#[test]
+fn a_side_vanishing_without_close_is_reported_to_the_other() {
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    sim.eof(Side::Backend);
+    assert_eq!(closes(&sim.frames(Side::Client)), vec![1011]);
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    sim.eof(Side::Client);
+    let got = sim.frames(Side::Backend);
+    assert_eq!(closes(&got), vec![1001]);
+    assert!(got[0].masked);
+}
+
+/// Valid frames of text (possibly fragmented) and pings, as one side sends them.
+fn valid_stream(frames: &[(bool, bool, usize)], masked: bool) -> Vec<u8> {
+    let mut stream = vec![];
+    let mut fragmented = false;
+    for &(ping, fin, len) in frames {
+        let mask = masked.then_some(KEY);
+        if ping {
+            stream.extend(frame(0x80 | OP_PING, &vec![1; len % 126], mask));
+        } else {
+            let op = if fragmented { OP_CONTINUATION } else { OP_TEXT };
+            stream.extend(frame(
+                if fin { 0x80 } else { 0 } | op,
+                &vec![b'a'; len],
+                mask,
+            ));
+            fragmented = !fin;
+        }
+    }
+    stream
+}
+
+fn split_points(len: usize, cuts: &[usize]) -> Vec<usize> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (len + 1)).collect();
+    points.push(0);
+    points.push(len);
+    points.sort_unstable();
+    points.dedup();
+    points
+}
+
+proptest! {
+    /// For any valid stream split at any points, with the drain (towards the client) or
+    /// the idle timeout (both ways) at any point and sockets that take few bytes at a
+    /// time: what each side receives is whole frames, a prefix of what was sent, then
+    /// exactly one Close of ours (masked towards the backend), then nothing.
+    #[test]
+    fn injected_close_lands_on_a_frame_boundary(
+        frames in prop::collection::vec((any::<bool>(), any::<bool>(), 0usize..400), 1..12),
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+        event_at in any::<usize>(),
+        idle in any::<bool>(),
+        from_client in any::<bool>(),
+        refill in 1usize..200,
+    ) {
+        let from = if from_client { Side::Client } else { Side::Backend };
+        let stream = valid_stream(&frames, from == Side::Client);
+        let config = RelayConfig { idle: idle.then_some(Duration::from_secs(1)), ..Default::default() };
+        let mut sim = Sim::new(config, refill);
+        let points = split_points(stream.len(), &cuts);
+        let event_at = event_at % points.len();
+        for (i, pair) in points.windows(2).enumerate() {
+            if i == event_at {
+                if idle {
+                    prop_assert!(matches!(sim.fire(), Some(Timeout::Idle(_))));
+                } else {
+                    sim.relay.handle_drain();
+                }
+            }
+            sim.read(from, &stream[pair[0]..pair[1]]);
+            sim.writable();
+        }
+        if event_at >= points.len() - 1 {
+            if idle { sim.fire(); } else { sim.relay.handle_drain(); }
+        }
+        sim.writable();
+        let to = from.other();
+        let got = sim.frames(to);
+        let sent = parse(&stream);
+        let (last, before) = got.split_last().expect("our Close at least");
+        if idle || to == Side::Client {
+            prop_assert_eq!(last.close_code(), Some(1001));
+            prop_assert_eq!(last.masked, to == Side::Backend);
+            prop_assert!(sent.starts_with(before));
+        } else {
+            // A drain closes towards the client only; the backend's direction is intact.
+            prop_assert_eq!(&got, &sent);
+        }
+    }
+
+    /// Any valid frames from the client followed by any offending frame: the backend gets
+    /// exactly the valid frames and a masked 1001, the client 1002 or 1007.
+    #[test]
+    fn every_violation_ends_the_relay_with_its_codes(
+        frames in prop::collection::vec((any::<bool>(), Just(true), 0usize..200), 0..6),
+        bad in 0usize..9,
+        cuts in prop::collection::vec(any::<usize>(), 0..6),
+        from_client in any::<bool>(),
+    ) {
+        let from = if from_client { Side::Client } else { Side::Backend };
+        let masked = from == Side::Client;
+        let mask = masked.then_some(KEY);
+        let good = valid_stream(&frames, masked);
+        let (offending, code) = [
+            (frame(0x80 | OP_TEXT, b"x", (!masked).then_some(KEY)), 1002),
+            (frame(0x80 | 0x40 | OP_TEXT, b"rsv1", mask), 1002),
+            (frame(0x83, b"op3", mask), 1002),
+            (frame(0x80 | OP_PING, &[0; 126], mask), 1002),
+            (frame(OP_PING, b"frag", mask), 1002),
+            (frame(0x80 | OP_CONTINUATION, b"lone", mask), 1002),
+            (frame(0x80 | OP_CLOSE, &[3], mask), 1002),
+            (frame(0x80 | OP_CLOSE, &[0x03, 0xEC], mask), 1002),
+            (frame(0x80 | OP_CLOSE, &[0x03, 0xE8, 0xC0], mask), 1007),
+        ][bad].clone();
+        let stream = [good.clone(), offending, text(b"after", masked)].concat();
+        let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+        let points = split_points(stream.len(), &cuts);
+        for pair in points.windows(2) {
+            sim.read(from, &stream[pair[0]..pair[1]]);
+        }
+        sim.writable();
+        let to = from.other();
+        let got = sim.frames(to);
+        let (last, before) = got.split_last().unwrap();
+        prop_assert_eq!(before, &parse(&good)[..]);
+        let peer_code = if from == Side::Client { 1001 } else { 1014 };
+        prop_assert_eq!(last.close_code(), Some(peer_code));
+        prop_assert_eq!(closes(&sim.frames(from)), vec![code]);
+        prop_assert!(sim.relay.is_done());
+    }
+
+    /// After any events, a relay that winds down has a deadline, and firing deadlines ends
+    /// it: no state a timer cannot leave. With an idle timeout, a deadline always exists.
+    #[test]
+    fn a_relay_always_ends(
+        events in prop::collection::vec((0u8..6, prop::collection::vec(any::<u8>(), 0..40)), 0..20),
+        idle in any::<bool>(),
+    ) {
+        let config = RelayConfig { idle: idle.then_some(Duration::from_secs(5)), ..Default::default() };
+        let mut sim = Sim::new(config, 64);
+        for (kind, bytes) in &events {
+            if sim.relay.is_done() {
+                break;
+            }
+            match kind {
+                0 => sim.read(Side::Client, bytes),
+                1 => sim.read(Side::Backend, bytes),
+                2 => sim.eof(Side::Client),
+                3 => sim.eof(Side::Backend),
+                4 => sim.relay.handle_drain(),
+                _ => sim.writable(),
+            }
+        }
+        if !sim.relay.winding_down() && !idle {
+            // Quiet and open: never cut unless asked.
+            prop_assert_eq!(sim.relay.poll_deadline(Instant::now), None);
+            sim.relay.handle_drain();
+        }
+        for _ in 0..4 {
+            if sim.relay.is_done() {
+                break;
+            }
+            prop_assert!(sim.fire().is_some(), "a relay that is not done has a deadline");
+        }
+        prop_assert!(sim.relay.is_done());
+    }
+}
