@@ -451,6 +451,19 @@ impl Replica {
         .await;
     }
 
+    /// Ends it as a killed pod ends: no shutdown, so a held Lease is not released.
+    async fn kill(self) {
+        self.task.abort();
+        let ended = tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("an aborted controller ends at once");
+        assert!(
+            ended.is_err_and(|e| e.is_cancelled()),
+            "{} was cancelled",
+            self.identity
+        );
+    }
+
     /// Stops it as SIGTERM does (the holder releases the Lease) and waits for the end.
     async fn stop(self) {
         self.stop.send(()).expect("controller running");
@@ -588,4 +601,78 @@ async fn two_replicas_only_the_lease_holder_writes_status_and_the_other_takes_ov
     assert_ne!(first, other.identity);
     other.stop().await;
     assert_eq!(lease_holder(&fake).await, None, "released at shutdown");
+}
+
+/// A Lease's `spec.<field>` time.
+async fn lease_time(fake: &FakeApiServer, field: &str) -> k8s_openapi::jiff::Timestamp {
+    let lease = fake
+        .get("Lease", "wsgate-system", "wsgate-status")
+        .await
+        .expect("lease");
+    lease["spec"][field]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("spec.{field} is a time: {lease}"))
+}
+
+/// A holder that dies without releasing the Lease (a killed pod): the other replica, which
+/// wrote nothing while following, takes the Lease over only once it has expired (its last
+/// renewal plus its duration, 2 s here) and then writes status.
+#[tokio::test]
+async fn a_holder_killed_without_releasing_is_taken_over_once_its_lease_expires() {
+    let fake = FakeApiServer::start().await;
+    fake.apply(service()).await;
+    fake.apply(slice(&["10.0.0.1"])).await;
+    fake.apply(route()).await;
+
+    let a = Replica::start(&fake, "wsgate-0").await;
+    eventually("wsgate-0 takes the Lease", || async {
+        (lease_holder(&fake).await.as_deref() == Some("wsgate-0")).then_some(())
+    })
+    .await;
+    let b = Replica::start(&fake, "wsgate-1").await;
+    fake.apply(slice(&["10.0.0.1", "10.0.0.2"])).await;
+    b.sees_endpoints(2).await;
+    eventually("the holder writes the status", || async {
+        let r = fake.get("WsRoute", "apps", "chat").await?;
+        (r["status"]["readyEndpoints"] == 2).then_some(())
+    })
+    .await;
+    eventually("the holder counts its writes", || async {
+        (a.metrics.status_patches(PatchOutcome::Written) >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(b.patches(), 0, "the follower wrote status");
+    assert!(!b.leads());
+
+    a.kill().await;
+    // Any renewal the killed holder had on the wire is in by now or lost; the one read here
+    // is at most its last, so the takeover must come at least a duration after it.
+    let last_renewal = lease_time(&fake, "renewTime").await;
+    assert_eq!(
+        lease_holder(&fake).await.as_deref(),
+        Some("wsgate-0"),
+        "a killed holder does not release"
+    );
+    eventually("wsgate-1 takes the expired Lease over", || async {
+        (lease_holder(&fake).await.as_deref() == Some("wsgate-1")).then_some(())
+    })
+    .await;
+    let acquired = lease_time(&fake, "acquireTime").await;
+    assert!(
+        acquired >= last_renewal + std::time::Duration::from_secs(2),
+        "taken over at {acquired}, before the Lease renewed at {last_renewal} expired"
+    );
+    fake.apply(slice(&["10.0.0.3"])).await;
+    eventually("the new holder writes the status", || async {
+        let r = fake.get("WsRoute", "apps", "chat").await?;
+        (r["status"]["readyEndpoints"] == 1).then_some(())
+    })
+    .await;
+    eventually("the new holder counts its write", || async {
+        (b.metrics.status_patches(PatchOutcome::Written) == 1).then_some(())
+    })
+    .await;
+    assert!(b.leads());
+    b.stop().await;
 }
