@@ -91,6 +91,28 @@ fn zero_workers_is_refused_naming_the_flag() {
     assert!(out.contains("--workers"), "{out}");
 }
 
+/// A `--listening-file` that cannot be written stops the start-up, naming the flag: whoever
+/// asked for it would otherwise wait for a file that never comes.
+#[test]
+fn unwritable_listening_file_stops_start_up_naming_the_flag() {
+    let (code, out) = wsgate(&[
+        "run",
+        "--routes",
+        "tests/fixtures/routes/good.yaml",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--listening-file",
+        "no/such/dir/listening.json",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cannot write no/such/dir/listening.json (--listening-file)"),
+        "{out}"
+    );
+}
+
 /// `wsgate demo` serves its built-in routes to the echo backend and stops cleanly on Ctrl-C.
 #[tokio::test]
 async fn demo_serves_websocket_and_http_then_stops_on_sigint() {

@@ -167,6 +167,10 @@ async fn sigterm_drains(extra: &[&str]) {
     }
     let code = gw.process.exit_status().await;
     assert!(code.success(), "exit status {code:?}");
+    assert!(
+        !gw.process.listening_file.exists(),
+        "the listening file outlived the listeners"
+    );
 }
 
 /// With one worker the whole process is one thread, through loading, relaying and a reload,
