@@ -50,6 +50,9 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: SocketAddr,
+        /// Once listening, write the bound addresses to this file as JSON (as `run` does).
+        #[arg(long)]
+        listening_file: Option<PathBuf>,
     },
     /// A small WebSocket client: sends --send messages (or stdin lines) and prints replies.
     Client {
@@ -90,6 +93,11 @@ struct RunArgs {
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "WSGATE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     admin_listen: SocketAddr,
+    /// Once every listener is bound, write their addresses to this file as JSON
+    /// (`{"pid":…,"listen":"…","tls_listen":"…"|null,"admin":"…"}`, written whole by a
+    /// rename; removed at shutdown): how a script or test that asked for port 0 learns it.
+    #[arg(long, env = "WSGATE_LISTENING_FILE")]
+    listening_file: Option<PathBuf>,
     /// After SIGTERM, how long live WebSockets get to close after Close 1001.
     #[arg(long, env = "WSGATE_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
     drain_timeout: Duration,
@@ -229,6 +237,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 shutdown_delay: args.shutdown_delay,
                 drain_timeout: args.drain_timeout,
                 relay_offload: relay_offload(args.relay_threads, args.workers),
+                listening_file: args.listening_file,
             };
             let sticky_key =
                 app::sticky_key(args.sticky_key_file.as_deref(), args.sticky_key.as_deref())?;
@@ -283,6 +292,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo {
             listen,
             admin_listen,
+            listening_file,
         } => {
             app::raise_fd_limit();
             app::demo::run(ServerOptions {
@@ -292,6 +302,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 shutdown_delay: Duration::ZERO,
                 drain_timeout: Duration::from_secs(5),
                 relay_offload: relay_offload(None, None),
+                listening_file,
             })
             .await?;
         }

@@ -118,6 +118,7 @@ async fn replica(routes: &[Route], key: &StickyKey) -> (Server, Arc<Publisher>) 
             shutdown_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(5),
             relay_offload: Default::default(),
+            listening_file: None,
             tls_listen: None,
         },
         Arc::clone(&publisher),

@@ -37,18 +37,42 @@ fn check_accepts_good_files() {
     }
 }
 
-/// A broken file exits 1 and names file, line, document and field of each problem.
+/// A broken file exits 1 and names file, line, document and field of each problem: one
+/// per broken document (a port out of range, a YAML syntax error, a misspelt field), none
+/// for the good document before them.
 #[test]
 fn check_reports_every_problem_with_its_location() {
     let (code, out) = wsgate(&["check", "tests/fixtures/routes/broken.yaml"]);
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("broken.yaml:")
-            && out.contains("(bad-port)")
-            && out.contains("spec.downstreamHostAndPorts[0].port"),
-        "{out}"
-    );
-    assert!(out.contains("error(s)"), "{out}");
+    let file = "tests/fixtures/routes/broken.yaml";
+    // (where: file, line, document, route name, field path; what the message must say)
+    let expected = [
+        (
+            format!("{file}:19: document 2 (bad-port): spec.downstreamHostAndPorts[0].port: "),
+            "70000 is not a port",
+        ),
+        // A syntax error: no name or field can be read from the document.
+        (
+            format!("{file}:27: document 3: "),
+            "while parsing a flow sequence",
+        ),
+        (
+            format!("{file}:36: document 4 (typo): spec.downstreamHostAndPort: "),
+            "unknown field `downstreamHostAndPort`",
+        ),
+    ];
+    let errors: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("error: "))
+        .collect();
+    assert_eq!(errors.len(), expected.len(), "{out}");
+    for (line, (location, what)) in errors.iter().zip(&expected) {
+        let message = line
+            .strip_prefix(location.as_str())
+            .unwrap_or_else(|| panic!("expected a problem at `{location}`, got `{line}`"));
+        assert!(message.contains(what), "`{line}` should say `{what}`");
+    }
+    assert!(out.contains("\n3 error(s), 0 warning(s)\n"), "{out}");
 }
 
 /// A missing file is an error naming the file, not a panic.
@@ -67,20 +91,46 @@ fn zero_workers_is_refused_naming_the_flag() {
     assert!(out.contains("--workers"), "{out}");
 }
 
+/// A `--listening-file` that cannot be written stops the start-up, naming the flag: whoever
+/// asked for it would otherwise wait for a file that never comes.
+#[test]
+fn unwritable_listening_file_stops_start_up_naming_the_flag() {
+    let (code, out) = wsgate(&[
+        "run",
+        "--routes",
+        "tests/fixtures/routes/good.yaml",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--listening-file",
+        "no/such/dir/listening.json",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cannot write no/such/dir/listening.json (--listening-file)"),
+        "{out}"
+    );
+}
+
 /// `wsgate demo` serves its built-in routes to the echo backend and stops cleanly on Ctrl-C.
 #[tokio::test]
 async fn demo_serves_websocket_and_http_then_stops_on_sigint() {
-    let port = free_port();
-    let admin = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let admin_listen = format!("127.0.0.1:{admin}");
     let dir = tempfile::tempdir().unwrap();
     let mut demo = Process::start(
-        &["demo", "--listen", &listen, "--admin-listen", &admin_listen],
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
         dir.path(),
-    );
-    let url = format!("ws://{listen}/chat/lobby");
-    let mut ws = connect_eventually("the demo accepting", &url).await;
+    )
+    .await;
+    let listen = demo.listening.listen;
+    // Listening means serving: the demo's table is loaded before its listeners start.
+    let mut ws = connect(&format!("ws://{listen}/chat/lobby")).await;
     within("send", ws.send(Message::text("hello")))
         .await
         .unwrap();
@@ -110,4 +160,8 @@ async fn demo_serves_websocket_and_http_then_stops_on_sigint() {
     while let Some(Ok(_)) = within("end", ws.next()).await {}
     let status = demo.exit_status().await;
     assert!(status.success(), "{status:?}");
+    assert!(
+        !demo.listening_file.exists(),
+        "the listening file outlived the listeners"
+    );
 }

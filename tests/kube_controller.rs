@@ -378,3 +378,301 @@ async fn undeserializable_route_is_counted_and_does_not_stall_the_others() {
         .expect("controller task")
         .expect("controller result");
 }
+
+/// One replica with a status writer, as a pod of the gateway's Deployment runs it.
+struct Replica {
+    identity: &'static str,
+    published: Published,
+    metrics: Arc<KubeMetrics>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), wsgate::source::kube::Error>>,
+}
+
+impl Replica {
+    /// Starts a controller named `identity` against `fake`, renewing the Lease every
+    /// 200 ms for 2 s; returns once it is ready.
+    async fn start(fake: &FakeApiServer, identity: &'static str) -> Replica {
+        let config = kube::Config::new(fake.url().parse().expect("url"));
+        let client = kube::Client::try_from(config).expect("client");
+        let mut cfg = KubeConfig::new(identity, "wsgate-system");
+        cfg.debounce = Duration::from_millis(20);
+        let lease = cfg.lease.as_mut().expect("a status writer by default");
+        lease.renew_every = Duration::from_millis(200);
+        lease.duration = Duration::from_secs(2);
+        let (publisher, published) = recording_publisher();
+        let metrics = Arc::new(KubeMetrics::default());
+        let (ready_tx, mut ready_rx) = watch::channel(false);
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(
+            cfg,
+            client,
+            publisher,
+            metrics.clone(),
+            ready_tx,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        tokio::time::timeout(DEADLINE, ready_rx.wait_for(|r| *r))
+            .await
+            .unwrap_or_else(|_| panic!("{identity} ready in time"))
+            .expect("readiness sender alive");
+        Replica {
+            identity,
+            published,
+            metrics,
+            stop,
+            task,
+        }
+    }
+
+    /// Status patches this replica attempted, whatever their outcome.
+    fn patches(&self) -> u64 {
+        [
+            PatchOutcome::Written,
+            PatchOutcome::Failed,
+            PatchOutcome::TimedOut,
+        ]
+        .into_iter()
+        .map(|o| self.metrics.status_patches(o))
+        .sum()
+    }
+
+    fn leads(&self) -> bool {
+        self.metrics.leader.get() == 1
+    }
+
+    /// Waits until this replica's table shows `n` endpoints for apps/chat.
+    async fn sees_endpoints(&self, n: usize) {
+        eventually(
+            &format!("{} publishes {n} endpoints", self.identity),
+            || async { (endpoints(&self.published)?.len() == n).then_some(()) },
+        )
+        .await;
+    }
+
+    /// Ends it as a killed pod ends: no shutdown, so a held Lease is not released.
+    async fn kill(self) {
+        self.task.abort();
+        let ended = tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("an aborted controller ends at once");
+        assert!(
+            ended.is_err_and(|e| e.is_cancelled()),
+            "{} was cancelled",
+            self.identity
+        );
+    }
+
+    /// Stops it as SIGTERM does (the holder releases the Lease) and waits for the end.
+    async fn stop(self) {
+        self.stop.send(()).expect("controller running");
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("controller stops in time")
+            .expect("controller task")
+            .expect("controller result");
+    }
+}
+
+/// The Lease's holder as the API server has it.
+async fn lease_holder(fake: &FakeApiServer) -> Option<String> {
+    let lease = fake.get("Lease", "wsgate-system", "wsgate-status").await?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+}
+
+/// Sets the Lease as a replica outside the test would: `holder` (None = released), renewed
+/// far in the future so it never expires by itself.
+async fn set_lease(fake: &FakeApiServer, holder: Option<&str>) {
+    fake.apply(
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"namespace": "wsgate-system", "name": "wsgate-status"},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                 "renewTime": "2099-01-01T00:00:00.000000Z"}}),
+    )
+    .await;
+}
+
+/// Two replicas against one API server: while a third holds the Lease neither writes
+/// status, though both see it missing; when the Lease is released exactly one takes it and
+/// writes, the other writes none through a further change; when the holder stops, the other
+/// takes the Lease over and writes the next change.
+#[tokio::test]
+async fn two_replicas_only_the_lease_holder_writes_status_and_the_other_takes_over() {
+    let fake = FakeApiServer::start().await;
+    fake.apply(service()).await;
+    fake.apply(slice(&["10.0.0.1"])).await;
+    fake.apply(route()).await;
+    set_lease(&fake, Some("another-gateway")).await;
+
+    let a = Replica::start(&fake, "wsgate-0").await;
+    let b = Replica::start(&fake, "wsgate-1").await;
+    // Both have a status to write (the route has none) and a table that says what.
+    a.sees_endpoints(1).await;
+    b.sees_endpoints(1).await;
+    // A change after start-up: each replica's writer gets a second desired status, so a
+    // writer that ignored the Lease would have written by the time both tables show it.
+    fake.apply(slice(&["10.0.0.1", "10.0.0.2"])).await;
+    a.sees_endpoints(2).await;
+    b.sees_endpoints(2).await;
+    assert_eq!(
+        lease_holder(&fake).await.as_deref(),
+        Some("another-gateway")
+    );
+    assert_eq!(
+        (a.patches(), b.patches()),
+        (0, 0),
+        "followers write nothing"
+    );
+    assert!(!a.leads() && !b.leads());
+    assert_eq!(fake.status_patches("WsRoute", "apps", "chat").await, 0);
+
+    // Released: both try to take it over with a conditional replace; one wins and writes.
+    set_lease(&fake, None).await;
+    let holder = eventually("a replica takes the released Lease", || async {
+        lease_holder(&fake)
+            .await
+            .filter(|h| h == "wsgate-0" || h == "wsgate-1")
+    })
+    .await;
+    let (holder, other) = if holder == a.identity {
+        (a, b)
+    } else {
+        assert_eq!(holder, b.identity);
+        (b, a)
+    };
+    eventually("the holder writes the status", || async {
+        let r = fake.get("WsRoute", "apps", "chat").await?;
+        (r["status"]["readyEndpoints"] == 2).then_some(())
+    })
+    .await;
+    eventually("the holder counts its write", || async {
+        (holder.patches() >= 1).then_some(())
+    })
+    .await;
+    // One more change while the holder holds: it writes again, the other still writes nothing.
+    fake.apply(slice(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]))
+        .await;
+    other.sees_endpoints(3).await;
+    eventually("the holder writes the change", || async {
+        let r = fake.get("WsRoute", "apps", "chat").await?;
+        (r["status"]["readyEndpoints"] == 3).then_some(())
+    })
+    .await;
+    eventually("the holder counts both writes", || async {
+        (holder.metrics.status_patches(PatchOutcome::Written) == 2).then_some(())
+    })
+    .await;
+    assert!(holder.leads(), "{} leads", holder.identity);
+    assert!(!other.leads(), "{} follows", other.identity);
+    assert_eq!(other.patches(), 0, "{} wrote status", other.identity);
+    assert_eq!(fake.status_patches("WsRoute", "apps", "chat").await, 2);
+    let reporters: std::collections::BTreeSet<String> = fake
+        .events()
+        .await
+        .iter()
+        .filter_map(|e| e["reportingInstance"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        reporters,
+        [holder.identity.to_string()].into(),
+        "only the holder records Events"
+    );
+
+    // The holder stops (and releases the Lease): the other takes over and writes.
+    let first = holder.identity;
+    holder.stop().await;
+    eventually("the other replica takes the Lease over", || async {
+        (lease_holder(&fake).await.as_deref() == Some(other.identity)).then_some(())
+    })
+    .await;
+    fake.apply(slice(&["10.0.0.4"])).await;
+    eventually("the new holder writes the status", || async {
+        let r = fake.get("WsRoute", "apps", "chat").await?;
+        (r["status"]["readyEndpoints"] == 1).then_some(())
+    })
+    .await;
+    eventually("the new holder counts its write", || async {
+        (other.metrics.status_patches(PatchOutcome::Written) == 1).then_some(())
+    })
+    .await;
+    assert!(other.leads());
+    assert_eq!(fake.status_patches("WsRoute", "apps", "chat").await, 3);
+    assert_ne!(first, other.identity);
+    other.stop().await;
+    assert_eq!(lease_holder(&fake).await, None, "released at shutdown");
+}
+
+/// A Lease's `spec.<field>` time.
+async fn lease_time(fake: &FakeApiServer, field: &str) -> k8s_openapi::jiff::Timestamp {
+    let lease = fake
+        .get("Lease", "wsgate-system", "wsgate-status")
+        .await
+        .expect("lease");
+    lease["spec"][field]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("spec.{field} is a time: {lease}"))
+}
+
+/// A holder that dies without releasing the Lease (a killed pod): the other replica, which
+/// wrote nothing while following, takes the Lease over only once it has expired (its last
+/// renewal plus its duration, 2 s here) and then writes status.
+#[tokio::test]
+async fn a_holder_killed_without_releasing_is_taken_over_once_its_lease_expires() {
+    let fake = FakeApiServer::start().await;
+    fake.apply(service()).await;
+    fake.apply(slice(&["10.0.0.1"])).await;
+    fake.apply(route()).await;
+
+    let a = Replica::start(&fake, "wsgate-0").await;
+    eventually("wsgate-0 takes the Lease", || async {
+        (lease_holder(&fake).await.as_deref() == Some("wsgate-0")).then_some(())
+    })
+    .await;
+    let b = Replica::start(&fake, "wsgate-1").await;
+    fake.apply(slice(&["10.0.0.1", "10.0.0.2"])).await;
+    b.sees_endpoints(2).await;
+    eventually("the holder writes the status", || async {
+        let r = fake.get("WsRoute", "apps", "chat").await?;
+        (r["status"]["readyEndpoints"] == 2).then_some(())
+    })
+    .await;
+    eventually("the holder counts its writes", || async {
+        (a.metrics.status_patches(PatchOutcome::Written) >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(b.patches(), 0, "the follower wrote status");
+    assert!(!b.leads());
+
+    a.kill().await;
+    // Any renewal the killed holder had on the wire is in by now or lost; the one read here
+    // is at most its last, so the takeover must come at least a duration after it.
+    let last_renewal = lease_time(&fake, "renewTime").await;
+    assert_eq!(
+        lease_holder(&fake).await.as_deref(),
+        Some("wsgate-0"),
+        "a killed holder does not release"
+    );
+    eventually("wsgate-1 takes the expired Lease over", || async {
+        (lease_holder(&fake).await.as_deref() == Some("wsgate-1")).then_some(())
+    })
+    .await;
+    let acquired = lease_time(&fake, "acquireTime").await;
+    assert!(
+        acquired >= last_renewal + std::time::Duration::from_secs(2),
+        "taken over at {acquired}, before the Lease renewed at {last_renewal} expired"
+    );
+    fake.apply(slice(&["10.0.0.3"])).await;
+    eventually("the new holder writes the status", || async {
+        let r = fake.get("WsRoute", "apps", "chat").await?;
+        (r["status"]["readyEndpoints"] == 1).then_some(())
+    })
+    .await;
+    eventually("the new holder counts its write", || async {
+        (b.metrics.status_patches(PatchOutcome::Written) == 1).then_some(())
+    })
+    .await;
+    assert!(b.leads());
+    b.stop().await;
+}

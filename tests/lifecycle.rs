@@ -38,24 +38,24 @@ struct Running {
     admin: String,
 }
 
+/// Starts `wsgate run` on port 0 with `routes.yaml` in `dir` and waits until it reports
+/// its ports and `/readyz` answers 200.
 async fn start_binary(dir: &Path, extra: &[&str]) -> Running {
-    let port = free_port();
-    let admin_port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let admin = format!("127.0.0.1:{admin_port}");
     let mut args = vec![
         "run",
         "--routes",
         "routes.yaml",
         "--listen",
-        &listen,
+        "127.0.0.1:0",
         "--admin-listen",
-        &admin,
+        "127.0.0.1:0",
         "--reload-interval",
         "50ms",
     ];
     args.extend_from_slice(extra);
-    let process = Process::start(&args, dir);
+    let process = Process::start(&args, dir).await;
+    let listen = process.listening.listen.to_string();
+    let admin = process.listening.admin.to_string();
     let ready_url = format!("http://{admin}/readyz");
     eventually_async("wsgate ready", DEADLINE, || async {
         matches!(try_get(&ready_url).await, Ok((200, _))).then_some(())
@@ -167,6 +167,10 @@ async fn sigterm_drains(extra: &[&str]) {
     }
     let code = gw.process.exit_status().await;
     assert!(code.success(), "exit status {code:?}");
+    assert!(
+        !gw.process.listening_file.exists(),
+        "the listening file outlived the listeners"
+    );
 }
 
 /// With one worker the whole process is one thread, through loading, relaying and a reload,

@@ -50,14 +50,41 @@ where
     assert_eq!(got, Message::text(text));
 }
 
-/// The status line's code of a raw WebSocket upgrade through the plain listener.
-async fn upgrade_status(gw: &Gateway) -> String {
+/// The answer to a raw WebSocket upgrade through the plain listener: status line and body.
+async fn upgrade_answer(gw: &Gateway) -> (String, String) {
     let resp = raw_request(
         gw.server.listen_addr,
         b"GET /chat HTTP/1.1\r\nHost: gw\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     )
     .await;
-    resp.lines().next().unwrap_or("").to_string()
+    let status = resp.lines().next().unwrap_or("").to_string();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_string();
+    (status, body)
+}
+
+/// Asserts the upgrade was refused with 502 because the backend's certificate failed
+/// verification for `why`, not for another failure on the way (refused connection,
+/// timeout, a backend that closed). `why` is rustls' reason, matched without case and
+/// spaces so that its Debug (`NotValidForNameContext { .. }`) and Display (`certificate
+/// not valid for name ..`) forms both count.
+async fn assert_backend_certificate_refused(gw: &Gateway, why: &str) {
+    let (status, body) = upgrade_answer(gw).await;
+    assert!(status.contains(" 502 "), "{status}: {body}");
+    let json: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    let message = json["message"].as_str().unwrap_or_default();
+    let squashed: String = message
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect();
+    assert!(
+        message.contains("certificate") && squashed.contains(&why.to_lowercase()),
+        "the 502 should name the certificate failure `{why}`: {body}"
+    );
 }
 
 /// SNI picks the route's certificate for each host, the longest wildcard for a name under
@@ -95,14 +122,30 @@ async fn sni_picks_the_certificate_of_each_host_and_the_default_for_unknown_name
     round_trip(&mut ws, "over tls").await;
 }
 
-/// Without a certificate for the name and without a default, the handshake is refused.
+/// Without a certificate for the name and without a default, the handshake is refused
+/// with the alert a server with no certificate for the name sends (access_denied, as
+/// rustls' server does when its resolver has none); the same gateway still serves the name
+/// it has a certificate for, so the refusal is about the name, not a dead listener.
 #[tokio::test]
 async fn handshake_without_matching_certificate_or_default_is_refused() {
     let echo = Echo::start("echo").await;
     let a = Ca::new("test CA").issue(&["a.test"]);
     let gw = Gateway::start(&[tls_route("a", "a.test", echo.addr, Some(&a))]).await;
-    let err = certs::tls_connect(tls_addr(&gw), "other.test").await;
-    assert!(err.is_err(), "a handshake for other.test must fail");
+    let err = certs::tls_connect(tls_addr(&gw), "other.test")
+        .await
+        .expect_err("a handshake for other.test must fail");
+    let tls_error = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    assert_eq!(
+        tls_error,
+        Some(&rustls::Error::AlertReceived(
+            rustls::AlertDescription::AccessDenied
+        )),
+        "the gateway's alert, not another failure: {err:?}"
+    );
+    let (_, leaf) = certs::tls_connect(tls_addr(&gw), "a.test").await.unwrap();
+    assert_eq!(leaf, a.der);
 }
 
 /// A new table with a new certificate: the open wss connection keeps working, a new
@@ -138,8 +181,7 @@ async fn self_signed_backend_is_refused_by_default_and_accepted_with_the_dangero
     let backend = TlsEcho::start("tls-echo", &certs::self_signed(&["backend.test"])).await;
 
     let strict = Gateway::start(&[wss_backend_route("strict", backend.addr, |_| {})]).await;
-    let status = upgrade_status(&strict).await;
-    assert!(status.contains(" 502 "), "self-signed backend: {status}");
+    assert_backend_certificate_refused(&strict, "UnknownIssuer").await;
     let (code, body) = http_get(&strict.http("/plain")).await;
     assert_eq!(
         code, 502,
@@ -180,10 +222,12 @@ async fn custom_ca_backend_is_accepted_and_wrong_name_or_expired_is_refused() {
     let mut ws = connect(&gw.ws("/chat")).await;
     round_trip(&mut ws, "trusted by the route's CA").await;
 
-    for (name, backend) in [("wrong", &wrong), ("expired", &expired)] {
+    for (name, backend, why) in [
+        ("wrong", &wrong, "NotValidForName"),
+        ("expired", &expired, "Expired"),
+    ] {
         let gw = Gateway::start(&[with_ca(name, backend.addr)]).await;
-        let status = upgrade_status(&gw).await;
-        assert!(status.contains(" 502 "), "{name} backend: {status}");
+        assert_backend_certificate_refused(&gw, why).await;
     }
 
     // Without the CA, the platform roots alone do not trust the test CA.
@@ -194,7 +238,7 @@ async fn custom_ca_backend_is_accepted_and_wrong_name_or_expired_is_refused() {
         });
     })])
     .await;
-    assert!(upgrade_status(&gw).await.contains(" 502 "));
+    assert_backend_certificate_refused(&gw, "UnknownIssuer").await;
 }
 
 /// A TLS 1.1 ClientHello gets an alert, never a ServerHello.
@@ -281,20 +325,17 @@ async fn file_mode_serves_certificate_files_and_reloads_them_when_rewritten() {
     )
     .unwrap();
 
-    let tls_listen = format!("127.0.0.1:{}", free_port());
-    let listen = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let _process = Process::start(
+    let process = Process::start(
         &[
             "run",
             "--routes",
             "routes.yaml",
             "--listen",
-            &listen,
+            "127.0.0.1:0",
             "--tls-listen",
-            &tls_listen,
+            "127.0.0.1:0",
             "--admin-listen",
-            &admin,
+            "127.0.0.1:0",
             "--default-cert",
             default_cert.to_str().unwrap(),
             "--default-key",
@@ -303,15 +344,12 @@ async fn file_mode_serves_certificate_files_and_reloads_them_when_rewritten() {
             "50ms",
         ],
         dir.path(),
-    );
-    let addr: SocketAddr = tls_listen.parse().unwrap();
-    let leaf = eventually_async("the TLS listener", DEADLINE, || async {
-        certs::tls_connect(addr, "chat.test")
-            .await
-            .ok()
-            .map(|(_, leaf)| leaf)
-    })
+    )
     .await;
+    let addr = process.listening.tls_listen.expect("--tls-listen reported");
+    // Standalone mode loads the routes files before it binds, so the first handshake after
+    // the report is served from the loaded table.
+    let (_, leaf) = certs::tls_connect(addr, "chat.test").await.unwrap();
     assert_eq!(leaf, first.der);
     let (_, leaf) = certs::tls_connect(addr, "else.test").await.unwrap();
     assert_eq!(leaf, default.der, "unknown names get --default-cert");

@@ -7,7 +7,7 @@ pub mod demo;
 pub mod server;
 pub mod standalone;
 
-pub use server::{Server, ServerOptions};
+pub use server::{ListeningReport, Server, ServerOptions};
 
 /// The sticky-session key from `--sticky-key-file` or `WSGATE_STICKY_KEY` (at most one),
 /// else a random one with a loud warning: cookies set by this process then mean nothing to
@@ -101,16 +101,44 @@ pub fn raise_fd_limit() {
 mod tests {
     use super::sticky_key;
 
+    /// What a key signs with: the keyed id of one endpoint (equal ids, equal keys).
+    fn signs_as(key: &crate::balance::StickyKey) -> u64 {
+        key.endpoint_id("10.0.0.1:8080")
+    }
+
     /// The key comes from the file (trailing newline dropped) or the environment value,
     /// never both; a short key is refused; none at all gives a random key.
     #[test]
     fn sticky_key_sources() {
+        use crate::balance::StickyKey;
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("key");
         std::fs::write(&file, "0123456789abcdef\n").unwrap();
-        assert!(sticky_key(Some(&file), None).is_ok());
-        assert!(sticky_key(None, Some("0123456789abcdef")).is_ok());
-        assert!(sticky_key(None, None).is_ok());
+        // The newline is not part of the key: a replica given the same key without it (in
+        // WSGATE_STICKY_KEY, or a file written without one) must honour the same cookies.
+        let bare = signs_as(&StickyKey::new(b"0123456789abcdef").unwrap());
+        let with_newline = signs_as(&StickyKey::new(b"0123456789abcdef\n").unwrap());
+        assert_ne!(bare, with_newline, "a newline would change the key");
+        assert_eq!(
+            signs_as(&sticky_key(Some(&file), None).unwrap()),
+            bare,
+            "the file's trailing newline became part of the key"
+        );
+        assert_eq!(
+            signs_as(&sticky_key(None, Some("0123456789abcdef\n")).unwrap()),
+            bare
+        );
+        assert_eq!(
+            signs_as(&sticky_key(None, Some("0123456789abcdef")).unwrap()),
+            bare
+        );
+        let random = sticky_key(None, None).unwrap();
+        assert_ne!(signs_as(&random), bare);
+        assert_ne!(
+            signs_as(&random),
+            signs_as(&sticky_key(None, None).unwrap()),
+            "each random key is new"
+        );
 
         let both = sticky_key(Some(&file), Some("0123456789abcdef")).unwrap_err();
         assert!(both.to_string().contains("not both"), "{both}");

@@ -2,6 +2,7 @@
 //! admin listener, and the shutdown sequence (readiness off → optional delay → stop accepting + Close 1001 → drain budget).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
     /// Relay threads for busy plain-TCP relays, and when a relay moves to one.
     pub relay_offload: proxy::OffloadOptions,
+    /// Where to write the bound addresses as JSON once every listener is up
+    /// (`--listening-file`), so whoever started wsgate on port 0 learns its ports.
+    pub listening_file: Option<PathBuf>,
 }
 
 pub struct Server {
@@ -84,6 +88,16 @@ impl Server {
             Arc::clone(&readiness),
         ));
         tracing::info!(listen = %listen_addr, tls_listen = ?tls_addr, admin = %admin_addr, "wsgate listening");
+        if let Some(path) = &options.listening_file {
+            let report = ListeningReport {
+                pid: std::process::id(),
+                listen: listen_addr,
+                tls_listen: tls_addr,
+                admin: admin_addr,
+            };
+            write_listening_file(path, &report)
+                .with_context(|| format!("cannot write {} (--listening-file)", path.display()))?;
+        }
         Ok(Server {
             gateway,
             readiness,
@@ -120,8 +134,44 @@ impl Server {
                 "drain budget ran out; closing the remaining connections"
             );
         }
+        if let Some(path) = &self.options.listening_file {
+            // The file says where this process listens; it no longer does.
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::debug!(path = %path.display(), error = %e, "listening file not removed");
+            }
+        }
         clean
     }
+}
+
+/// What `--listening-file` holds: the process and the address each listener is bound to
+/// (the real port where port 0 was asked for). The field names are those of the
+/// `wsgate listening` log line.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListeningReport {
+    pub pid: u32,
+    pub listen: SocketAddr,
+    /// `null` when no TLS listener runs.
+    pub tls_listen: Option<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+/// Writes `report` to a temporary file beside `path` and renames it over `path`, so a
+/// reader polling for the file finds nothing or the whole report, never a partial one.
+/// Blocking, once at start-up and on a few bytes: `tokio::fs` would start the blocking
+/// pool's thread, which a one-worker process otherwise never has (tests/lifecycle.rs).
+fn write_listening_file(path: &Path, report: &ListeningReport) -> std::io::Result<()> {
+    let mut json = serde_json::to_vec(report).map_err(std::io::Error::other)?;
+    json.push(b'\n');
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", report.pid));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, &json)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Binds a traffic listener with a deep accept queue: a burst of handshakes (every client

@@ -167,6 +167,7 @@ impl Gateway {
                 shutdown_delay: Duration::ZERO,
                 drain_timeout,
                 relay_offload,
+                listening_file: None,
             },
             Arc::clone(&publisher),
             Arc::clone(&metrics),
@@ -268,25 +269,73 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
 /// `wsgate.log` in the working directory (a pipe nobody reads would fill and stall it).
 pub struct Process {
     pub child: tokio::process::Child,
+    /// Where the process said it listens (read from `listening_file`).
+    pub listening: Listening,
+    /// Its `--listening-file`.
+    pub listening_file: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+/// The bound addresses a process reported in its `--listening-file`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listening {
+    pub listen: SocketAddr,
+    pub tls_listen: Option<SocketAddr>,
+    pub admin: SocketAddr,
 }
 
 impl Process {
-    /// Must run inside the tokio runtime (the child is reaped by it).
-    pub fn start(args: &[&str], dir: &Path) -> Process {
-        let log = std::fs::File::create(dir.join("wsgate.log")).expect("create wsgate.log");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+    /// Starts `wsgate ARGS --listening-file FILE` (ARGS name `run` or `demo`; give them
+    /// port 0 to listen on) and waits, within the deadline, for the file with the ports
+    /// the process got. Fails the test, showing the process's log, if the process exits
+    /// first or never writes the file. Must run inside the tokio runtime (the child is
+    /// reaped by it).
+    pub async fn start(args: &[&str], dir: &Path) -> Process {
+        let log = dir.join("wsgate.log");
+        let listening_file = dir.join("listening.json");
+        let log_file = std::fs::File::create(&log).expect("create wsgate.log");
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
             .args(args)
+            .arg("--listening-file")
+            .arg(&listening_file)
             .current_dir(dir)
-            .stdout(Stdio::from(log.try_clone().expect("clone log file")))
-            .stderr(Stdio::from(log))
+            .stdout(Stdio::from(log_file.try_clone().expect("clone log file")))
+            .stderr(Stdio::from(log_file))
             .kill_on_drop(true)
             .spawn()
             .expect("start wsgate binary");
-        Process { child }
+        let pid = child.id().expect("a just-started process has an id");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let listening = loop {
+            if let Some(report) = read_listening_file(&listening_file, pid) {
+                break report;
+            }
+            let exited = child.try_wait().expect("poll wsgate");
+            if exited.is_some() || tokio::time::Instant::now() > deadline {
+                panic!(
+                    "wsgate {args:?} did not report its addresses in {} within {DEADLINE:?} \
+                     (exit status: {exited:?}); its log:\n{}",
+                    listening_file.display(),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        Process {
+            child,
+            listening,
+            listening_file,
+            log,
+        }
     }
 
     pub fn pid(&self) -> i32 {
         self.child.id().expect("process still running") as i32
+    }
+
+    /// What the process has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits (within the deadline) for the process to exit by itself.
@@ -297,14 +346,37 @@ impl Process {
     }
 }
 
-/// A free loopback port: bind :0, read it, release it. Only for the binary's flags, where
-/// the process must bind the port itself.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The report in `path` if it is there and written by process `pid` (the file is written
+/// whole by a rename, so a parse failure means a bug, not a partial write).
+fn read_listening_file(path: &Path, pid: u32) -> Option<Listening> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {text:?}", path.display()));
+    assert_eq!(
+        json["pid"],
+        pid,
+        "{} names another process: {text}",
+        path.display()
+    );
+    let addr = |field: &str| -> Option<SocketAddr> {
+        let value = &json[field];
+        if value.is_null() {
+            return None;
+        }
+        Some(
+            value
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| {
+                    panic!("{field} in {} is not an address: {text}", path.display())
+                }),
+        )
+    };
+    Some(Listening {
+        listen: addr("listen").unwrap_or_else(|| panic!("no listen address: {text}")),
+        tls_listen: addr("tls_listen"),
+        admin: addr("admin").unwrap_or_else(|| panic!("no admin address: {text}")),
+    })
 }
 
 /// GET over plain HTTP/1.1, returning (status, body).
