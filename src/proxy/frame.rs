@@ -208,6 +208,9 @@ pub struct FrameTracker {
     /// A data message was started with FIN=0 and awaits its final continuation frame.
     fragmented: bool,
     close_seen: bool,
+    /// The length of a Close frame that went on in place (within one read), header
+    /// included: at most 14 + 125.
+    close_len: u8,
     violation: Option<Violation>,
     messages: u64,
     /// A Close frame split across reads, header included; allocated only then (boxed: an
@@ -274,6 +277,7 @@ impl FrameTracker {
             ends_message: false,
             fragmented: false,
             close_seen: false,
+            close_len: 0,
             violation: None,
             messages: 0,
             held_close: None,
@@ -298,6 +302,13 @@ impl FrameTracker {
     /// A Close frame passed completely in this direction.
     pub fn close_seen(&self) -> bool {
         self.close_seen
+    }
+
+    /// How many bytes at the end of the read's forward are the Close frame, when the Close
+    /// came whole within one read (0 when it came in several: then it goes on from
+    /// [`FrameTracker::take_held_close`]). Lets the relay withhold a Close and send its own.
+    pub fn close_frame_len(&self) -> usize {
+        usize::from(self.close_len)
     }
 
     /// The frame that broke the rules, once one did.
@@ -565,6 +576,7 @@ impl FrameTracker {
         match check_close(frame) {
             Ok(()) => {
                 out.forward = pos + need;
+                self.close_len = (pos + need) as u8;
                 self.close_passed();
             }
             Err(v) => self.fail(v),

@@ -173,6 +173,12 @@ struct Flow {
     discard: bool,
     /// Write this Close to the destination at the next frame boundary.
     close_wanted: Option<Close>,
+    /// Write this Close to the destination in place of the source's own Close, or when the
+    /// source ends: the destination broke the protocol, and what its peer sent before
+    /// answering our Close still reaches it, as from an endpoint that fails the connection.
+    close_deferred: Option<Close>,
+    /// The source's Close was withheld (ours goes instead).
+    close_withheld: bool,
     injected: Option<u16>,
     /// Our frames towards the destination must be masked (it is the backend).
     masked: bool,
@@ -195,6 +201,8 @@ impl Flow {
             dst_shut: false,
             discard: false,
             close_wanted: None,
+            close_deferred: None,
+            close_withheld: false,
             injected: None,
             // Frames from a client are masked; so must ours be that go where they go.
             masked: rules.masked,
@@ -217,6 +225,8 @@ impl Flow {
     /// A Close frame (the source's or ours) went this way and nothing is left to write.
     fn closed_and_flushed(&self) -> bool {
         (self.tracker.close_seen() || self.injected.is_some())
+            && self.close_wanted.is_none()
+            && self.close_deferred.is_none()
             && !self.has_backlog()
             && !self.unflushed
     }
@@ -248,7 +258,8 @@ impl Flow {
             return;
         };
         let (code, reason) = close.code_and_reason();
-        if self.discard || self.dst_dead || self.dst_shut || self.tracker.close_seen() {
+        let peer_closed = self.tracker.close_seen() && !self.close_withheld;
+        if self.discard || self.dst_dead || self.dst_shut || peer_closed {
             // Nothing can follow, or the source's own Close already went this way and
             // ours would be a second one.
             self.close_wanted = None;
@@ -400,7 +411,14 @@ impl Relay {
         fwd.held_len = tracked.held_len;
         fwd.body = &bytes[..tracked.forward];
         let held_close = flow.tracker.take_held_close();
-        if !held_close.is_empty() {
+        if flow.close_deferred.is_some() && flow.tracker.close_seen() {
+            // Ours goes instead of the source's Close.
+            if held_close.is_empty() {
+                fwd.body = &fwd.body[..fwd.body.len() - flow.tracker.close_frame_len()];
+            }
+            flow.close_withheld = true;
+            flow.close_wanted = flow.close_deferred.take();
+        } else if !held_close.is_empty() {
             // A Close that came in several reads, now checked: it goes on from here.
             flow.stash(&held_close);
         }
@@ -442,7 +460,9 @@ impl Relay {
         let failed = self.violation.is_some();
         let flow = self.flow_from(from);
         flow.src_done = true;
-        if !close_passed && !failed && flow.injected.is_none() {
+        if let Some(close) = flow.close_deferred.take() {
+            flow.close_wanted = Some(close);
+        } else if !close_passed && !failed && flow.injected.is_none() {
             flow.close_wanted = Some(match from {
                 Side::Client => Close::ClientDied,
                 Side::Backend => Close::BackendDied,
@@ -641,7 +661,9 @@ impl Relay {
 
     // ---- internals ----------------------------------------------------------------------
 
-    /// `from` broke the protocol: it gets Close 1002 (1007), the other side 1001 or 1014.
+    /// `from` broke the protocol: it gets Close 1002 (1007) once its peer answered our Close
+    /// (1001 towards a backend, 1014 towards a client) or ended, so what the peer sent
+    /// before still reaches it, in order, as from an endpoint that fails the connection.
     #[cold]
     fn fail(&mut self, from: Side, v: Violation) {
         self.violation = Some((from, v));
@@ -652,7 +674,13 @@ impl Relay {
         // Injected once the forward of this read is handed back (`handle_forwarded`), so
         // the frames before the offending one go first.
         self.flow_from(from).close_wanted = Some(to_peer);
-        self.flow_to_mut(from).close_wanted = Some(Close::Violation(v));
+        let towards_breaker = self.flow_to_mut(from);
+        if towards_breaker.src_done || towards_breaker.tracker.close_seen() {
+            // Its peer already ended or closed: nothing more comes to wait for.
+            towards_breaker.close_wanted = Some(Close::Violation(v));
+        } else {
+            towards_breaker.close_deferred = Some(Close::Violation(v));
+        }
     }
 
     #[inline]

@@ -190,9 +190,10 @@ fn closes(frames: &[Parsed]) -> Vec<u16> {
     frames.iter().filter_map(Parsed::close_code).collect()
 }
 
-/// Frames before an offending one go on, nothing of it does; the offender gets 1002 and
-/// the backend 1001 when the client broke the rule; the client gets 1014 when the backend
-/// did, and the backend 1002 (masked); then the relay is done.
+/// Frames before an offending one go on, nothing of it does; the peer gets 1001 (a
+/// backend) or 1014 (a client) at once; what the peer sends until it answers with its own
+/// Close still reaches the offender, and then, instead of the peer's Close, our 1002
+/// (masked towards a backend); then the relay is done.
 #[test]
 fn a_violation_fails_the_connection_with_the_stated_codes() {
     for from in [Side::Client, Side::Backend] {
@@ -210,9 +211,21 @@ fn a_violation_fails_the_connection_with_the_stated_codes() {
         let peer_code = if from == Side::Client { 1001 } else { 1014 };
         assert_eq!(closes(&got), vec![peer_code]);
         assert_eq!(got[1].masked, to == Side::Backend);
+        assert!(
+            sim.frames(from).is_empty(),
+            "the offender waits for its peer"
+        );
+        assert!(!sim.relay.is_done());
+        // The peer's answer to the earlier message, then its Close.
+        sim.read(
+            to,
+            &[text(b"echo", !masked), close(peer_code, b"", !masked)].concat(),
+        );
+        sim.writable();
         let back = sim.frames(from);
-        assert_eq!(closes(&back), vec![1002]);
-        assert_eq!(back[0].masked, from == Side::Backend);
+        assert_eq!(back[0].payload, b"echo");
+        assert_eq!(closes(&back), vec![1002], "ours, not the peer's Close");
+        assert_eq!(back[1].masked, from == Side::Backend);
         assert!(sim.relay.is_done());
         assert_eq!(
             sim.relay.stats().violation,
@@ -221,14 +234,32 @@ fn a_violation_fails_the_connection_with_the_stated_codes() {
     }
 }
 
+/// The offender's 1002 also goes when its peer ends without a Close, or not at all when
+/// the peer had closed already (a second Close is not allowed).
+#[test]
+fn the_offenders_close_goes_when_its_peer_ends() {
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    sim.read(Side::Client, &text(b"x", false));
+    sim.eof(Side::Backend);
+    sim.writable();
+    assert_eq!(closes(&sim.frames(Side::Client)), vec![1002]);
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    sim.read(Side::Backend, &close(1000, b"", false));
+    sim.read(Side::Client, &text(b"x", false));
+    sim.writable();
+    assert_eq!(closes(&sim.frames(Side::Client)), vec![1000]);
+}
+
 /// A Close reason that is not UTF-8 earns 1007.
 #[test]
 fn a_bad_close_reason_earns_1007() {
     let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
     sim.read(Side::Client, &close(1000, &[0xFF, 0xFE], true));
     sim.writable();
-    assert_eq!(closes(&sim.frames(Side::Client)), vec![1007]);
     assert_eq!(closes(&sim.frames(Side::Backend)), vec![1001]);
+    sim.read(Side::Backend, &close(1001, b"", false));
+    sim.writable();
+    assert_eq!(closes(&sim.frames(Side::Client)), vec![1007]);
     assert!(sim.relay.is_done());
 }
 
@@ -351,6 +382,7 @@ proptest! {
         bad in 0usize..9,
         cuts in prop::collection::vec(any::<usize>(), 0..6),
         from_client in any::<bool>(),
+        peer_closes in any::<bool>(),
     ) {
         let from = if from_client { Side::Client } else { Side::Backend };
         let masked = from == Side::Client;
@@ -375,13 +407,22 @@ proptest! {
         }
         sim.writable();
         let to = from.other();
+        // The peer answers our Close with its own, or just ends.
+        if peer_closes {
+            sim.read(to, &close(1000, b"", !masked));
+        } else {
+            sim.eof(to);
+        }
+        sim.writable();
         let got = sim.frames(to);
         let (last, before) = got.split_last().unwrap();
         prop_assert_eq!(before, &parse(&good)[..]);
         let peer_code = if from == Side::Client { 1001 } else { 1014 };
         prop_assert_eq!(last.close_code(), Some(peer_code));
         prop_assert_eq!(closes(&sim.frames(from)), vec![code]);
-        prop_assert!(sim.relay.is_done());
+        // After a Close both ways the relay is done; after an end, it waits for the
+        // offender's end (or the linger).
+        prop_assert!(sim.relay.is_done() || !peer_closes);
     }
 
     /// After any events, a relay that winds down has a deadline, and firing deadlines ends
