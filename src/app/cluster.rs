@@ -52,10 +52,10 @@ impl Cluster {
         let metrics = Arc::new(Metrics::with_extra(|registry| {
             kube_metrics.register(registry)
         }));
-        let publisher = Arc::new(Publisher::with_sticky_key(
-            Arc::clone(&metrics),
-            options.sticky_key.clone(),
-        ));
+        let publisher = Arc::new(
+            Publisher::with_sticky_key(Arc::clone(&metrics), options.sticky_key.clone())
+                .with_backend_roots(super::backend_roots().await),
+        );
         if let Some((cert, key)) = &options.default_certificate {
             publisher.set_default_certificate(Some(super::read_certificate(cert, key)?));
         }

@@ -72,6 +72,30 @@ pub fn read_certificate(
     )?)
 }
 
+/// The platform's trust anchors for `wss` backends, read once at start-up on a blocking
+/// thread: reading the system's certificate files must not stall a runtime worker (it
+/// used to happen on the first `wss` dial).
+pub async fn backend_roots() -> crate::table::BackendRoots {
+    match tokio::task::spawn_blocking(load_platform_roots).await {
+        Ok(roots) => roots,
+        Err(e) => {
+            tracing::warn!(error = %e, "loading the platform CA certificates failed; wss backends are trusted only through their route's CA");
+            crate::table::BackendRoots::none()
+        }
+    }
+}
+
+fn load_platform_roots() -> crate::table::BackendRoots {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!(error = %e, "some platform CA certificates could not be read");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    tracing::debug!(added, ignored, "platform CA certificates loaded");
+    crate::table::BackendRoots::new(roots)
+}
+
 /// Waits for SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

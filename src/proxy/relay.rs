@@ -64,7 +64,7 @@ impl TryWrite for mio::net::TcpStream {
 
 mod offload;
 
-pub use offload::{Offload, OffloadMetrics, OffloadOptions};
+pub use offload::{Offload, OffloadOptions};
 
 /// Close codes wsgate sends on its own behalf.
 pub mod close_code {

@@ -30,7 +30,7 @@ use super::resolve::SERVICE_NAME_LABEL;
 use super::secrets::strip_unusable;
 use super::status::compute_status;
 use super::writer::{DesiredStatus, DesiredStatuses, StatusWriter};
-use crate::table::RouteProblem;
+use crate::model::RouteProblem;
 
 /// How the Kubernetes source runs.
 #[derive(Clone, Debug)]

@@ -17,7 +17,7 @@ use super::*;
 use crate::api::conditions::{accepted, programmed, resolved_refs, status as cstatus};
 use crate::api::{HostAndPort, WsRoute, WsRouteSpec, WsRouteStatus};
 use crate::model::{Endpoint, EndpointState, Route, RouteId};
-use crate::table::{ProblemReason, RouteProblem};
+use crate::model::{ProblemReason, RouteProblem};
 
 /// Writers for one namespace-less (all namespaces) watch of each kind.
 struct World {
@@ -579,6 +579,71 @@ fn invalid_field_reports_invalid_parameters() {
             .message
             .contains("spec.upstreamHttpMethod[0]"),
         "{s:?}"
+    );
+}
+
+/// A malformed `upstreamHost` reports InvalidHost with the field path `spec.upstreamHost`
+/// and the host parser's message, alone or beside another field's error; a template
+/// error outranks it.
+#[test]
+fn invalid_upstream_host_reports_invalid_host() {
+    for host in [
+        "*..com",
+        "*.",
+        "a..b",
+        "x..",
+        "chat.example.com:0",
+        "Bücher.de",
+    ] {
+        let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+        let mut r = service_route("apps", "chat", "chat", IntOrString::Int(80));
+        r.spec.upstream_host = Some(host.into());
+        w.route(r);
+        let t = w.translate();
+        assert!(t.routes.is_empty(), "{host}");
+        let s = status_of(&t, "apps/chat", &[], Some(1));
+        assert_eq!(
+            condition(&s, accepted::TYPE),
+            (cstatus::FALSE, accepted::INVALID_HOST),
+            "{host}"
+        );
+        let expected = format!(
+            "spec.upstreamHost: {}",
+            crate::model::HostPattern::parse(host).unwrap_err()
+        );
+        assert_eq!(s.conditions[0].message, expected, "{host}");
+        assert_eq!(
+            condition(&s, programmed::TYPE),
+            (cstatus::FALSE, programmed::INVALID)
+        );
+    }
+
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let mut r = service_route("apps", "chat", "chat", IntOrString::Int(80));
+    r.spec.upstream_host = Some("*..com".into());
+    r.spec.upstream_http_method = vec!["GE T".into()];
+    w.route(r);
+    let s = status_of(&w.translate(), "apps/chat", &[], Some(1));
+    assert_eq!(
+        condition(&s, accepted::TYPE),
+        (cstatus::FALSE, accepted::INVALID_HOST)
+    );
+    assert!(
+        s.conditions[0]
+            .message
+            .contains("spec.upstreamHttpMethod[0]"),
+        "{s:?}"
+    );
+
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let mut r = service_route("apps", "chat", "chat", IntOrString::Int(80));
+    r.spec.upstream_host = Some("*..com".into());
+    r.spec.upstream_path_template = "chat".into();
+    w.route(r);
+    let s = status_of(&w.translate(), "apps/chat", &[], Some(1));
+    assert_eq!(
+        condition(&s, accepted::TYPE),
+        (cstatus::FALSE, accepted::INVALID_TEMPLATE)
     );
 }
 
