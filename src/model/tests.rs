@@ -127,7 +127,9 @@ fn host_patterns_that_do_not_parse_say_why() {
     use HostPatternError as E;
     let long_label = format!("{}.com", "a".repeat(64));
     let long_name = format!("{}.com", ["abcdefghij"; 25].join("."));
-    let cases: Vec<(&str, fn(&E) -> bool)> = vec![
+    /// Whether the error is the expected variant.
+    type IsExpected = fn(&E) -> bool;
+    let cases: Vec<(&str, IsExpected)> = vec![
         ("", |e| matches!(e, E::Empty { .. })),
         (".", |e| matches!(e, E::Empty { .. })),
         ("*..com", |e| matches!(e, E::EmptyLabel { .. })),

@@ -48,15 +48,6 @@ impl BackendRoots {
         Self::new(RootCertStore::empty())
     }
 
-    /// How many trust anchors there are, for the start-up log line.
-    pub fn len(&self) -> usize {
-        self.0.roots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.roots.is_empty()
-    }
-
     fn config_for(&self, route: &Route) -> Result<Arc<ClientConfig>, rustls::Error> {
         let shared = &self.0;
         match (route.insecure_skip_verify, &route.backend_tls.ca) {
@@ -211,5 +202,67 @@ impl ServerCertVerifier for AcceptAnyServerCertificate {
         crypto_provider()
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Scheme;
+    use crate::table::tests::route;
+
+    fn ca() -> CaBundle {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        CaBundle::from_pem("test ca", cert.pem().as_bytes()).expect("CA bundle")
+    }
+
+    fn wss(id: &str) -> Route {
+        let mut r = route(id, 0, "/a", "/");
+        r.scheme = Scheme::Wss;
+        r
+    }
+
+    /// Routes that add nothing to the roots share one client configuration (one per
+    /// verification mode); a route with its own CA gets its own.
+    #[test]
+    fn routes_without_a_ca_share_one_client_config() {
+        let roots = BackendRoots::none();
+        let config = |r: &Route| UpstreamTls::new(r, &roots).config().expect("config");
+        let (a, b) = (wss("a"), wss("b"));
+        assert!(Arc::ptr_eq(&config(&a), &config(&b)));
+        let mut insecure = wss("insecure");
+        insecure.insecure_skip_verify = true;
+        assert!(!Arc::ptr_eq(&config(&a), &config(&insecure)));
+        assert!(Arc::ptr_eq(&config(&insecure), &config(&insecure.clone())));
+        let mut with_ca = wss("with-ca");
+        with_ca.backend_tls.ca = Some(ca());
+        assert!(!Arc::ptr_eq(&config(&a), &config(&with_ca)));
+        assert_eq!(config(&a).alpn_protocols, vec![ALPN_HTTP11.to_vec()]);
+    }
+
+    /// The server name is `backendTls.serverName`, else the endpoint's host without IPv6
+    /// brackets; a host that is no TLS name is a typed error naming it.
+    #[test]
+    fn server_name_comes_from_backend_tls_or_the_endpoint() {
+        let roots = BackendRoots::none();
+        let endpoint = Endpoint::new("[::1]", 443);
+        let tls = UpstreamTls::new(&wss("a"), &roots);
+        assert_eq!(tls.server_name(&endpoint).expect("ip").to_str(), "::1");
+        let mut named = wss("named");
+        named.backend_tls.server_name = Some("chat.internal".into());
+        let tls = UpstreamTls::new(&named, &roots);
+        assert_eq!(
+            tls.server_name(&endpoint).expect("name").to_str(),
+            "chat.internal"
+        );
+        let tls = UpstreamTls::new(&wss("a"), &roots);
+        let e = tls
+            .server_name(&Endpoint::new("bad name", 443))
+            .unwrap_err();
+        assert!(matches!(&e, UpstreamTlsError::ServerName { name, .. } if name == "bad name"));
+        assert!(std::error::Error::source(&e).is_some());
     }
 }
