@@ -72,20 +72,11 @@ pub fn read_certificate(
     )?)
 }
 
-/// The platform's trust anchors for `wss` backends, read once at start-up on a blocking
-/// thread: reading the system's certificate files must not stall a runtime worker (it
-/// used to happen on the first `wss` dial).
-pub async fn backend_roots() -> crate::table::BackendRoots {
-    match tokio::task::spawn_blocking(load_platform_roots).await {
-        Ok(roots) => roots,
-        Err(e) => {
-            tracing::warn!(error = %e, "loading the platform CA certificates failed; wss backends are trusted only through their route's CA");
-            crate::table::BackendRoots::none()
-        }
-    }
-}
-
-fn load_platform_roots() -> crate::table::BackendRoots {
+/// The platform's trust anchors for `wss` backends. Blocking (it reads the system's
+/// certificate files): `main` calls it once, before the async runtime starts, so no
+/// runtime worker waits on the disk (it used to happen on the first `wss` dial) and a
+/// one-worker gateway stays one thread (no blocking pool).
+pub fn load_platform_roots() -> crate::table::BackendRoots {
     let found = rustls_native_certs::load_native_certs();
     for e in &found.errors {
         tracing::warn!(error = %e, "some platform CA certificates could not be read");

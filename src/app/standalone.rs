@@ -24,6 +24,9 @@ pub struct StandaloneOptions {
     pub server: ServerOptions,
     /// Signs sticky-session cookies; replicas that share it honour each other's cookies.
     pub sticky_key: StickyKey,
+    /// Trust anchors of `wss` backends (`app::load_platform_roots`, read before the
+    /// runtime starts).
+    pub backend_roots: BackendRoots,
 }
 
 /// Every problem of a load (file, document, field) plus the compile problems, as lines.
@@ -74,7 +77,7 @@ pub async fn run(options: StandaloneOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let publisher = Arc::new(
         Publisher::with_sticky_key(Arc::clone(&metrics), options.sticky_key.clone())
-            .with_backend_roots(super::backend_roots().await),
+            .with_backend_roots(options.backend_roots.clone()),
     );
     let (prepared, errors, warnings) = prepare(&loaded, &publisher);
     for w in &warnings {
