@@ -77,13 +77,19 @@ pub fn read_certificate(
 /// runtime worker waits on the disk (it used to happen on the first `wss` dial) and a
 /// one-worker gateway stays one thread (no blocking pool).
 pub fn load_platform_roots() -> crate::table::BackendRoots {
+    let started = std::time::Instant::now();
     let found = rustls_native_certs::load_native_certs();
     for e in &found.errors {
         tracing::warn!(error = %e, "some platform CA certificates could not be read");
     }
     let mut roots = rustls::RootCertStore::empty();
     let (added, ignored) = roots.add_parsable_certificates(found.certs);
-    tracing::debug!(added, ignored, "platform CA certificates loaded");
+    tracing::debug!(
+        added,
+        ignored,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "platform CA certificates loaded"
+    );
     crate::table::BackendRoots::new(roots)
 }
 
