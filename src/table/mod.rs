@@ -2,7 +2,8 @@
 //!
 //! `compile` is pure: routes in, an immutable `RouteTable` plus per-route problems out.
 //! `Publisher` swaps tables atomically; a connection keeps the `Arc<RouteTable>` it was
-//! accepted under. Template rules are in `template.rs`, host rules in `host.rs`, and the
+//! accepted under. Template rules are in `template.rs`, host rules in `model/host.rs`
+//! (`host.rs` reads requests' `Host`), backend TLS settings in `backend_tls.rs`, and the
 //! order among several matching routes on `RouteTable::find`. In short:
 //! - `/api/{version}/{room}`: one non-empty segment per placeholder; `v{version}` and
 //!   `{a}-{b}` embed placeholders in a segment; a final `{rest}` is a catch-all (slashes
