@@ -432,7 +432,7 @@ where
 
 /// Translate the stores, publish, and compute every route's status. WsRoutes that do not
 /// deserialize are logged once per distinct error (`reported`) and counted.
-fn rebuild(
+pub(super) fn rebuild(
     stores: &Stores,
     cache: &mut TranslateCache,
     publisher: &dyn RoutePublisher,

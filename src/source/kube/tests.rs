@@ -1245,3 +1245,51 @@ async fn isolated_change_publishes_after_coalesce_and_a_burst_rebuilds_a_few_tim
     assert_eq!(metrics.rebuilds.get(), count() as u64);
     controller.abort();
 }
+
+/// A rebuild compiles the route set once, through the real `Publisher`, and the statuses
+/// it computes carry exactly the problems of the table it swapped in.
+#[test]
+fn rebuild_compiles_once_and_reports_the_published_tables_problems() {
+    use crate::telemetry::Metrics;
+    use std::sync::Arc;
+
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let mut newer = service_route("apps", "a-newer", "chat", IntOrString::Int(80));
+    newer.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1_500).expect("time")));
+    w.route(newer);
+    let metrics = Arc::new(Metrics::new());
+    let publisher = crate::table::Publisher::new(metrics.clone());
+
+    let compiles = crate::table::compiles_on_this_thread();
+    let desired = super::controller::rebuild(
+        &w.stores(),
+        &mut Default::default(),
+        &publisher,
+        &KubeMetrics::default(),
+        &mut Default::default(),
+    );
+    assert_eq!(crate::table::compiles_on_this_thread() - compiles, 1);
+
+    let table = publisher.current();
+    assert_eq!(table.generation(), 1);
+    let served: Vec<&str> = table
+        .routes()
+        .iter()
+        .map(|r| r.route.id.0.as_str())
+        .collect();
+    assert_eq!(served, ["apps/chat"]);
+    assert!(metrics.encode().contains("wsgate_route_problems 1"));
+    let loser = desired
+        .iter()
+        .find(|d| d.name == "a-newer")
+        .expect("status of the loser");
+    let accepted = &loser.status.conditions[0];
+    assert_eq!(accepted.reason, accepted::CONFLICTED);
+    // The message is the table's own problem, not one from another compile.
+    let again = publisher.prepare(&w.translate().routes);
+    let problem = &again.problems()[0];
+    assert_eq!(
+        accepted.message,
+        format!("{}: {}", problem.field, problem.message)
+    );
+}
