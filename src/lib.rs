@@ -2,6 +2,10 @@
 //!
 //! The flow (see DESIGN.md): sources → model → `table::compile` → `RouteTable`
 //! (swapped atomically) → proxy (router → balancer → upstream → relay).
+//!
+//! Modules import only downward (checked by tests/layers.rs): api, telemetry (and echo,
+//! a leaf) < model < balance < table < proxy, source < app; proxy and source never import
+//! each other.
 // One exception, allowed where it is: the traffic listener's TCP_DEFER_ACCEPT (app/server.rs),
 // which neither stable std, socket2 nor nix exposes.
 #![deny(unsafe_code)]

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use wsgate::app::{self, ServerOptions};
 use wsgate::model::parse_duration;
 use wsgate::proxy::OffloadOptions;
+use wsgate::table::BackendRoots;
 use wsgate::telemetry::logging::{self, LogFormat};
 
 #[derive(Parser, Debug)]
@@ -174,6 +175,8 @@ fn main() -> ExitCode {
         Command::Run(args) => args.workers.map(usize::from),
         _ => None,
     };
+    // Blocking file reads, done before the runtime starts: no worker waits on them.
+    let backend_roots = matches!(cli.command, Command::Run(_)).then(app::load_platform_roots);
     let runtime = match build_runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {
@@ -181,7 +184,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, backend_roots)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -222,7 +225,9 @@ fn relay_offload(relay_threads: Option<u16>, workers: Option<u16>) -> OffloadOpt
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<ExitCode> {
+/// `backend_roots`: the platform's CA certificates, loaded by `main` for `run`.
+async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::Result<ExitCode> {
+    let backend_roots = backend_roots.unwrap_or_else(BackendRoots::none);
     match command {
         Command::Run(args) => {
             app::raise_fd_limit();
@@ -256,6 +261,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     default_certificate_secret: args.default_cert_secret,
                     server,
                     sticky_key,
+                    backend_roots,
                 })
                 .await?;
                 return Ok(ExitCode::SUCCESS);
@@ -269,6 +275,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 reload_interval: args.reload_interval,
                 server,
                 sticky_key,
+                backend_roots,
             })
             .await?;
         }

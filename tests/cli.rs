@@ -75,6 +75,42 @@ fn check_reports_every_problem_with_its_location() {
     assert!(out.contains("\n3 error(s), 0 warning(s)\n"), "{out}");
 }
 
+/// A malformed `upstreamHost` is reported with its line, the field `spec.upstreamHost`,
+/// the reason a cluster's status would give (`InvalidHost`) and what is wrong.
+#[test]
+fn check_reports_an_invalid_host_with_its_reason_and_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("hosts.yaml");
+    let doc = |name: &str, host: &str| {
+        format!(
+            "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata:\n  name: {name}\nspec:\n  upstreamHost: \"{host}\"\n  upstreamPathTemplate: /{name}\n  downstreamPathTemplate: /\n  downstreamHostAndPorts:\n    - {{host: 127.0.0.1, port: 9001}}\n"
+        )
+    };
+    let text = [
+        doc("a", "*..com"),
+        doc("b", "a..b"),
+        doc("c", "chat.example.com"),
+    ]
+    .join("---\n");
+    std::fs::write(&path, text).expect("write routes file");
+    let (code, out) = wsgate(&["check", path.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 1, "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 2, "{out}");
+    assert!(
+        errors[0].ends_with(
+            "hosts.yaml:6: document 1 (a): spec.upstreamHost: InvalidHost: `*..com` has an empty label (`..`, or a dot at the start)"
+        ),
+        "{out}"
+    );
+    assert!(
+        errors[1].ends_with(
+            "hosts.yaml:17: document 2 (b): spec.upstreamHost: InvalidHost: `a..b` has an empty label (`..`, or a dot at the start)"
+        ),
+        "{out}"
+    );
+}
+
 /// A missing file is an error naming the file, not a panic.
 #[test]
 fn check_names_a_missing_file() {

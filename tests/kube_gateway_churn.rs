@@ -213,6 +213,7 @@ async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpo
                 tls_listen: None,
             },
             sticky_key: wsgate::balance::StickyKey::random(),
+            backend_roots: wsgate::table::BackendRoots::none(),
             default_certificate: None,
             default_certificate_secret: None,
         },

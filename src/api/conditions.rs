@@ -7,7 +7,9 @@ pub mod accepted {
     pub const ACCEPTED: &str = "Accepted";
     /// A path template does not parse (or does not start with `/`).
     pub const INVALID_TEMPLATE: &str = "InvalidTemplate";
-    /// Another field is invalid (host, method, balancer, timeout, servicePort...).
+    /// `upstreamHost` is not a host pattern (empty label, misplaced `*`, bad port...).
+    pub const INVALID_HOST: &str = "InvalidHost";
+    /// Another field is invalid (method, balancer, timeout, servicePort...).
     pub const INVALID_PARAMETERS: &str = "InvalidParameters";
     /// An older route already owns the same host and upstream template.
     pub const CONFLICTED: &str = "Conflicted";

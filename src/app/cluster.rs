@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use super::{Server, ServerOptions};
 use crate::balance::StickyKey;
 use crate::source::kube::{self as kube_source, KubeConfig, KubeMetrics};
-use crate::table::Publisher;
+use crate::table::{BackendRoots, Publisher};
 use crate::telemetry::Metrics;
 
 #[derive(Clone, Debug)]
@@ -31,6 +31,9 @@ pub struct ClusterOptions {
     pub server: ServerOptions,
     /// Signs sticky-session cookies; every replica needs the same one.
     pub sticky_key: StickyKey,
+    /// Trust anchors of `wss` backends (`app::load_platform_roots`, read before the
+    /// runtime starts).
+    pub backend_roots: BackendRoots,
 }
 
 /// A running cluster-mode gateway: the server, the table it serves and the controller
@@ -52,10 +55,10 @@ impl Cluster {
         let metrics = Arc::new(Metrics::with_extra(|registry| {
             kube_metrics.register(registry)
         }));
-        let publisher = Arc::new(Publisher::with_sticky_key(
-            Arc::clone(&metrics),
-            options.sticky_key.clone(),
-        ));
+        let publisher = Arc::new(
+            Publisher::with_sticky_key(Arc::clone(&metrics), options.sticky_key.clone())
+                .with_backend_roots(options.backend_roots.clone()),
+        );
         if let Some((cert, key)) = &options.default_certificate {
             publisher.set_default_certificate(Some(super::read_certificate(cert, key)?));
         }

@@ -72,6 +72,27 @@ pub fn read_certificate(
     )?)
 }
 
+/// The platform's trust anchors for `wss` backends. Blocking (it reads the system's
+/// certificate files): `main` calls it once, before the async runtime starts, so no
+/// runtime worker waits on the disk (it used to happen on the first `wss` dial) and a
+/// one-worker gateway stays one thread (no blocking pool).
+pub fn load_platform_roots() -> crate::table::BackendRoots {
+    let started = std::time::Instant::now();
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!(error = %e, "some platform CA certificates could not be read");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    tracing::debug!(
+        added,
+        ignored,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "platform CA certificates loaded"
+    );
+    crate::table::BackendRoots::new(roots)
+}
+
 /// Waits for SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -10,9 +10,9 @@ use anyhow::bail;
 
 use super::{Server, ServerOptions};
 use crate::balance::{BalanceState, StickyKey};
-use crate::model::Route;
+use crate::model::RouteProblem;
 use crate::source::file::{self, LoadedRoutes, Severity};
-use crate::table::{self, CompileContext, Publisher};
+use crate::table::{self, BackendRoots, CompileContext, Prepared, Publisher};
 use crate::telemetry::Metrics;
 
 #[derive(Clone, Debug)]
@@ -24,11 +24,34 @@ pub struct StandaloneOptions {
     pub server: ServerOptions,
     /// Signs sticky-session cookies; replicas that share it honour each other's cookies.
     pub sticky_key: StickyKey,
+    /// Trust anchors of `wss` backends (`app::load_platform_roots`, read before the
+    /// runtime starts).
+    pub backend_roots: BackendRoots,
 }
 
 /// Every problem of a load (file, document, field) plus the compile problems, as lines.
-/// Empty when the routes may be served.
+/// Empty when the routes may be served. For `wsgate check`, which has no table to serve:
+/// it compiles into a scratch table.
 pub fn problems(loaded: &LoadedRoutes) -> (Vec<String>, Vec<String>) {
+    let metrics = Metrics::new();
+    let balance = BalanceState::default();
+    let (_, compiled) = table::compile(
+        0,
+        &loaded.routes,
+        &CompileContext {
+            metrics: &metrics,
+            balance: &balance,
+            backend_roots: &BackendRoots::none(),
+        },
+    );
+    load_and_compile_problems(loaded, &compiled)
+}
+
+/// The load's problems by severity, then the compile's `problems` as errors.
+fn load_and_compile_problems(
+    loaded: &LoadedRoutes,
+    problems: &[RouteProblem],
+) -> (Vec<String>, Vec<String>) {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     for p in &loaded.problems {
@@ -37,28 +60,26 @@ pub fn problems(loaded: &LoadedRoutes) -> (Vec<String>, Vec<String>) {
             Severity::Warning => warnings.push(p.to_string()),
         }
     }
-    errors.extend(compile_problems(&loaded.routes));
+    errors.extend(problems.iter().map(|p| p.to_string()));
     (errors, warnings)
 }
 
-/// Template and conflict problems, found by compiling into a scratch table.
-fn compile_problems(routes: &[Route]) -> Vec<String> {
-    let metrics = Metrics::new();
-    let balance = BalanceState::default();
-    let (_, problems) = table::compile(
-        0,
-        routes,
-        &CompileContext {
-            metrics: &metrics,
-            balance: &balance,
-        },
-    );
-    problems.iter().map(|p| p.to_string()).collect()
+/// Compiles the loaded routes once for the publisher and lists every problem; the
+/// prepared table is what `swap` serves when there are no errors.
+fn prepare(loaded: &LoadedRoutes, publisher: &Publisher) -> (Prepared, Vec<String>, Vec<String>) {
+    let prepared = publisher.prepare(&loaded.routes);
+    let (errors, warnings) = load_and_compile_problems(loaded, prepared.problems());
+    (prepared, errors, warnings)
 }
 
 pub async fn run(options: StandaloneOptions) -> anyhow::Result<()> {
     let loaded = file::load(&options.routes)?;
-    let (errors, warnings) = problems(&loaded);
+    let metrics = Arc::new(Metrics::new());
+    let publisher = Arc::new(
+        Publisher::with_sticky_key(Arc::clone(&metrics), options.sticky_key.clone())
+            .with_backend_roots(options.backend_roots.clone()),
+    );
+    let (prepared, errors, warnings) = prepare(&loaded, &publisher);
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -71,16 +92,11 @@ pub async fn run(options: StandaloneOptions) -> anyhow::Result<()> {
             errors.len()
         );
     }
-    let metrics = Arc::new(Metrics::new());
-    let publisher = Arc::new(Publisher::with_sticky_key(
-        Arc::clone(&metrics),
-        options.sticky_key.clone(),
-    ));
     let default_files = options.default_certificate.clone();
     if let Some((cert, key)) = &default_files {
         publisher.set_default_certificate(Some(super::read_certificate(cert, key)?));
     }
-    let published = publisher.publish(&loaded.routes);
+    let published = publisher.swap(prepared);
     tracing::info!(
         generation = published.generation,
         routes = loaded.routes.len(),
@@ -144,7 +160,7 @@ fn reload(
             return;
         }
     };
-    let (errors, warnings) = problems(&loaded);
+    let (prepared, errors, warnings) = prepare(&loaded, publisher);
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -172,10 +188,70 @@ fn reload(
     if !tls_listening && loaded.routes.iter().any(|r| r.certificate.is_some()) {
         tracing::warn!("routes now name certificates but no TLS listener runs; restart with --tls-listen to serve them");
     }
-    let published = publisher.publish(&loaded.routes);
+    let published = publisher.swap(prepared);
     tracing::info!(
         generation = published.generation,
         routes = loaded.routes.len(),
         "route table reloaded; live connections untouched"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes_file(dir: &std::path::Path, templates: &[&str]) -> PathBuf {
+        let docs: Vec<String> = templates
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                format!(
+                    "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata:\n  name: r{i}\nspec:\n  upstreamPathTemplate: {t}\n  downstreamPathTemplate: /\n  downstreamHostAndPorts:\n    - {{host: 127.0.0.1, port: 9001}}\n"
+                )
+            })
+            .collect();
+        let path = dir.join("routes.yaml");
+        std::fs::write(&path, docs.join("---\n")).expect("write routes file");
+        path
+    }
+
+    /// A reload compiles its routes once: the compile whose problems decide the reload is
+    /// the table that is swapped in. A conflicting file is refused on that compile's
+    /// problem and the serving table stays.
+    #[test]
+    fn a_reload_compiles_once_and_serves_the_table_it_checked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Publisher::new(Arc::clone(&metrics));
+
+        let path = routes_file(dir.path(), &["/a", "/b"]);
+        let before = table::compiles_on_this_thread();
+        reload(file::load(&[path]), None, false, &publisher, &metrics);
+        assert_eq!(table::compiles_on_this_thread() - before, 1);
+        let serving = publisher.current();
+        assert_eq!(serving.generation(), 1);
+        assert_eq!(serving.routes().len(), 2);
+        assert_eq!(metrics.table_reloads_ok.get(), 1);
+
+        let path = routes_file(dir.path(), &["/a", "/a"]);
+        let loaded = file::load(&[path]).expect("load");
+        let (prepared, errors, _) = prepare(&loaded, &publisher);
+        assert_eq!(prepared.problems().len(), 1, "{errors:?}");
+        assert_eq!(
+            prepared.problems()[0].reason,
+            crate::model::ProblemReason::Conflicted
+        );
+        assert_eq!(errors, vec![prepared.problems()[0].to_string()]);
+        drop(prepared);
+
+        let before = table::compiles_on_this_thread();
+        reload(Ok(loaded), None, false, &publisher, &metrics);
+        assert_eq!(table::compiles_on_this_thread() - before, 1);
+        assert!(
+            Arc::ptr_eq(&serving, &publisher.current()),
+            "the good table keeps serving"
+        );
+        assert_eq!(metrics.table_reloads_failed.get(), 1);
+        assert_eq!(metrics.table_reloads_ok.get(), 1);
+    }
 }

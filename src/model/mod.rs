@@ -3,10 +3,14 @@
 //! from the API server or a file.
 
 mod duration;
+pub mod host;
+mod problem;
 mod tls;
 mod validate;
 
 pub use duration::{parse_duration, DurationError};
+pub use host::{HostPattern, HostPatternError};
+pub use problem::{ProblemReason, RouteProblem};
 pub use tls::{crypto_provider, BackendTls, CaBundle, CertificateError, ServerCertificate};
 pub use validate::{route_from_spec, FieldError, SpecBackends};
 

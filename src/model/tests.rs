@@ -80,8 +80,120 @@ fn service_name_in_standalone_mode_is_an_error() {
     assert_eq!(fields(errs), vec!["spec.serviceName"]);
 }
 
+/// Names, wildcards, ports, IP literals and punycode labels are host patterns; the pattern
+/// is lower-cased and a trailing dot dropped.
 #[test]
-fn host_patterns() {
+fn host_patterns_that_parse() {
+    let exact = |name: &str, port| HostPattern::Exact {
+        name: name.into(),
+        port,
+    };
+    let wildcard = |suffix: &str, port| HostPattern::Wildcard {
+        suffix: suffix.into(),
+        port,
+    };
+    for (text, parsed) in [
+        ("chat.example.com", exact("chat.example.com", None)),
+        ("Chat.EXAMPLE.com", exact("chat.example.com", None)),
+        ("chat.example.com.", exact("chat.example.com", None)),
+        (" chat.example.com ", exact("chat.example.com", None)),
+        (
+            "chat.example.com:8080",
+            exact("chat.example.com", Some(8080)),
+        ),
+        ("localhost:65535", exact("localhost", Some(65535))),
+        ("*.example.com", wildcard(".example.com", None)),
+        ("*.A.b:443", wildcard(".a.b", Some(443))),
+        (
+            "xn--bcher-kva.example",
+            exact("xn--bcher-kva.example", None),
+        ),
+        (
+            "*.xn--80ak6aa92e.com",
+            wildcard(".xn--80ak6aa92e.com", None),
+        ),
+        ("a-b.c1", exact("a-b.c1", None)),
+        ("10.0.0.1:80", exact("10.0.0.1", Some(80))),
+        ("[::1]:8080", exact("[::1]", Some(8080))),
+        ("[::1]", exact("[::1]", None)),
+    ] {
+        assert_eq!(HostPattern::parse(text), Ok(parsed), "{text}");
+    }
+}
+
+/// Each malformed pattern fails with the error that names its mistake.
+#[test]
+fn host_patterns_that_do_not_parse_say_why() {
+    use HostPatternError as E;
+    let long_label = format!("{}.com", "a".repeat(64));
+    let long_name = format!("{}.com", ["abcdefghij"; 25].join("."));
+    /// Whether the error is the expected variant.
+    type IsExpected = fn(&E) -> bool;
+    let cases: Vec<(&str, IsExpected)> = vec![
+        ("", |e| matches!(e, E::Empty { .. })),
+        (".", |e| matches!(e, E::Empty { .. })),
+        ("*..com", |e| matches!(e, E::EmptyLabel { .. })),
+        ("a..b", |e| matches!(e, E::EmptyLabel { .. })),
+        (".example.com", |e| matches!(e, E::EmptyLabel { .. })),
+        ("example.com..", |e| matches!(e, E::EmptyLabel { .. })),
+        ("*.", |e| matches!(e, E::Wildcard { .. })),
+        ("*", |e| matches!(e, E::Wildcard { .. })),
+        ("**.x", |e| matches!(e, E::Wildcard { .. })),
+        ("*x.com", |e| matches!(e, E::Wildcard { .. })),
+        ("a.*.com", |e| matches!(e, E::Wildcard { .. })),
+        ("chat.example.com:0", |e| matches!(e, E::PortZero { .. })),
+        ("chat.example.com:70000", |e| matches!(e, E::Port { .. })),
+        ("chat.example.com:", |e| {
+            matches!(e, E::Character { character: ':', .. })
+        }),
+        ("chat.example.com:http", |e| {
+            matches!(e, E::Character { character: ':', .. })
+        }),
+        ("chat example", |e| {
+            matches!(e, E::Character { character: ' ', .. })
+        }),
+        ("chat_room.example", |e| {
+            matches!(e, E::Character { character: '_', .. })
+        }),
+        ("bücher.example", |e| {
+            matches!(
+                e,
+                E::Character {
+                    character: 'ü', ..
+                }
+            )
+        }),
+        ("-chat.example", |e| matches!(e, E::Hyphen { .. })),
+        ("chat-.example", |e| matches!(e, E::Hyphen { .. })),
+        (&long_label, |e| matches!(e, E::LabelTooLong { .. })),
+        (&long_name, |e| matches!(e, E::TooLong { .. })),
+        ("[::g]:80", |e| matches!(e, E::Ipv6 { .. })),
+    ];
+    for (text, expected) in cases {
+        let e = HostPattern::parse(text).expect_err(text);
+        assert!(expected(&e), "{text}: {e:?}");
+    }
+}
+
+/// A port that does not parse keeps the parse error as its source.
+#[test]
+fn host_pattern_port_error_keeps_its_source() {
+    let e = HostPattern::parse("chat.example.com:70000").unwrap_err();
+    let source = std::error::Error::source(&e).expect("a source");
+    assert_eq!(
+        source.to_string(),
+        "70000".parse::<u16>().unwrap_err().to_string()
+    );
+    assert_eq!(
+        e.to_string(),
+        "`chat.example.com:70000`: `70000` is not a port (1-65535)"
+    );
+}
+
+/// Validation reports a bad `upstreamHost` as `InvalidHost` on `spec.upstreamHost`, with
+/// the parser's message; good patterns pass.
+#[test]
+fn bad_upstream_host_is_an_invalid_host_field_error() {
     for ok in [
         "chat.example.com",
         "*.example.com",
@@ -90,16 +202,33 @@ fn host_patterns() {
     ] {
         let mut s = spec();
         s.upstream_host = Some(ok.into());
-        assert!(
-            route_from_spec(RouteId("r".into()), 0, &s, SpecBackends::Static).is_ok(),
-            "{ok}"
+        let route = route_from_spec(RouteId("r".into()), 0, &s, SpecBackends::Static)
+            .unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        assert_eq!(
+            route.upstream_host.as_deref(),
+            Some(ok.to_ascii_lowercase().as_str())
         );
     }
-    for bad in ["", "a.*.com", "chat.example.com:0", "chat example", "**.x"] {
+    for bad in [
+        "",
+        "*..com",
+        "*.",
+        "a..b",
+        "a.*.com",
+        "chat.example.com:0",
+        "chat example",
+        "**.x",
+        "bücher.de",
+    ] {
         let mut s = spec();
         s.upstream_host = Some(bad.into());
         let errs = route_from_spec(RouteId("r".into()), 0, &s, SpecBackends::Static).unwrap_err();
-        assert_eq!(fields(errs), vec!["spec.upstreamHost"], "{bad}");
+        let expected = FieldError::with_reason(
+            "spec.upstreamHost",
+            ProblemReason::InvalidHost,
+            HostPattern::parse(bad).unwrap_err().to_string(),
+        );
+        assert_eq!(errs, vec![expected], "{bad}");
     }
 }
 

@@ -3,23 +3,36 @@
 use std::time::Duration;
 
 use super::{
-    parse_duration, BackendTls, Endpoint, HashOn, LoadBalancer, Route, RouteId, Scheme, Timeouts,
+    parse_duration, BackendTls, Endpoint, HashOn, HostPattern, LoadBalancer, ProblemReason, Route,
+    RouteId, Scheme, Timeouts,
 };
 use crate::api::LoadBalancerOptions;
 use crate::api::{DownstreamScheme, WsRouteSpec};
 
-/// One problem with one field of a route, named by its path (`spec.servicePort`).
+/// One problem with one field of a route, named by its path (`spec.servicePort`), with
+/// the reason its `Accepted` condition (and `wsgate check`) reports.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct FieldError {
     pub field: String,
+    pub reason: ProblemReason,
     pub message: String,
 }
 
 impl FieldError {
+    /// A problem reported as `InvalidParameters`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::with_reason(field, ProblemReason::InvalidParameters, message)
+    }
+
+    pub fn with_reason(
+        field: impl Into<String>,
+        reason: ProblemReason,
+        message: impl Into<String>,
+    ) -> Self {
         FieldError {
             field: field.into(),
+            reason,
             message: message.into(),
         }
     }
@@ -50,8 +63,9 @@ pub fn route_from_spec(
         ),
     ] {
         if !value.starts_with('/') {
-            errors.push(FieldError::new(
+            errors.push(FieldError::with_reason(
                 field,
+                ProblemReason::InvalidTemplate,
                 format!("`{value}` must start with `/`"),
             ));
         }
@@ -59,10 +73,15 @@ pub fn route_from_spec(
 
     let upstream_host = match spec.upstream_host.as_deref().map(str::trim) {
         None => None,
-        Some(h) => match check_host_pattern(h) {
-            Ok(()) => Some(h.to_ascii_lowercase()),
-            Err(message) => {
-                errors.push(FieldError::new("spec.upstreamHost", message));
+        // The table parses the text again with the same parser to match requests.
+        Some(h) => match HostPattern::parse(h) {
+            Ok(_) => Some(h.to_ascii_lowercase()),
+            Err(e) => {
+                errors.push(FieldError::with_reason(
+                    "spec.upstreamHost",
+                    ProblemReason::InvalidHost,
+                    e.to_string(),
+                ));
                 None
             }
         },
@@ -335,29 +354,4 @@ fn static_endpoints(spec: &WsRouteSpec, errors: &mut Vec<FieldError>) -> Vec<End
         }
     }
     endpoints
-}
-
-/// `chat.example.com`, `*.example.com`, either with an optional `:port`.
-fn check_host_pattern(h: &str) -> Result<(), String> {
-    let (name, port) = match h.rsplit_once(':') {
-        Some((n, p)) if !n.ends_with(']') || h.starts_with('[') => (n, Some(p)),
-        _ => (h, None),
-    };
-    if let Some(p) = port {
-        if p.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!("`{h}`: `{p}` is not a port"));
-        }
-    }
-    let bare = name.strip_prefix("*.").unwrap_or(name);
-    if bare.is_empty()
-        || bare.contains('*')
-        || !bare
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
-    {
-        return Err(format!(
-            "`{h}` is not a host: use a name like `chat.example.com`, a wildcard like `*.example.com`, optionally with `:port`"
-        ));
-    }
-    Ok(())
 }

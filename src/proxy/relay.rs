@@ -39,7 +39,7 @@ pub use super::frame::close_code;
 pub use machine::{
     Counts, Forward, Output, Relay, RelayConfig, RelayEnd, RelayStats, Side, Timeout,
 };
-pub use offload::{Offload, OffloadMetrics, OffloadOptions};
+pub use offload::{Offload, OffloadOptions};
 
 const READ_BUF: usize = 64 * 1024;
 

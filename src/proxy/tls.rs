@@ -1,28 +1,27 @@
 //! TLS both ways. Termination: one rustls `ServerConfig` whose certificate resolver reads
 //! the *current* route table on every handshake (exact SNI, wildcard, default), so a new
 //! table rotates certificates for new handshakes while live connections keep theirs.
-//! Origination: `wss`/`https` backends verified against the platform roots plus the
-//! route's CA, with the backend's host (or `backendTls.serverName`) as SNI; the dangerous
-//! accept-anything verifier applies to the one route that asked for it.
+//! Origination: the handshake with `wss`/`https` backends, with the configuration
+//! `compile` built for the route (`table::UpstreamTls`: platform roots plus the route's
+//! CA, or the accept-anything verifier the route asked for) and the backend's host (or
+//! `backendTls.serverName`) as SNI.
 //!
 //! Only TLS 1.2 and 1.3, ALPN `http/1.1`, the ring provider (kube links it already).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::Error;
-use crate::model::{crypto_provider, BackendTls, CaBundle, Endpoint, Route};
+use crate::model::{crypto_provider, Endpoint};
 use crate::table::{CompiledRoute, Publisher};
 
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
@@ -136,78 +135,6 @@ pub fn server_config(publisher: Arc<Publisher>) -> Result<Arc<ServerConfig>, rus
     Ok(Arc::new(config))
 }
 
-/// The platform's trust anchors, read once per process.
-fn platform_roots() -> &'static RootCertStore {
-    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let found = rustls_native_certs::load_native_certs();
-        for e in &found.errors {
-            tracing::warn!(error = %e, "some platform CA certificates could not be read");
-        }
-        let mut roots = RootCertStore::empty();
-        let (added, ignored) = roots.add_parsable_certificates(found.certs);
-        tracing::debug!(added, ignored, "platform CA certificates loaded");
-        roots
-    })
-}
-
-/// TLS towards one `wss` route's backends. Built in `compile` without I/O; the rustls
-/// configuration (platform roots + the route's CA) is made on the first dial and shared by
-/// every later one of this table generation.
-#[derive(Debug)]
-pub struct UpstreamTls {
-    accept_any: bool,
-    backend: BackendTls,
-    config: OnceLock<Result<Arc<ClientConfig>, String>>,
-}
-
-impl UpstreamTls {
-    pub fn new(route: &Route) -> Self {
-        UpstreamTls {
-            accept_any: route.insecure_skip_verify,
-            backend: route.backend_tls.clone(),
-            config: OnceLock::new(),
-        }
-    }
-
-    fn config(&self) -> Result<Arc<ClientConfig>, String> {
-        self.config
-            .get_or_init(|| client_config(self.accept_any, self.backend.ca.as_ref()))
-            .clone()
-    }
-
-    /// The name sent as SNI and checked against the certificate.
-    fn server_name(&self, endpoint: &Endpoint) -> Result<ServerName<'static>, String> {
-        let name = self
-            .backend
-            .server_name
-            .as_deref()
-            .unwrap_or_else(|| endpoint.host.trim_start_matches('[').trim_end_matches(']'));
-        ServerName::try_from(name.to_string())
-            .map_err(|_| format!("`{name}` is not a valid TLS server name"))
-    }
-}
-
-fn client_config(accept_any: bool, ca: Option<&CaBundle>) -> Result<Arc<ClientConfig>, String> {
-    let builder = ClientConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(VERSIONS)
-        .map_err(|e| e.to_string())?;
-    let mut config = if accept_any {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCertificate))
-            .with_no_client_auth()
-    } else {
-        let mut roots = platform_roots().clone();
-        if let Some(ca) = ca {
-            roots.extend(ca.roots().roots.iter().cloned());
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
-    Ok(Arc::new(config))
-}
-
 /// Wraps a connected backend socket in TLS when the route is `wss`; a refused certificate
 /// or failed handshake is a 502 naming the route, the endpoint and the reason.
 pub async fn upstream_stream(
@@ -226,8 +153,8 @@ pub async fn upstream_stream(
             reason,
         }
     };
-    let config = tls.config().map_err(fail)?;
-    let name = tls.server_name(endpoint).map_err(fail)?;
+    let config = tls.config().map_err(|e| fail(e.to_string()))?;
+    let name = tls.server_name(endpoint).map_err(|e| fail(e.to_string()))?;
     let shown = name.to_str().into_owned();
     let connector = tokio_rustls::TlsConnector::from(config);
     let timeout = route.route.timeouts.connect.max(Duration::from_secs(1));
@@ -252,57 +179,5 @@ fn describe(e: &io::Error) -> String {
         }
         Some(other) => other.to_string(),
         None => e.to_string(),
-    }
-}
-
-/// `dangerousAcceptAnyServerCertificateValidator: true`: any certificate, any name. The
-/// handshake signature is still checked, so the peer holds the key of what it presented.
-#[derive(Debug)]
-struct AcceptAnyServerCertificate;
-
-impl ServerCertVerifier for AcceptAnyServerCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &crypto_provider().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &crypto_provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        crypto_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }

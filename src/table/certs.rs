@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 
-use super::host::{HostPattern, RequestHost};
+use super::host::RequestHost;
+use crate::model::HostPattern;
 use crate::model::ServerCertificate;
 
 #[derive(Debug, Default)]

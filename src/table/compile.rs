@@ -4,13 +4,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::find::HostIndex;
-use super::host::HostPattern;
 use super::template::{DownstreamTemplate, UpstreamTemplate};
 use super::CertificateMap;
-use super::{CompileContext, CompiledRoute, ProblemReason, RouteProblem, RouteTable};
+use super::{CompileContext, CompiledRoute, RouteTable, UpstreamTls};
 use crate::balance::Balancer;
-use crate::model::{Route, Scheme};
-use crate::proxy::tls::UpstreamTls;
+use crate::model::{HostPattern, ProblemReason, Route, RouteProblem, Scheme};
 
 const UPSTREAM_FIELD: &str = "spec.upstreamPathTemplate";
 const DOWNSTREAM_FIELD: &str = "spec.downstreamPathTemplate";
@@ -45,23 +43,32 @@ fn problem(route: &Route, reason: ProblemReason, field: &str, message: String) -
     }
 }
 
+/// Parses the host pattern (the parser validation used, so a route from `route_from_spec`
+/// always passes it; routes built otherwise may not) and the templates.
 fn parse(route: &Route) -> Result<Parsed, Vec<RouteProblem>> {
-    let invalid = |field, message| problem(route, ProblemReason::InvalidTemplate, field, message);
+    let invalid = |field, e: super::TemplateError| {
+        problem(route, ProblemReason::InvalidTemplate, field, e.to_string())
+    };
     let mut problems = Vec::new();
     let host = match route.upstream_host.as_deref().map(HostPattern::parse) {
         None => None,
         Some(Ok(h)) => Some(h),
-        Some(Err(m)) => {
-            problems.push(invalid(HOST_FIELD, m));
+        Some(Err(e)) => {
+            problems.push(problem(
+                route,
+                ProblemReason::InvalidHost,
+                HOST_FIELD,
+                e.to_string(),
+            ));
             None
         }
     };
     let templates = UpstreamTemplate::parse(&route.upstream_path_template, route.case_sensitive)
-        .map_err(|m| invalid(UPSTREAM_FIELD, m))
+        .map_err(|e| invalid(UPSTREAM_FIELD, e))
         .and_then(|up| {
             DownstreamTemplate::parse(&route.downstream_path_template, &up.names)
                 .map(|down| (up, down))
-                .map_err(|m| invalid(DOWNSTREAM_FIELD, m))
+                .map_err(|e| invalid(DOWNSTREAM_FIELD, e))
         });
     match templates {
         Ok((upstream, downstream)) if problems.is_empty() => Ok(Parsed {
@@ -133,6 +140,19 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         && *backend_tls == b.backend_tls
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Compiles run on this thread: lets a test see how often one reload compiles (per
+    /// thread, so tests running in parallel do not count each other's).
+    static COMPILES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many compiles this thread has run.
+#[cfg(test)]
+pub(crate) fn compiles_on_this_thread() -> usize {
+    COMPILES.with(std::cell::Cell::get)
+}
+
 /// Pure: no I/O, no clocks. Invalid routes are left out and reported; the rest form the table.
 ///
 /// Routes are taken in declaration order (`order`, then id), whatever the order of the
@@ -157,6 +177,8 @@ pub fn compile_from(
     ctx: &CompileContext,
     previous: &RouteTable,
 ) -> (RouteTable, Vec<RouteProblem>) {
+    #[cfg(test)]
+    COMPILES.with(|n| n.set(n.get() + 1));
     let mut sorted: Vec<&Route> = routes.iter().collect();
     sorted.sort_by(|a, b| a.order.cmp(&b.order).then_with(|| a.id.cmp(&b.id)));
     let before: HashMap<&str, &CompiledRoute> = previous
@@ -256,7 +278,7 @@ pub fn compile_from(
                     balancer: Arc::new(Balancer::for_route(route, ctx.balance)),
                     metrics: ctx.metrics.route(&route.id.0),
                     upstream_tls: (route.scheme == Scheme::Wss)
-                        .then(|| Arc::new(UpstreamTls::new(route))),
+                        .then(|| Arc::new(UpstreamTls::new(route, ctx.backend_roots))),
                     route: Arc::new((*route).clone()),
                     parsed: Arc::clone(parsed),
                 },

@@ -4,9 +4,10 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::host::{fold_hash, HostPattern, RequestHost};
+use super::host::{fold_hash, RequestHost};
 use super::template::Captures;
 use super::{CompiledRoute, RouteMatch, RouteTable};
+use crate::model::HostPattern;
 
 /// A map keyed by `fold_hash` values. They are hashes already, so they are used as they
 /// are instead of going through SipHash again on every lookup (bench/instructions.sh: a

@@ -1,72 +1,9 @@
-//! Host patterns of routes and the `Host` header of requests.
-//!
-//! A route host `chat.example.com` matches that name on any port; `chat.example.com:8080`
-//! only that port; `*.example.com` any name ending in `.example.com` with at least one label
-//! before it. Names compare ASCII-case-insensitively and a trailing dot is ignored. A request
-//! without a port in its `Host` matches only port-less patterns: the default port depends on
-//! the listener, which the table does not know.
+//! The `Host` header of requests, matched against the routes' `model::HostPattern`s
+//! (whose rules are in `model/host.rs`). A request without a port in its `Host` matches
+//! only port-less patterns: the default port depends on the listener, which the table does
+//! not know.
 
-/// Longest DNS name (RFC 1035); longer patterns can never match a real `Host`.
-const MAX_NAME: usize = 253;
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum HostPattern {
-    /// Lower-cased name without trailing dot.
-    Exact { name: String, port: Option<u16> },
-    /// Lower-cased suffix including its leading dot: `.example.com`.
-    Wildcard { suffix: String, port: Option<u16> },
-}
-
-impl HostPattern {
-    pub fn parse(pattern: &str) -> Result<Self, String> {
-        let lowered = pattern.trim().to_ascii_lowercase();
-        let (name, port) = split_port(&lowered);
-        let port = match port {
-            None => None,
-            Some(p) => match p.parse::<u16>() {
-                Ok(p) if p > 0 => Some(p),
-                _ => return Err(format!("`{pattern}`: `{p}` is not a port (1-65535)")),
-            },
-        };
-        let name = name.strip_suffix('.').unwrap_or(name);
-        let bad = || {
-            format!(
-                "`{pattern}` is not a host pattern: use `chat.example.com` or `*.example.com`, optionally with `:port`"
-            )
-        };
-        if name.len() > MAX_NAME {
-            return Err(format!("`{pattern}` is longer than {MAX_NAME} characters"));
-        }
-        match name.strip_prefix("*.") {
-            Some(rest) if !rest.is_empty() && !rest.contains('*') && !rest.starts_with('.') => {
-                Ok(HostPattern::Wildcard {
-                    suffix: format!(".{rest}"),
-                    port,
-                })
-            }
-            Some(_) => Err(bad()),
-            None if name.is_empty() || name.contains('*') => Err(bad()),
-            None => Ok(HostPattern::Exact {
-                name: name.to_string(),
-                port,
-            }),
-        }
-    }
-}
-
-/// `name:port` → (`name`, `port`); IPv6 literals keep their brackets (`[::1]:80`).
-fn split_port(host: &str) -> (&str, Option<&str>) {
-    match host.rsplit_once(':') {
-        Some((name, port))
-            if !port.is_empty()
-                && port.bytes().all(|b| b.is_ascii_digit())
-                && (!name.contains(':') || name.ends_with(']')) =>
-        {
-            (name, Some(port))
-        }
-        _ => (host, None),
-    }
-}
+use crate::model::host::split_port;
 
 /// A request's `Host` header split into its name (case as received) and port.
 pub(crate) struct RequestHost<'a> {

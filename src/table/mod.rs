@@ -2,7 +2,8 @@
 //!
 //! `compile` is pure: routes in, an immutable `RouteTable` plus per-route problems out.
 //! `Publisher` swaps tables atomically; a connection keeps the `Arc<RouteTable>` it was
-//! accepted under. Template rules are in `template.rs`, host rules in `host.rs`, and the
+//! accepted under. Template rules are in `template.rs`, host rules in `model/host.rs`
+//! (`host.rs` reads requests' `Host`), backend TLS settings in `backend_tls.rs`, and the
 //! order among several matching routes on `RouteTable::find`. In short:
 //! - `/api/{version}/{room}`: one non-empty segment per placeholder; `v{version}` and
 //!   `{a}-{b}` embed placeholders in a segment; a final `{rest}` is a catch-all (slashes
@@ -13,6 +14,7 @@
 //! - literals compare ASCII-case-insensitively unless the route is case-sensitive;
 //!   captured values are the request's bytes, undecoded.
 
+mod backend_tls;
 mod certs;
 mod compile;
 mod find;
@@ -20,14 +22,18 @@ mod host;
 mod publish;
 mod template;
 
+pub use backend_tls::{BackendRoots, UpstreamTls, UpstreamTlsError};
 pub use certs::CertificateMap;
+#[cfg(test)]
+pub(crate) use compile::compiles_on_this_thread;
 pub use compile::{compile, compile_from};
-pub use publish::{Published, Publisher};
+pub use publish::{Prepared, Published, Publisher};
+pub use template::TemplateError;
 
 use std::sync::Arc;
 
 use crate::balance::{BalanceState, Balancer};
-use crate::model::{Route, RouteId};
+use crate::model::Route;
 use crate::telemetry::{Metrics, RouteMetrics};
 
 use compile::Parsed;
@@ -35,30 +41,12 @@ use find::HostIndex;
 use template::Captures;
 
 /// What `compile` needs besides the routes: where per-route metric handles and the
-/// balancers' lasting state (endpoint loads, sticky key, SignalR pins) come from.
+/// balancers' lasting state (endpoint loads, sticky key, SignalR pins) come from, and the
+/// trust anchors of `wss` backends (loaded once, before any compile).
 pub struct CompileContext<'a> {
     pub metrics: &'a Metrics,
     pub balance: &'a BalanceState,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProblemReason {
-    /// A template or host pattern cannot be parsed, or the downstream template uses a
-    /// placeholder the upstream one does not capture.
-    InvalidTemplate,
-    /// Another route with the same host, template and an overlapping method was declared
-    /// first.
-    Conflicted,
-}
-
-/// Why one route was left out of the table; becomes a status condition.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{route}: {field}: {message}")]
-pub struct RouteProblem {
-    pub route: RouteId,
-    pub reason: ProblemReason,
-    pub field: String,
-    pub message: String,
+    pub backend_roots: &'a BackendRoots,
 }
 
 /// One generation of routes, immutable once compiled.
@@ -110,7 +98,7 @@ pub struct CompiledRoute {
     pub balancer: Arc<Balancer>,
     pub metrics: RouteMetrics,
     /// TLS towards the backends of a `wss` route; `None` for `ws`.
-    pub upstream_tls: Option<Arc<crate::proxy::tls::UpstreamTls>>,
+    pub upstream_tls: Option<Arc<UpstreamTls>>,
     parsed: Arc<Parsed>,
 }
 

@@ -20,6 +20,35 @@
 
 use smallvec::SmallVec;
 
+/// Why a path template does not parse. Each variant carries the template as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("`{template}` must start with `/`")]
+    NoLeadingSlash { template: String },
+    #[error("`{template}` has a `}}` without a matching `{{`")]
+    UnopenedBrace { template: String },
+    #[error("`{template}` has a `{{` without a matching `}}`")]
+    UnclosedBrace { template: String },
+    #[error("`{template}` has an empty placeholder `{{}}`")]
+    EmptyPlaceholder { template: String },
+    #[error(
+        "`{template}`: placeholder `{{{name}}}` contains `{character}`; names are plain words"
+    )]
+    PlaceholderCharacter {
+        template: String,
+        name: String,
+        character: char,
+    },
+    #[error("`{template}` uses the placeholder `{{{name}}}` twice")]
+    DuplicatePlaceholder { template: String, name: String },
+    #[error("`{template}`: placeholders in `{segment}` need literal text between them")]
+    AdjacentPlaceholders { template: String, segment: String },
+    #[error("`{template}`: query part `{part}` must be `key={{placeholder}}`, `key=value`, or the whole query `{{placeholder}}`")]
+    QueryPart { template: String, part: String },
+    #[error("`{template}` uses `{{{name}}}`, which the upstream template does not capture")]
+    NotCaptured { template: String, name: String },
+}
+
 /// Where one captured value lies in the request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Span {
@@ -120,7 +149,8 @@ enum Token<'a> {
 
 /// Splits `text` into literals and `{name}` placeholders, rejecting unbalanced braces and
 /// empty or malformed names. `whole` is the full template, for messages.
-fn tokenize<'a>(text: &'a str, whole: &str) -> Result<Vec<Token<'a>>, String> {
+fn tokenize<'a>(text: &'a str, whole: &str) -> Result<Vec<Token<'a>>, TemplateError> {
+    let template = || whole.to_string();
     let mut tokens = Vec::new();
     let mut rest = text;
     while !rest.is_empty() {
@@ -130,7 +160,9 @@ fn tokenize<'a>(text: &'a str, whole: &str) -> Result<Vec<Token<'a>>, String> {
                 break;
             }
             Some(i) if rest.as_bytes()[i] == b'}' => {
-                return Err(format!("`{whole}` has a `}}` without a matching `{{`"));
+                return Err(TemplateError::UnopenedBrace {
+                    template: template(),
+                });
             }
             Some(i) => {
                 if i > 0 {
@@ -139,16 +171,24 @@ fn tokenize<'a>(text: &'a str, whole: &str) -> Result<Vec<Token<'a>>, String> {
                 let after = &rest[i + 1..];
                 let close = match after.find(['{', '}']) {
                     Some(j) if after.as_bytes()[j] == b'}' => j,
-                    _ => return Err(format!("`{whole}` has a `{{` without a matching `}}`")),
+                    _ => {
+                        return Err(TemplateError::UnclosedBrace {
+                            template: template(),
+                        })
+                    }
                 };
                 let name = &after[..close];
                 if name.trim().is_empty() {
-                    return Err(format!("`{whole}` has an empty placeholder `{{}}`"));
+                    return Err(TemplateError::EmptyPlaceholder {
+                        template: template(),
+                    });
                 }
-                if let Some(c) = name.chars().find(|c| matches!(c, '/' | '?' | '&' | '=')) {
-                    return Err(format!(
-                        "`{whole}`: placeholder `{{{name}}}` contains `{c}`; names are plain words"
-                    ));
+                if let Some(character) = name.chars().find(|c| matches!(c, '/' | '?' | '&' | '=')) {
+                    return Err(TemplateError::PlaceholderCharacter {
+                        template: template(),
+                        name: name.to_string(),
+                        character,
+                    });
                 }
                 tokens.push(Token::Placeholder(name));
                 rest = &after[close + 1..];
@@ -180,20 +220,23 @@ fn blank_names(text: &str) -> String {
 }
 
 impl UpstreamTemplate {
-    pub fn parse(template: &str, case_sensitive: bool) -> Result<Self, String> {
+    pub fn parse(template: &str, case_sensitive: bool) -> Result<Self, TemplateError> {
         if !template.starts_with('/') {
-            return Err(format!("`{template}` must start with `/`"));
+            return Err(TemplateError::NoLeadingSlash {
+                template: template.to_string(),
+            });
         }
         let (path, query) = match template.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (template, None),
         };
         let mut names: Vec<String> = Vec::new();
-        let mut add_name = |name: &str| -> Result<usize, String> {
+        let mut add_name = |name: &str| -> Result<usize, TemplateError> {
             if names.iter().any(|n| n == name) {
-                return Err(format!(
-                    "`{template}` uses the placeholder `{{{name}}}` twice"
-                ));
+                return Err(TemplateError::DuplicatePlaceholder {
+                    template: template.to_string(),
+                    name: name.to_string(),
+                });
             }
             names.push(name.to_string());
             Ok(names.len() - 1)
@@ -222,9 +265,10 @@ impl UpstreamTemplate {
                             Token::Literal(l) => Piece::Literal((*l).to_string()),
                             Token::Placeholder(name) => {
                                 if matches!(pieces.last(), Some(Piece::Placeholder(_))) {
-                                    return Err(format!(
-                                        "`{template}`: placeholders in `{text}` need literal text between them"
-                                    ));
+                                    return Err(TemplateError::AdjacentPlaceholders {
+                                        template: template.to_string(),
+                                        segment: (*text).to_string(),
+                                    });
                                 }
                                 Piece::Placeholder(add_name(name)?)
                             }
@@ -244,10 +288,9 @@ impl UpstreamTemplate {
                 whole_query = Some(add_name(name)?);
             } else {
                 for part in q.split('&') {
-                    let bad = || {
-                        format!(
-                            "`{template}`: query part `{part}` must be `key={{placeholder}}`, `key=value`, or the whole query `{{placeholder}}`"
-                        )
+                    let bad = || TemplateError::QueryPart {
+                        template: template.to_string(),
+                        part: part.to_string(),
                     };
                     let (key, value) = part.split_once('=').ok_or_else(bad)?;
                     if key.is_empty() || key.contains(['{', '}']) {
@@ -466,11 +509,13 @@ pub(crate) struct DownstreamTemplate {
 }
 
 impl DownstreamTemplate {
-    pub fn parse(template: &str, upstream_names: &[String]) -> Result<Self, String> {
+    pub fn parse(template: &str, upstream_names: &[String]) -> Result<Self, TemplateError> {
         if !template.starts_with('/') {
-            return Err(format!("`{template}` must start with `/`"));
+            return Err(TemplateError::NoLeadingSlash {
+                template: template.to_string(),
+            });
         }
-        let pieces = |text: &str| -> Result<Vec<Piece>, String> {
+        let pieces = |text: &str| -> Result<Vec<Piece>, TemplateError> {
             tokenize(text, template)?
                 .into_iter()
                 .map(|t| match t {
@@ -479,10 +524,9 @@ impl DownstreamTemplate {
                         .iter()
                         .position(|n| n == name)
                         .map(Piece::Placeholder)
-                        .ok_or_else(|| {
-                            format!(
-                                "`{template}` uses `{{{name}}}`, which the upstream template does not capture"
-                            )
+                        .ok_or_else(|| TemplateError::NotCaptured {
+                            template: template.to_string(),
+                            name: name.to_string(),
                         }),
                 })
                 .collect()

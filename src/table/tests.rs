@@ -3,7 +3,9 @@ use std::sync::Arc;
 use http::Method;
 
 use super::*;
-use crate::model::{Endpoint, LoadBalancer, Scheme, Timeouts};
+use crate::model::{
+    Endpoint, LoadBalancer, ProblemReason, RouteId, RouteProblem, Scheme, Timeouts,
+};
 
 /// A route with one static endpoint; chain the `with_*` helpers for the rest.
 pub(super) fn route(id: &str, order: u64, upstream: &str, downstream: &str) -> Route {
@@ -62,6 +64,7 @@ pub(super) fn build(routes: &[Route]) -> (RouteTable, Vec<RouteProblem>) {
         &CompileContext {
             metrics: &metrics,
             balance: &balance,
+            backend_roots: &BackendRoots::none(),
         },
     )
 }
@@ -158,21 +161,84 @@ fn downstream_template_problems_name_the_downstream_field() {
     }
 }
 
-/// A bad host pattern is reported on `spec.upstreamHost`; the route is left out.
+/// A bad host pattern (in a route not built by `route_from_spec`, which refuses it first)
+/// is an `InvalidHost` problem on `spec.upstreamHost` with the parser's message; the route
+/// is left out.
 #[test]
-fn bad_host_pattern_is_reported_on_upstream_host() {
+fn bad_host_pattern_is_an_invalid_host_problem() {
     for host in [
         "*",
         "a.*.com",
         "*.",
+        "*..com",
+        "a..b",
         "chat.example.com:0",
         "chat.example.com:70000",
+        "bücher.de",
     ] {
         let (t, problems) = build(&[route("r", 0, "/a", "/a").with_host(host)]);
         assert!(t.routes().is_empty(), "{host}");
-        assert_eq!(problems.len(), 1, "{host}: {problems:?}");
-        assert_eq!(problems[0].field, "spec.upstreamHost", "{host}");
-        assert_eq!(problems[0].reason, ProblemReason::InvalidTemplate);
+        assert_eq!(
+            problems,
+            vec![RouteProblem {
+                route: RouteId("r".into()),
+                reason: ProblemReason::InvalidHost,
+                field: "spec.upstreamHost".into(),
+                message: crate::model::HostPattern::parse(host)
+                    .unwrap_err()
+                    .to_string(),
+            }],
+            "{host}"
+        );
+    }
+}
+
+/// Validation and the table use one host parser: whatever `route_from_spec` accepts as
+/// `upstreamHost` compiles, whatever it refuses the table refuses too.
+#[test]
+fn validation_and_compile_agree_on_host_patterns() {
+    use crate::api::{HostAndPort, WsRouteSpec};
+    use crate::model::{route_from_spec, SpecBackends};
+    for host in [
+        "chat.example.com",
+        "*.example.com",
+        "*..com",
+        "*.",
+        "a..b",
+        "A.B:8080",
+        "x:0",
+        "xn--bcher-kva.de",
+        "bücher.de",
+        "-a.b",
+        "[::1]:80",
+    ] {
+        let spec = WsRouteSpec {
+            upstream_path_template: "/a".into(),
+            upstream_host: Some(host.into()),
+            upstream_http_method: vec![],
+            route_is_case_sensitive: None,
+            priority: None,
+            downstream_path_template: "/a".into(),
+            downstream_scheme: None,
+            service_name: None,
+            service_port: None,
+            downstream_host_and_ports: vec![HostAndPort {
+                host: "127.0.0.1".into(),
+                port: 9000,
+            }],
+            load_balancer_options: None,
+            dangerous_accept_any_server_certificate_validator: None,
+            timeouts: None,
+            tls: None,
+            backend_tls: None,
+        };
+        let validated = route_from_spec(RouteId("r".into()), 0, &spec, SpecBackends::Static);
+        let (_, compiled) = build(&[route("r", 0, "/a", "/a").with_host(host)]);
+        assert_eq!(
+            validated.is_ok(),
+            compiled.is_empty(),
+            "{host}: {compiled:?}"
+        );
     }
 }
 
@@ -190,7 +256,7 @@ fn invalid_routes_are_left_out_and_the_rest_still_serve() {
     assert_eq!(problems[0].route, RouteId("bad".into()));
     assert!(problems[0]
         .to_string()
-        .starts_with("bad: spec.upstreamPathTemplate: `/c/{x`"));
+        .starts_with("bad: spec.upstreamPathTemplate: InvalidTemplate: `/c/{x`"));
 }
 
 // ---- matching ----
@@ -660,6 +726,7 @@ fn compile_resolves_balancer_and_metrics() {
         &CompileContext {
             metrics: &metrics,
             balance: &balance,
+            backend_roots: &BackendRoots::none(),
         },
     );
     let c = &t.routes()[0];
@@ -743,6 +810,47 @@ fn publish_swaps_tables_and_reports() {
     assert!(text.contains("wsgate_route_problems 0"), "{text}");
 }
 
+/// `prepare` compiles once and serves nothing; `swap` serves that very table (its
+/// balancers, not a recompile's) with the problems `prepare` found, numbered at the swap;
+/// a dropped `Prepared` changes nothing.
+#[test]
+fn prepare_then_swap_serves_the_prepared_table_and_its_problems() {
+    let metrics = Arc::new(Metrics::new());
+    let publisher = Publisher::new(metrics.clone());
+    let routes = [route("a", 0, "/a", "/"), route("b", 1, "/b/{", "/")];
+
+    let compiles = compiles_on_this_thread();
+    let discarded = publisher.prepare(&routes);
+    let prepared = publisher.prepare(&routes);
+    assert_eq!(compiles_on_this_thread() - compiles, 2);
+    drop(discarded);
+    assert_eq!(publisher.current().generation(), 0);
+    let problems = prepared.problems().to_vec();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].reason, ProblemReason::InvalidTemplate);
+    let balancer = Arc::clone(&prepared.table.routes()[0].balancer);
+
+    let compiles = compiles_on_this_thread();
+    let published = publisher.swap(prepared);
+    assert_eq!(compiles_on_this_thread(), compiles, "swap compiles nothing");
+    assert_eq!(published.generation, 1);
+    assert_eq!(published.problems, problems);
+    let now = publisher.current();
+    assert_eq!(now.generation(), 1);
+    assert!(Arc::ptr_eq(&now.routes()[0].balancer, &balancer));
+    assert!(metrics.encode().contains("wsgate_route_problems 1"));
+
+    let compiles = compiles_on_this_thread();
+    let published = publisher.publish(&routes);
+    assert_eq!(
+        compiles_on_this_thread() - compiles,
+        1,
+        "publish compiles once"
+    );
+    assert_eq!(published.generation, 2);
+    assert_eq!(published.problems, problems);
+}
+
 /// Compiles `routes` against `previous` with the same metrics and balance state, as a
 /// `Publisher` does.
 pub(super) struct Generations {
@@ -766,6 +874,7 @@ impl Generations {
         let ctx = CompileContext {
             metrics: &self.metrics,
             balance: &self.balance,
+            backend_roots: &BackendRoots::none(),
         };
         compile_from(previous.generation() + 1, routes, &ctx, previous)
     }

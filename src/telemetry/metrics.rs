@@ -62,6 +62,16 @@ fn connect_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
+/// Process-wide counters of the relays that moved to relay threads (`proxy::relay`'s
+/// offload), registered with the gateway's metrics.
+#[derive(Clone, Default)]
+pub struct OffloadMetrics {
+    /// Relays moved to a relay thread.
+    pub moved: Counter,
+    /// Relays running on relay threads now.
+    pub on_threads: Gauge,
+}
+
 /// Every metric family wsgate exports, registered once at start-up.
 pub struct Metrics {
     registry: Registry,
@@ -76,7 +86,7 @@ pub struct Metrics {
     pub table_reloads_ok: Counter,
     pub table_reloads_failed: Counter,
     pub route_problems: Gauge,
-    offload: crate::proxy::relay::OffloadMetrics,
+    offload: OffloadMetrics,
     /// Handles already resolved, by route: a rebuild of 10,000 routes then costs one map
     /// lookup per route instead of sixteen family lookups with label allocations.
     resolved: std::sync::Mutex<std::collections::HashMap<String, RouteMetrics>>,
@@ -183,7 +193,7 @@ impl Metrics {
     }
 
     /// The relay threads' counters.
-    pub fn offload(&self) -> crate::proxy::relay::OffloadMetrics {
+    pub fn offload(&self) -> OffloadMetrics {
         self.offload.clone()
     }
 

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use super::{Relay, Side};
 use crate::proxy::drain::DrainSignal;
-use crate::telemetry::RouteMetrics;
+use crate::telemetry::{OffloadMetrics, RouteMetrics};
 
 mod event_loop;
 
@@ -68,15 +68,6 @@ pub struct Offload {
     step_budget: usize,
     moved: Counter,
     on_threads: Gauge,
-}
-
-/// Process-wide counters of the moves, registered with the gateway's metrics.
-#[derive(Clone, Default)]
-pub struct OffloadMetrics {
-    /// Relays moved to a relay thread.
-    pub moved: Counter,
-    /// Relays running on relay threads now.
-    pub on_threads: Gauge,
 }
 
 impl Offload {

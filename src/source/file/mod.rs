@@ -18,7 +18,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::model::Route;
+use crate::model::{ProblemReason, Route};
 
 /// How bad a [`FileProblem`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -31,7 +31,8 @@ pub enum Severity {
 }
 
 /// A problem with one place in one file:
-/// `routes.yaml:12: document 2 (chat): spec.downstreamHostAndPorts[0].port: 70000 is not a port`.
+/// `routes.yaml:12: document 2 (chat): spec.downstreamHostAndPorts[0].port: InvalidParameters:
+/// 70000 is not a port` (the reason is there for a route's fields, as its status would say).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct FileProblem {
     pub severity: Severity,
@@ -45,6 +46,9 @@ pub struct FileProblem {
     /// Path of the field as written in the file (`spec.timeouts.idle`, `Routes[2].Priority`);
     /// empty for syntax errors.
     pub field: String,
+    /// The condition reason a cluster would report for a route's field (`InvalidHost`);
+    /// `None` for problems of the file itself.
+    pub reason: Option<ProblemReason>,
     pub message: String,
 }
 
@@ -71,6 +75,9 @@ impl fmt::Display for FileProblem {
         }
         if !self.field.is_empty() {
             write!(f, ": {}", self.field)?;
+        }
+        if let Some(reason) = self.reason {
+            write!(f, ": {reason}")?;
         }
         write!(f, ": {}", self.message)
     }
@@ -193,6 +200,7 @@ impl FileCtx<'_> {
             name: name.map(str::to_string),
             line,
             field: field.into(),
+            reason: None,
             message: message.into(),
         }
     }

@@ -195,15 +195,22 @@ pub(super) fn load(file: &FileCtx<'_>, text: &str, out: &mut LoadedRoutes) {
                 out.routes.push(route)
             }
             Err(errors) => {
-                for FieldError { field, message } in errors {
+                for FieldError {
+                    field,
+                    reason,
+                    message,
+                } in errors
+                {
                     let segs = spec_path_to_ocelot(&field);
                     let line = line_at(node, &segs).or(node.line());
-                    out.problems.push(reader.fields.problem(
+                    let mut problem = reader.fields.problem(
                         Severity::Error,
                         line,
                         &segs_to_string(&path, &segs),
                         message,
-                    ));
+                    );
+                    problem.reason = Some(reason);
+                    out.problems.push(problem);
                 }
             }
         }
@@ -766,6 +773,7 @@ impl<'a> Fields<'a> {
             name: self.name.clone(),
             line,
             field: field.to_string(),
+            reason: None,
             message,
         }
     }

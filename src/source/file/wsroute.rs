@@ -248,9 +248,11 @@ impl DocCtx<'_> {
                     out.routes.push(route);
                 }
             }
-            Err(errors) => out
-                .problems
-                .extend(errors.into_iter().map(|e| err(&e.field, e.message))),
+            Err(errors) => out.problems.extend(errors.into_iter().map(|e| {
+                let mut problem = err(&e.field, e.message);
+                problem.reason = Some(e.reason);
+                problem
+            })),
         }
     }
 }

@@ -30,7 +30,7 @@ use super::resolve::SERVICE_NAME_LABEL;
 use super::secrets::strip_unusable;
 use super::status::compute_status;
 use super::writer::{DesiredStatus, DesiredStatuses, StatusWriter};
-use crate::table::RouteProblem;
+use crate::model::RouteProblem;
 
 /// How the Kubernetes source runs.
 #[derive(Clone, Debug)]
@@ -432,7 +432,7 @@ where
 
 /// Translate the stores, publish, and compute every route's status. WsRoutes that do not
 /// deserialize are logged once per distinct error (`reported`) and counted.
-fn rebuild(
+pub(super) fn rebuild(
     stores: &Stores,
     cache: &mut TranslateCache,
     publisher: &dyn RoutePublisher,

@@ -7,7 +7,7 @@ use super::index::{BackendRef, RouteReport};
 use super::resolve::Unresolved;
 use crate::api::conditions::{accepted, insecure_backend_tls, programmed, resolved_refs, status};
 use crate::api::WsRouteStatus;
-use crate::table::{ProblemReason, RouteProblem};
+use crate::model::{ProblemReason, RouteProblem};
 
 /// The status a route should carry. `problems` are the table's problems for this route;
 /// `programmed_generation` is the table generation serving now (`None` before the first
@@ -113,18 +113,15 @@ fn accepted_condition(
     problems: &[&RouteProblem],
 ) -> (bool, &'static str, String) {
     if !report.field_errors.is_empty() {
-        let template = report
-            .field_errors
-            .iter()
-            .any(|e| e.field.ends_with("PathTemplate"));
-        let reason = if template {
-            accepted::INVALID_TEMPLATE
-        } else {
-            accepted::INVALID_PARAMETERS
-        };
+        // One reason for the condition: a template problem first, then a host problem,
+        // else the generic one; the message lists every field.
+        let reason = [ProblemReason::InvalidTemplate, ProblemReason::InvalidHost]
+            .into_iter()
+            .find(|r| report.field_errors.iter().any(|e| e.reason == *r))
+            .unwrap_or(ProblemReason::InvalidParameters);
         return (
             false,
-            reason,
+            reason.condition_reason(),
             join(report.field_errors.iter().map(|e| e.to_string())),
         );
     }
@@ -134,10 +131,7 @@ fn accepted_condition(
     match sorted.first() {
         None => (true, accepted::ACCEPTED, "route is valid".to_string()),
         Some(p) => {
-            let reason = match p.reason {
-                ProblemReason::Conflicted => accepted::CONFLICTED,
-                ProblemReason::InvalidTemplate => accepted::INVALID_TEMPLATE,
-            };
+            let reason = p.reason.condition_reason();
             let msg = join(
                 sorted
                     .iter()

@@ -17,7 +17,7 @@ use super::*;
 use crate::api::conditions::{accepted, programmed, resolved_refs, status as cstatus};
 use crate::api::{HostAndPort, WsRoute, WsRouteSpec, WsRouteStatus};
 use crate::model::{Endpoint, EndpointState, Route, RouteId};
-use crate::table::{ProblemReason, RouteProblem};
+use crate::model::{ProblemReason, RouteProblem};
 
 /// Writers for one namespace-less (all namespaces) watch of each kind.
 struct World {
@@ -579,6 +579,71 @@ fn invalid_field_reports_invalid_parameters() {
             .message
             .contains("spec.upstreamHttpMethod[0]"),
         "{s:?}"
+    );
+}
+
+/// A malformed `upstreamHost` reports InvalidHost with the field path `spec.upstreamHost`
+/// and the host parser's message, alone or beside another field's error; a template
+/// error outranks it.
+#[test]
+fn invalid_upstream_host_reports_invalid_host() {
+    for host in [
+        "*..com",
+        "*.",
+        "a..b",
+        "x..",
+        "chat.example.com:0",
+        "Bücher.de",
+    ] {
+        let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+        let mut r = service_route("apps", "chat", "chat", IntOrString::Int(80));
+        r.spec.upstream_host = Some(host.into());
+        w.route(r);
+        let t = w.translate();
+        assert!(t.routes.is_empty(), "{host}");
+        let s = status_of(&t, "apps/chat", &[], Some(1));
+        assert_eq!(
+            condition(&s, accepted::TYPE),
+            (cstatus::FALSE, accepted::INVALID_HOST),
+            "{host}"
+        );
+        let expected = format!(
+            "spec.upstreamHost: {}",
+            crate::model::HostPattern::parse(host).unwrap_err()
+        );
+        assert_eq!(s.conditions[0].message, expected, "{host}");
+        assert_eq!(
+            condition(&s, programmed::TYPE),
+            (cstatus::FALSE, programmed::INVALID)
+        );
+    }
+
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let mut r = service_route("apps", "chat", "chat", IntOrString::Int(80));
+    r.spec.upstream_host = Some("*..com".into());
+    r.spec.upstream_http_method = vec!["GE T".into()];
+    w.route(r);
+    let s = status_of(&w.translate(), "apps/chat", &[], Some(1));
+    assert_eq!(
+        condition(&s, accepted::TYPE),
+        (cstatus::FALSE, accepted::INVALID_HOST)
+    );
+    assert!(
+        s.conditions[0]
+            .message
+            .contains("spec.upstreamHttpMethod[0]"),
+        "{s:?}"
+    );
+
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let mut r = service_route("apps", "chat", "chat", IntOrString::Int(80));
+    r.spec.upstream_host = Some("*..com".into());
+    r.spec.upstream_path_template = "chat".into();
+    w.route(r);
+    let s = status_of(&w.translate(), "apps/chat", &[], Some(1));
+    assert_eq!(
+        condition(&s, accepted::TYPE),
+        (cstatus::FALSE, accepted::INVALID_TEMPLATE)
     );
 }
 
@@ -1179,4 +1244,52 @@ async fn isolated_change_publishes_after_coalesce_and_a_burst_rebuilds_a_few_tim
     assert!(at >= last_change);
     assert_eq!(metrics.rebuilds.get(), count() as u64);
     controller.abort();
+}
+
+/// A rebuild compiles the route set once, through the real `Publisher`, and the statuses
+/// it computes carry exactly the problems of the table it swapped in.
+#[test]
+fn rebuild_compiles_once_and_reports_the_published_tables_problems() {
+    use crate::telemetry::Metrics;
+    use std::sync::Arc;
+
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let mut newer = service_route("apps", "a-newer", "chat", IntOrString::Int(80));
+    newer.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1_500).expect("time")));
+    w.route(newer);
+    let metrics = Arc::new(Metrics::new());
+    let publisher = crate::table::Publisher::new(metrics.clone());
+
+    let compiles = crate::table::compiles_on_this_thread();
+    let desired = super::controller::rebuild(
+        &w.stores(),
+        &mut Default::default(),
+        &publisher,
+        &KubeMetrics::default(),
+        &mut Default::default(),
+    );
+    assert_eq!(crate::table::compiles_on_this_thread() - compiles, 1);
+
+    let table = publisher.current();
+    assert_eq!(table.generation(), 1);
+    let served: Vec<&str> = table
+        .routes()
+        .iter()
+        .map(|r| r.route.id.0.as_str())
+        .collect();
+    assert_eq!(served, ["apps/chat"]);
+    assert!(metrics.encode().contains("wsgate_route_problems 1"));
+    let loser = desired
+        .iter()
+        .find(|d| d.name == "a-newer")
+        .expect("status of the loser");
+    let accepted = &loser.status.conditions[0];
+    assert_eq!(accepted.reason, accepted::CONFLICTED);
+    // The message is the table's own problem, not one from another compile.
+    let again = publisher.prepare(&w.translate().routes);
+    let problem = &again.problems()[0];
+    assert_eq!(
+        accepted.message,
+        format!("{}: {}", problem.field, problem.message)
+    );
 }

@@ -356,3 +356,25 @@ fn full_ocelot_template_loads_quietly() {
         [(Severity::Warning, None, "Routes[0].HttpHandlerOptions")]
     );
 }
+
+/// A malformed `UpstreamHost` is reported on the Ocelot key with the reason a cluster's
+/// status would give (`InvalidHost`); the route is left out.
+#[test]
+fn malformed_upstream_host_is_invalid_host() {
+    let bad = WS.replace(
+        "\"DownstreamScheme\": \"ws\",",
+        r#""DownstreamScheme": "ws", "UpstreamHost": "*..com","#,
+    );
+    let loaded = load_str("ocelot.json", &ocelot(&[&bad]));
+    assert!(loaded.routes.is_empty());
+    let [p] = loaded.problems.as_slice() else {
+        panic!("{:?}", loaded.problems)
+    };
+    assert_eq!(p.field, "Routes[0].UpstreamHost");
+    assert_eq!(p.reason, Some(crate::model::ProblemReason::InvalidHost));
+    assert!(
+        p.to_string()
+            .ends_with("Routes[0].UpstreamHost: InvalidHost: `*..com` has an empty label (`..`, or a dot at the start)"),
+        "{p}"
+    );
+}

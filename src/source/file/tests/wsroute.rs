@@ -47,7 +47,7 @@ fn bad_port_is_reported_precisely_and_neighbours_survive() {
     assert_eq!(p.line, Some(15));
     assert_eq!(
         p.to_string(),
-        "routes.yaml:15: document 2 (bad): spec.downstreamHostAndPorts[0].port: 70000 is not a port (1-65535)"
+        "routes.yaml:15: document 2 (bad): spec.downstreamHostAndPorts[0].port: InvalidParameters: 70000 is not a port (1-65535)"
     );
 }
 
