@@ -155,10 +155,11 @@ async fn controller_publishes_routes_writes_status_once_per_change_and_survives_
         .expect("lease created");
     assert_eq!(lease["spec"]["holderIdentity"], "wsgate-0");
     assert_eq!(fake.status_patches("WsRoute", "apps", "chat").await, 1);
-    assert!(
-        !fake.events().await.is_empty(),
-        "transitions recorded as Events"
-    );
+    // Events are created after the status patch, by the same writer: wait for them.
+    eventually("transitions recorded as Events", || async {
+        (!fake.events().await.is_empty()).then_some(())
+    })
+    .await;
 
     // Churn that changes nothing a route shows: a new publish, no status write.
     let before = published.borrow().0;
