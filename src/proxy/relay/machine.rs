@@ -273,6 +273,7 @@ impl Flow {
         self.stash(&frame);
         self.injected = Some(code);
         self.close_wanted = None;
+        self.close_deferred = None;
         self.discard = true;
     }
 
@@ -675,8 +676,14 @@ impl Relay {
         // the frames before the offending one go first.
         self.flow_from(from).close_wanted = Some(to_peer);
         let towards_breaker = self.flow_to_mut(from);
-        if towards_breaker.src_done || towards_breaker.tracker.close_seen() {
-            // Its peer already ended or closed: nothing more comes to wait for.
+        if towards_breaker.discard {
+            // Ours went already (drain, idle): a second Close is not allowed.
+        } else if towards_breaker.src_done
+            || towards_breaker.tracker.close_seen()
+            || towards_breaker.close_wanted.is_some()
+        {
+            // Its peer already ended or closed, or ours is on its way anyway: nothing more
+            // comes to wait for, and the breaker should learn why.
             towards_breaker.close_wanted = Some(Close::Violation(v));
         } else {
             towards_breaker.close_deferred = Some(Close::Violation(v));

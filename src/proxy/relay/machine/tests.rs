@@ -461,3 +461,27 @@ proptest! {
         prop_assert!(sim.relay.is_done());
     }
 }
+
+/// A Close of ours still waiting for a frame boundary (the drain, mid-frame) gives way to
+/// the 1002 of a client that breaks the protocol meanwhile; the relay still ends.
+#[test]
+fn a_violation_during_a_pending_drain_close_earns_1002() {
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    let big = text(&[b'a'; 300], false);
+    sim.read(Side::Backend, &big[..100]);
+    sim.relay.handle_drain();
+    sim.read(Side::Client, &text(b"x", false));
+    sim.read(Side::Backend, &big[100..]);
+    sim.writable();
+    let got = sim.frames(Side::Client);
+    assert_eq!(
+        got[0].payload.len(),
+        300,
+        "the frame under way finishes first"
+    );
+    assert_eq!(closes(&got), vec![1002]);
+    assert_eq!(closes(&sim.frames(Side::Backend)), vec![1001]);
+    sim.read(Side::Backend, &close(1001, b"", false));
+    sim.writable();
+    assert!(sim.relay.is_done());
+}
