@@ -1,8 +1,16 @@
 //! The data plane: listeners, handshake, upstream dial, relay and HTTP pass-through.
 //!
-//! Per request: accept → parse (hyper) → `RouteTable::find` → balancer pick → dial with
-//! retry → upstream handshake → 101 to the client → relay; or, for plain HTTP, the
-//! request streamed to the backend and the response streamed back.
+//! Per connection: accept (`listener`, in the connection's span) → first head read by
+//! `connection` → for a WebSocket upgrade the one request sequence (`websocket`: validate →
+//! `RouteTable::find` → balancer pick → dial with retry (`upstream`, `dial`) → upstream
+//! handshake (`upgrade`) → answer → relay), its answer written by hand on a first request
+//! or through hyper (`service`) on a later one; plain HTTP goes through hyper and `http`,
+//! streamed both ways.
+//!
+//! Inside `proxy/` modules import only downward: `stream`, `error`, `headers`, `drain` at
+//! the bottom; then `request`, `handshake`, `dial`, `tls`, `relay`; then `upstream`,
+//! `upgrade`, `signalr`; then `websocket` and `http`; then `service`; then `connection`;
+//! then `listener`.
 
 pub mod drain;
 pub mod frame;
@@ -16,8 +24,10 @@ mod handshake;
 mod headers;
 mod http;
 mod listener;
+mod request;
 mod service;
 mod signalr;
+mod stream;
 mod upgrade;
 mod upstream;
 mod websocket;
