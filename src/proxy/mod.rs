@@ -7,10 +7,12 @@
 //! or through hyper (`service`) on a later one; plain HTTP goes through hyper and `http`,
 //! streamed both ways.
 //!
-//! Inside `proxy/` modules import only downward: `stream`, `error`, `headers`, `drain` at
-//! the bottom; then `request`, `handshake`, `dial`, `tls`, `relay`; then `upstream`,
-//! `upgrade`, `signalr`; then `websocket` and `http`; then `service`; then `connection`;
-//! then `listener`.
+//! Inside `proxy/` modules import only downward (no cycles), bottom first:
+//! - `stream`, `error`, `headers`, `drain`, `frame`, `signalr`: import no sibling;
+//! - `request`, `handshake`, `dial`, `tls`: the request context and the steps' pieces;
+//! - `relay`, `upgrade`, `upstream`: a relay, the upgrade exchange, opening a backend;
+//! - `websocket` (the request sequence) and `http` (plain HTTP);
+//! - `service` (the hyper path), then `connection` (the direct path), then `listener`.
 
 pub mod drain;
 pub mod frame;
@@ -23,6 +25,8 @@ mod error;
 mod handshake;
 mod headers;
 mod http;
+#[cfg(test)]
+mod layering;
 mod listener;
 mod request;
 mod service;
