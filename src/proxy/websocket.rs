@@ -67,8 +67,9 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
             return Outcome::Failed(e);
         }
     };
-    let route = found.route;
+    let (route, route_index) = (found.route, found.index);
     let downstream = found.downstream_path_and_query();
+    drop(found);
     match open(route, req.headers, req.query, &downstream, ctx).await {
         Ok(Opened::Switched(switched)) => {
             let backend = Relaying {
@@ -76,9 +77,10 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
                 upstream: switched.upstream,
                 upstream_early: switched.early,
             };
+            // The relay holds this table generation and finds its route by index.
             let account = RelayAccount {
-                table: Arc::clone(&table),
-                route_index: found.index,
+                table,
+                route_index,
                 load: switched.load,
                 started: Instant::now(),
             };
