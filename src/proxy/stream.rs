@@ -11,8 +11,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A client or backend connection, plain or TLS. hyper serves and dials over this one type,
-/// so an upgraded connection downcasts to `TokioIo<Stream>` whichever listener took it.
+/// A client or backend connection, plain or TLS. hyper serves (as `Prefixed`) and dials over
+/// this one type, so an upgraded connection downcasts to `TokioIo<Prefixed>` whichever
+/// listener took it.
 pub enum Stream {
     Tcp(TcpStream),
     /// A client on the TLS listener.
