@@ -32,6 +32,7 @@ pub async fn proxy(
     let now_ms = pick.now_ms;
     let negotiate = route.balancer.pins_signalr() && signalr::is_negotiate(&req);
     let mut upstream = upstream::open::<Incoming>(route, &pick).await?;
+    ctx.record_endpoint(&upstream.endpoint);
     route.metrics.http_requests_total.inc();
 
     let (mut parts, body) = req.into_parts();

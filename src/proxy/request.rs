@@ -57,6 +57,8 @@ pub struct RequestCtx {
     pub proto: &'static str,
     pub request_id: HeaderValue,
     pub host: Option<HeaderValue>,
+    /// The connection's span (`connection_span`), looked up once per request.
+    span: tracing::Span,
 }
 
 impl RequestCtx {
@@ -72,9 +74,15 @@ impl RequestCtx {
             proto,
             request_id,
             host: headers.get(header::HOST).cloned(),
+            span: tracing::Span::current(),
         };
-        tracing::Span::current().record("request_id", ctx.request_id());
+        ctx.span.record("request_id", ctx.request_id());
         ctx
+    }
+
+    /// Records in the connection's span the backend endpoint this request went to.
+    pub fn record_endpoint(&self, endpoint: &str) {
+        self.span.record("endpoint", endpoint);
     }
 
     /// The request id as text, for answers and logs.
@@ -112,7 +120,7 @@ impl RequestCtx {
             .or(authority);
         match table.find(host, path, query, method) {
             Some(found) => {
-                tracing::Span::current().record("route", found.route.route.id.0.as_str());
+                self.span.record("route", found.route.route.id.0.as_str());
                 Ok(found)
             }
             None => Err(Error::NoRoute {

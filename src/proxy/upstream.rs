@@ -47,7 +47,6 @@ pub async fn connect<'t>(
     let dialed = dial(route, pick, greeting.filter(|_| !tls)).await?;
     let backend = dialed.backend;
     let endpoint = dialed.endpoint;
-    tracing::Span::current().record("endpoint", &*endpoint);
     let load = backend.load.begin();
     let stream = upstream_stream(route, dialed.stream, &backend.endpoint).await?;
     let unsent = match greeting {

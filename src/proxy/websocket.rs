@@ -252,6 +252,7 @@ async fn open(
     let greeting = |endpoint: &str| request_head(downstream, &headers, endpoint, &fwd);
     let pick = ctx.pick_from(&headers, query);
     let mut exchange = upstream::connect(route, &pick, Some(&greeting)).await?;
+    ctx.record_endpoint(&exchange.endpoint);
     let answer = upgrade(
         exchange.stream,
         exchange.unsent,
