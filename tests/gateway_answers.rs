@@ -140,14 +140,14 @@ async fn connect_timeout_gives_504() {
     drop(sock);
 }
 
-/// Malformed upgrades get 400 naming what is wrong.
+/// Malformed upgrades get 400 naming what is wrong (a version other than 13: 426, below).
 #[tokio::test]
 async fn malformed_handshakes_get_400_with_the_reason() {
     let echo = Echo::start("e").await;
     let gw = gateway_to(&[echo.addr]).await;
     let cases = [
         ("GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", "Sec-WebSocket-Key"),
-        ("GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", "Sec-WebSocket-Version"),
+        ("GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", "Sec-WebSocket-Version"),
         ("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", "GET"),
     ];
     for (req, needle) in cases {
@@ -157,18 +157,331 @@ async fn malformed_handshakes_get_400_with_the_reason() {
     }
 }
 
-/// A request head larger than the limit gets 431.
+/// A first request head that is not HTTP gets wsgate's own 400 (JSON, `X-Request-Id`,
+/// counted), not a bare one.
+#[tokio::test]
+async fn malformed_first_head_gets_json_400_with_request_id() {
+    let echo = Echo::start("e").await;
+    let gw = gateway_to(&[echo.addr]).await;
+    let requests: [&[u8]; 3] = [
+        b"GET /x HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n",
+        b"GET /x HTTP/9.9\r\nHost: a\r\n\r\n",
+        // A TLS ClientHello on the plain listener.
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+    ];
+    for req in requests {
+        let answer = own_answer(&gw, req).await;
+        assert_eq!(answer.status, 400, "{req:?}: {answer:?}");
+        assert!(
+            answer.text().contains("malformed request head"),
+            "{answer:?}"
+        );
+    }
+    let text = gw.metrics.encode();
+    assert!(
+        text.contains("wsgate_handshake_failures_total{route=\"\",reason=\"BadRequest\"} 3"),
+        "{text}"
+    );
+}
+
+/// A request head larger than the limit gets 431: one that ends past 64 KiB, one that
+/// never ends, and one with more than 100 headers.
 #[tokio::test]
 async fn oversized_request_head_gets_431() {
     let echo = Echo::start("e").await;
     let gw = gateway_to(&[echo.addr]).await;
     let big = "a".repeat(100 * 1024);
-    let resp = raw_request(
-        gw.server.listen_addr,
-        format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n{UPGRADE}\r\n").as_bytes(),
-    )
+    let many: String = (0..101).map(|i| format!("x-{i}: y\r\n")).collect();
+    for req in [
+        format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n{UPGRADE}\r\n"),
+        format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {big}"),
+        format!("GET /x HTTP/1.1\r\nHost: a\r\n{many}{UPGRADE}\r\n"),
+    ] {
+        let answer = own_answer(&gw, req.as_bytes()).await;
+        assert_eq!(answer.status, 431, "{answer:?}");
+    }
+}
+
+/// wsgate's own answer to `request` sent as a connection's first bytes, checked for what
+/// every such answer carries: a JSON body naming the same request id as `X-Request-Id`.
+async fn own_answer(gw: &Gateway, request: &[u8]) -> Answer {
+    use tokio::io::AsyncWriteExt;
+    let mut s = TcpStream::connect(gw.server.listen_addr).await.unwrap();
+    // The gateway may answer before it has read everything (a head over the limit) and
+    // close: a failed write is part of the test, not a failure.
+    let _ = s.write_all(request).await;
+    let answer = read_response(&mut s, &mut Vec::new()).await;
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/json"),
+        "{answer:?}"
+    );
+    let id = answer
+        .header("x-request-id")
+        .expect("X-Request-Id")
+        .to_string();
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body["requestId"], id.as_str(), "{answer:?}");
+    answer
+}
+
+/// A `Sec-WebSocket-Version` other than 13 gets 426 naming the version wsgate speaks
+/// (RFC 6455 §4.2.2), as a connection's first request and as a later one.
+#[tokio::test]
+async fn wrong_websocket_version_gets_426_naming_13_on_first_and_later_requests() {
+    let echo = Echo::start("e").await;
+    let gw = gateway_to(&[echo.addr]).await;
+    let req = "GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let (first, later) = first_and_later(&gw, req).await;
+    for answer in [first, later] {
+        assert_eq!(answer.status, 426, "{answer:?}");
+        assert_eq!(
+            answer.header("sec-websocket-version"),
+            Some("13"),
+            "{answer:?}"
+        );
+        assert!(
+            answer.text().contains("Sec-WebSocket-Version"),
+            "{answer:?}"
+        );
+    }
+}
+
+/// A backend refusing the upgrade with 204 or 304: status and headers reach the client,
+/// and no body (not even an empty chunked one), on a first and on a later request.
+#[tokio::test]
+async fn backend_refusal_with_204_or_304_passes_no_body() {
+    let replies: [fn(&str) -> Vec<u8>; 2] = [
+        |_| b"HTTP/1.1 204 No Content\r\nX-Why: none\r\n\r\n".to_vec(),
+        |_| b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nX-Why: none\r\n\r\n".to_vec(),
+    ];
+    for reply in replies {
+        let addr = scripted_backend(reply).await;
+        let gw = gateway_to(&[addr]).await;
+        // First request: the connection closes after the refusal, so everything behind
+        // the head is visible.
+        let mut s = TcpStream::connect(gw.server.listen_addr).await.unwrap();
+        let raw = within("refusal", async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).await.unwrap();
+            String::from_utf8_lossy(&all).into_owned()
+        })
+        .await;
+        let (head, body) = raw.split_once("\r\n\r\n").expect("a whole head");
+        assert!(head.to_ascii_lowercase().contains("x-why: none"), "{raw}");
+        assert!(
+            !head.to_ascii_lowercase().contains("transfer-encoding"),
+            "{raw}"
+        );
+        assert_eq!(body, "", "{raw}");
+        // Later request: the next answer on the connection follows the head directly.
+        let mut s = TcpStream::connect(gw.server.listen_addr).await.unwrap();
+        let mut buf = Vec::new();
+        let plain = "GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+        let upgrade = format!("GET /x HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n");
+        let mut statuses = Vec::new();
+        for req in [plain, &upgrade, plain] {
+            use tokio::io::AsyncWriteExt;
+            s.write_all(req.as_bytes()).await.unwrap();
+            let answer = read_response(&mut s, &mut buf).await;
+            assert!(answer.body.is_empty(), "{answer:?}");
+            statuses.push(answer.status);
+        }
+        assert_eq!(statuses[0], statuses[1]);
+        assert!(buf.is_empty(), "bytes after the last answer: {buf:?}");
+    }
+}
+
+/// The same request gets the same answer whether it opens a connection (the direct path)
+/// or follows a plain request on a kept-alive one (hyper): wsgate's own answers, a
+/// backend's refusal and the 101. Only `Date` and `Connection` may differ.
+#[tokio::test]
+async fn same_route_answers_alike_as_first_and_later_request() {
+    let echo = Echo::start("e").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = Gateway::start(&[
+        route("chat", 0, &spec("/chat/{room}", "/{room}", &[echo.addr])),
+        route(
+            "status",
+            0,
+            &spec("/s/{code}", "/status/{code}", &[echo.addr]),
+        ),
+        route("dead", 0, &spec("/dead/{room}", "/{room}", &[dead])),
+        route("plain", 0, &spec("/x", "/x", &[echo.addr])),
+    ])
     .await;
-    assert_eq!(status_of(&resp), 431, "{resp}");
+    let id = "X-Request-Id: same-1\r\n";
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let ws = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+    let cases = [
+        (
+            404,
+            format!("GET /nowhere HTTP/1.1\r\nHost: a\r\n{id}{UPGRADE}\r\n"),
+        ),
+        (
+            400,
+            format!("GET /chat/1 HTTP/1.1\r\nHost: a\r\n{id}{ws}Sec-WebSocket-Version: 13\r\n\r\n"),
+        ),
+        (
+            426,
+            format!(
+                "GET /chat/1 HTTP/1.1\r\nHost: a\r\n{id}{ws}Sec-WebSocket-Version: 7\r\n{key}\r\n"
+            ),
+        ),
+        (
+            502,
+            format!("GET /dead/1 HTTP/1.1\r\nHost: a\r\n{id}{UPGRADE}\r\n"),
+        ),
+        (
+            403,
+            format!("GET /s/403 HTTP/1.1\r\nHost: a\r\n{id}{UPGRADE}\r\n"),
+        ),
+        (
+            101,
+            format!("GET /chat/1 HTTP/1.1\r\nHost: a\r\n{id}{UPGRADE}\r\n"),
+        ),
+    ];
+    for (status, req) in cases {
+        let (first, later) = first_and_later(&gw, &req).await;
+        assert_eq!(first.status, status, "{req}: {first:?}");
+        let comparable = |a: &Answer| {
+            let mut headers: Vec<_> = a
+                .headers
+                .iter()
+                .filter(|(n, _)| n != "date" && n != "connection")
+                .cloned()
+                .collect();
+            headers.sort();
+            (a.status, headers, a.body.clone())
+        };
+        assert_eq!(comparable(&first), comparable(&later), "{req}");
+    }
+}
+
+/// Sends `request` as the first request of one connection, and after a plain request
+/// (answered 200 by the `/x` route) on another; returns both answers.
+async fn first_and_later(gw: &Gateway, request: &str) -> (Answer, Answer) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = TcpStream::connect(gw.server.listen_addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let first = read_response(&mut s, &mut Vec::new()).await;
+    let mut s = TcpStream::connect(gw.server.listen_addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let plain = read_response(&mut s, &mut buf).await;
+    assert_eq!(plain.status, 200, "{plain:?}");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let later = read_response(&mut s, &mut buf).await;
+    (first, later)
+}
+
+/// One HTTP/1.1 response as it came off the socket.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// Lower-cased names, values as sent.
+    headers: Vec<(String, String)>,
+    /// Without chunk framing.
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads one response from `s` (bytes already read in `buf` first; what follows the
+/// response stays there): its head, then a body framed by `Content-Length` or chunked,
+/// none for 101, 204 and 304, else to the end of the connection.
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
+    use tokio::io::AsyncReadExt;
+    async fn more(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+    within("a whole response", async {
+        let head_end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            assert!(more(s, buf).await, "closed before a whole head: {buf:?}");
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        buf.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status = status_of(lines.next().unwrap());
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let mut body = Vec::new();
+        if matches!(status, 101 | 204 | 304) {
+        } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            loop {
+                let line_end = loop {
+                    if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break at;
+                    }
+                    assert!(more(s, buf).await, "closed inside a chunk size");
+                };
+                let size =
+                    usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16)
+                        .unwrap();
+                while buf.len() < line_end + 2 + size + 2 {
+                    assert!(more(s, buf).await, "closed inside a chunk");
+                }
+                body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+                buf.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if let Some(len) = find("content-length") {
+            let len: usize = len.parse().unwrap();
+            while buf.len() < len {
+                assert!(more(s, buf).await, "closed inside the body");
+            }
+            body = buf.drain(..len).collect();
+        } else {
+            while more(s, buf).await {}
+            body = std::mem::take(buf);
+        }
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    })
+    .await
 }
 
 /// A backend that answers the upgrade with a non-101: its status and body reach the client.

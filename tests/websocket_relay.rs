@@ -379,3 +379,116 @@ async fn upgrade_after_a_plain_request_on_the_same_connection_is_relayed() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.contains("HTTP/1.1 101"), "{text}");
 }
+
+/// Log output captured in memory, for tests that read what the gateway logged.
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
+    type Writer = CapturedLogs;
+
+    fn make_writer(&'a self) -> CapturedLogs {
+        self.clone()
+    }
+}
+
+impl CapturedLogs {
+    /// The JSON log lines so far whose message contains `message`.
+    fn lines_with(&self, message: &str) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| {
+                l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(message))
+            })
+            .collect()
+    }
+}
+
+/// Every line a connection logs names it: the relay's idle close carries the connection's
+/// span with client, request id, route and endpoint, for a relay on a connection's first
+/// request (the direct path) and one after a plain request (the relay task hyper hands
+/// the connection to). JSON as the binary writes it with `--log-format json`.
+#[tokio::test]
+async fn relay_log_lines_carry_the_connection_span() {
+    let logs = CapturedLogs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .json()
+        .flatten_event(false)
+        .finish();
+    // This test's runtime runs on this thread only, so every task of the gateway logs here.
+    let _default = tracing::subscriber::set_default(subscriber);
+    let echo = Echo::start("e").await;
+    let mut s = spec("/{everything}", "/{everything}", &[echo.addr]);
+    s.timeouts = Some(wsgate::api::RouteTimeouts {
+        idle: Some("300ms".into()),
+        ..Default::default()
+    });
+    let gw = Gateway::start(&[route("span-idle", 0, &s)]).await;
+
+    let mut direct = connect_with(&gw.ws("/first"), &[("x-request-id", "span-direct")]).await;
+    let mut later = TcpStream::connect(gw.server.listen_addr).await.unwrap();
+    later
+        .write_all(b"GET /plain HTTP/1.1\r\nHost: a\r\nX-Request-Id: span-plain\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    read_until(&mut later, &mut got, b"}").await;
+    later
+        .write_all(
+            format!(
+                "GET /later HTTP/1.1\r\nHost: a\r\nX-Request-Id: span-later\r\n{RAW_UPGRADE}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    read_until(&mut later, &mut got, b"HTTP/1.1 101").await;
+    // Both go quiet: the idle limit closes them (Close 1001 arrives as 0x88 0x0e 0x03 0xe9).
+    match next_msg(&mut direct).await {
+        Message::Close(Some(c)) => assert_eq!(c.code, CloseCode::Away),
+        other => panic!("expected the idle Close, got {other:?}"),
+    }
+    read_until(&mut later, &mut got, &[0x88, 0x0e, 0x03, 0xe9]).await;
+
+    let idle_close = "closing idle WebSocket connection";
+    let lines = eventually("both idle closes logged", || {
+        let lines = logs.lines_with(idle_close);
+        (lines.len() >= 2).then_some(lines)
+    })
+    .await;
+    for request_id in ["span-direct", "span-later"] {
+        let line = lines
+            .iter()
+            .find(|l| l["span"]["request_id"] == request_id)
+            .unwrap_or_else(|| panic!("no idle close in the span of {request_id}: {lines:?}"));
+        let span = &line["span"];
+        assert_eq!(span["name"], "connection", "{line}");
+        assert_eq!(span["route"], "span-idle", "{line}");
+        assert_eq!(span["endpoint"], echo.addr.to_string(), "{line}");
+        assert!(
+            span["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("127.0.0.1:")),
+            "{line}"
+        );
+    }
+}

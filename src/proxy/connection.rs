@@ -1,8 +1,9 @@
-//! One client connection. Its first request head is read and parsed here (httparse): a
-//! well-formed WebSocket upgrade is served directly — route, backend, 101 written by hand,
-//! and the relay in this same task — and anything else goes to hyper with the bytes read
-//! so far put back in front (`Prefixed`), including upgrades hyper then validates and
-//! answers (400, 431) exactly as before.
+//! One client connection, the direct request path. Its first request head is read and
+//! parsed here (httparse): a GET/1.1 asking for WebSocket runs the request sequence
+//! (`websocket::serve_upgrade`) with its outcome written by hand — wsgate's own answer, the
+//! backend's refusal or the 101 — and the relay in this same task; a head that is malformed
+//! or too large gets wsgate's own 400 or 431; anything else goes to hyper (`service.rs`)
+//! with the bytes read so far put back in front (`Prefixed`).
 //!
 //! Why: a proxied handshake through hyper's server costs a connection task, its read
 //! buffer, dispatcher, the upgrade hand-off and a second task for the relay. Measured with
@@ -11,35 +12,21 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::drain::DrainSignal;
-use super::frame::Extensions;
-use super::headers::X_REQUEST_ID;
-use super::relay::relay_streams;
-use super::service::{handle, new_request_id, RequestCtx, MAX_HEAD_BYTES};
-use super::tls::Stream;
-use super::websocket::{self, Opened, Switched};
-use super::{handshake, Error, Gateway};
-use crate::balance::ConnectionGuard;
-use crate::table::RouteTable;
-
-/// hyper's read buffer: room for a head at the 431 limit plus what arrives behind it.
-const READ_BUF_BYTES: usize = 2 * MAX_HEAD_BYTES;
-/// A client must send its whole request head within this time (slowloris guard).
-const HEAD_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// hyper's limit too: a head with more headers is answered 431 by hyper.
-const MAX_HEADERS: usize = 100;
+use super::error::Error;
+use super::request::{RequestCtx, HEAD_READ_TIMEOUT, MAX_HEADERS, MAX_HEAD_BYTES};
+use super::service::serve_hyper;
+use super::stream::{Prefixed, Stream};
+use super::websocket::{self, Outcome, RelayAccount, Relaying, UpgradeRequest};
+use super::Gateway;
 
 /// Serves one client connection until it closes (or the drain ends it).
 pub async fn serve(
@@ -52,24 +39,20 @@ pub async fn serve(
     let offload = gw.offload.clone();
     // Boxed: the head read, routing, dialing, TLS, the upgrade exchange and hyper are large
     // futures; an idle relayed connection's task keeps only the relay and what it holds.
-    let Some(r) = Box::pin(answer(gw, stream, peer, proto, &mut drain)).await else {
+    let Some((client, backend, mut account)) =
+        Box::pin(answer(gw, stream, peer, proto, &mut drain)).await
+    else {
         return;
     };
-    let route = &r.table.routes()[r.route_index];
-    let started = websocket::relay_started(route);
-    let stats = relay_streams(
-        r.client,
-        r.client_early,
-        r.upstream,
-        r.upstream_early,
-        websocket::relay_config(route, r.extensions),
-        drain,
-        &route.metrics,
-        offload.as_deref(),
-    )
-    .await;
-    websocket::relay_ended(route, started, &stats, r.load, &r.endpoint, &r.request_id);
+    let stats = account
+        .relay(backend, client, drain, offload.as_deref())
+        .await;
+    account.ended(&stats);
 }
+
+/// A client whose 101 went out (its stream and the bytes it sent behind its request), and
+/// the backend's side of the relay.
+type ReadyToRelay = ((Stream, Bytes), Relaying, RelayAccount);
 
 /// Everything up to the relay: `Some` once a direct upgrade got its 101; `None` when the
 /// connection is over (an error or refusal answered, or hyper served it to the end).
@@ -89,16 +72,21 @@ async fn answer(
         },
         _ = drain.wait() => return None,
     };
-    match head.and_then(|head| DirectUpgrade::take(&mut buf, head)) {
-        Some(upgrade) => answer_upgrade(&gw, stream, upgrade, peer, proto).await,
-        None => {
-            let io = Prefixed {
-                prefix: buf.freeze(),
-                inner: stream,
-            };
+    let upgrade = head.and_then(|head| DirectUpgrade::take(&mut buf, head));
+    match upgrade {
+        Ok(Some(upgrade)) => serve_direct(&gw, stream, upgrade, peer, proto).await,
+        Ok(None) => {
+            let io = Prefixed::new(buf.freeze(), stream);
             // Boxed: hyper's connection future is large, and a direct upgrade (the common
             // case) should not carry its space.
             Box::pin(serve_hyper(gw, io, peer, proto, drain.clone())).await;
+            None
+        }
+        Err(e) => {
+            // No head to take a request id from: the answer gets a new one.
+            let ctx = RequestCtx::new(peer, proto, &HeaderMap::new());
+            ctx.failed(&gw, None, &e);
+            write_error(&mut stream, &e, ctx.request_id()).await;
             None
         }
     }
@@ -142,20 +130,30 @@ impl DirectSpans {
     }
 }
 
-/// Reads until `buf` holds a complete request head (`Some`), or until it is clear this
-/// connection is for hyper (`None`: malformed, too many headers, or over the size limit).
-async fn read_head(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<Option<Head>> {
+/// Reads until `buf` holds a complete request head (`Ok(Ok)`), or one that gets wsgate's
+/// own answer (`Ok(Err)`: malformed 400, too large or too many headers 431); `Err` when
+/// the client went away first.
+async fn read_head(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<Result<Head, Error>> {
     loop {
         if !buf.is_empty() {
             let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut req = httparse::Request::new(&mut slots);
+            let too_large = |size| Error::HeadTooLarge {
+                size,
+                limit: MAX_HEAD_BYTES,
+            };
             match req.parse(buf) {
                 Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => {
                     let direct = DirectSpans::of(&req, buf.as_ptr() as usize);
-                    return Ok(Some(Head { len, direct }));
+                    return Ok(Ok(Head { len, direct }));
                 }
+                Ok(httparse::Status::Complete(len)) => return Ok(Err(too_large(len))),
                 Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => {}
-                Ok(_) | Err(_) => return Ok(None),
+                Ok(httparse::Status::Partial) => return Ok(Err(too_large(buf.len()))),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Ok(Err(Error::TooManyHeaders { limit: MAX_HEADERS }))
+                }
+                Err(e) => return Ok(Err(Error::MalformedHead(e))),
             }
         }
         buf.reserve(2048);
@@ -165,7 +163,8 @@ async fn read_head(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<Option
     }
 }
 
-/// A first request that is a well-formed WebSocket upgrade in origin form.
+/// A first request that asks for WebSocket: GET/1.1 in origin form with `Upgrade:
+/// websocket` (the rest of the handshake is checked by the request sequence).
 struct DirectUpgrade {
     /// The request head; `path`, `query` and header values are slices of it.
     head: Bytes,
@@ -176,15 +175,18 @@ struct DirectUpgrade {
 }
 
 impl DirectUpgrade {
-    /// `Some` when `head` (in `buf`) is a GET/1.1 WebSocket upgrade that passes
-    /// `handshake::validate`; everything else is left to hyper and the service, with `buf`
-    /// as it was.
-    fn take(buf: &mut BytesMut, head: Head) -> Option<DirectUpgrade> {
+    /// `Some` when `head` (in `buf`) is a GET/1.1 request asking for WebSocket; `None`
+    /// leaves everything else to hyper and the service, with `buf` as it was. A header value
+    /// no `HeaderValue` can hold is a malformed head.
+    fn take(buf: &mut BytesMut, head: Head) -> Result<Option<DirectUpgrade>, Error> {
         let Head { len, direct } = head;
-        let DirectSpans {
+        let Some(DirectSpans {
             target,
             headers: spans,
-        } = direct?;
+        }) = direct
+        else {
+            return Ok(None);
+        };
         // Plain requests leave here with `buf` untouched; only upgrades build a header map.
         let asks_websocket = spans.iter().any(|(name, span)| {
             name == header::UPGRADE
@@ -193,59 +195,29 @@ impl DirectUpgrade {
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
         });
         if !asks_websocket {
-            return None;
+            return Ok(None);
         }
         let rest = buf.split_off(len);
         let head = std::mem::take(buf).freeze();
         let mut headers = HeaderMap::with_capacity(spans.len());
-        let mut values_ok = true;
         for (name, span) in spans {
-            match HeaderValue::from_maybe_shared(head.slice(span)) {
-                Ok(value) => {
-                    headers.append(name, value);
-                }
-                Err(_) => values_ok = false,
-            }
+            let value = HeaderValue::from_maybe_shared(head.slice(span))
+                .map_err(|_| Error::MalformedHead(httparse::Error::HeaderValue))?;
+            headers.append(name, value);
         }
-        if !values_ok
-            || handshake::validate(&Method::GET, http::Version::HTTP_11, &headers).is_err()
-        {
-            // A malformed upgrade: hyper and the service answer it (400 naming the part),
-            // so the bytes go back together as they came.
-            drop(headers);
-            let mut whole = BytesMut::from(&head[..]);
-            whole.extend_from_slice(&rest);
-            *buf = whole;
-            return None;
-        }
-        Some(DirectUpgrade {
+        Ok(Some(DirectUpgrade {
             head,
             target,
             headers,
             early: rest.freeze(),
-        })
+        }))
     }
 }
 
-/// Everything a relay needs once the 101 went to the client, owned (the route by its index
-/// in the table generation the request was routed under).
-struct ReadyToRelay {
-    table: Arc<RouteTable>,
-    route_index: usize,
-    client: Stream,
-    client_early: Bytes,
-    upstream: Stream,
-    upstream_early: Bytes,
-    load: ConnectionGuard,
-    endpoint: Arc<str>,
-    request_id: HeaderValue,
-    extensions: Extensions,
-}
-
-/// Routes the upgrade, opens the backend and writes its answer to the client: `Some` after
-/// a 101, `None` once the client got an error or the backend's refusal.
-async fn answer_upgrade(
-    gw: &Arc<Gateway>,
+/// Runs the request sequence for a direct upgrade and writes its outcome by hand: `Some`
+/// after a 101, `None` once the client got an error or the backend's refusal.
+async fn serve_direct(
+    gw: &Gateway,
     mut client: Stream,
     upgrade: DirectUpgrade,
     peer: SocketAddr,
@@ -257,77 +229,32 @@ async fn answer_upgrade(
         headers,
         early: client_early,
     } = upgrade;
-    let ctx = RequestCtx {
-        peer,
-        proto,
-        request_id: match headers.get(&X_REQUEST_ID) {
-            Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
-            _ => new_request_id(),
-        },
-        host: headers.get(header::HOST).cloned(),
-    };
-    let rid = ctx.request_id.to_str().unwrap_or("-");
+    let ctx = RequestCtx::new(peer, proto, &headers);
     let target = std::str::from_utf8(&head[target]).unwrap_or("/");
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
-    let table = gw.publisher.current();
-    let host = ctx.host.as_ref().and_then(|v| v.to_str().ok());
-    let Some(found) = table.find(host, path, query, &Method::GET) else {
-        let e = Error::NoRoute {
-            host: host.unwrap_or("").to_string(),
-            path: path.to_string(),
-        };
-        tracing::debug!(request_id = %rid, peer = %peer, error = %e, "no route");
-        gw.metrics.unrouted_failure(e.reason());
-        write_error(&mut client, &e, rid).await;
-        return None;
+    let req = UpgradeRequest {
+        method: &Method::GET,
+        version: http::Version::HTTP_11,
+        headers,
+        authority: None,
+        path,
+        query,
     };
-    let route = found.route;
-    let downstream = found.downstream_path_and_query();
-    let opened = websocket::open(route, headers, query, &downstream, &ctx).await;
-    let switched = match opened {
-        Ok(Opened::Switched(s)) => s,
-        Ok(Opened::Refused(resp)) => {
-            write_refusal(&mut client, resp).await;
-            return None;
+    match websocket::serve_upgrade(gw, &ctx, req).await {
+        Outcome::Failed(e) => write_error(&mut client, &e, ctx.request_id()).await,
+        Outcome::Refused(resp) => write_refusal(&mut client, resp).await,
+        Outcome::Switched(answer, backend, account) => {
+            let answer = answer.head();
+            if client.write_all(&answer).await.is_ok() && client.flush().await.is_ok() {
+                return Some(((client, client_early), backend, account));
+            }
+            tracing::debug!("client went away before the 101");
         }
-        Err(e) => {
-            route.metrics.failure(e.reason());
-            tracing::warn!(request_id = %rid, route = %route.route.id, peer = %peer, status = e.status().as_u16(), error = %e, "request not proxied");
-            write_error(&mut client, &e, rid).await;
-            return None;
-        }
-    };
-    let answer = switched.client_head();
-    let extensions = websocket::negotiated_extensions(&switched.head);
-    let Switched {
-        upstream,
-        early,
-        load,
-        endpoint,
-        ..
-    } = switched;
-    if client.write_all(&answer).await.is_err() || client.flush().await.is_err() {
-        tracing::debug!(request_id = %rid, "client went away before the 101");
-        return None;
     }
-    Some(ReadyToRelay {
-        route_index: websocket::index_of(&table, route),
-        table: Arc::clone(&table),
-        client,
-        client_early,
-        upstream,
-        upstream_early: early,
-        load,
-        endpoint,
-        // A copy: the client's own id is a slice of the request head, which must not stay
-        // allocated for the life of the connection.
-        request_id: HeaderValue::from_bytes(ctx.request_id.as_bytes())
-            .unwrap_or(HeaderValue::from_static("-")),
-        extensions,
-    })
+    None
 }
 
 /// Status line and headers, without the final empty line.
@@ -378,10 +305,19 @@ async fn write_error(client: &mut Stream, e: &Error, request_id: &str) {
 }
 
 /// A backend's refusal of the upgrade: its status, headers and body, streamed as they
-/// arrive (chunked unless the backend gave a length), then the connection closes.
+/// arrive (chunked unless the backend gave a length; none for 204 and 304, which have no
+/// body), then the connection closes.
 async fn write_refusal(client: &mut Stream, resp: Response<Incoming>) {
-    let (parts, mut body) = resp.into_parts();
-    let chunked = !parts.headers.contains_key(header::CONTENT_LENGTH);
+    let (mut parts, mut body) = resp.into_parts();
+    // The request was a GET, so only the status can forbid a body (RFC 9110 §6.4.1).
+    let bodiless = matches!(
+        parts.status,
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+    );
+    if parts.status == StatusCode::NO_CONTENT {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let chunked = !bodiless && !parts.headers.contains_key(header::CONTENT_LENGTH);
     let mut head = response_head(parts.status, &parts.headers);
     if chunked {
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -390,7 +326,7 @@ async fn write_refusal(client: &mut Stream, resp: Response<Incoming>) {
     if client.write_all(&head).await.is_err() {
         return;
     }
-    while let Some(frame) = body.frame().await {
+    while let Some(frame) = body.frame().await.filter(|_| !bodiless) {
         let Ok(frame) = frame else {
             // The backend broke off mid-body: closing without the last chunk tells the
             // client the body is incomplete.
@@ -419,104 +355,6 @@ async fn write_refusal(client: &mut Stream, resp: Response<Incoming>) {
         let _ = client.write_all(b"0\r\n\r\n").await;
     }
     let _ = client.shutdown().await;
-}
-
-/// Everything that is not a direct upgrade: hyper serves the connection (keep-alive, plain
-/// HTTP, later upgrades) with the bytes already read replayed first.
-async fn serve_hyper(
-    gw: Arc<Gateway>,
-    io: Prefixed,
-    peer: SocketAddr,
-    proto: &'static str,
-    mut drain: DrainSignal,
-) {
-    let svc = service_fn(move |req| handle(Arc::clone(&gw), peer, proto, req));
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_READ_TIMEOUT)
-        .max_buf_size(READ_BUF_BYTES)
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = drain.wait() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
-}
-
-/// A stream with the bytes already read from it put back in front (a client's first
-/// request for hyper; a backend's refusal for hyper's client in `upgrade.rs`).
-pub struct Prefixed {
-    prefix: Bytes,
-    inner: Stream,
-}
-
-impl Prefixed {
-    pub fn new(prefix: Bytes, inner: Stream) -> Self {
-        Prefixed { prefix, inner }
-    }
-
-    /// The stream and every byte read from it but not consumed: `consumed_rest` (what hyper
-    /// buffered past the head) first, then what hyper never read of the prefix.
-    pub fn into_parts(self, consumed_rest: Bytes) -> (Stream, Bytes) {
-        let early = if self.prefix.is_empty() {
-            consumed_rest
-        } else {
-            let mut all = BytesMut::from(&consumed_rest[..]);
-            all.extend_from_slice(&self.prefix);
-            all.freeze()
-        };
-        (self.inner, early)
-    }
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

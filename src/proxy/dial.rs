@@ -15,7 +15,7 @@ use std::time::Instant;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::TcpStream;
 
-use super::Error;
+use super::error::Error;
 use crate::balance::{Backend, PickContext};
 use crate::table::CompiledRoute;
 

@@ -1,8 +1,12 @@
-//! Why wsgate answered a request itself instead of relaying it. `Error::response` is the
-//! one place that maps failures to status codes (DESIGN.md's behaviour table).
+//! Why wsgate answered a request itself instead of relaying it. `Error::status` is the one
+//! place that maps failures to status codes (DESIGN.md §3's behaviour table), and
+//! `Error::response` the one place that writes wsgate's own answer (JSON body naming the
+//! cause, `X-Request-Id`). Imports nothing else of `proxy`.
+
+use std::fmt;
 
 use bytes::Bytes;
-use http::{header, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::telemetry::FailureReason;
@@ -22,20 +26,74 @@ pub enum Error {
     },
     #[error("every endpoint of route {route} timed out on connect (last: {last})")]
     ConnectTimeout { route: String, last: String },
-    #[error("bad WebSocket handshake: {0}")]
-    BadHandshake(&'static str),
+    #[error("malformed request head")]
+    MalformedHead(#[source] httparse::Error),
+    #[error("bad WebSocket handshake")]
+    BadHandshake(#[source] Handshake),
     #[error("request head is {size} bytes; the limit is {limit}")]
     HeadTooLarge { size: usize, limit: usize },
+    #[error("request head has more than {limit} headers")]
+    TooManyHeaders { limit: usize },
     #[error("backend {endpoint} did not answer within {timeout_ms} ms")]
     UpstreamTimeout { endpoint: String, timeout_ms: u128 },
-    #[error("backend {endpoint} broke the protocol: {reason}")]
-    UpstreamProtocol { endpoint: String, reason: String },
+    #[error("backend {endpoint} broke the protocol")]
+    UpstreamProtocol {
+        endpoint: String,
+        #[source]
+        source: UpstreamProtocol,
+    },
     #[error("TLS to backend {endpoint} of route {route} failed: {reason}")]
     UpstreamTls {
         route: String,
         endpoint: String,
         reason: String,
     },
+}
+
+/// What is wrong with a client's WebSocket upgrade request (RFC 6455 §4.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Handshake {
+    #[error("a WebSocket upgrade must use GET")]
+    NotGet,
+    #[error("a WebSocket upgrade needs HTTP/1.1")]
+    NotHttp11,
+    #[error("`Connection` header must contain `upgrade`")]
+    NoConnectionUpgrade,
+    #[error("`Sec-WebSocket-Version` header is missing")]
+    VersionMissing,
+    /// The one refusal with its own status: 426 and the version wsgate speaks (§4.2.2).
+    #[error("`Sec-WebSocket-Version` must be 13")]
+    UnsupportedVersion,
+    #[error("`Sec-WebSocket-Key` header is missing")]
+    KeyMissing,
+    #[error("`Sec-WebSocket-Key` must be 16 bytes in base64")]
+    KeyInvalid,
+    #[error("the downstream path is not a valid request target")]
+    InvalidTarget,
+}
+
+/// How a backend broke HTTP while answering (a 502).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamProtocol {
+    #[error("sending the upgrade request")]
+    Send(#[source] std::io::Error),
+    #[error("reading the response head")]
+    Read(#[source] std::io::Error),
+    #[error("connection closed without a response")]
+    ClosedBeforeResponse,
+    #[error("connection closed inside the response head")]
+    ClosedInHead,
+    #[error("invalid response head")]
+    InvalidHead(#[source] httparse::Error),
+    #[error("response has more than {0} headers")]
+    TooManyHeaders(usize),
+    #[error("response is not HTTP/1.1")]
+    NotHttp11,
+    #[error("response head exceeds {0} bytes")]
+    HeadTooLarge(usize),
+    /// The hyper client (plain HTTP, or reading a refusal) failed.
+    #[error("HTTP exchange failed")]
+    Http(#[source] hyper::Error),
 }
 
 impl Error {
@@ -50,8 +108,11 @@ impl Error {
             Error::ConnectTimeout { .. } | Error::UpstreamTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            Error::BadHandshake(_) => StatusCode::BAD_REQUEST,
-            Error::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Error::BadHandshake(Handshake::UnsupportedVersion) => StatusCode::UPGRADE_REQUIRED,
+            Error::BadHandshake(_) | Error::MalformedHead(_) => StatusCode::BAD_REQUEST,
+            Error::HeadTooLarge { .. } | Error::TooManyHeaders { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
         }
     }
 
@@ -61,7 +122,10 @@ impl Error {
             Error::NoEndpoint { .. } => FailureReason::NoEndpoint,
             Error::ConnectFailed { .. } => FailureReason::ConnectFailed,
             Error::ConnectTimeout { .. } => FailureReason::ConnectTimeout,
-            Error::BadHandshake(_) | Error::HeadTooLarge { .. } => FailureReason::BadRequest,
+            Error::BadHandshake(_)
+            | Error::MalformedHead(_)
+            | Error::HeadTooLarge { .. }
+            | Error::TooManyHeaders { .. } => FailureReason::BadRequest,
             Error::UpstreamTimeout { .. } => FailureReason::UpstreamTimeout,
             Error::UpstreamProtocol { .. } | Error::UpstreamTls { .. } => {
                 FailureReason::UpstreamProtocol
@@ -69,22 +133,79 @@ impl Error {
         }
     }
 
+    /// This error and its causes, `: `-separated, for the answer's body and the log line.
+    pub fn chain(&self) -> Chain<'_> {
+        Chain(self)
+    }
+
     /// The response the client gets: a small JSON body naming what went wrong.
     pub fn response(&self, request_id: &str) -> Response<Full<Bytes>> {
         let body = serde_json::json!({
             "error": self.status().canonical_reason().unwrap_or("error"),
-            "message": self.to_string(),
+            "message": self.chain().to_string(),
             "requestId": request_id,
         });
         let mut builder = Response::builder()
             .status(self.status())
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-request-id", request_id);
-        if let Error::NoEndpoint { .. } = self {
-            builder = builder.header(header::RETRY_AFTER, "1");
+        match self {
+            Error::NoEndpoint { .. } => builder = builder.header(header::RETRY_AFTER, "1"),
+            Error::BadHandshake(Handshake::UnsupportedVersion) => {
+                builder = builder.header(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                )
+            }
+            _ => {}
         }
         builder
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    }
+}
+
+/// `Error::chain`'s display.
+pub struct Chain<'e>(&'e Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = std::error::Error::source(self.0);
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The answer's message carries every cause, so a 502 names what the backend did wrong.
+    #[test]
+    fn message_names_every_cause() {
+        let e = Error::UpstreamProtocol {
+            endpoint: "b:80".into(),
+            source: UpstreamProtocol::InvalidHead(httparse::Error::Token),
+        };
+        assert_eq!(
+            e.chain().to_string(),
+            "backend b:80 broke the protocol: invalid response head: invalid token"
+        );
+    }
+
+    /// A version other than 13 is 426 with the version wsgate speaks (RFC 6455 §4.2.2);
+    /// every other handshake problem is 400.
+    #[test]
+    fn unsupported_version_is_426_naming_13() {
+        let resp = Error::BadHandshake(Handshake::UnsupportedVersion).response("r");
+        assert_eq!(resp.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(resp.headers()[header::SEC_WEBSOCKET_VERSION], "13");
+        let resp = Error::BadHandshake(Handshake::VersionMissing).response("r");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert!(resp.headers().get(header::SEC_WEBSOCKET_VERSION).is_none());
     }
 }

@@ -3,8 +3,8 @@
 use http::header::{self, HeaderMap};
 use http::Method;
 
+use super::error::Handshake;
 use super::headers::has_token;
-use super::Error;
 
 /// True when the request asks to switch to WebSocket. Such a request is then validated
 /// strictly; a request with no `Upgrade: websocket` is plain HTTP.
@@ -13,39 +13,35 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Checks the rest of the upgrade request; the error says which part is wrong.
-pub fn validate(method: &Method, version: http::Version, headers: &HeaderMap) -> Result<(), Error> {
+pub fn validate(
+    method: &Method,
+    version: http::Version,
+    headers: &HeaderMap,
+) -> Result<(), Handshake> {
     if method != Method::GET {
-        return Err(Error::BadHandshake("a WebSocket upgrade must use GET"));
+        return Err(Handshake::NotGet);
     }
     if version != http::Version::HTTP_11 {
-        return Err(Error::BadHandshake("a WebSocket upgrade needs HTTP/1.1"));
+        return Err(Handshake::NotHttp11);
     }
     if !has_token(headers, &header::CONNECTION, "upgrade") {
-        return Err(Error::BadHandshake(
-            "`Connection` header must contain `upgrade`",
-        ));
+        return Err(Handshake::NoConnectionUpgrade);
     }
     match headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .map(|v| v.as_bytes())
     {
         Some(b"13") => {}
-        Some(_) => return Err(Error::BadHandshake("`Sec-WebSocket-Version` must be 13")),
-        None => {
-            return Err(Error::BadHandshake(
-                "`Sec-WebSocket-Version` header is missing",
-            ))
-        }
+        Some(_) => return Err(Handshake::UnsupportedVersion),
+        None => return Err(Handshake::VersionMissing),
     }
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or(Error::BadHandshake("`Sec-WebSocket-Key` header is missing"))?;
+        .ok_or(Handshake::KeyMissing)?;
     if is_16_bytes_in_base64(key.as_bytes()) {
         Ok(())
     } else {
-        Err(Error::BadHandshake(
-            "`Sec-WebSocket-Key` must be 16 bytes in base64",
-        ))
+        Err(Handshake::KeyInvalid)
     }
 }
 

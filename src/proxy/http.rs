@@ -3,7 +3,6 @@
 //! frame, so an SSE event reaches the client as soon as the backend sends it.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,9 +11,10 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::error::Error;
 use super::headers::strip_hop_by_hop;
-use super::service::{ProxyBody, RequestCtx};
-use super::{signalr, upstream, Error, Gateway};
+use super::request::{ProxyBody, RequestCtx};
+use super::{signalr, upstream};
 use crate::balance::ConnectionGuard;
 use crate::table::CompiledRoute;
 
@@ -23,16 +23,16 @@ use crate::table::CompiledRoute;
 const MIN_RESPONSE_HEAD_WAIT: Duration = Duration::from_secs(120);
 
 pub async fn proxy(
-    _gw: &Arc<Gateway>,
     route: &CompiledRoute,
     downstream: String,
     req: Request<Incoming>,
     ctx: &RequestCtx,
 ) -> Result<Response<ProxyBody>, Error> {
-    let pick = ctx.pick(&req);
+    let pick = ctx.pick_from(req.headers(), req.uri().query());
     let now_ms = pick.now_ms;
     let negotiate = route.balancer.pins_signalr() && signalr::is_negotiate(&req);
     let mut upstream = upstream::open::<Incoming>(route, &pick).await?;
+    ctx.record_endpoint(&upstream.endpoint);
     route.metrics.http_requests_total.inc();
 
     let (mut parts, body) = req.into_parts();

@@ -7,7 +7,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::tls::Stream;
+use tracing::Instrument;
+
+use super::request::connection_span;
+use super::stream::Stream;
 use super::Gateway;
 
 /// A client must finish its TLS handshake within this time.
@@ -54,6 +57,7 @@ async fn accept_loop(
         // Boxed: the task then holds a pointer, not the connection's whole future, so
         // spawning and finishing it copy a few bytes instead of ~1.6 KB several times over
         // (callgrind: ~3 % of a handshake's instructions).
+        let span = connection_span(peer);
         gw.drain.spawn(Box::pin(async move {
             let stream = match tls {
                 None => Stream::Tcp(stream),
@@ -73,7 +77,7 @@ async fn accept_loop(
                 }
             };
             super::connection::serve(gw2, stream, peer, proto, conn_drain).await;
-        }));
+        }.instrument(span)));
     }
     tracing::info!("listener stopped accepting");
 }

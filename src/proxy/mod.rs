@@ -1,8 +1,18 @@
 //! The data plane: listeners, handshake, upstream dial, relay and HTTP pass-through.
 //!
-//! Per request: accept → parse (hyper) → `RouteTable::find` → balancer pick → dial with
-//! retry → upstream handshake → 101 to the client → relay; or, for plain HTTP, the
-//! request streamed to the backend and the response streamed back.
+//! Per connection: accept (`listener`, in the connection's span) → first head read by
+//! `connection` → for a WebSocket upgrade the one request sequence (`websocket`: validate →
+//! `RouteTable::find` → balancer pick → dial with retry (`upstream`, `dial`) → upstream
+//! handshake (`upgrade`) → answer → relay), its answer written by hand on a first request
+//! or through hyper (`service`) on a later one; plain HTTP goes through hyper and `http`,
+//! streamed both ways.
+//!
+//! Inside `proxy/` modules import only downward (no cycles), bottom first:
+//! - `stream`, `error`, `headers`, `drain`, `frame`, `signalr`: import no sibling;
+//! - `request`, `handshake`, `dial`, `tls`: the request context and the steps' pieces;
+//! - `relay`, `upgrade`, `upstream`: a relay, the upgrade exchange, opening a backend;
+//! - `websocket` (the request sequence) and `http` (plain HTTP);
+//! - `service` (the hyper path), then `connection` (the direct path), then `listener`.
 
 pub mod drain;
 pub mod frame;
@@ -15,9 +25,13 @@ mod error;
 mod handshake;
 mod headers;
 mod http;
+#[cfg(test)]
+mod layering;
 mod listener;
+mod request;
 mod service;
 mod signalr;
+mod stream;
 mod upgrade;
 mod upstream;
 mod websocket;

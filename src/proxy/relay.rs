@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::drain::DrainSignal;
-use super::tls::Stream;
+use super::stream::Stream;
 use crate::telemetry::RouteMetrics;
 
 mod machine;

@@ -1,126 +1,148 @@
-//! One request from a client: route it, then hand it to the WebSocket or the HTTP path.
-//! Every answer wsgate gives itself comes from `Error::response`.
+//! The hyper request path: every request of a connection whose first request was not a
+//! direct upgrade (plain HTTP, keep-alive, later upgrades). A WebSocket upgrade runs the
+//! same request sequence as the direct path (`websocket::serve_upgrade`) with its outcome
+//! answered through hyper; plain HTTP is routed here and streamed by `http.rs`.
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Request, Response};
-use http_body_util::combinators::UnsyncBoxBody;
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tracing::Instrument;
 
-use super::headers::X_REQUEST_ID;
-use super::{handshake, http as plain_http, websocket, Error, Gateway};
-use crate::balance::PickContext;
+use super::drain::DrainSignal;
+use super::error::Error;
+use super::request::{full, ProxyBody, RequestCtx, HEAD_READ_TIMEOUT, MAX_HEAD_BYTES};
+use super::stream::Prefixed;
+use super::websocket::{self, Outcome, UpgradeRequest};
+use super::{handshake, http as plain_http, Gateway};
 
-pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// hyper's read buffer: room for a head at the 431 limit plus what arrives behind it.
+const READ_BUF_BYTES: usize = 2 * MAX_HEAD_BYTES;
 
-/// Facts about the request the downstream steps need.
-pub struct RequestCtx {
-    pub peer: SocketAddr,
-    /// `http` or `https`, as the client reached wsgate.
-    pub proto: &'static str,
-    pub request_id: HeaderValue,
-    pub host: Option<HeaderValue>,
-}
-
-impl RequestCtx {
-    /// What the balancer may look at in `req` (cookies, headers, query, client IP).
-    pub fn pick<'a, B>(&self, req: &'a Request<B>) -> PickContext<'a> {
-        self.pick_from(req.headers(), req.uri().query())
-    }
-
-    /// `pick` from a request's headers and query string.
-    pub fn pick_from<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> PickContext<'a> {
-        PickContext {
-            headers,
-            query,
-            client_ip: self.peer.ip(),
-            now_ms: unix_now_ms(),
-            secure: self.proto == "https",
+/// hyper serves the connection (keep-alive, plain HTTP, later upgrades) with the bytes the
+/// direct path already read replayed first.
+pub async fn serve_hyper(
+    gw: Arc<Gateway>,
+    io: Prefixed,
+    peer: SocketAddr,
+    proto: &'static str,
+    mut drain: DrainSignal,
+) {
+    let svc = service_fn(move |req| handle(Arc::clone(&gw), peer, proto, req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_READ_TIMEOUT)
+        .max_buf_size(READ_BUF_BYTES)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = drain.wait() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         }
     }
 }
 
-/// Wall-clock milliseconds, for sticky cookies and pins that replicas must read alike.
-pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-pub fn full(resp: Response<Full<Bytes>>) -> Response<ProxyBody> {
-    resp.map(|b| b.map_err(|never| match never {}).boxed_unsync())
-}
-
-pub async fn handle(
+async fn handle(
     gw: Arc<Gateway>,
     peer: SocketAddr,
     proto: &'static str,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
-        _ => new_request_id(),
-    };
-    let rid = request_id.to_str().unwrap_or("-").to_string();
+    let ctx = RequestCtx::new(peer, proto, req.headers());
     let head = head_size(&req);
     if head > MAX_HEAD_BYTES {
         let e = Error::HeadTooLarge {
             size: head,
             limit: MAX_HEAD_BYTES,
         };
-        gw.metrics.unrouted_failure(e.reason());
-        return Ok(full(e.response(&rid)));
+        ctx.failed(&gw, None, &e);
+        return Ok(full(e.response(ctx.request_id())));
     }
-    let upgrade = handshake::is_websocket_upgrade(req.headers());
-    if upgrade {
-        if let Err(e) = handshake::validate(req.method(), req.version(), req.headers()) {
-            tracing::info!(request_id = %rid, peer = %peer, error = %e, "rejected malformed WebSocket handshake");
-            gw.metrics.unrouted_failure(e.reason());
-            return Ok(full(e.response(&rid)));
-        }
+    if handshake::is_websocket_upgrade(req.headers()) {
+        return Ok(upgrade(&gw, &ctx, req).await);
     }
     let table = gw.publisher.current();
-    let host_header = req.headers().get(header::HOST).cloned();
-    let host = host_header
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    let Some(found) = table.find(host, req.uri().path(), req.uri().query(), req.method()) else {
-        let e = Error::NoRoute {
-            host: host.unwrap_or("").to_string(),
-            path: req.uri().path().to_string(),
-        };
-        tracing::debug!(request_id = %rid, peer = %peer, error = %e, "no route");
-        gw.metrics.unrouted_failure(e.reason());
-        return Ok(full(e.response(&rid)));
+    let uri = req.uri();
+    let authority = uri.authority().map(|a| a.as_str());
+    let found = match ctx.route(&table, authority, uri.path(), uri.query(), req.method()) {
+        Ok(found) => found,
+        Err(e) => {
+            ctx.failed(&gw, None, &e);
+            return Ok(full(e.response(ctx.request_id())));
+        }
     };
     let route = found.route;
     let downstream = found.downstream_path_and_query();
-    let ctx = RequestCtx {
-        peer,
-        proto,
-        request_id,
-        host: host_header,
-    };
-    let result = if upgrade {
-        websocket::proxy(&gw, &table, route, downstream, req, &ctx).await
-    } else {
-        plain_http::proxy(&gw, route, downstream, req, &ctx).await
-    };
-    Ok(result.unwrap_or_else(|e| {
-        route.metrics.failure(e.reason());
-        tracing::warn!(request_id = %rid, route = %route.route.id, peer = %peer, status = e.status().as_u16(), error = %e, "request not proxied");
-        full(e.response(&rid))
-    }))
+    Ok(
+        match plain_http::proxy(route, downstream, req, &ctx).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                ctx.failed(&gw, Some(route), &e);
+                full(e.response(ctx.request_id()))
+            }
+        },
+    )
 }
 
-/// Largest request head forwarded (request line and headers); larger ones get 431.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A WebSocket upgrade on a kept-alive connection: the request sequence, its outcome as
+/// hyper's response, and on a 101 the relay in a task of its own (in the connection's
+/// span) once hyper hands the client connection over.
+async fn upgrade(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (parts, _) = req.into_parts();
+    let request = UpgradeRequest {
+        method: &parts.method,
+        version: parts.version,
+        headers: parts.headers,
+        authority: parts.uri.authority().map(|a| a.as_str()),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+    };
+    let (answer, backend, mut account) = match websocket::serve_upgrade(gw, ctx, request).await {
+        Outcome::Failed(e) => return full(e.response(ctx.request_id())),
+        Outcome::Refused(resp) => return resp.map(|body| body.boxed_unsync()),
+        Outcome::Switched(answer, backend, account) => (answer, backend, account),
+    };
+    let mut to_client = Response::new(Full::new(Bytes::new()));
+    *to_client.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *to_client.headers_mut() = answer.headers();
+    let drain = gw.drain.signal();
+    let offload = gw.offload.clone();
+    let relay = async move {
+        let client = match client_upgrade.await {
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<Prefixed>>() {
+                Ok(parts) => parts.io.into_inner().into_parts(parts.read_buf),
+                Err(_) => {
+                    tracing::error!("client connection is not a TCP or TLS stream; closing");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "client went away before the upgrade completed");
+                return;
+            }
+        };
+        let stats = account
+            .relay(backend, client, drain, offload.as_deref())
+            .await;
+        account.ended(&stats);
+    };
+    gw.drain.spawn(relay.instrument(tracing::Span::current()));
+    full(to_client)
+}
 
 /// The size of the request head as it came in, near enough: hyper's own buffer limit is
 /// coarser than the one a proxy should enforce.
@@ -133,26 +155,4 @@ fn head_size(req: &Request<Incoming>) -> usize {
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
         + line
-}
-
-/// 16 hex digits, unique enough to find one request in the logs of every hop.
-pub(super) fn new_request_id() -> HeaderValue {
-    use std::hash::{BuildHasher, Hasher};
-    thread_local! {
-        static SEED: (u64, Cell<u64>) = (
-            std::collections::hash_map::RandomState::new().build_hasher().finish(),
-            Cell::new(0),
-        );
-    }
-    let id = SEED.with(|(seed, n)| {
-        n.set(n.get().wrapping_add(1));
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(*seed ^ n.get());
-        h.finish()
-    });
-    let mut hex = [0u8; 16];
-    for (i, digit) in hex.iter_mut().enumerate() {
-        *digit = b"0123456789abcdef"[((id >> (60 - 4 * i)) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
 }

@@ -21,10 +21,9 @@ use hyper_util::rt::TokioIo;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::connection::Prefixed;
+use super::error::{Error, Handshake, UpstreamProtocol};
 use super::headers::{for_upstream, hop_by_hop_in, Forwarded};
-use super::tls::Stream;
-use super::Error;
+use super::stream::{Prefixed, Stream};
 
 /// A response head larger than this is refused (502); hyper's client default is similar.
 pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -68,19 +67,19 @@ async fn exchange(
     target: &str,
     endpoint: &str,
 ) -> Result<Answer, Error> {
-    let protocol = |reason: String| Error::UpstreamProtocol {
+    let protocol = |source: UpstreamProtocol| Error::UpstreamProtocol {
         endpoint: endpoint.to_string(),
-        reason,
+        source,
     };
     if !unsent.is_empty() {
         stream
             .write_all(&unsent)
             .await
-            .map_err(|e| protocol(format!("sending the upgrade request: {e}")))?;
+            .map_err(|e| protocol(UpstreamProtocol::Send(e)))?;
         stream
             .flush()
             .await
-            .map_err(|e| protocol(format!("sending the upgrade request: {e}")))?;
+            .map_err(|e| protocol(UpstreamProtocol::Send(e)))?;
     }
     drop(unsent);
 
@@ -105,20 +104,18 @@ async fn exchange(
             Head::Final => return Box::pin(refused(stream, buf.freeze(), target, endpoint)).await,
         }
         if buf.len() >= MAX_RESPONSE_HEAD {
-            return Err(protocol(format!(
-                "response head exceeds {MAX_RESPONSE_HEAD} bytes"
-            )));
+            return Err(protocol(UpstreamProtocol::HeadTooLarge(MAX_RESPONSE_HEAD)));
         }
         buf.reserve(1024);
         let n = stream
             .read_buf(&mut buf)
             .await
-            .map_err(|e| protocol(format!("reading the response head: {e}")))?;
+            .map_err(|e| protocol(UpstreamProtocol::Read(e)))?;
         if n == 0 {
             return Err(protocol(if buf.is_empty() {
-                "connection closed without a response".into()
+                UpstreamProtocol::ClosedBeforeResponse
             } else {
-                "connection closed inside the response head".into()
+                UpstreamProtocol::ClosedInHead
             }));
         }
     }
@@ -235,7 +232,7 @@ impl SwitchedHead {
 
 /// Parses what `buf` holds so far. On a 101 the buffer is consumed: it becomes the head's
 /// bytes, and what follows the head becomes `early`.
-fn parse_head(buf: &mut BytesMut) -> Result<Head, String> {
+fn parse_head(buf: &mut BytesMut) -> Result<Head, UpstreamProtocol> {
     if buf.is_empty() {
         return Ok(Head::Partial);
     }
@@ -245,15 +242,15 @@ fn parse_head(buf: &mut BytesMut) -> Result<Head, String> {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Head::Partial),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(format!("response has more than {MAX_HEADERS} headers"))
+            return Err(UpstreamProtocol::TooManyHeaders(MAX_HEADERS))
         }
-        Err(e) => return Err(format!("invalid response head: {e}")),
+        Err(e) => return Err(UpstreamProtocol::InvalidHead(e)),
     };
     if resp.version != Some(1) {
-        return Err("response is not HTTP/1.1".into());
+        return Err(UpstreamProtocol::NotHttp11);
     }
     if len > MAX_RESPONSE_HEAD {
-        return Err(format!("response head exceeds {MAX_RESPONSE_HEAD} bytes"));
+        return Err(UpstreamProtocol::HeadTooLarge(MAX_RESPONSE_HEAD));
     }
     let code = resp.code.unwrap_or(0);
     if code == StatusCode::SWITCHING_PROTOCOLS.as_u16() {
@@ -286,7 +283,7 @@ async fn refused(
 ) -> Result<Answer, Error> {
     let protocol = |e: hyper::Error| Error::UpstreamProtocol {
         endpoint: endpoint.to_string(),
-        reason: e.to_string(),
+        source: UpstreamProtocol::Http(e),
     };
     let replay = Replay {
         read: Prefixed::new(read, stream),
@@ -301,10 +298,9 @@ async fn refused(
         let _ = conn.await;
     });
     let mut req = Request::new(Empty::<Bytes>::new());
-    *req.uri_mut() = target.parse().map_err(|_| Error::UpstreamProtocol {
-        endpoint: endpoint.to_string(),
-        reason: "the downstream path is not a valid request target".into(),
-    })?;
+    *req.uri_mut() = target
+        .parse()
+        .map_err(|_| Error::BadHandshake(Handshake::InvalidTarget))?;
     let resp = sender.send_request(req).await.map_err(protocol)?;
     Ok(Answer::Refused(resp))
 }
@@ -450,11 +446,13 @@ mod tests {
         assert!(
             parse_head(&mut BytesMut::from(&b"SSH-2.0-OpenSSH\r\n\r\n"[..]))
                 .unwrap_err()
+                .to_string()
                 .contains("invalid response head")
         );
         assert!(
             parse_head(&mut BytesMut::from(&b"HTTP/1.0 101 Switching\r\n\r\n"[..]))
                 .unwrap_err()
+                .to_string()
                 .contains("not HTTP/1.1")
         );
         let mut flood = b"HTTP/1.1 101 Switching Protocols\r\n".to_vec();
@@ -464,6 +462,7 @@ mod tests {
         flood.extend_from_slice(b"\r\n");
         assert!(parse_head(&mut BytesMut::from(&flood[..]))
             .unwrap_err()
+            .to_string()
             .contains("more than 100 headers"));
     }
 }

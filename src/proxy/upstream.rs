@@ -13,10 +13,11 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use super::dial::{dial, Greeting};
+use super::error::{Error, Handshake, UpstreamProtocol};
 use super::headers::{to_upstream, Forwarded};
-use super::service::RequestCtx;
-use super::tls::{upstream_stream, Stream};
-use super::Error;
+use super::request::RequestCtx;
+use super::stream::Stream;
+use super::tls::upstream_stream;
 use crate::balance::{Backend, ConnectionGuard, PickContext};
 use crate::table::CompiledRoute;
 
@@ -137,10 +138,10 @@ pub fn forwarded(ctx: &RequestCtx) -> Forwarded<'_> {
     }
 }
 
-pub fn protocol(endpoint: &str, e: hyper::Error) -> Error {
+fn protocol(endpoint: &str, e: hyper::Error) -> Error {
     Error::UpstreamProtocol {
         endpoint: endpoint.to_string(),
-        reason: e.to_string(),
+        source: UpstreamProtocol::Http(e),
     }
 }
 
@@ -148,5 +149,5 @@ pub fn protocol(endpoint: &str, e: hyper::Error) -> Error {
 pub fn target(downstream: &str) -> Result<http::Uri, Error> {
     downstream
         .parse()
-        .map_err(|_| Error::BadHandshake("the downstream path is not a valid request target"))
+        .map_err(|_| Error::BadHandshake(Handshake::InvalidTarget))
 }

@@ -220,6 +220,7 @@ impl RouteTable {
             .or_else(|| best(&self.index.any));
         found.map(|(idx, captures)| RouteMatch {
             route: &self.routes[idx],
+            index: idx,
             path,
             query,
             captures,

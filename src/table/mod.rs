@@ -113,6 +113,9 @@ impl CompiledRoute {
 #[derive(Debug)]
 pub struct RouteMatch<'t, 'r> {
     pub route: &'t CompiledRoute,
+    /// `route`'s position in `RouteTable::routes`, so a relay can hold the table generation
+    /// (`Arc<RouteTable>`) and find its route again without cloning the route's handles.
+    pub index: usize,
     path: &'r str,
     query: Option<&'r str>,
     captures: Captures,

@@ -94,9 +94,14 @@ fn hit_method(
     method: &Method,
 ) -> Option<String> {
     let (path, query) = split(target);
-    table
-        .find(host, path, query, method)
-        .map(|m| m.route.route.id.0.clone())
+    table.find(host, path, query, method).map(|m| {
+        // Every match carries the route's position, which a relay holds instead of the route.
+        assert!(
+            std::ptr::eq(&table.routes()[m.index], m.route),
+            "index of {target}"
+        );
+        m.route.route.id.0.clone()
+    })
 }
 
 /// Downstream path and query for `GET target` on any host.

@@ -353,7 +353,7 @@ mod tests {
 
     use super::*;
     use crate::proxy::relay::{close_code, relay_streams, RelayConfig, RelayEnd, RelayStats};
-    use crate::proxy::tls::Stream;
+    use crate::proxy::stream::Stream;
     use crate::proxy::Drain;
     use crate::telemetry::Metrics;
 

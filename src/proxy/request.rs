@@ -1,0 +1,181 @@
+//! One client request, whichever path read its head (connection.rs's direct path or hyper's
+//! service): its context (`RequestCtx`: client, request id, `Host`), the route lookup, and
+//! the one way a refusal of wsgate's own is logged and counted. Both request paths and the
+//! steps below them (upstream, websocket, http) take their facts from here.
+//!
+//! The connection's tracing span (`connection_span`) learns the request id, route and
+//! endpoint from the steps here as they become known, so every line the connection logs
+//! names them.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use tracing::field::Empty;
+
+use super::error::Error;
+use super::headers::X_REQUEST_ID;
+use super::Gateway;
+use crate::balance::PickContext;
+use crate::table::{CompiledRoute, RouteMatch, RouteTable};
+
+/// Largest request head forwarded (request line and headers); larger ones get 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A client must send its whole request head within this time (slowloris guard).
+pub const HEAD_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most headers a request head may carry (hyper's limit too); more get 431.
+pub const MAX_HEADERS: usize = 100;
+
+/// The body of every response hyper writes for wsgate.
+pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// One of wsgate's own answers as a hyper response.
+pub fn full(resp: Response<Full<Bytes>>) -> Response<ProxyBody> {
+    resp.map(|b| b.map_err(|never| match never {}).boxed_unsync())
+}
+
+/// The span of one client connection: its client address now, its request id, route and
+/// endpoint recorded as each becomes known. Everything the connection does (head, dial,
+/// answer, relay) runs inside it.
+pub fn connection_span(peer: SocketAddr) -> tracing::Span {
+    tracing::info_span!(
+        "connection",
+        client = %peer,
+        request_id = Empty,
+        route = Empty,
+        endpoint = Empty
+    )
+}
+
+/// Facts about the request the downstream steps need.
+pub struct RequestCtx {
+    pub peer: SocketAddr,
+    /// `http` or `https`, as the client reached wsgate.
+    pub proto: &'static str,
+    pub request_id: HeaderValue,
+    pub host: Option<HeaderValue>,
+    /// The connection's span (`connection_span`), looked up once per request.
+    span: tracing::Span,
+}
+
+impl RequestCtx {
+    /// The context of a request with `headers`: the client's `X-Request-Id` when it sent a
+    /// usable one, else a new id (recorded in the connection's span either way).
+    pub fn new(peer: SocketAddr, proto: &'static str, headers: &HeaderMap) -> RequestCtx {
+        let request_id = match headers.get(&X_REQUEST_ID) {
+            Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
+            _ => new_request_id(),
+        };
+        let ctx = RequestCtx {
+            peer,
+            proto,
+            request_id,
+            host: headers.get(header::HOST).cloned(),
+            span: tracing::Span::current(),
+        };
+        ctx.span.record("request_id", ctx.request_id());
+        ctx
+    }
+
+    /// Records in the connection's span the backend endpoint this request went to.
+    pub fn record_endpoint(&self, endpoint: &str) {
+        self.span.record("endpoint", endpoint);
+    }
+
+    /// The request id as text, for answers and logs.
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
+    /// `pick` from a request's headers and query string: what the balancer may look at
+    /// (cookies, headers, query, client IP).
+    pub fn pick_from<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> PickContext<'a> {
+        PickContext {
+            headers,
+            query,
+            client_ip: self.peer.ip(),
+            now_ms: unix_now_ms(),
+            secure: self.proto == "https",
+        }
+    }
+
+    /// The route for this request in `table` (`authority`: an absolute-form target's, used
+    /// when the request has no `Host`), recorded in the connection's span; `NoRoute` names
+    /// host and path.
+    pub fn route<'t, 'r>(
+        &'r self,
+        table: &'t RouteTable,
+        authority: Option<&'r str>,
+        path: &'r str,
+        query: Option<&'r str>,
+        method: &Method,
+    ) -> Result<RouteMatch<'t, 'r>, Error> {
+        let host = self
+            .host
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .or(authority);
+        match table.find(host, path, query, method) {
+            Some(found) => {
+                self.span.record("route", found.route.route.id.0.as_str());
+                Ok(found)
+            }
+            None => Err(Error::NoRoute {
+                host: host.unwrap_or("").to_string(),
+                path: path.to_string(),
+            }),
+        }
+    }
+
+    /// Logs and counts a request wsgate answers itself with `e` (`route`: the one it
+    /// matched, if it got that far). Every such answer passes here once, on either path.
+    pub fn failed(&self, gw: &Gateway, route: Option<&CompiledRoute>, e: &Error) {
+        let status = e.status().as_u16();
+        match route {
+            Some(route) => {
+                route.metrics.failure(e.reason());
+                tracing::warn!(status, error = %e.chain(), "request not proxied");
+            }
+            None => {
+                gw.metrics.unrouted_failure(e.reason());
+                if matches!(e, Error::NoRoute { .. }) {
+                    tracing::debug!(status, error = %e.chain(), "no route");
+                } else {
+                    tracing::info!(status, error = %e.chain(), "rejected the request");
+                }
+            }
+        }
+    }
+}
+
+/// Wall-clock milliseconds, for sticky cookies and pins that replicas must read alike.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// 16 hex digits, unique enough to find one request in the logs of every hop.
+pub fn new_request_id() -> HeaderValue {
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static SEED: (u64, Cell<u64>) = (
+            std::collections::hash_map::RandomState::new().build_hasher().finish(),
+            Cell::new(0),
+        );
+    }
+    let id = SEED.with(|(seed, n)| {
+        n.set(n.get().wrapping_add(1));
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(*seed ^ n.get());
+        h.finish()
+    });
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((id >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
+}
