@@ -104,17 +104,17 @@ async fn answer(
 }
 
 /// A complete first request head, parsed once.
-struct Head {
-    len: usize,
+pub struct Head {
+    pub len: usize,
     /// Where its parts lie when it is a GET/1.1 in origin form, the only shape served
     /// directly.
-    direct: Option<DirectSpans>,
+    pub direct: Option<DirectSpans>,
 }
 
 /// Positions in the read buffer, so the parse's borrows need not outlive it.
-struct DirectSpans {
-    target: std::ops::Range<usize>,
-    headers: Vec<(HeaderName, std::ops::Range<usize>)>,
+pub struct DirectSpans {
+    pub target: std::ops::Range<usize>,
+    pub headers: Vec<(HeaderName, std::ops::Range<usize>)>,
 }
 
 impl DirectSpans {
@@ -146,15 +146,10 @@ impl DirectSpans {
 async fn read_head(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<Option<Head>> {
     loop {
         if !buf.is_empty() {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut slots);
-            match req.parse(buf) {
-                Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => {
-                    let direct = DirectSpans::of(&req, buf.as_ptr() as usize);
-                    return Ok(Some(Head { len, direct }));
-                }
-                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => {}
-                Ok(_) | Err(_) => return Ok(None),
+            match parse_head(buf) {
+                HeadStatus::Complete(head) => return Ok(Some(head)),
+                HeadStatus::Partial => {}
+                HeadStatus::ForHyper => return Ok(None),
             }
         }
         buf.reserve(2048);
@@ -164,21 +159,46 @@ async fn read_head(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<Option
     }
 }
 
+/// What the bytes read so far hold, for `read_head`.
+pub enum HeadStatus {
+    /// A complete head within the size limit.
+    Complete(Head),
+    /// An incomplete head, still under the size limit.
+    Partial,
+    /// A connection for hyper: malformed, too many headers, or over the size limit.
+    ForHyper,
+}
+
+/// One parse of the bytes read so far: `read_head`'s step, on its own so `crate::fuzzing`
+/// can feed it bytes without a socket.
+pub fn parse_head(buf: &[u8]) -> HeadStatus {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => {
+            let direct = DirectSpans::of(&req, buf.as_ptr() as usize);
+            HeadStatus::Complete(Head { len, direct })
+        }
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => HeadStatus::Partial,
+        Ok(_) | Err(_) => HeadStatus::ForHyper,
+    }
+}
+
 /// A first request that is a well-formed WebSocket upgrade in origin form.
-struct DirectUpgrade {
+pub struct DirectUpgrade {
     /// The request head; `path`, `query` and header values are slices of it.
-    head: Bytes,
-    target: std::ops::Range<usize>,
-    headers: HeaderMap,
+    pub head: Bytes,
+    pub target: std::ops::Range<usize>,
+    pub headers: HeaderMap,
     /// Bytes the client sent behind its head (frames it did not wait to send).
-    early: Bytes,
+    pub early: Bytes,
 }
 
 impl DirectUpgrade {
     /// `Some` when `head` (in `buf`) is a GET/1.1 WebSocket upgrade that passes
     /// `handshake::validate`; everything else is left to hyper and the service, with `buf`
     /// as it was.
-    fn take(buf: &mut BytesMut, head: Head) -> Option<DirectUpgrade> {
+    pub fn take(buf: &mut BytesMut, head: Head) -> Option<DirectUpgrade> {
         let Head { len, direct } = head;
         let DirectSpans {
             target,

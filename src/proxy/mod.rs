@@ -9,7 +9,7 @@ pub mod frame;
 pub mod relay;
 pub mod tls;
 
-mod connection;
+pub(crate) mod connection;
 mod dial;
 mod error;
 mod handshake;
@@ -18,7 +18,7 @@ mod http;
 mod listener;
 mod service;
 mod signalr;
-mod upgrade;
+pub(crate) mod upgrade;
 mod upstream;
 mod websocket;
 

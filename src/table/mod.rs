@@ -18,7 +18,7 @@ mod compile;
 mod find;
 mod host;
 mod publish;
-mod template;
+pub(crate) mod template;
 
 pub use certs::CertificateMap;
 pub use compile::{compile, compile_from};
