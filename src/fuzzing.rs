@@ -20,9 +20,9 @@ pub use crate::proxy::connection::{
 };
 
 /// The backend's answer to the upgrade (src/proxy/upgrade.rs).
-pub use crate::proxy::upgrade::{
-    parse_head as parse_upstream_head, Head as UpstreamHead, SwitchedHead,
-};
+/// (Its 101 variant's `SwitchedHead` is not re-exported by name: its methods are usable,
+/// and it stays out of the crate's public API.)
+pub use crate::proxy::upgrade::{parse_head as parse_upstream_head, Head as UpstreamHead};
 
 /// One frame tracker per direction of a relayed connection (already public).
 pub use crate::proxy::frame::{FrameEnd, FrameTracker};

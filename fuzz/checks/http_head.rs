@@ -31,7 +31,7 @@ pub fn check(data: &[u8]) {
             panic!("a complete head of {} bytes was never found reading in pieces", a.len)
         }
         (_, Some((b, at))) => panic!(
-            "reading in pieces found a head of {} bytes after {at} bytes that the whole input does not have",
+            "reading in pieces found a head of {} bytes after {at} bytes; the whole input has none",
             b.len
         ),
         (_, None) => {}

@@ -8,7 +8,7 @@
 //! headers passed on to the client are all inside the head and none is hop-by-hop.
 
 use bytes::{Buf, BytesMut};
-use wsgate::fuzzing::{parse_upstream_head, SwitchedHead, UpstreamHead};
+use wsgate::fuzzing::{parse_upstream_head, UpstreamHead};
 
 /// What one way of reading the stream came to.
 #[derive(Debug, PartialEq)]
@@ -67,13 +67,14 @@ fn read(stream: &[u8], step: usize) -> Outcome {
                 continue;
             }
             Ok(UpstreamHead::Switched { head, early }) => {
+                assert!(skipped + head.len() <= stream.len());
                 // The rest of the stream arrives behind the head as relayed bytes.
                 let mut early = early.to_vec();
                 early.extend_from_slice(&stream[read..]);
                 return Outcome::Switched {
                     skipped,
-                    passed_on: passed_on(&head),
-                    head: head_bytes(&head, stream, skipped),
+                    passed_on: passed_on(head.end_to_end(), head.end_to_end_map().len()),
+                    head: stream[skipped..skipped + head.len()].to_vec(),
                     early,
                 };
             }
@@ -89,18 +90,13 @@ fn read(stream: &[u8], step: usize) -> Outcome {
     }
 }
 
-/// The head's bytes: `len` of them, where the stream has them.
-fn head_bytes(head: &SwitchedHead, stream: &[u8], skipped: usize) -> Vec<u8> {
-    assert!(skipped + head.len() <= stream.len());
-    stream[skipped..skipped + head.len()].to_vec()
-}
-
-/// The headers the client's 101 carries; also builds the map hyper would get.
-fn passed_on(head: &SwitchedHead) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let kept: Vec<(Vec<u8>, Vec<u8>)> = head
-        .end_to_end()
-        .map(|(n, v)| (n.to_vec(), v.to_vec()))
-        .collect();
+/// The headers the client's 101 carries (`end_to_end`), checked against the size of the map
+/// hyper would get (`end_to_end_map`).
+fn passed_on<'a>(
+    end_to_end: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    map_len: usize,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let kept: Vec<(Vec<u8>, Vec<u8>)> = end_to_end.map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
     for (name, _) in &kept {
         for hop in [
             &b"connection"[..],
@@ -114,7 +110,6 @@ fn passed_on(head: &SwitchedHead) -> Vec<(Vec<u8>, Vec<u8>)> {
             );
         }
     }
-    let map = head.end_to_end_map();
-    assert!(map.len() <= kept.len());
+    assert!(map_len <= kept.len());
     kept
 }
