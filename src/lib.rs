@@ -14,6 +14,9 @@ pub mod api;
 pub mod app;
 pub mod balance;
 pub mod echo;
+/// Entry points for the fuzz targets (`fuzz/`) and their corpus replay test; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod proxy;
 pub mod source;

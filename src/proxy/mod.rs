@@ -19,7 +19,7 @@ pub mod frame;
 pub mod relay;
 pub mod tls;
 
-mod connection;
+pub(crate) mod connection;
 mod dial;
 mod error;
 mod handshake;
@@ -32,7 +32,7 @@ mod request;
 mod service;
 mod signalr;
 mod stream;
-mod upgrade;
+pub(crate) mod upgrade;
 mod upstream;
 mod websocket;
 

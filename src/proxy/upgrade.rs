@@ -157,7 +157,7 @@ pub fn request_head(
 }
 
 #[derive(Debug)]
-enum Head {
+pub enum Head {
     /// More bytes needed.
     Partial,
     /// A 1xx other than 101 of this many bytes.
@@ -232,7 +232,7 @@ impl SwitchedHead {
 
 /// Parses what `buf` holds so far. On a 101 the buffer is consumed: it becomes the head's
 /// bytes, and what follows the head becomes `early`.
-fn parse_head(buf: &mut BytesMut) -> Result<Head, UpstreamProtocol> {
+pub fn parse_head(buf: &mut BytesMut) -> Result<Head, UpstreamProtocol> {
     if buf.is_empty() {
         return Ok(Head::Partial);
     }

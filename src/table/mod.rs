@@ -20,7 +20,7 @@ mod compile;
 mod find;
 mod host;
 mod publish;
-mod template;
+pub(crate) mod template;
 
 pub use backend_tls::{BackendRoots, UpstreamTls, UpstreamTlsError};
 pub use certs::CertificateMap;
