@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::table::UpstreamTlsError;
 use crate::telemetry::FailureReason;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,12 +43,30 @@ pub enum Error {
         #[source]
         source: UpstreamProtocol,
     },
-    #[error("TLS to backend {endpoint} of route {route} failed: {reason}")]
+    #[error("TLS to backend {endpoint} of route {route} failed")]
     UpstreamTls {
         route: String,
         endpoint: String,
-        reason: String,
+        #[source]
+        source: BackendTlsFailure,
     },
+}
+
+/// Why TLS to a backend failed (the cause of [`Error::UpstreamTls`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendTlsFailure {
+    /// The route's backend TLS settings (compiled with the table) cannot be used.
+    #[error("backend TLS settings")]
+    Settings(#[source] UpstreamTlsError),
+    /// The handshake failed; rustls' reason (a refused certificate, an alert) is the source.
+    #[error("handshake as `{server_name}`")]
+    Handshake {
+        server_name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("handshake as `{server_name}` did not finish within {ms} ms")]
+    Timeout { server_name: String, ms: u64 },
 }
 
 /// What is wrong with a client's WebSocket upgrade request (RFC 6455 §4.2.1).

@@ -8,7 +8,6 @@
 //!
 //! Only TLS 1.2 and 1.3, ALPN `http/1.1`, the ring provider (kube links it already).
 
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 
+use super::error::BackendTlsFailure;
 use super::stream::Stream;
 use super::Error;
 use crate::model::{crypto_provider, Endpoint};
@@ -69,39 +69,35 @@ pub async fn upstream_stream(
     let Some(tls) = &route.upstream_tls else {
         return Ok(Stream::Tcp(tcp));
     };
-    let fail = |reason: String| {
-        tracing::warn!(route = %route.route.id, endpoint = %endpoint.authority(), reason = %reason, "TLS to backend failed");
-        Error::UpstreamTls {
+    let fail = |source: BackendTlsFailure| {
+        let e = Error::UpstreamTls {
             route: route.route.id.0.clone(),
             endpoint: endpoint.authority(),
-            reason,
-        }
+            source,
+        };
+        tracing::warn!(error = %e.chain(), "TLS to backend failed");
+        e
     };
-    let config = tls.config().map_err(|e| fail(e.to_string()))?;
-    let name = tls.server_name(endpoint).map_err(|e| fail(e.to_string()))?;
-    let shown = name.to_str().into_owned();
+    let config = tls
+        .config()
+        .map_err(|e| fail(BackendTlsFailure::Settings(e)))?;
+    let name = tls
+        .server_name(endpoint)
+        .map_err(|e| fail(BackendTlsFailure::Settings(e)))?;
+    let server_name = name.to_str().into_owned();
     let connector = tokio_rustls::TlsConnector::from(config);
     let timeout = route.route.timeouts.connect.max(Duration::from_secs(1));
     match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
         Ok(Ok(stream)) => Ok(Stream::Client(Box::new(stream))),
-        Ok(Err(e)) => Err(fail(format!("handshake as `{shown}`: {}", describe(&e)))),
-        Err(_) => Err(fail(format!(
-            "handshake as `{shown}` did not finish within {} ms",
-            timeout.as_millis()
-        ))),
-    }
-}
-
-/// rustls reports certificate problems as an `io::Error` wrapping `rustls::Error`.
-fn describe(e: &io::Error) -> String {
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        Some(rustls::Error::InvalidCertificate(c)) => {
-            format!("the backend's certificate was refused: {c:?}")
-        }
-        Some(other) => other.to_string(),
-        None => e.to_string(),
+        // rustls reports a refused certificate as an `io::Error` wrapping `rustls::Error`,
+        // whose text names the reason (e.g. `invalid peer certificate: UnknownIssuer`).
+        Ok(Err(source)) => Err(fail(BackendTlsFailure::Handshake {
+            server_name,
+            source,
+        })),
+        Err(_) => Err(fail(BackendTlsFailure::Timeout {
+            server_name,
+            ms: timeout.as_millis() as u64,
+        })),
     }
 }
