@@ -247,11 +247,13 @@ async fn fails_the_connection(rig: &mut Rig, breaker: Side, v: Violation) {
         v.code
     );
 
-    // Both answer the gateway's Close; nothing else may follow on either side.
+    // Both answer the gateway's Close, and the backend (a server) then ends its TCP
+    // connection, as RFC 6455 §7.1.1 has servers do; nothing else may follow on either side.
     let other_reply = from(other, FIN | CLOSE, &close_payload(1000, b""));
     peer(&mut link, other).send(&other_reply).await;
     let breaker_reply = from(breaker, FIN | CLOSE, &close_payload(v.code, b""));
     peer(&mut link, breaker).send(&breaker_reply).await;
+    link.backend.shut_down_writing().await;
     for side in [other, breaker] {
         let rest = peer(&mut link, side).frames_until_end().await;
         assert!(

@@ -162,6 +162,11 @@ impl RawPeer {
         let _ = tokio::time::timeout(READ_DEADLINE, self.stream.write_all(bytes)).await;
     }
 
+    /// Ends this side's writing (TCP FIN), as a server does after the Close handshake.
+    pub async fn shut_down_writing(&mut self) {
+        let _ = tokio::time::timeout(READ_DEADLINE, self.stream.shutdown()).await;
+    }
+
     /// The next whole frame, reading as often as it takes; `None` once the connection ended
     /// (EOF or reset) between frames. Panics if it ends inside a frame (part of a frame was
     /// passed on) or nothing arrives within [`READ_DEADLINE`].
