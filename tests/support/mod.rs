@@ -407,5 +407,6 @@ async fn reqwest_like_get(url: &str) -> (u16, String) {
 
 pub mod certs;
 pub mod fake_apiserver;
+pub mod raw_ws;
 pub mod relay_checks;
 pub mod signalr_hub;
