@@ -7,7 +7,9 @@
 //! rule gets Close 1002 (1007 for a Close reason that is not UTF-8); the offending frame is
 //! never passed on, not one byte of it; the other side gets a Close of its own, 1001 toward
 //! the backend when the client broke the rule, 1014 toward the client when the backend did;
-//! frames before the offending one arrive intact. Valid traffic that looks close to a
+//! frames before the offending one arrive intact. The breaker's Close comes once the other
+//! side has answered the gateway's (in place of that answer), so what the other side sent
+//! before still reaches the breaker first. Valid traffic that looks close to a
 //! violation (every valid Close code, permessage-deflate's RSV1) passes unchanged, and a
 //! side that ends its TCP connection after the other side's Close ends the relay without an
 //! invented Close 1011.
@@ -233,6 +235,10 @@ async fn fails_the_connection(rig: &mut Rig, breaker: Side, v: Violation) {
         breaker.others_close_code()
     );
 
+    // The other side answers the gateway's Close; only then does the breaker get its own
+    // (in place of that answer), so what the other side sent before still reaches it.
+    let other_reply = from(other, FIN | CLOSE, &close_payload(1000, b""));
+    peer(&mut link, other).send(&other_reply).await;
     let got = peer(&mut link, breaker).next_frame().await;
     let got =
         got.unwrap_or_else(|| panic!("{breaker:?}'s connection ended without a Close {}", v.code));
@@ -247,10 +253,8 @@ async fn fails_the_connection(rig: &mut Rig, breaker: Side, v: Violation) {
         v.code
     );
 
-    // Both answer the gateway's Close, and the backend (a server) then ends its TCP
-    // connection, as RFC 6455 §7.1.1 has servers do; nothing else may follow on either side.
-    let other_reply = from(other, FIN | CLOSE, &close_payload(1000, b""));
-    peer(&mut link, other).send(&other_reply).await;
+    // The breaker answers too, and the backend (a server) then ends its TCP connection, as
+    // RFC 6455 §7.1.1 has servers do; nothing else may follow on either side.
     let breaker_reply = from(breaker, FIN | CLOSE, &close_payload(v.code, b""));
     peer(&mut link, breaker).send(&breaker_reply).await;
     link.backend.shut_down_writing().await;
