@@ -493,8 +493,8 @@ fails "ci/fixtures/bad-wsroute.yaml is refused by the CRD schema" \
 
 echo "== Dockerfile, scripts and YAML style"
 check "hadolint Dockerfile" "$VENV/hadolint" Dockerfile
-check "shellcheck ci/chart-check.sh ci/fuzz.sh tests/e2e/kind.sh" \
-  "$VENV/shellcheck" ci/chart-check.sh ci/fuzz.sh tests/e2e/kind.sh
+check "shellcheck ci/chart-check.sh ci/fuzz.sh ci/autobahn.sh tests/e2e/kind.sh" \
+  "$VENV/shellcheck" ci/chart-check.sh ci/fuzz.sh ci/autobahn.sh tests/e2e/kind.sh
 check "shellcheck (warnings) bench/*.sh" \
   "$VENV/shellcheck" -S warning bench/run.sh bench/allocs.sh bench/instructions.sh bench/pair.sh bench/syscall-mix.sh \
     bench/side-by-side.sh bench/under-valgrind.sh bench/scratch.sh bench/floor.sh bench/release-build.sh
