@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use support::logs::CapturedLogs;
 use support::relay_checks::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -378,45 +379,6 @@ async fn upgrade_after_a_plain_request_on_the_same_connection_is_relayed() {
     read_until(&mut s, &mut got, b"\x81\x06second").await;
     let text = String::from_utf8_lossy(&got);
     assert!(text.contains("HTTP/1.1 101"), "{text}");
-}
-
-/// Log output captured in memory, for tests that read what the gateway logged.
-#[derive(Clone, Default)]
-struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
-    type Writer = CapturedLogs;
-
-    fn make_writer(&'a self) -> CapturedLogs {
-        self.clone()
-    }
-}
-
-impl CapturedLogs {
-    /// The JSON log lines so far whose message contains `message`.
-    fn lines_with(&self, message: &str) -> Vec<serde_json::Value> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|l| {
-                l["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains(message))
-            })
-            .collect()
-    }
 }
 
 /// Every line a connection logs names it: the relay's idle close carries the connection's
