@@ -196,7 +196,10 @@ enum At {
 /// What the tracker knows about one direction's byte stream.
 #[derive(Debug, Clone)]
 pub struct FrameTracker {
-    rules: FrameRules,
+    /// 0x80 when frames in this direction must be masked, else 0 (the mask bit's place).
+    mask_bit: u8,
+    /// The first row of `VALID_FIRST_BYTE` for the negotiated extensions.
+    table_row: u8,
     at: At,
     /// Header bytes of the next frame held back so far (max 14).
     header: [u8; 14],
@@ -220,24 +223,21 @@ pub struct FrameTracker {
     held_close: Option<Box<Vec<u8>>>,
 }
 
-/// Which first header bytes (FIN, RSV, opcode) are valid, as 256-bit sets indexed by
-/// [extensions][fragmented]: one lookup per frame instead of a chain of branches.
-static VALID_FIRST_BYTE: [[[u64; 4]; 2]; 3] = {
-    let mut table = [[[0u64; 4]; 2]; 3];
-    let mut ext = 0;
-    while ext < 3 {
-        let mut fragmented = 0;
-        while fragmented < 2 {
-            let mut b0 = 0usize;
-            while b0 < 256 {
-                if first_byte_valid(b0 as u8, ext, fragmented == 1) {
-                    table[ext][fragmented][b0 >> 6] |= 1 << (b0 & 63);
-                }
-                b0 += 1;
+/// Which first header bytes (FIN, RSV, opcode) are valid, as 256-bit sets, one row per
+/// (extensions, fragmented) at `2 * extensions + fragmented`: one lookup per frame instead
+/// of a chain of branches.
+static VALID_FIRST_BYTE: [[u64; 4]; 6] = {
+    let mut table = [[0u64; 4]; 6];
+    let mut row = 0;
+    while row < 6 {
+        let mut b0 = 0usize;
+        while b0 < 256 {
+            if first_byte_valid(b0 as u8, row / 2, row % 2 == 1) {
+                table[row][b0 >> 6] |= 1 << (b0 & 63);
             }
-            fragmented += 1;
+            b0 += 1;
         }
-        ext += 1;
+        row += 1;
     }
     table
 };
@@ -269,7 +269,8 @@ const fn first_byte_valid(b0: u8, ext: usize, fragmented: bool) -> bool {
 impl FrameTracker {
     pub fn new(rules: FrameRules) -> Self {
         FrameTracker {
-            rules,
+            mask_bit: if rules.masked { 0x80 } else { 0 },
+            table_row: 2 * ext_index(rules.extensions) as u8,
             at: At::Boundary,
             header: [0; 14],
             have: 0,
@@ -297,6 +298,13 @@ impl FrameTracker {
         } else {
             0
         }
+    }
+
+    /// A Close passed or a frame broke the rules: nothing more goes on. (One compare: the
+    /// relay's per-read check for both.)
+    #[inline]
+    pub fn stopped(&self) -> bool {
+        self.at == At::Stopped
     }
 
     /// A Close frame passed completely in this direction.
@@ -393,6 +401,10 @@ impl FrameTracker {
                 pos += self.remaining as usize;
                 self.end_frame();
             }
+            if pos == bytes.len() {
+                out.forward = pos;
+                return out;
+            }
             let rest = &bytes[pos..];
             if rest.len() < 2 {
                 out.forward = pos;
@@ -426,9 +438,14 @@ impl FrameTracker {
                 // The usual header: a 7-bit length (any control frame has one).
                 let frame_len = header_len + usize::from(len7);
                 if rest.len() >= frame_len {
-                    // The whole frame is here: count it and skip it.
-                    self.frame_started(b0);
-                    self.end_frame();
+                    // The whole frame is here: count it and skip it (a data frame's FIN
+                    // ends a message or starts a fragmented one; control frames change
+                    // neither).
+                    if b0 & 0x08 == 0 {
+                        let fin = b0 >> 7;
+                        self.fragmented = fin == 0;
+                        self.messages += u64::from(fin);
+                    }
                     pos += frame_len;
                     continue;
                 }
@@ -446,11 +463,11 @@ impl FrameTracker {
     /// message state, masking, control frame length.
     #[inline]
     fn check_first_bytes(&self, b0: u8, b1: u8) -> Result<(), Violation> {
-        let set = &VALID_FIRST_BYTE[ext_index(self.rules.extensions)][usize::from(self.fragmented)];
+        let set = &VALID_FIRST_BYTE[usize::from(self.table_row + u8::from(self.fragmented))];
         if set[usize::from(b0 >> 6)] & (1 << (b0 & 63)) == 0 {
             return Err(self.classify_first_byte(b0));
         }
-        if (b1 & 0x80 != 0) != self.rules.masked {
+        if b1 & 0x80 != self.mask_bit {
             return Err(Violation::Masking);
         }
         if b0 & 0x08 != 0 && b1 & 0x7F > 125 {

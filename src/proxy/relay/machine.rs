@@ -298,6 +298,9 @@ pub struct Relay {
     draining: bool,
     /// We asked both sides, or the client, to close (drain, idle timeout).
     closing: bool,
+    /// `winding_down`, kept up to date by the events that change it (the per-step checks
+    /// read one flag).
+    winding: bool,
     /// Set when a timeout ended the relay.
     end: Option<RelayEnd>,
     violation: Option<(Side, Violation)>,
@@ -351,6 +354,7 @@ impl Relay {
             linger_at: None,
             draining: false,
             closing: false,
+            winding: false,
             end: None,
             violation: None,
         }
@@ -411,11 +415,23 @@ impl Relay {
         fwd.held = tracked.held;
         fwd.held_len = tracked.held_len;
         fwd.body = &bytes[..tracked.forward];
+        if flow.tracker.stopped() {
+            // A Close passed, or a frame broke the rules (the rare path).
+            fwd.body = self.stopped_in(from, fwd.body);
+        }
+        fwd
+    }
+
+    /// `from`'s tracker stopped in this read at the end of `body` (what goes on): a Close
+    /// passed (whole in `body`, or released from several reads), or a frame broke the rules.
+    #[cold]
+    fn stopped_in<'a>(&mut self, from: Side, mut body: &'a [u8]) -> &'a [u8] {
+        let flow = self.flow_from(from);
         let held_close = flow.tracker.take_held_close();
         if flow.close_deferred.is_some() && flow.tracker.close_seen() {
             // Ours goes instead of the source's Close.
             if held_close.is_empty() {
-                fwd.body = &fwd.body[..fwd.body.len() - flow.tracker.close_frame_len()];
+                body = &body[..body.len() - flow.tracker.close_frame_len()];
             }
             flow.close_withheld = true;
             flow.close_wanted = flow.close_deferred.take();
@@ -428,7 +444,8 @@ impl Relay {
                 self.fail(from, v);
             }
         }
-        fwd
+        self.update_winding();
+        body
     }
 
     /// How much of `fwd` the driver wrote (all of it, part, or nothing because that side
@@ -470,6 +487,7 @@ impl Relay {
             });
         }
         self.inject_due();
+        self.update_winding();
     }
 
     /// A write to `to` failed: nothing more goes there.
@@ -509,6 +527,7 @@ impl Relay {
             self.draining = true;
             self.closing = true;
             self.down.close_with(Close::Draining);
+            self.update_winding();
         }
     }
 
@@ -529,6 +548,7 @@ impl Relay {
                 self.closing = true;
                 self.up.close_with(Close::Idle);
                 self.down.close_with(Close::Idle);
+                self.update_winding();
                 Timeout::Idle(idle)
             }
             _ => Timeout::Nothing,
@@ -590,12 +610,17 @@ impl Relay {
 
     /// A side has closed, a Close passed, we are closing (drain, idle), or a side broke the
     /// protocol: from here the sides have the linger time to finish.
+    #[inline]
     pub fn winding_down(&self) -> bool {
-        self.closing
+        self.winding
+    }
+
+    fn update_winding(&mut self) {
+        self.winding = self.closing
             || self.up.src_done
             || self.down.src_done
             || self.up.stopped()
-            || self.down.stopped()
+            || self.down.stopped();
     }
 
     /// The relay is over: close both connections. Both directions ended (each source
@@ -605,9 +630,11 @@ impl Relay {
     /// out.
     #[inline]
     pub fn is_done(&self) -> bool {
-        self.end.is_some()
-            || (self.up.finished() && self.down.finished())
-            || (self.up.closed_and_flushed() && self.down.closed_and_flushed())
+        // Only a relay winding down can be done.
+        self.winding
+            && (self.end.is_some()
+                || (self.up.finished() && self.down.finished())
+                || (self.up.closed_and_flushed() && self.down.closed_and_flushed()))
     }
 
     pub fn is_draining(&self) -> bool {
@@ -692,11 +719,10 @@ impl Relay {
 
     #[inline]
     fn inject_due(&mut self) {
-        if self.up.close_wanted.is_some() {
+        if self.up.close_wanted.is_some() || self.down.close_wanted.is_some() {
             self.up.inject_if_ready();
-        }
-        if self.down.close_wanted.is_some() {
             self.down.inject_if_ready();
+            self.update_winding();
         }
     }
 }

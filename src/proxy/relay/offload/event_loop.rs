@@ -342,7 +342,11 @@ impl Loop {
             }
         }
         // A deadline that moved later (an idle one, after activity) stays armed at the
-        // earlier time; when that fires, the relay is armed again.
+        // earlier time; when that fires, the relay is armed again. Only a relay with an idle
+        // limit or winding down has one.
+        if !(conn.relay.tracks_activity() || conn.relay.winding_down()) {
+            return;
+        }
         if let Some(at) = conn.relay.poll_deadline(|| clock.now()) {
             if conn.armed.is_none_or(|armed| at < armed) {
                 conn.armed = Some(at);
