@@ -15,13 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test]
 async fn a_moved_relay_logs_in_its_connection_span() {
     let logs = CapturedLogs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .json()
-        .flatten_event(false)
-        .finish();
+    let subscriber = logs.subscriber();
     tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
     let echo = Echo::start("e").await;
     let mut s = spec("/{everything}", "/{everything}", &[echo.addr]);

@@ -388,13 +388,7 @@ async fn upgrade_after_a_plain_request_on_the_same_connection_is_relayed() {
 #[tokio::test]
 async fn relay_log_lines_carry_the_connection_span() {
     let logs = CapturedLogs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .json()
-        .flatten_event(false)
-        .finish();
+    let subscriber = logs.subscriber();
     // This test's runtime runs on this thread only, so every task of the gateway logs here.
     let _default = tracing::subscriber::set_default(subscriber);
     let echo = Echo::start("e").await;

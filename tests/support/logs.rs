@@ -25,6 +25,18 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
 }
 
 impl CapturedLogs {
+    /// A subscriber that writes JSON lines here at `info`, as the binary logs with
+    /// `--log-format json`; set it as the default for what a test should capture.
+    pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(self.clone())
+            .with_ansi(false)
+            .json()
+            .flatten_event(false)
+            .finish()
+    }
+
     /// The JSON log lines so far whose message contains `message`.
     pub fn lines_with(&self, message: &str) -> Vec<serde_json::Value> {
         let bytes = self.0.lock().unwrap().clone();
