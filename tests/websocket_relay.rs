@@ -6,7 +6,6 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::logs::CapturedLogs;
 use support::relay_checks::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -330,8 +329,6 @@ async fn idle_timeout_closes_only_quiet_sockets() {
     idle_limit_closes_only_the_quiet_one(&mut quiet, &mut busy).await;
 }
 
-const RAW_UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-
 /// A masked text frame as a client sends it (payload under 126 bytes).
 fn masked_text(payload: &[u8]) -> Vec<u8> {
     let key = [0x11, 0x22, 0x33, 0x44];
@@ -339,19 +336,6 @@ fn masked_text(payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&key);
     f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
     f
-}
-
-/// Reads from `s` until `buf` holds `want` (a byte sequence) and returns everything read.
-async fn read_until(s: &mut TcpStream, buf: &mut Vec<u8>, want: &[u8]) {
-    within("bytes from the gateway", async {
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(want.len()).any(|w| w == want) {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(buf));
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
 }
 
 /// An upgrade that follows a plain request on the same kept-alive connection is served
@@ -379,72 +363,4 @@ async fn upgrade_after_a_plain_request_on_the_same_connection_is_relayed() {
     read_until(&mut s, &mut got, b"\x81\x06second").await;
     let text = String::from_utf8_lossy(&got);
     assert!(text.contains("HTTP/1.1 101"), "{text}");
-}
-
-/// Every line a connection logs names it: the relay's idle close carries the connection's
-/// span with client, request id, route and endpoint, for a relay on a connection's first
-/// request (the direct path) and one after a plain request (the relay task hyper hands
-/// the connection to). JSON as the binary writes it with `--log-format json`.
-#[tokio::test]
-async fn relay_log_lines_carry_the_connection_span() {
-    let logs = CapturedLogs::default();
-    let subscriber = logs.subscriber();
-    // This test's runtime runs on this thread only, so every task of the gateway logs here.
-    let _default = tracing::subscriber::set_default(subscriber);
-    let echo = Echo::start("e").await;
-    let mut s = spec("/{everything}", "/{everything}", &[echo.addr]);
-    s.timeouts = Some(wsgate::api::RouteTimeouts {
-        idle: Some("300ms".into()),
-        ..Default::default()
-    });
-    let gw = Gateway::start(&[route("span-idle", 0, &s)]).await;
-
-    let mut direct = connect_with(&gw.ws("/first"), &[("x-request-id", "span-direct")]).await;
-    let mut later = TcpStream::connect(gw.server.listen_addr).await.unwrap();
-    later
-        .write_all(b"GET /plain HTTP/1.1\r\nHost: a\r\nX-Request-Id: span-plain\r\n\r\n")
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    read_until(&mut later, &mut got, b"}").await;
-    later
-        .write_all(
-            format!(
-                "GET /later HTTP/1.1\r\nHost: a\r\nX-Request-Id: span-later\r\n{RAW_UPGRADE}\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    read_until(&mut later, &mut got, b"HTTP/1.1 101").await;
-    // Both go quiet: the idle limit closes them (Close 1001 arrives as 0x88 0x0e 0x03 0xe9).
-    match next_msg(&mut direct).await {
-        Message::Close(Some(c)) => assert_eq!(c.code, CloseCode::Away),
-        other => panic!("expected the idle Close, got {other:?}"),
-    }
-    read_until(&mut later, &mut got, &[0x88, 0x0e, 0x03, 0xe9]).await;
-
-    let idle_close = "closing idle WebSocket connection";
-    let lines = eventually("both idle closes logged", || {
-        let lines = logs.lines_with(idle_close);
-        (lines.len() >= 2).then_some(lines)
-    })
-    .await;
-    for request_id in ["span-direct", "span-later"] {
-        let line = lines
-            .iter()
-            .find(|l| l["span"]["request_id"] == request_id)
-            .unwrap_or_else(|| panic!("no idle close in the span of {request_id}: {lines:?}"));
-        let span = &line["span"];
-        assert_eq!(span["name"], "connection", "{line}");
-        assert_eq!(span["route"], "span-idle", "{line}");
-        assert_eq!(span["endpoint"], echo.addr.to_string(), "{line}");
-        assert!(
-            span["client"]
-                .as_str()
-                .is_some_and(|c| c.starts_with("127.0.0.1:")),
-            "{line}"
-        );
-    }
 }

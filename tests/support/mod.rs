@@ -411,3 +411,19 @@ pub mod logs;
 pub mod raw_ws;
 pub mod relay_checks;
 pub mod signalr_hub;
+
+/// The upgrade headers of a raw request (a fixed, valid key).
+pub const RAW_UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+/// Reads from `s` until `buf` holds `want` (a byte sequence) and returns everything read.
+pub async fn read_until(s: &mut TcpStream, buf: &mut Vec<u8>, want: &[u8]) {
+    within("bytes from the gateway", async {
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(want.len()).any(|w| w == want) {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(buf));
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+}
