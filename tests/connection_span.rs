@@ -30,15 +30,22 @@ fn logs() -> &'static CapturedLogs {
     })
 }
 
-#[tokio::test]
-async fn a_moved_relay_logs_in_its_connection_span() {
-    let logs = logs();
-    let echo = Echo::start("e").await;
+/// A route to `echo` whose relays the idle limit closes after 300 ms of quiet: the log line
+/// these tests read.
+fn quiet_after_300ms(echo: &Echo) -> wsgate::api::WsRouteSpec {
     let mut s = spec("/{everything}", "/{everything}", &[echo.addr]);
     s.timeouts = Some(wsgate::api::RouteTimeouts {
         idle: Some("300ms".into()),
         ..Default::default()
     });
+    s
+}
+
+#[tokio::test]
+async fn a_moved_relay_logs_in_its_connection_span() {
+    let logs = logs();
+    let echo = Echo::start("e").await;
+    let s = quiet_after_300ms(&echo);
     let moving = OffloadOptions {
         threads: 1,
         after_messages: 1,
@@ -87,11 +94,7 @@ async fn a_moved_relay_logs_in_its_connection_span() {
 async fn relay_log_lines_carry_the_connection_span() {
     let logs = logs();
     let echo = Echo::start("e").await;
-    let mut s = spec("/{everything}", "/{everything}", &[echo.addr]);
-    s.timeouts = Some(wsgate::api::RouteTimeouts {
-        idle: Some("300ms".into()),
-        ..Default::default()
-    });
+    let s = quiet_after_300ms(&echo);
     let gw = Gateway::start(&[route("span-idle", 0, &s)]).await;
 
     let mut direct = connect_with(&gw.ws("/first"), &[("x-request-id", "span-direct")]).await;

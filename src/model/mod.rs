@@ -174,4 +174,4 @@ pub struct Route {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,7 +1,8 @@
 use super::*;
 use crate::api::{HostAndPort, LoadBalancerOptions, RouteTimeouts, WsRouteSpec};
 
-fn spec() -> WsRouteSpec {
+/// A valid spec with one static backend (other modules' tests start from it too).
+pub(crate) fn spec() -> WsRouteSpec {
     WsRouteSpec {
         upstream_path_template: "/chat/{room}".into(),
         upstream_host: None,

@@ -202,7 +202,7 @@ fn bad_host_pattern_is_an_invalid_host_problem() {
 /// `upstreamHost` compiles, whatever it refuses the table refuses too.
 #[test]
 fn validation_and_compile_agree_on_host_patterns() {
-    use crate::api::{HostAndPort, WsRouteSpec};
+    use crate::api::WsRouteSpec;
     use crate::model::{route_from_spec, SpecBackends};
     for host in [
         "chat.example.com",
@@ -218,24 +218,8 @@ fn validation_and_compile_agree_on_host_patterns() {
         "[::1]:80",
     ] {
         let spec = WsRouteSpec {
-            upstream_path_template: "/a".into(),
             upstream_host: Some(host.into()),
-            upstream_http_method: vec![],
-            route_is_case_sensitive: None,
-            priority: None,
-            downstream_path_template: "/a".into(),
-            downstream_scheme: None,
-            service_name: None,
-            service_port: None,
-            downstream_host_and_ports: vec![HostAndPort {
-                host: "127.0.0.1".into(),
-                port: 9000,
-            }],
-            load_balancer_options: None,
-            dangerous_accept_any_server_certificate_validator: None,
-            timeouts: None,
-            tls: None,
-            backend_tls: None,
+            ..crate::model::tests::spec()
         };
         let validated = route_from_spec(RouteId("r".into()), 0, &spec, SpecBackends::Static);
         let (_, compiled) = build(&[route("r", 0, "/a", "/a").with_host(host)]);
