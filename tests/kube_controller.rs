@@ -101,33 +101,13 @@ async fn controller_publishes_routes_writes_status_once_per_change_and_survives_
     fake.apply(slice(&["10.0.0.1"])).await;
     fake.apply(route()).await;
 
-    let config = kube::Config::new(fake.url().parse().expect("url"));
-    let client = kube::Client::try_from(config).expect("client");
-    let mut cfg = KubeConfig::new("wsgate-0", "wsgate-system");
-    cfg.debounce = Duration::from_millis(20);
-    if let Some(lease) = cfg.lease.as_mut() {
-        lease.renew_every = Duration::from_millis(200);
-        lease.duration = Duration::from_secs(2);
-    }
-    let (publisher, published) = recording_publisher();
-    let metrics = Arc::new(KubeMetrics::default());
-    let (ready_tx, mut ready_rx) = watch::channel(false);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(run(
-        cfg,
-        client,
-        publisher,
-        metrics.clone(),
-        ready_tx,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-
-    tokio::time::timeout(DEADLINE, ready_rx.wait_for(|r| *r))
-        .await
-        .expect("ready in time")
-        .expect("readiness sender alive");
+    let Replica {
+        published,
+        metrics,
+        stop: stop_tx,
+        task: controller,
+        ..
+    } = Replica::start(&fake, "wsgate-0").await;
     assert_eq!(
         endpoints(&published),
         Some(vec![Endpoint::new("10.0.0.1", 8080)])
