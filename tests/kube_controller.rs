@@ -237,30 +237,11 @@ async fn start_reader(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), wsgate::source::kube::Error>>,
 ) {
-    let config = kube::Config::new(fake.url().parse().expect("url"));
-    let client = kube::Client::try_from(config).expect("client");
     let mut cfg = KubeConfig::new("wsgate-0", "wsgate-system");
     cfg.debounce = Duration::from_millis(20);
     cfg.lease = None;
-    let (publisher, published) = recording_publisher();
-    let metrics = Arc::new(KubeMetrics::default());
-    let (ready_tx, mut ready_rx) = watch::channel(false);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(run(
-        cfg,
-        client,
-        publisher,
-        metrics.clone(),
-        ready_tx,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    tokio::time::timeout(DEADLINE, ready_rx.wait_for(|r| *r))
-        .await
-        .expect("ready in time")
-        .expect("readiness sender alive");
-    (published, metrics, stop_tx, controller)
+    let r = Replica::start_with(fake, "wsgate-0", cfg).await;
+    (r.published, r.metrics, r.stop, r.task)
 }
 
 /// A watch resumed from a compacted resourceVersion gets an ERROR event with code 410; the
@@ -373,13 +354,18 @@ impl Replica {
     /// Starts a controller named `identity` against `fake`, renewing the Lease every
     /// 200 ms for 2 s; returns once it is ready.
     async fn start(fake: &FakeApiServer, identity: &'static str) -> Replica {
-        let config = kube::Config::new(fake.url().parse().expect("url"));
-        let client = kube::Client::try_from(config).expect("client");
         let mut cfg = KubeConfig::new(identity, "wsgate-system");
         cfg.debounce = Duration::from_millis(20);
         let lease = cfg.lease.as_mut().expect("a status writer by default");
         lease.renew_every = Duration::from_millis(200);
         lease.duration = Duration::from_secs(2);
+        Self::start_with(fake, identity, cfg).await
+    }
+
+    /// Starts a controller with `cfg` against `fake`; returns once it is ready.
+    async fn start_with(fake: &FakeApiServer, identity: &'static str, cfg: KubeConfig) -> Replica {
+        let config = kube::Config::new(fake.url().parse().expect("url"));
+        let client = kube::Client::try_from(config).expect("client");
         let (publisher, published) = recording_publisher();
         let metrics = Arc::new(KubeMetrics::default());
         let (ready_tx, mut ready_rx) = watch::channel(false);
