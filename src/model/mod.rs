@@ -144,6 +144,23 @@ impl Default for Timeouts {
     }
 }
 
+/// Per-route limits (`spec.limits`). `None` = no limit. The message limits are enforced by
+/// the relay from the frame headers it already reads (`proxy::relay::machine`); the
+/// connection limits on the handshake, before a backend is dialled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// A message (all its frames) over this many payload bytes → Close 1009 to its sender.
+    pub max_message_bytes: Option<u64>,
+    /// Messages per second per connection and direction (token bucket) → Close 1008.
+    pub messages_per_second: Option<u32>,
+    /// The bucket's size; `messages_per_second` when absent.
+    pub message_burst: Option<u32>,
+    /// Upgraded connections on the route → 503 with `Retry-After`.
+    pub max_connections: Option<u32>,
+    /// Upgraded connections per client address on the route → 429.
+    pub max_connections_per_client: Option<u32>,
+}
+
 /// A validated route. Templates are kept as text here: `table::compile` parses them and
 /// reports template problems per route.
 #[derive(Clone, Debug, PartialEq)]
@@ -171,6 +188,7 @@ pub struct Route {
     pub certificate: Option<ServerCertificate>,
     /// Name and trust for `wss` backends; the CA is filled by the source.
     pub backend_tls: BackendTls,
+    pub limits: Limits,
 }
 
 #[cfg(test)]

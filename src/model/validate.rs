@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::{
-    parse_duration, BackendTls, Endpoint, HashOn, HostPattern, LoadBalancer, ProblemReason, Route,
-    RouteId, Scheme, Timeouts,
+    parse_duration, BackendTls, Endpoint, HashOn, HostPattern, Limits, LoadBalancer, ProblemReason,
+    Route, RouteId, Scheme, Timeouts,
 };
 use crate::api::LoadBalancerOptions;
 use crate::api::{DownstreamScheme, WsRouteSpec};
@@ -206,6 +206,7 @@ pub fn route_from_spec(
         pin_signalr_connections,
         insecure_skip_verify,
         timeouts,
+        limits: Limits::default(),
         certificate: None,
         backend_tls,
     })

@@ -122,6 +122,7 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         timeouts,
         certificate,
         backend_tls,
+        limits,
     } = a;
     *id == b.id
         && *upstream_path_template == b.upstream_path_template
@@ -138,6 +139,7 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         && *timeouts == b.timeouts
         && *certificate == b.certificate
         && *backend_tls == b.backend_tls
+        && *limits == b.limits
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub(super) fn route(id: &str, order: u64, upstream: &str, downstream: &str) -> R
         timeouts: Timeouts::default(),
         certificate: None,
         backend_tls: Default::default(),
+        limits: Default::default(),
     }
 }
 

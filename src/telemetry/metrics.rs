@@ -1,7 +1,9 @@
 //! Metric families are registered once; `compile` resolves one `RouteMetrics` per route so
 //! the data plane only increments handles it already holds.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -51,6 +53,67 @@ impl FailureReason {
     ];
 }
 
+/// Why the edge refused a request before any backend was dialled (issue 20's checks): the
+/// `reason` label of `wsgate_refusals_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The request target could not be normalized (`..` above the root, `%2F`, NUL...).
+    Path,
+    /// `Origin` not in the route's `allowedOrigins`.
+    Origin,
+    /// The client address is not allowed by the route's `securityOptions`.
+    Ip,
+    /// No token, or a token that is not valid.
+    Auth,
+    /// A valid token without every scope in `allowedScopes`.
+    Scope,
+    /// A valid token whose claims do not meet `routeClaimsRequirement`.
+    Claims,
+    /// Handshakes or requests per client over `rateLimitOptions`.
+    Rate,
+    /// `maxConnections`, `maxConnectionsPerClient` or `--max-connections` reached.
+    Connections,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 8] = [
+        RefusalReason::Path,
+        RefusalReason::Origin,
+        RefusalReason::Ip,
+        RefusalReason::Auth,
+        RefusalReason::Scope,
+        RefusalReason::Claims,
+        RefusalReason::Rate,
+        RefusalReason::Connections,
+    ];
+
+    /// The label value, for log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Path => "path",
+            RefusalReason::Origin => "origin",
+            RefusalReason::Ip => "ip",
+            RefusalReason::Auth => "auth",
+            RefusalReason::Scope => "scope",
+            RefusalReason::Claims => "claims",
+            RefusalReason::Rate => "rate",
+            RefusalReason::Connections => "connections",
+        }
+    }
+}
+
+impl EncodeLabelValue for RefusalReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabel {
+    route: String,
+    reason: RefusalReason,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabel {
     route: String,
@@ -79,6 +142,7 @@ pub struct Metrics {
     connections_total: Family<RouteLabel, Counter>,
     http_requests_total: Family<RouteLabel, Counter>,
     failures_total: Family<FailureLabel, Counter>,
+    refusals_total: Family<RefusalLabel, Counter>,
     bytes_total: Family<BytesLabel, Counter>,
     messages_total: Family<BytesLabel, Counter>,
     connect_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
@@ -113,6 +177,7 @@ impl Metrics {
             connections_total: Family::default(),
             http_requests_total: Family::default(),
             failures_total: Family::default(),
+            refusals_total: Family::default(),
             bytes_total: Family::default(),
             messages_total: Family::default(),
             connect_seconds: Family::new_with_constructor(connect_histogram),
@@ -143,6 +208,11 @@ impl Metrics {
             "handshake_failures",
             "Requests answered by wsgate itself instead of a backend, by reason",
             m.failures_total.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Requests the edge refused before dialling a backend (origin, ip, auth, scope, claims, rate, connections, path)",
+            m.refusals_total.clone(),
         );
         registry.register(
             "bytes",
@@ -243,6 +313,12 @@ impl Metrics {
                     reason,
                 })
             }),
+            refusals: RefusalReason::ALL.map(|reason| {
+                self.refusals_total.get_or_create_owned(&RefusalLabel {
+                    route: route.to_string(),
+                    reason,
+                })
+            }),
         }
     }
 
@@ -250,6 +326,17 @@ impl Metrics {
     pub fn unrouted_failure(&self, reason: FailureReason) {
         self.failures_total
             .get_or_create(&FailureLabel {
+                route: String::new(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Refusals that happen before any route is known (a path that cannot be normalized, a
+    /// process-wide connection limit).
+    pub fn unrouted_refusal(&self, reason: RefusalReason) {
+        self.refusals_total
+            .get_or_create(&RefusalLabel {
                 route: String::new(),
                 reason,
             })
@@ -276,6 +363,7 @@ pub struct RouteMetrics {
     pub messages_down: Counter,
     pub connect_seconds: Histogram,
     failures: [Counter; 8],
+    refusals: [Counter; 8],
 }
 
 impl RouteMetrics {
@@ -285,5 +373,37 @@ impl RouteMetrics {
             .position(|r| *r == reason)
             .unwrap_or(0);
         self.failures[i].inc();
+    }
+
+    pub fn refusal(&self, reason: RefusalReason) {
+        // `ALL` lists the variants in declaration order.
+        self.refusals[reason as usize].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_exported_per_route_and_reason_with_lowercase_labels() {
+        let m = Metrics::new();
+        let route = m.route("ns/chat");
+        route.refusal(RefusalReason::Origin);
+        route.refusal(RefusalReason::Origin);
+        route.refusal(RefusalReason::Connections);
+        m.unrouted_refusal(RefusalReason::Path);
+        let text = m.encode();
+        for line in [
+            r#"wsgate_refusals_total{route="ns/chat",reason="origin"} 2"#,
+            r#"wsgate_refusals_total{route="ns/chat",reason="connections"} 1"#,
+            r#"wsgate_refusals_total{route="ns/chat",reason="ip"} 0"#,
+            r#"wsgate_refusals_total{route="",reason="path"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        for (i, reason) in RefusalReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "ALL is in declaration order");
+        }
     }
 }

@@ -4,4 +4,4 @@ pub mod admin;
 pub mod logging;
 mod metrics;
 
-pub use metrics::{Direction, FailureReason, Metrics, OffloadMetrics, RouteMetrics};
+pub use metrics::{Direction, FailureReason, Metrics, OffloadMetrics, RefusalReason, RouteMetrics};
