@@ -24,7 +24,7 @@ fn run(rules: FrameRules, reads: &[&[u8]]) -> Outcome {
     let mut forwarded = Vec::new();
     for read in reads {
         let r = t.track(read);
-        forwarded.extend_from_slice(r.held());
+        forwarded.extend_from_slice(t.released(r.held_len));
         forwarded.extend_from_slice(&read[..r.forward]);
         forwarded.extend(t.take_held_close());
     }

@@ -71,15 +71,21 @@ impl TryWrite for mio::net::TcpStream {
 /// written to `dst` at once, and what `dst` does not take waits in the machine's backlog.
 /// Then `dst` gets what else it is owed (our Close frames, a half-close). Interrupted or
 /// would-block reads bring nothing.
+#[inline]
 fn pass_on_read<W: TryWrite>(relay: &mut Relay, from: Side, read: io::Result<&[u8]>, dst: &W) {
     match read {
         Ok([]) => relay.handle_eof(from),
         Ok(bytes) => {
             let fwd = relay.handle_read(from, bytes);
-            let sent = if relay.has_backlog(fwd.to()) {
+            let to = fwd.to();
+            let sent = if relay.has_backlog(to) {
                 0
             } else {
-                write_now(relay, fwd.to(), dst, fwd.parts())
+                let (sent, failed) = write_now(dst, relay.parts(&fwd));
+                if failed {
+                    relay.handle_write_failed(to);
+                }
+                sent
             };
             relay.handle_forwarded(fwd, sent);
         }
@@ -93,31 +99,36 @@ fn pass_on_read<W: TryWrite>(relay: &mut Relay, from: Side, read: io::Result<&[u
     write_owed(relay, from.other(), dst);
 }
 
-/// Writes `parts` in order as far as `dst` takes them now. Returns how many bytes went.
+/// Writes `parts` in order as far as `dst` takes them now. Returns how many bytes went,
+/// and whether the write failed.
 #[inline]
-fn write_now<W: TryWrite>(relay: &mut Relay, to: Side, dst: &W, parts: [&[u8]; 2]) -> usize {
+fn write_now<W: TryWrite>(dst: &W, parts: [&[u8]; 2]) -> (usize, bool) {
     let mut sent = 0;
     for part in parts {
         let mut off = 0;
         while off < part.len() {
             match dst.try_write(&part[off..]) {
                 Ok(n) => off += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return sent + off,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (sent + off, false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    relay.handle_write_failed(to);
-                    return sent + off;
-                }
+                Err(_) => return (sent + off, true),
             }
         }
         sent += off;
     }
-    sent
+    (sent, false)
 }
 
 /// Gives `to` what the machine owes it and `dst` takes now: the backlog, then a
 /// half-close once its source ended.
+#[inline]
 fn write_owed<W: TryWrite>(relay: &mut Relay, to: Side, dst: &W) {
+    if relay.owes_output(to) {
+        write_owed_slow(relay, to, dst);
+    }
+}
+
+fn write_owed_slow<W: TryWrite>(relay: &mut Relay, to: Side, dst: &W) {
     loop {
         match relay.poll_output(to) {
             Some(Output::Write(bytes)) => match dst.try_write(bytes) {
@@ -328,7 +339,11 @@ where
                     let sent = if relay.has_backlog(to) {
                         0
                     } else {
-                        poll_write_now(cx, relay, to, dst, fwd.parts())
+                        let (sent, failed) = poll_write_now(cx, dst, relay.parts(&fwd));
+                        if failed {
+                            relay.handle_write_failed(to);
+                        }
+                        sent
                     };
                     relay.handle_forwarded(fwd, sent);
                     true
@@ -347,11 +362,9 @@ where
 /// `write_now` for a poll-driven `dst`.
 fn poll_write_now<D: AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
-    relay: &mut Relay,
-    to: Side,
     dst: &mut D,
     parts: [&[u8]; 2],
-) -> usize {
+) -> (usize, bool) {
     let mut sent = 0;
     for part in parts {
         let mut off = 0;
@@ -359,16 +372,13 @@ fn poll_write_now<D: AsyncWrite + Unpin>(
             match Pin::new(&mut *dst).poll_write(cx, &part[off..]) {
                 Poll::Ready(Ok(n)) if n > 0 => off += n,
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Poll::Ready(_) => {
-                    relay.handle_write_failed(to);
-                    return sent + off;
-                }
-                Poll::Pending => return sent + off,
+                Poll::Ready(_) => return (sent + off, true),
+                Poll::Pending => return (sent + off, false),
             }
         }
         sent += off;
     }
-    sent
+    (sent, false)
 }
 
 /// `write_owed` for a poll-driven `dst`: the backlog, a flush of buffered TLS records, a

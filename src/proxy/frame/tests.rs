@@ -56,7 +56,7 @@ fn forwarded(rules: FrameRules, stream: &[u8], chunks: &[usize]) -> (Vec<u8>, Fr
         let size = (*sizes.next().unwrap()).max(1);
         let chunk = &stream[off..(off + size).min(stream.len())];
         let r = t.track(chunk);
-        out.extend_from_slice(r.held());
+        out.extend_from_slice(t.released(r.held_len));
         out.extend_from_slice(&chunk[..r.forward]);
         out.extend(t.take_held_close());
         off += chunk.len();
@@ -102,10 +102,10 @@ fn split_header_is_held_then_released() {
     let f = frame(OP_TEXT, true, &[b'x'; 200], Some(KEY));
     let mut t = FrameTracker::new(CLIENT);
     let r = t.track(&f[..3]);
-    assert_eq!((r.held(), r.forward), (&[][..], 0));
+    assert_eq!((t.released(r.held_len), r.forward), (&[][..], 0));
     assert!(t.at_boundary(), "nothing of the frame went on");
     let r = t.track(&f[3..10]);
-    assert_eq!(r.held(), &f[..3]);
+    assert_eq!(t.released(r.held_len), &f[..3]);
     assert_eq!(r.forward, 7);
     assert!(!t.at_boundary());
 }
@@ -412,5 +412,19 @@ proptest! {
         let (out, t) = forwarded(CLIENT, &stream, &chunks);
         prop_assert_eq!(out, good);
         prop_assert!(t.violation().is_some());
+    }
+}
+
+/// The branch-free header length agrees with RFC 6455 §5.2 for every second byte.
+#[test]
+fn header_len_of_every_second_byte() {
+    for b1 in 0..=255u8 {
+        let ext = match b1 & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+        assert_eq!(super::header_len_of(b1), 2 + ext + mask, "b1 = {b1:#04x}");
     }
 }

@@ -93,12 +93,11 @@ pub struct RelayStats {
 }
 
 /// Bytes of one read that go on to the other side now: header bytes held back from
-/// earlier reads, then a prefix of the read. Hand it back with
-/// [`Relay::handle_forwarded`] once written.
+/// earlier reads (rare; [`Relay::parts`] has them), then a prefix of the read. Hand it
+/// back with [`Relay::handle_forwarded`] once written.
 #[must_use = "hand the forward back to Relay::handle_forwarded"]
 pub struct Forward<'a> {
     to: Side,
-    held: [u8; 14],
     held_len: u8,
     body: &'a [u8],
 }
@@ -107,11 +106,6 @@ impl<'a> Forward<'a> {
     /// Where these bytes go.
     pub fn to(&self) -> Side {
         self.to
-    }
-
-    /// The bytes, in order.
-    pub fn parts(&self) -> [&[u8]; 2] {
-        [&self.held[..usize::from(self.held_len)], self.body]
     }
 
     pub fn len(&self) -> usize {
@@ -252,6 +246,27 @@ impl Flow {
         self.backlog.extend_from_slice(bytes);
     }
 
+    /// Keeps what the destination did not take of `fwd` (it was slow: the rare path);
+    /// `held` are the header bytes the source's tracker released before it.
+    #[cold]
+    fn stash_unsent(&mut self, held: &[u8], fwd: &Forward<'_>, sent: usize) {
+        let body = fwd.body;
+        if sent < held.len() {
+            self.stash(&held[sent..]);
+            self.stash(body);
+        } else {
+            self.stash(&body[sent - held.len()..]);
+        }
+    }
+
+    /// Whether the destination is owed anything but what reads forward: a backlog, a
+    /// flush, or a half-close. ([`Relay::poll_output`] says which.)
+    #[inline]
+    fn owes_output(&self) -> bool {
+        !self.dst_dead
+            && (self.has_backlog() || self.unflushed || (self.src_done && !self.dst_shut))
+    }
+
     /// If a Close is wanted and the stream is at a boundary, queue it and stop forwarding.
     fn inject_if_ready(&mut self) {
         let Some(close) = self.close_wanted else {
@@ -368,6 +383,17 @@ impl Relay {
         }
     }
 
+    /// The bytes of `fwd`, in order: header bytes its source's tracker released from
+    /// earlier reads, then the read's prefix.
+    #[inline]
+    pub fn parts<'s>(&'s self, fwd: &Forward<'s>) -> [&'s [u8]; 2] {
+        // The flow towards `fwd.to` tracks the frames of `fwd`'s source.
+        [
+            self.flow_to(fwd.to).tracker.released(fwd.held_len),
+            fwd.body,
+        ]
+    }
+
     /// The flow whose destination is `side`.
     fn flow_to(&self, side: Side) -> &Flow {
         match side {
@@ -396,7 +422,6 @@ impl Relay {
         let flow = self.flow_from(from);
         let mut fwd = Forward {
             to,
-            held: [0; 14],
             held_len: 0,
             body: &[],
         };
@@ -412,7 +437,6 @@ impl Relay {
             let n = flow.tracker.payload_remaining().min(bytes.len() as u64) as usize;
             flow.tracker.track(&bytes[..n])
         };
-        fwd.held = tracked.held;
         fwd.held_len = tracked.held_len;
         fwd.body = &bytes[..tracked.forward];
         if flow.tracker.stopped() {
@@ -451,18 +475,18 @@ impl Relay {
     /// How much of `fwd` the driver wrote (all of it, part, or nothing because that side
     /// had a backlog or failed); the rest is kept for later. Then our Close frames go in
     /// where they are due.
-    #[inline]
+    #[inline(always)]
     pub fn handle_forwarded(&mut self, fwd: Forward<'_>, sent: usize) {
-        let flow = self.flow_to_mut(fwd.to);
         if sent < fwd.len() {
-            let [held, body] = fwd.parts();
-            if sent < held.len() {
-                flow.stash(&held[sent..]);
-                flow.stash(body);
-            } else {
-                flow.stash(&body[sent - held.len()..]);
-            }
+            let mut held = [0u8; 14];
+            let held = {
+                let released = self.parts(&fwd)[0];
+                held[..released.len()].copy_from_slice(released);
+                &held[..released.len()]
+            };
+            self.flow_to_mut(fwd.to).stash_unsent(held, &fwd, sent);
         }
+        let flow = self.flow_to_mut(fwd.to);
         if sent > 0 && flow.buffered {
             flow.unflushed = true;
         }
@@ -571,6 +595,13 @@ impl Relay {
     #[inline]
     pub fn has_backlog(&self, to: Side) -> bool {
         self.flow_to(to).has_backlog()
+    }
+
+    /// Whether [`Relay::poll_output`] has anything for `to` (one inline check before the
+    /// driver's write loop: most reads leave nothing owed).
+    #[inline]
+    pub fn owes_output(&self, to: Side) -> bool {
+        self.flow_to(to).owes_output()
     }
 
     /// What `to` needs next: the backlog written, a flush, the write half shut, or nothing.

@@ -118,7 +118,8 @@ impl Sim {
         let to = fwd.to();
         let mut sent = 0;
         if !self.relay.has_backlog(to) {
-            for part in fwd.parts() {
+            let parts = self.relay.parts(&fwd).map(<[u8]>::to_vec);
+            for part in &parts {
                 let n = self.write(to, part);
                 sent += n;
                 if n < part.len() {

@@ -117,15 +117,24 @@ impl Conn {
     }
 
     /// One read from `from` if it is readable and the machine wants it, passed on to the
-    /// other side at once.
-    #[inline]
+    /// other side at once. The check is inlined into `step`, the read is not: most steps
+    /// find one side not readable, and a call that returns at once still paid for the
+    /// read's stack frame (callgrind: ~30 instructions per side per step).
+    #[inline(always)]
     fn read_when_ready(&mut self, from: Side, buf: &mut [u8]) -> bool {
-        let to = from.other();
         let (readable, _) = Ready::bits(from);
-        let (_, writable) = Ready::bits(to);
         if !self.ready.has(readable) || !self.relay.wants_read(from) {
             return false;
         }
+        self.read_and_pass_on(from, buf);
+        true
+    }
+
+    #[inline(never)]
+    fn read_and_pass_on(&mut self, from: Side, buf: &mut [u8]) {
+        let to = from.other();
+        let (readable, _) = Ready::bits(from);
+        let (_, writable) = Ready::bits(to);
         let (src, dst) = match from {
             Side::Client => (&self.client, &self.upstream),
             Side::Backend => (&self.upstream, &self.client),
@@ -140,7 +149,6 @@ impl Conn {
         if self.relay.has_backlog(to) {
             self.ready.set(writable, false);
         }
-        true
     }
 
     /// Writes what waits for `to` if it is writable.
