@@ -24,6 +24,7 @@ use super::relay::{relay_streams, Offload, RelayConfig, RelayStats};
 use super::request::RequestCtx;
 use super::stream::Stream;
 use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
+use super::admit::{self, Admitted};
 use super::{handshake, upstream, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
@@ -71,6 +72,14 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
     let (route, route_index) = (found.route, found.index);
     let downstream = found.downstream_path_and_query();
     drop(found);
+    // Limits before the dial; the slots go with the relay, or back when this ends sooner.
+    let admitted = match admit::upgrade(gw, ctx.peer.ip(), route) {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            ctx.failed(gw, Some(route), &e);
+            return Outcome::Failed(e);
+        }
+    };
     match open(route, req.headers, req.query, &downstream, ctx).await {
         Ok(Opened::Switched(switched)) => {
             let backend = Relaying {
@@ -84,6 +93,7 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
                 route_index,
                 load: switched.load,
                 started: Instant::now(),
+                _admitted: admitted,
             };
             let answer = SwitchAnswer {
                 head: switched.head,
@@ -172,6 +182,9 @@ pub struct RelayAccount {
     /// Counts the connection as load on the endpoint until dropped.
     load: ConnectionGuard,
     started: Instant,
+    /// The connection's slots under the route's and the process's connection limits,
+    /// given back when the account is dropped (after `ended`, or with a task cut short).
+    _admitted: Admitted,
 }
 
 impl RelayAccount {
