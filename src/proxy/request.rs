@@ -138,9 +138,8 @@ impl RequestCtx {
         let status = e.status().as_u16();
         if let Some(reason) = e.refusal() {
             // The process's limit is no route's: counted without one.
-            let route = route.filter(|_| {
-                !matches!(e, Error::Limited(Limited::ProcessConnections { .. }))
-            });
+            let route =
+                route.filter(|_| !matches!(e, Error::Limited(Limited::ProcessConnections { .. })));
             match route {
                 Some(route) => route.metrics.refusal(reason),
                 None => gw.metrics.unrouted_refusal(reason),

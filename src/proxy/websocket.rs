@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response};
 use hyper::body::Incoming;
 
+use super::admit::{self, Admitted};
 use super::drain::DrainSignal;
 use super::error::{Error, Handshake};
 use super::frame::Extensions;
@@ -24,7 +25,6 @@ use super::relay::{relay_streams, Offload, RelayConfig, RelayStats};
 use super::request::RequestCtx;
 use super::stream::Stream;
 use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
-use super::admit::{self, Admitted};
 use super::{handshake, upstream, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
