@@ -42,6 +42,9 @@ pub struct UpgradeRequest<'r> {
 }
 
 /// How an upgrade request ends on the client's side.
+// Returned once per handshake and taken apart at once; boxing the large variant would cost
+// an allocation per handshake to save a move.
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// wsgate answers itself with this error (logged and counted already).
     Failed(Error),

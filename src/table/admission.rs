@@ -29,15 +29,19 @@ const SHARD_CAPACITY: usize = CLIENT_CAPACITY / SHARDS;
 /// A client as the per-client limits count it: an IPv4 address, or the /64 of an IPv6
 /// address (one subscriber's usual allocation: counting single IPv6 addresses would give
 /// a client 2^64 budgets). IPv4-mapped IPv6 counts as its IPv4 address.
+///
+/// One `u64`, so a connection carries its key cheaply: an IPv6 client is its /64 prefix; an
+/// IPv4 client is `0000:0001:a.b.c.d` read as a /64, inside `::/8`, which is reserved and
+/// never a client's prefix (its only addresses in use, `::1` and the IPv4-mapped ones, are
+/// loopback, `0`, or canonicalized to IPv4 first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ClientKey(u128);
+pub struct ClientKey(u64);
 
 impl ClientKey {
     pub fn of(ip: IpAddr) -> ClientKey {
         match canonical(ip) {
-            // The IPv4-mapped form: its /64 is `::/64`, whose keys below have no low bits.
-            IpAddr::V4(v4) => ClientKey(0xffff_0000_0000 | u128::from(u32::from(v4))),
-            IpAddr::V6(v6) => ClientKey(u128::from(v6) & !u128::from(u64::MAX)),
+            IpAddr::V4(v4) => ClientKey((1 << 32) | u64::from(u32::from(v4))),
+            IpAddr::V6(v6) => ClientKey((u128::from(v6) >> 64) as u64),
         }
     }
 }
@@ -124,19 +128,18 @@ impl Admission {
                 Some(key)
             }
         };
-        // The slot releases what was taken so far if the route is full.
-        let mut slot = ConnectionSlot {
-            admission: Arc::clone(self),
-            client: key,
-            counted: false,
-        };
         if !self.connections.try_acquire(max) {
+            if let (Some(key), Some(clients)) = (key, self.clients.get()) {
+                clients.release(key);
+            }
             return Err(ConnectionRefusal::Route {
                 limit: max.unwrap_or(u32::MAX),
             });
         }
-        slot.counted = true;
-        Ok(slot)
+        Ok(ConnectionSlot {
+            admission: Arc::clone(self),
+            client: key,
+        })
     }
 
     /// Counts one handshake or request of `client` at `now_ms` under `rule` (Ocelot's
@@ -163,19 +166,17 @@ impl Admission {
     }
 }
 
-/// One connection's claim on its route's counts, released when dropped.
+/// One connection's claim on its route's counts, released when dropped. Small (24 bytes):
+/// every live connection holds one.
 #[derive(Debug)]
 pub struct ConnectionSlot {
     admission: Arc<Admission>,
     client: Option<ClientKey>,
-    counted: bool,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        if self.counted {
-            self.admission.connections.release();
-        }
+        self.admission.connections.release();
         if let (Some(key), Some(clients)) = (self.client, self.admission.clients.get()) {
             clients.release(key);
         }
@@ -407,7 +408,7 @@ impl RateShard {
 }
 
 /// The most bytes one route's rate table holds: `SHARDS` shards with their room for
-/// `SHARD_CAPACITY` clients allocated (about 3 MiB).
+/// `SHARD_CAPACITY` clients allocated (1,770,496 bytes, about 1.7 MiB).
 pub fn rate_table_bound() -> usize {
     let mut shard = RateShard::default();
     shard.reserve();

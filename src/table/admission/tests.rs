@@ -90,6 +90,11 @@ fn ipv6_clients_count_per_64_and_mapped_ipv4_as_ipv4() {
     let mapped: Ipv6Addr = "::ffff:10.0.0.1".parse().unwrap();
     assert_eq!(ClientKey::of(mapped.into()), ClientKey::of(v4(0x0a00_0001)));
     assert_ne!(ClientKey::of("::".parse().unwrap()), ClientKey::of(v4(0)));
+    assert_ne!(
+        ClientKey::of("2001:db8::1".parse().unwrap()),
+        ClientKey::of(v4(0x2001_0db8))
+    );
+    assert_eq!(std::mem::size_of::<ConnectionSlot>(), 24);
 }
 
 /// Ocelot's fixed window: `limit` requests per window; the next is refused with the time
