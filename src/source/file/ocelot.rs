@@ -699,12 +699,13 @@ impl<'a> RouteReader<'a> {
 }
 
 impl<'a> RouteReader<'a> {
-    /// The object under `key` as `Fields` (with its path), or `None` when absent, `null` or
-    /// empty (as Ocelot's full route template writes unused sections); anything else is an
-    /// error naming `what` the object should hold.
-    fn section(&mut self, key: &str, what: &str) -> Option<Fields<'a>> {
+    /// The object under `key` as `Fields` (with its path), or `None` when absent, `null`
+    /// or, for one of Ocelot's sections (`ocelots`), empty (as Ocelot's full route template
+    /// writes unused sections: zeros there mean "off"); anything else is an error naming
+    /// `what` the object should hold.
+    fn section(&mut self, key: &str, what: &str, ocelots: bool) -> Option<Fields<'a>> {
         let n = self.fields.take(key)?;
-        if is_empty(&n.value()) {
+        if n.value().is_null() || (ocelots && is_empty(&n.value())) {
             return None;
         }
         let Some(entries) = n.entries() else {
@@ -751,6 +752,7 @@ impl<'a> RouteReader<'a> {
         let mut f = self.section(
             KEY,
             "{MaxMessageBytes, MessagesPerSecond, MessageBurst, MaxConnections, MaxConnectionsPerClient}",
+            false,
         )?;
         let whole = "a whole number";
         let spec = LimitsSpec {
@@ -783,6 +785,7 @@ impl<'a> RouteReader<'a> {
         let mut f = self.section(
             KEY,
             "{EnableRateLimiting, Period, PeriodTimespan, Limit, ClientWhitelist}",
+            true,
         )?;
         let enable_rate_limiting =
             self.section_value(&mut f, "EnableRateLimiting", binder_bool, "true or false");

@@ -127,3 +127,13 @@ fn ocelot_names_bad_values_by_their_keys() {
     );
     assert_eq!(loaded.problems[1].line, Some(5));
 }
+
+/// `Limits` is wsgate's own section: a zero there is a mistake, not Ocelot's "off".
+#[test]
+fn ocelot_limits_of_zero_are_errors() {
+    let text = ocelot(r#""Limits": { "MaxConnectionsPerClient": 0 }"#);
+    let loaded = load_str("ocelot.json", &text);
+    assert!(loaded.routes.is_empty());
+    let fields: Vec<_> = loaded.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["Routes[0].Limits.MaxConnectionsPerClient"]);
+}
