@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -26,6 +26,15 @@ const THREE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 
 /// The gateway with `routes` and an optional `--max-connections`.
 async fn start(routes: &[Route], max_connections: Option<u32>) -> (Server, Arc<Publisher>) {
+    start_with(routes, max_connections, OffloadOptions::default()).await
+}
+
+/// `start` with `relay_offload` deciding when relays move to relay threads.
+async fn start_with(
+    routes: &[Route],
+    max_connections: Option<u32>,
+    relay_offload: OffloadOptions,
+) -> (Server, Arc<Publisher>) {
     let metrics = Arc::new(Metrics::new());
     let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
     let published = publisher.publish(routes);
@@ -37,7 +46,7 @@ async fn start(routes: &[Route], max_connections: Option<u32>) -> (Server, Arc<P
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             shutdown_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(5),
-            relay_offload: OffloadOptions::default(),
+            relay_offload,
             listening_file: None,
             max_connections,
         },
@@ -378,4 +387,82 @@ async fn process_max_connections_counts_upgrades_and_requests_in_flight() {
     })
     .await;
     let _c5 = upgrade_eventually("a slot after the poll", THREE, gw, "/a/chat").await;
+}
+
+/// A relay that moved to a relay thread still holds its slot, and gives it back when it ends
+/// there.
+#[tokio::test]
+async fn a_relay_on_a_relay_thread_holds_and_gives_back_its_slot() {
+    use tokio_tungstenite::tungstenite::Message;
+    let echo = Echo::start("b").await;
+    let limits = LimitsSpec {
+        max_connections: Some(1),
+        ..LimitsSpec::default()
+    };
+    let move_at_once = OffloadOptions {
+        threads: 1,
+        after_messages: 1,
+    };
+    let routes = [limited("r", "/chat", echo.addr, limits)];
+    let (server, publisher) = start_with(&routes, None, move_at_once).await;
+    let gw = server.listen_addr;
+    let mut ws = connect(&format!("ws://{gw}/chat")).await;
+    within("send", ws.send(Message::text("one"))).await.unwrap();
+    let echoed = within("echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(echoed, Message::text("one"));
+    let metrics = Arc::clone(&server.gateway.metrics);
+    eventually("the relay moved to a relay thread", || {
+        metrics
+            .encode()
+            .lines()
+            .any(|l| l == "wsgate_relays_on_threads 1")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(route_connections(&publisher, "r"), 1);
+    let (full, _) = upgrade_from(TWO, gw, "/chat").await;
+    assert_eq!(status(&full), 503);
+    within("close", ws.close(None)).await.unwrap();
+    within("the close handshake", async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    eventually("the slot given back from the relay thread", || {
+        (route_connections(&publisher, "r") == 0).then_some(())
+    })
+    .await;
+}
+
+/// `--max-connections` on the real binary's command line.
+#[tokio::test]
+async fn max_connections_flag_limits_the_binary() {
+    let echo = Echo::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        format!(
+            "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata: {{name: chat}}\nspec:\n  upstreamPathTemplate: /chat\n  downstreamPathTemplate: /echo\n  downstreamHostAndPorts: [{{host: 127.0.0.1, port: {}}}]\n",
+            echo.addr.port()
+        ),
+    )
+    .unwrap();
+    let args = [
+        "run",
+        "--routes",
+        "routes.yaml",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--max-connections",
+        "1",
+    ];
+    let process = Process::start(&args, dir.path()).await;
+    let gw = process.listening.listen;
+    let (first, _first) = upgrade_from(ONE, gw, "/chat").await;
+    assert_eq!(status(&first), 101, "{first}");
+    let (second, _) = upgrade_from(TWO, gw, "/chat").await;
+    assert_eq!(status(&second), 503, "{second}");
+    assert_eq!(header(&second, "retry-after"), Some("1"));
+    assert!(second.contains("--max-connections"), "{second}");
 }
