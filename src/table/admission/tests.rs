@@ -240,3 +240,40 @@ fn connection_count_ceiling() {
     assert!(c.try_acquire(Some(2)));
     assert_eq!(c.get(), 2);
 }
+
+/// What admission costs per handshake (run with optimizations:
+/// `cargo test --lib --config 'profile.dev.package.wsgate.opt-level=3' admission_cost -- --ignored --nocapture`).
+#[test]
+#[ignore = "a measurement, not a check"]
+fn admission_cost() {
+    const N: u32 = 2_000_000;
+    let a = Arc::new(Admission::default());
+    let r = rule(1_000, 1_000, u64::MAX);
+    let per = |start: std::time::Instant| start.elapsed().as_nanos() as f64 / f64::from(N);
+    let t = std::time::Instant::now();
+    for i in 0..N {
+        drop(std::hint::black_box(a.try_connect(
+            v4(i & 0xff),
+            None,
+            None,
+        )));
+    }
+    let no_limits = per(t);
+    let t = std::time::Instant::now();
+    for i in 0..N {
+        drop(std::hint::black_box(a.try_connect(
+            v4(i & 0xfff),
+            Some(10_000),
+            Some(20),
+        )));
+    }
+    let both_ceilings = per(t);
+    let t = std::time::Instant::now();
+    for i in 0..N {
+        let _ = std::hint::black_box(a.check_rate(v4(i & 0xfff), &r, u64::from(i / 1_000)));
+    }
+    let rate = per(t);
+    eprintln!(
+        "ns per handshake: connection slot, no limits {no_limits:.0}; with maxConnections and maxConnectionsPerClient {both_ceilings:.0}; rate window {rate:.0}"
+    );
+}
