@@ -354,7 +354,7 @@ async fn process_max_connections_counts_upgrades_and_requests_in_flight() {
         route("a", 0, &spec("/a/{rest}", "/{rest}", &[echo.addr])),
         route("b", 1, &spec("/b/{rest}", "/{rest}", &[echo.addr])),
     ];
-    let (server, _publisher) = start(&routes, Some(2)).await;
+    let (server, publisher) = start(&routes, Some(2)).await;
     let gw = server.listen_addr;
     let (h1, c1) = upgrade_from(ONE, gw, "/a/chat").await;
     let (h2, _c2) = upgrade_from(TWO, gw, "/b/chat").await;
@@ -366,6 +366,11 @@ async fn process_max_connections_counts_upgrades_and_requests_in_flight() {
     let g = get_from(THREE, gw, "/b/plain").await;
     assert_eq!(status(&g), 503, "{g}");
     assert_eq!(refusals(&server, "", "connections"), 2);
+    assert_eq!(
+        route_connections(&publisher, "a"),
+        1,
+        "a refusal by the process's limit gives the route's slot back"
+    );
 
     drop(c1);
     let gateway = Arc::clone(&server.gateway);

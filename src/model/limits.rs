@@ -92,6 +92,8 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
 }
 
 const LIMITS: &str = "spec.limits";
+/// Most `clientWhitelist` entries (the CRD's `maxItems`).
+const MAX_WHITELIST: usize = 1024;
 const RATE: &str = "spec.rateLimitOptions";
 
 /// `spec.limits` → `Limits`: every value at least 1; `messageBurst` only with
@@ -199,8 +201,18 @@ pub(super) fn rate_limit(
             None
         }
     };
-    let mut whitelist = Vec::with_capacity(s.client_whitelist.len());
-    for (i, entry) in s.client_whitelist.iter().enumerate() {
+    // Checked per request by a scan; the CRD has the same bound.
+    if s.client_whitelist.len() > MAX_WHITELIST {
+        errors.push(FieldError::new(
+            format!("{RATE}.clientWhitelist"),
+            format!(
+                "{} entries; at most {MAX_WHITELIST} (use CIDR blocks)",
+                s.client_whitelist.len()
+            ),
+        ));
+    }
+    let mut whitelist = Vec::with_capacity(s.client_whitelist.len().min(MAX_WHITELIST));
+    for (i, entry) in s.client_whitelist.iter().enumerate().take(MAX_WHITELIST) {
         match AddrRange::parse(entry) {
             Ok(r) => whitelist.push(r),
             Err(message) => errors.push(FieldError::new(

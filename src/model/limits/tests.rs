@@ -158,6 +158,12 @@ fn bad_rate_limit_options_name_their_field() {
             "spec.rateLimitOptions.clientWhitelist[2]",
         ]
     );
+    let mut r = rate("1s", 1);
+    r.client_whitelist = vec!["10.0.0.1".into(); 1025];
+    assert_eq!(
+        with_rate(r).unwrap_err(),
+        ["spec.rateLimitOptions.clientWhitelist"]
+    );
     let r = RateLimitOptionsSpec {
         period: Some("0s".into()),
         ..RateLimitOptionsSpec::default()
