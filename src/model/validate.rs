@@ -209,9 +209,9 @@ pub fn route_from_spec(
         pin_signalr_connections,
         insecure_skip_verify,
         timeouts,
+        limits,
         certificate: None,
         backend_tls,
-        limits,
         rate_limit,
     })
 }
