@@ -141,6 +141,11 @@ struct RunArgs {
     /// the async runtime.
     #[arg(long, env = "WSGATE_RELAY_THREADS")]
     relay_threads: Option<u16>,
+    /// Most connections in flight for the whole process: upgraded WebSocket connections
+    /// plus plain HTTP requests being proxied (an SSE stream or long poll until its
+    /// response ends). Over it, 503 with `Retry-After: 1`. Default: no limit.
+    #[arg(long, env = "WSGATE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -243,6 +248,7 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                 drain_timeout: args.drain_timeout,
                 relay_offload: relay_offload(args.relay_threads, args.workers),
                 listening_file: args.listening_file,
+                max_connections: args.max_connections,
             };
             let sticky_key =
                 app::sticky_key(args.sticky_key_file.as_deref(), args.sticky_key.as_deref())?;
@@ -310,6 +316,7 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                 drain_timeout: Duration::from_secs(5),
                 relay_offload: relay_offload(None, None),
                 listening_file,
+                max_connections: None,
             })
             .await?;
         }

@@ -200,3 +200,50 @@ fn tls_blocks_reject_mixed_or_partial_references() {
         );
     }
 }
+
+/// `limits.messageBurst` needs `messagesPerSecond`; enabled rate limiting needs `period`
+/// and `limit`; `enableRateLimiting: false` needs neither.
+#[test]
+fn limits_and_rate_limit_options_reject_half_settings() {
+    let base = |limits: Value, rate: Value| {
+        json!({
+            "upstreamPathTemplate": "/chat",
+            "downstreamPathTemplate": "/chat",
+            "serviceName": "chat",
+            "servicePort": 80,
+            "limits": limits,
+            "rateLimitOptions": rate,
+        })
+    };
+    let ok = [
+        (
+            json!({"maxMessageBytes": 1048576, "messagesPerSecond": 50, "messageBurst": 100,
+                   "maxConnections": 10000, "maxConnectionsPerClient": 20}),
+            json!({"enableRateLimiting": true, "period": "1s", "limit": 5, "periodTimespan": 1,
+                   "clientWhitelist": ["10.0.0.1"]}),
+        ),
+        (json!({}), json!({"enableRateLimiting": false})),
+        (json!({}), json!({"period": "1d", "limit": 1})),
+    ];
+    for (limits, rate) in ok {
+        let errors = cel_errors(base(limits.clone(), rate.clone()));
+        assert!(errors.is_empty(), "{limits} / {rate}: {errors:?}");
+    }
+    let bad = [
+        (
+            json!({"messageBurst": 100}),
+            json!({"enableRateLimiting": false}),
+        ),
+        (
+            json!({}),
+            json!({"enableRateLimiting": true, "period": "1s"}),
+        ),
+        (json!({}), json!({"limit": 5})),
+    ];
+    for (limits, rate) in bad {
+        assert!(
+            !cel_errors(base(limits.clone(), rate.clone())).is_empty(),
+            "{limits} / {rate} must be rejected"
+        );
+    }
+}

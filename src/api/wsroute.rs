@@ -112,6 +112,12 @@ pub struct WsRouteSpec {
     /// How wsgate verifies `wss` backends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_tls: Option<BackendTlsSpec>,
+    /// Message and connection limits of this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
+    /// Ocelot's rate limiting: handshakes and plain HTTP requests per client address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_options: Option<RateLimitOptionsSpec>,
 }
 
 impl WsRouteSpec {
@@ -144,6 +150,8 @@ impl WsRouteSpec {
             timeouts: None,
             tls: None,
             backend_tls: None,
+            limits: None,
+            rate_limit_options: None,
         }
     }
 }
@@ -195,6 +203,66 @@ pub struct BackendTlsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub ca_file: Option<String>,
+}
+
+/// Per-route limits. Absent fields: no limit. Counts are per replica.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
+#[x_kube(validation = Rule::new("!has(self.messageBurst) || has(self.messagesPerSecond)")
+    .message("messageBurst needs messagesPerSecond")
+    .reason(Reason::FieldValueRequired))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// A message (all its frames) with more payload bytes than this gets Close 1009 to its
+    /// sender (and Close 1001 to the other side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_message_bytes: Option<i64>,
+    /// Messages per second per connection and direction (token bucket); over it, Close 1008.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4294967295_i64))]
+    pub messages_per_second: Option<i64>,
+    /// Size of the message token bucket (default: `messagesPerSecond`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4294967295_i64))]
+    pub message_burst: Option<i64>,
+    /// Upgraded connections on this route; a handshake over it gets 503 with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4294967295_i64))]
+    pub max_connections: Option<i64>,
+    /// Upgraded connections per client address on this route; over it, 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4294967295_i64))]
+    pub max_connections_per_client: Option<i64>,
+}
+
+/// Ocelot's `RateLimitOptions`: at most `limit` handshakes and plain HTTP requests per
+/// client address per `period` (a fixed window); over it, 429 with `Retry-After`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema, Default)]
+#[x_kube(validation = Rule::new("(has(self.enableRateLimiting) && !self.enableRateLimiting) || (has(self.period) && has(self.limit))")
+    .message("rate limiting needs period and limit")
+    .reason(Reason::FieldValueRequired))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitOptionsSpec {
+    /// Whether requests are counted at all (default `true` when the section is present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_rate_limiting: Option<bool>,
+    /// The counting window: `500ms`, `1s`, `5m`, `1h`, `1d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
+    pub period: Option<String>,
+    /// Seconds a client that went over the limit waits before it is counted afresh (the
+    /// `Retry-After` it gets); 0: until its window ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub period_timespan: Option<f64>,
+    /// Requests a client may make per `period`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub limit: Option<i64>,
+    /// Client addresses or CIDRs (`10.0.0.1`, `10.1.0.0/16`, `2001:db8::/32`) never counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub client_whitelist: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]

@@ -29,6 +29,9 @@ pub struct ServerOptions {
     /// Where to write the bound addresses as JSON once every listener is up
     /// (`--listening-file`), so whoever started wsgate on port 0 learns its ports.
     pub listening_file: Option<PathBuf>,
+    /// `--max-connections`: upgraded connections plus plain HTTP requests in flight, for
+    /// the whole process; over it, 503.
+    pub max_connections: Option<u32>,
 }
 
 pub struct Server {
@@ -72,6 +75,7 @@ impl Server {
             Arc::clone(&metrics),
             Drain::new(),
             options.relay_offload,
+            options.max_connections,
         );
         let readiness = Arc::new(Readiness::default());
         tokio::spawn(proxy::serve(listener, Arc::clone(&gateway), "http"));

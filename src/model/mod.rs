@@ -4,12 +4,14 @@
 
 mod duration;
 pub mod host;
+mod limits;
 mod problem;
 mod tls;
 mod validate;
 
 pub use duration::{parse_duration, DurationError};
 pub use host::{HostPattern, HostPatternError};
+pub use limits::{canonical, AddrRange, RateLimit};
 pub use problem::{ProblemReason, RouteProblem};
 pub use tls::{crypto_provider, BackendTls, CaBundle, CertificateError, ServerCertificate};
 pub use validate::{route_from_spec, FieldError, SpecBackends};
@@ -189,6 +191,8 @@ pub struct Route {
     /// Name and trust for `wss` backends; the CA is filled by the source.
     pub backend_tls: BackendTls,
     pub limits: Limits,
+    /// `spec.rateLimitOptions`; `None`: requests are not counted.
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[cfg(test)]

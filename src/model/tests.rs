@@ -22,6 +22,8 @@ pub(crate) fn spec() -> WsRouteSpec {
         timeouts: None,
         tls: None,
         backend_tls: None,
+        limits: None,
+        rate_limit_options: None,
     }
 }
 

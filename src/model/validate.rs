@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::{
-    parse_duration, BackendTls, Endpoint, HashOn, HostPattern, Limits, LoadBalancer, ProblemReason,
-    Route, RouteId, Scheme, Timeouts,
+    parse_duration, BackendTls, Endpoint, HashOn, HostPattern, LoadBalancer, ProblemReason, Route,
+    RouteId, Scheme, Timeouts,
 };
 use crate::api::LoadBalancerOptions;
 use crate::api::{DownstreamScheme, WsRouteSpec};
@@ -188,6 +188,9 @@ pub fn route_from_spec(
         }
     }
 
+    let limits = super::limits::limits(spec.limits.as_ref(), &mut errors);
+    let rate_limit = super::limits::rate_limit(spec.rate_limit_options.as_ref(), &mut errors);
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -206,9 +209,10 @@ pub fn route_from_spec(
         pin_signalr_connections,
         insecure_skip_verify,
         timeouts,
-        limits: Limits::default(),
+        limits,
         certificate: None,
         backend_tls,
+        rate_limit,
     })
 }
 

@@ -10,7 +10,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::table::UpstreamTlsError;
-use crate::telemetry::FailureReason;
+use crate::telemetry::{FailureReason, RefusalReason};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,6 +50,47 @@ pub enum Error {
         #[source]
         source: BackendTlsFailure,
     },
+    #[error("over a limit")]
+    Limited(#[source] Limited),
+}
+
+/// A request refused by a limit (`spec.limits`, `spec.rateLimitOptions`,
+/// `--max-connections`), before any backend was dialled.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Limited {
+    /// 503: the route has `maxConnections` upgraded connections.
+    #[error("route {route} has {limit} connections, its maxConnections")]
+    RouteConnections { route: String, limit: u32 },
+    /// 429: the client has `maxConnectionsPerClient` connections on the route.
+    #[error("the client has {limit} connections on route {route}, its maxConnectionsPerClient")]
+    ClientConnections { route: String, limit: u32 },
+    /// 503: the route counts the connections of as many clients as it can track.
+    #[error("route {route} tracks the connections of as many clients as it can")]
+    ClientTableFull { route: String },
+    /// 503: the process has `--max-connections` connections and requests in flight.
+    #[error("wsgate has {limit} connections, its --max-connections")]
+    ProcessConnections { limit: u32 },
+    /// 429: the client went over the route's `rateLimitOptions`.
+    #[error("the client made more than {limit} requests in {period_ms} ms on route {route}; retry in {retry_after_secs} s")]
+    Rate {
+        route: String,
+        limit: u64,
+        period_ms: u64,
+        retry_after_secs: u64,
+    },
+}
+
+impl Limited {
+    /// The `Retry-After` seconds: the rate limit's wait, else 1 (a connection may end at
+    /// any time; clients back off on their own).
+    pub fn retry_after_secs(&self) -> u64 {
+        match self {
+            Limited::Rate {
+                retry_after_secs, ..
+            } => *retry_after_secs,
+            _ => 1,
+        }
+    }
 }
 
 /// Why TLS to a backend failed (the cause of [`Error::UpstreamTls`]).
@@ -132,11 +173,26 @@ impl Error {
             Error::HeadTooLarge { .. } | Error::TooManyHeaders { .. } => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
+            Error::Limited(Limited::ClientConnections { .. } | Limited::Rate { .. }) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Error::Limited(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    pub fn reason(&self) -> FailureReason {
+    /// The `wsgate_refusals_total` reason of a refusal by the edge's checks; `None` for a
+    /// failure (counted by `reason`).
+    pub fn refusal(&self) -> Option<RefusalReason> {
         match self {
+            Error::Limited(Limited::Rate { .. }) => Some(RefusalReason::Rate),
+            Error::Limited(_) => Some(RefusalReason::Connections),
+            _ => None,
+        }
+    }
+
+    /// The `wsgate_failures_total` reason; `None` for a refusal (counted by `refusal`).
+    pub fn reason(&self) -> Option<FailureReason> {
+        Some(match self {
             Error::NoRoute { .. } => FailureReason::NoRoute,
             Error::NoEndpoint { .. } => FailureReason::NoEndpoint,
             Error::ConnectFailed { .. } => FailureReason::ConnectFailed,
@@ -149,7 +205,8 @@ impl Error {
             Error::UpstreamProtocol { .. } | Error::UpstreamTls { .. } => {
                 FailureReason::UpstreamProtocol
             }
-        }
+            Error::Limited(_) => return None,
+        })
     }
 
     /// This error and its causes, `: `-separated, for the answer's body and the log line.
@@ -170,6 +227,9 @@ impl Error {
             .header("x-request-id", request_id);
         match self {
             Error::NoEndpoint { .. } => builder = builder.header(header::RETRY_AFTER, "1"),
+            Error::Limited(limited) => {
+                builder = builder.header(header::RETRY_AFTER, limited.retry_after_secs())
+            }
             Error::BadHandshake(Handshake::UnsupportedVersion) => {
                 builder = builder.header(
                     header::SEC_WEBSOCKET_VERSION,
@@ -214,6 +274,63 @@ mod tests {
             e.chain().to_string(),
             "backend b:80 broke the protocol: invalid response head: invalid token"
         );
+    }
+
+    /// Limits: 429 for a client's own excess (its connections, its request rate), 503 for
+    /// the route's or the process's; each with `Retry-After` in whole seconds.
+    #[test]
+    fn limits_answer_429_or_503_with_retry_after() {
+        let cases = [
+            (
+                Limited::ClientConnections {
+                    route: "r".into(),
+                    limit: 2,
+                },
+                429,
+                "1",
+                RefusalReason::Connections,
+            ),
+            (
+                Limited::Rate {
+                    route: "r".into(),
+                    limit: 5,
+                    period_ms: 1000,
+                    retry_after_secs: 7,
+                },
+                429,
+                "7",
+                RefusalReason::Rate,
+            ),
+            (
+                Limited::RouteConnections {
+                    route: "r".into(),
+                    limit: 9,
+                },
+                503,
+                "1",
+                RefusalReason::Connections,
+            ),
+            (
+                Limited::ClientTableFull { route: "r".into() },
+                503,
+                "1",
+                RefusalReason::Connections,
+            ),
+            (
+                Limited::ProcessConnections { limit: 3 },
+                503,
+                "1",
+                RefusalReason::Connections,
+            ),
+        ];
+        for (limited, status, retry_after, reason) in cases {
+            let e = Error::Limited(limited);
+            let resp = e.response("r");
+            assert_eq!(resp.status().as_u16(), status, "{e:?}");
+            assert_eq!(resp.headers()[header::RETRY_AFTER], retry_after, "{e:?}");
+            assert_eq!(e.refusal(), Some(reason));
+            assert_eq!(e.reason(), None);
+        }
     }
 
     /// A version other than 13 is 426 with the version wsgate speaks (RFC 6455 §4.2.2);

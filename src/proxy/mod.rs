@@ -9,7 +9,8 @@
 //!
 //! Inside `proxy/` modules import only downward (no cycles), bottom first:
 //! - `stream`, `error`, `headers`, `drain`, `frame`, `signalr`: import no sibling;
-//! - `request`, `handshake`, `dial`, `tls`: the request context and the steps' pieces;
+//! - `request`, `handshake`, `dial`, `tls`, `admit`: the request context and the steps'
+//!   pieces (`admit`: the limits checked before a backend is dialled);
 //! - `relay`, `upgrade`, `upstream`: a relay, the upgrade exchange, opening a backend;
 //! - `websocket` (the request sequence) and `http` (plain HTTP);
 //! - `service` (the hyper path), then `connection` (the direct path), then `listener`.
@@ -19,6 +20,7 @@ pub mod frame;
 pub mod relay;
 pub mod tls;
 
+mod admit;
 pub(crate) mod connection;
 mod dial;
 mod error;
@@ -43,6 +45,7 @@ pub use relay::{Offload, OffloadOptions};
 
 use std::sync::Arc;
 
+use crate::table::admission::ConnectionCount;
 use crate::table::Publisher;
 use crate::telemetry::Metrics;
 
@@ -54,6 +57,10 @@ pub struct Gateway {
     pub drain: Drain,
     /// Relay threads for busy plain-TCP relays; `None` keeps every relay on the runtime.
     pub offload: Option<Arc<Offload>>,
+    /// `--max-connections`: upgraded connections plus plain HTTP requests in flight.
+    pub max_connections: Option<u32>,
+    /// What `max_connections` counts (kept only while it is set).
+    pub connections: Arc<ConnectionCount>,
 }
 
 impl Gateway {
@@ -62,6 +69,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         drain: Drain,
         offload: OffloadOptions,
+        max_connections: Option<u32>,
     ) -> Arc<Self> {
         let offload = Offload::new(offload, metrics.offload());
         Arc::new(Gateway {
@@ -69,6 +77,8 @@ impl Gateway {
             metrics,
             drain,
             offload,
+            max_connections,
+            connections: Arc::default(),
         })
     }
 }

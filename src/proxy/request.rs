@@ -16,7 +16,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use tracing::field::Empty;
 
-use super::error::Error;
+use super::error::{Error, Limited};
 use super::headers::X_REQUEST_ID;
 use super::Gateway;
 use crate::balance::PickContext;
@@ -131,16 +131,33 @@ impl RequestCtx {
     }
 
     /// Logs and counts a request wsgate answers itself with `e` (`route`: the one it
-    /// matched, if it got that far). Every such answer passes here once, on either path.
+    /// matched, if it got that far). Every such answer passes here once, on either path:
+    /// a refusal by the edge's checks as `wsgate_refusals_total{reason}`, anything else as
+    /// `wsgate_failures_total`.
     pub fn failed(&self, gw: &Gateway, route: Option<&CompiledRoute>, e: &Error) {
         let status = e.status().as_u16();
+        if let Some(reason) = e.refusal() {
+            // The process's limit is no route's: counted without one.
+            let route =
+                route.filter(|_| !matches!(e, Error::Limited(Limited::ProcessConnections { .. })));
+            match route {
+                Some(route) => route.metrics.refusal(reason),
+                None => gw.metrics.unrouted_refusal(reason),
+            }
+            // Route and client address are in the connection's span.
+            tracing::info!(status, reason = reason.as_str(), error = %e.chain(), "request refused");
+            return;
+        }
+        let Some(failure) = e.reason() else {
+            return;
+        };
         match route {
             Some(route) => {
-                route.metrics.failure(e.reason());
+                route.metrics.failure(failure);
                 tracing::warn!(status, error = %e.chain(), "request not proxied");
             }
             None => {
-                gw.metrics.unrouted_failure(e.reason());
+                gw.metrics.unrouted_failure(failure);
                 if matches!(e, Error::NoRoute { .. }) {
                     tracing::debug!(status, error = %e.chain(), "no route");
                 } else {

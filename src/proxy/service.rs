@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tracing::Instrument;
 
+use super::admit::{self, Admitted};
 use super::drain::DrainSignal;
 use super::error::Error;
 use super::request::{full, ProxyBody, RequestCtx, HEAD_READ_TIMEOUT, MAX_HEAD_BYTES};
@@ -82,8 +83,24 @@ async fn handle(
     };
     let route = found.route;
     let downstream = found.downstream_path_and_query();
+    let admitted = match admit::request(&gw, peer.ip(), route) {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            ctx.failed(&gw, Some(route), &e);
+            return Ok(full(e.response(ctx.request_id())));
+        }
+    };
     Ok(
         match plain_http::proxy(route, downstream, req, &ctx).await {
+            // The request holds its slots until its response body has been sent (an SSE
+            // stream or a held long poll is a connection in flight).
+            Ok(resp) if !admitted.is_empty() => resp.map(|body| {
+                AdmittedBody {
+                    inner: body,
+                    _admitted: admitted,
+                }
+                .boxed_unsync()
+            }),
             Ok(resp) => resp,
             Err(e) => {
                 ctx.failed(&gw, Some(route), &e);
@@ -91,6 +108,32 @@ async fn handle(
             }
         },
     )
+}
+
+/// A response body that holds its request's `Admitted` slots until it ends.
+struct AdmittedBody {
+    inner: ProxyBody,
+    _admitted: Admitted,
+}
+
+impl hyper::body::Body for AdmittedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A WebSocket upgrade on a kept-alive connection: the request sequence, its outcome as

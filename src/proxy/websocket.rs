@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response};
 use hyper::body::Incoming;
 
+use super::admit::{self, Admitted};
 use super::drain::DrainSignal;
 use super::error::{Error, Handshake};
 use super::frame::Extensions;
@@ -41,6 +42,9 @@ pub struct UpgradeRequest<'r> {
 }
 
 /// How an upgrade request ends on the client's side.
+// Returned once per handshake and taken apart at once; boxing the large variant would cost
+// an allocation per handshake to save a move.
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// wsgate answers itself with this error (logged and counted already).
     Failed(Error),
@@ -71,6 +75,14 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
     let (route, route_index) = (found.route, found.index);
     let downstream = found.downstream_path_and_query();
     drop(found);
+    // Limits before the dial; the slots go with the relay, or back when this ends sooner.
+    let admitted = match admit::upgrade(gw, ctx.peer.ip(), route) {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            ctx.failed(gw, Some(route), &e);
+            return Outcome::Failed(e);
+        }
+    };
     match open(route, req.headers, req.query, &downstream, ctx).await {
         Ok(Opened::Switched(switched)) => {
             let backend = Relaying {
@@ -84,6 +96,7 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
                 route_index,
                 load: switched.load,
                 started: Instant::now(),
+                _admitted: admitted,
             };
             let answer = SwitchAnswer {
                 head: switched.head,
@@ -172,6 +185,9 @@ pub struct RelayAccount {
     /// Counts the connection as load on the endpoint until dropped.
     load: ConnectionGuard,
     started: Instant,
+    /// The connection's slots under the route's and the process's connection limits,
+    /// given back when the account is dropped (after `ended`, or with a task cut short).
+    _admitted: Admitted,
 }
 
 impl RelayAccount {

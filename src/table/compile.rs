@@ -123,6 +123,7 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         certificate,
         backend_tls,
         limits,
+        rate_limit,
     } = a;
     *id == b.id
         && *upstream_path_template == b.upstream_path_template
@@ -140,6 +141,7 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         && *certificate == b.certificate
         && *backend_tls == b.backend_tls
         && *limits == b.limits
+        && *rate_limit == b.rate_limit
 }
 
 #[cfg(test)]
@@ -264,6 +266,10 @@ pub fn compile_from(
             if let Some(cert) = &route.certificate {
                 certificates.insert(parsed.host.as_ref(), cert);
             }
+            // Counts outlive a change of the route's options: by id, not by equality.
+            let admission = before
+                .get(route.id.0.as_str())
+                .map_or_else(Arc::default, |c| Arc::clone(&c.admission));
             match previous {
                 Some(before) => CompiledRoute {
                     route: if before.route.order == route.order {
@@ -275,6 +281,7 @@ pub fn compile_from(
                     metrics: before.metrics.clone(),
                     upstream_tls: before.upstream_tls.clone(),
                     parsed: Arc::clone(parsed),
+                    admission,
                 },
                 None => CompiledRoute {
                     balancer: Arc::new(Balancer::for_route(route, ctx.balance)),
@@ -283,6 +290,7 @@ pub fn compile_from(
                         .then(|| Arc::new(UpstreamTls::new(route, ctx.backend_roots))),
                     route: Arc::new((*route).clone()),
                     parsed: Arc::clone(parsed),
+                    admission,
                 },
             }
         })

@@ -14,6 +14,7 @@
 //! - literals compare ASCII-case-insensitively unless the route is case-sensitive;
 //!   captured values are the request's bytes, undecoded.
 
+pub mod admission;
 mod backend_tls;
 mod certs;
 mod compile;
@@ -22,6 +23,7 @@ mod host;
 mod publish;
 pub(crate) mod template;
 
+pub use admission::Admission;
 pub use backend_tls::{BackendRoots, UpstreamTls, UpstreamTlsError};
 pub use certs::CertificateMap;
 #[cfg(test)]
@@ -100,6 +102,9 @@ pub struct CompiledRoute {
     /// TLS towards the backends of a `wss` route; `None` for `ws`.
     pub upstream_tls: Option<Arc<UpstreamTls>>,
     parsed: Arc<Parsed>,
+    /// What the route's limits count (connections, clients' request windows), handed on
+    /// from the previous generation by route id, changed or not, so a reload resets nothing.
+    pub admission: Arc<Admission>,
 }
 
 impl CompiledRoute {

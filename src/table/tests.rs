@@ -27,6 +27,7 @@ pub(super) fn route(id: &str, order: u64, upstream: &str, downstream: &str) -> R
         certificate: None,
         backend_tls: Default::default(),
         limits: Default::default(),
+        rate_limit: None,
     }
 }
 
@@ -976,4 +977,33 @@ fn compile_from_reports_a_route_edited_into_an_invalid_template() {
     let (three, problems) = g.compile(&[route("a", 0, "/a", "/")], &two);
     assert!(problems.is_empty());
     assert_eq!(hit(&three, None, "/a").as_deref(), Some("a"));
+}
+
+/// A reload hands each route's admission state (its connection counts and clients' request
+/// windows) to the next generation by id, even when the route's options changed, so a
+/// reload resets no limit; a route that left the table takes its state along.
+#[test]
+fn compile_from_carries_admission_state_by_route_id() {
+    let g = Generations::new();
+    let first = vec![route("a", 0, "/a", "/"), route("b", 1, "/b", "/")];
+    let (one, _) = g.compile(&first, &RouteTable::empty());
+    let slot = compiled(&one, "a")
+        .admission
+        .try_connect(std::net::Ipv4Addr::LOCALHOST.into(), None, None)
+        .unwrap();
+    let mut second = vec![first[0].clone()];
+    second[0].limits.max_connections = Some(1);
+    let (two, problems) = g.compile(&second, &one);
+    assert!(problems.is_empty(), "{problems:?}");
+    let a2 = compiled(&two, "a");
+    assert!(Arc::ptr_eq(&compiled(&one, "a").admission, &a2.admission));
+    assert_eq!(a2.admission.connections(), 1);
+    drop(slot);
+    assert_eq!(a2.admission.connections(), 0);
+    // `b` left and came back: a state of its own again.
+    let (three, _) = g.compile(&first, &two);
+    assert!(!Arc::ptr_eq(
+        &compiled(&one, "b").admission,
+        &compiled(&three, "b").admission
+    ));
 }

@@ -168,6 +168,7 @@ impl Gateway {
                 drain_timeout,
                 relay_offload,
                 listening_file: None,
+                max_connections: None,
             },
             Arc::clone(&publisher),
             Arc::clone(&metrics),

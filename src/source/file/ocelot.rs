@@ -14,7 +14,10 @@ use serde_json::Value;
 
 use super::json::{Doc, Node};
 use super::{FileCtx, FileProblem, LoadedRoutes, Severity};
-use crate::api::{DownstreamScheme, HostAndPort, LoadBalancerOptions, WsRouteSpec};
+use crate::api::{
+    DownstreamScheme, HostAndPort, LimitsSpec, LoadBalancerOptions, RateLimitOptionsSpec,
+    WsRouteSpec,
+};
 use crate::model::{route_from_spec, FieldError, RouteId, SpecBackends};
 
 pub(super) fn is_routes_key(key: &str) -> bool {
@@ -60,7 +63,6 @@ const WARN_ROUTE_KEYS: &[&str] = &[
     "HttpHandlerOptions",
     "Metadata",
     "QoSOptions",
-    "RateLimitOptions",
     "RateLimitRule",
     "RequestIdKey",
     "ServiceNamespace",
@@ -333,6 +335,8 @@ impl<'a> RouteReader<'a> {
         let load_balancer_options = self.load_balancer();
         let dangerous_accept_any_server_certificate_validator =
             self.bool("DangerousAcceptAnyServerCertificateValidator");
+        let limits = self.limits();
+        let rate_limit_options = self.rate_limit_options();
         // Names the route for aggregates in Ocelot; here it only names it in problems.
         self.fields.take("Key");
 
@@ -376,6 +380,8 @@ impl<'a> RouteReader<'a> {
             timeouts: None,
             tls: None,
             backend_tls: None,
+            limits,
+            rate_limit_options,
         })
     }
 
@@ -692,6 +698,144 @@ impl<'a> RouteReader<'a> {
     }
 }
 
+impl<'a> RouteReader<'a> {
+    /// The object under `key` as `Fields` (with its path), or `None` when absent, `null`
+    /// or, for one of Ocelot's sections (`ocelots`), empty (as Ocelot's full route template
+    /// writes unused sections: zeros there mean "off"); anything else is an error naming
+    /// `what` the object should hold.
+    fn section(&mut self, key: &str, what: &str, ocelots: bool) -> Option<Fields<'a>> {
+        let n = self.fields.take(key)?;
+        if n.value().is_null() || (ocelots && is_empty(&n.value())) {
+            return None;
+        }
+        let Some(entries) = n.entries() else {
+            self.error(
+                key,
+                n.line(),
+                format!("expected {what}, found {}", describe(&n.value())),
+            );
+            return None;
+        };
+        Some(Fields::new(
+            self.fields.file,
+            entries,
+            &self.fields.path(key),
+            self.fields.name.clone(),
+        ))
+    }
+
+    /// One scalar of a section, converted as .NET's binder does; `None` when absent.
+    fn section_value<T>(
+        &mut self,
+        section: &mut Fields<'a>,
+        key: &str,
+        convert: fn(&Value) -> Result<Option<T>, ()>,
+        what: &str,
+    ) -> Option<T> {
+        let n = section.take(key)?;
+        match convert(&n.value()) {
+            Ok(v) => v,
+            Err(()) => {
+                self.error(
+                    &format!("{}.{key}", section.path.rsplit('.').next().unwrap_or("")),
+                    n.line(),
+                    format!("{} is not {what}", describe(&n.value())),
+                );
+                None
+            }
+        }
+    }
+
+    /// wsgate's `Limits` (the WsRoute's `limits` in PascalCase).
+    fn limits(&mut self) -> Option<LimitsSpec> {
+        const KEY: &str = "Limits";
+        let mut f = self.section(
+            KEY,
+            "{MaxMessageBytes, MessagesPerSecond, MessageBurst, MaxConnections, MaxConnectionsPerClient}",
+            false,
+        )?;
+        let whole = "a whole number";
+        let spec = LimitsSpec {
+            max_message_bytes: self.section_value(&mut f, "MaxMessageBytes", binder_i64, whole),
+            messages_per_second: self.section_value(&mut f, "MessagesPerSecond", binder_i64, whole),
+            message_burst: self.section_value(&mut f, "MessageBurst", binder_i64, whole),
+            max_connections: self.section_value(&mut f, "MaxConnections", binder_i64, whole),
+            max_connections_per_client: self.section_value(
+                &mut f,
+                "MaxConnectionsPerClient",
+                binder_i64,
+                whole,
+            ),
+        };
+        for (k, n) in f.rest() {
+            let w = f.warn(
+                &k,
+                n.line(),
+                "unknown key (wsgate reads MaxMessageBytes, MessagesPerSecond, MessageBurst, MaxConnections and MaxConnectionsPerClient); ignored".into(),
+            );
+            f.problems.push(w);
+        }
+        self.fields.problems.append(&mut f.problems);
+        Some(spec)
+    }
+
+    /// Ocelot's `RateLimitOptions`, counted per client address.
+    fn rate_limit_options(&mut self) -> Option<RateLimitOptionsSpec> {
+        const KEY: &str = "RateLimitOptions";
+        let mut f = self.section(
+            KEY,
+            "{EnableRateLimiting, Period, PeriodTimespan, Limit, ClientWhitelist}",
+            true,
+        )?;
+        let enable_rate_limiting =
+            self.section_value(&mut f, "EnableRateLimiting", binder_bool, "true or false");
+        let period = self.section_value(&mut f, "Period", binder_string, "a period such as `1s`");
+        let period_timespan =
+            self.section_value(&mut f, "PeriodTimespan", binder_f64, "a number of seconds");
+        let limit = self.section_value(&mut f, "Limit", binder_i64, "a whole number");
+        let mut client_whitelist = Vec::new();
+        if let Some(n) = f.take("ClientWhitelist") {
+            match n.value() {
+                Value::Null => {}
+                Value::Array(items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        match item {
+                            Value::String(s) => client_whitelist.push(s),
+                            other => self.error(
+                                &format!("{KEY}.ClientWhitelist[{i}]"),
+                                n.line(),
+                                format!("expected an address, found {}", describe(&other)),
+                            ),
+                        }
+                    }
+                }
+                other => self.error(
+                    &format!("{KEY}.ClientWhitelist"),
+                    n.line(),
+                    format!("expected a list of addresses, found {}", describe(&other)),
+                ),
+            }
+        }
+        for (k, n) in f.rest() {
+            let message = if k.eq_ignore_ascii_case("ClientIdHeader") {
+                "wsgate counts requests per client address, not per client id header; ignored"
+            } else {
+                "not read by wsgate (it reads EnableRateLimiting, Period, PeriodTimespan, Limit and ClientWhitelist); ignored"
+            };
+            let w = f.warn(&k, n.line(), message.into());
+            f.problems.push(w);
+        }
+        self.fields.problems.append(&mut f.problems);
+        Some(RateLimitOptionsSpec {
+            enable_rate_limiting,
+            period,
+            period_timespan,
+            limit,
+            client_whitelist,
+        })
+    }
+}
+
 /// Entries of one JSON object, taken out by case-insensitive key.
 struct Fields<'a> {
     entries: Vec<(String, Node<'a>)>,
@@ -826,6 +970,39 @@ fn binder_int(v: &Value) -> Result<Option<i32>, ()> {
             .map(Some)
             .ok_or(()),
         Value::String(s) => s.trim().parse().map(Some).map_err(|_| ()),
+        _ => Err(()),
+    }
+}
+
+/// A number or a numeric string, as .NET's binder reads a `long`.
+fn binder_i64(v: &Value) -> Result<Option<i64>, ()> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => n.as_i64().map(Some).ok_or(()),
+        Value::String(s) => s.trim().parse().map(Some).map_err(|_| ()),
+        _ => Err(()),
+    }
+}
+
+/// A number or a numeric string, as .NET's binder reads a `double`.
+fn binder_f64(v: &Value) -> Result<Option<f64>, ()> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => n.as_f64().map(Some).ok_or(()),
+        Value::String(s) => match s.trim().parse::<f64>() {
+            Ok(x) if x.is_finite() => Ok(Some(x)),
+            _ => Err(()),
+        },
+        _ => Err(()),
+    }
+}
+
+/// A string (`null` and `""` read as absent).
+fn binder_string(v: &Value) -> Result<Option<String>, ()> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
         _ => Err(()),
     }
 }

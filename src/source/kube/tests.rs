@@ -124,6 +124,8 @@ fn spec(path: &str) -> WsRouteSpec {
         timeouts: None,
         tls: None,
         backend_tls: None,
+        limits: None,
+        rate_limit_options: None,
     }
 }
 

@@ -1,6 +1,7 @@
 use super::*;
 
 mod files;
+mod limits;
 mod ocelot;
 mod tls;
 mod watch;
