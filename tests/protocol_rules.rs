@@ -79,6 +79,11 @@ struct Rig {
 
 impl Rig {
     async fn start(driver: Driver) -> Rig {
+        Rig::start_with_limits(driver, None).await
+    }
+
+    /// A rig whose route has `limits` (the route's message limits, issue 20).
+    async fn start_with_limits(driver: Driver, limits: Option<wsgate::api::LimitsSpec>) -> Rig {
         let backends = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend: SocketAddr = backends.local_addr().unwrap();
         let offload = match driver {
@@ -91,11 +96,9 @@ impl Rig {
                 after_messages: 1,
             },
         };
-        let routes = [route(
-            "rules",
-            0,
-            &spec("/{everything}", "/{everything}", &[backend]),
-        )];
+        let mut spec = spec("/{everything}", "/{everything}", &[backend]);
+        spec.limits = limits;
+        let routes = [route("rules", 0, &spec)];
         let gw = Gateway::start_with_offload(&routes, Duration::from_secs(5), offload).await;
         Rig {
             gw,
@@ -181,8 +184,12 @@ struct Violation {
     extension: Option<&'static str>,
     before: Vec<Vec<u8>>,
     offending: Vec<u8>,
-    /// What the side that broke the rule must get: 1002, or 1007 for a bad Close reason.
+    /// What the side that broke the rule must get: 1002, or 1007 for a bad Close reason
+    /// (1009, 1008 for the route's message limits).
     code: u16,
+    /// What the other side gets: 1001 toward the backend and 1014 toward the client for a
+    /// broken rule, 1001 both ways for a route's limit.
+    other_code: u16,
 }
 
 impl Violation {
@@ -192,6 +199,7 @@ impl Violation {
             before: Vec::new(),
             offending,
             code: 1002,
+            other_code: 0,
         }
     }
 }
@@ -200,6 +208,10 @@ impl Violation {
 /// checks what each side gets (see the module comment), then that after both answer the
 /// Close nothing more arrives before their connections end.
 async fn fails_the_connection(rig: &mut Rig, breaker: Side, v: Violation) {
+    let others_close_code = match v.other_code {
+        0 => breaker.others_close_code(),
+        code => code,
+    };
     let mut link = rig.open(v.extension).await;
     let mut before = vec![from(breaker, FIN | TEXT, b"before")];
     before.extend(v.before);
@@ -228,11 +240,11 @@ async fn fails_the_connection(rig: &mut Rig, breaker: Side, v: Violation) {
     assert_eq!(
         (got.close_code(), got.masked),
         (
-            Some(breaker.others_close_code()),
+            Some(others_close_code),
             other.gets_masked_frames_from_the_gateway()
         ),
         "{other:?} gets a Close {} of the gateway's own (masked toward the backend only): {got:?}",
-        breaker.others_close_code()
+        others_close_code
     );
 
     // The other side answers the gateway's Close; only then does the breaker get its own
@@ -518,6 +530,76 @@ async fn side_dying_without_a_close(driver: Driver, dying: Side) {
     );
 }
 
+// The route's message limits (issue 20, item 5): enforced by the same machine from the
+// same frame headers. The sender gets 1009 (size) or 1008 (rate), the other side 1001.
+
+/// `maxMessageBytes: 1000`: a 1,000-byte message passes, a message of 600 + 600 bytes in
+/// two frames is cut at its second frame (the first went on before the limit was reached).
+async fn message_over_max_message_bytes(driver: Driver, breaker: Side) {
+    let limits = wsgate::api::LimitsSpec {
+        max_message_bytes: Some(1000),
+        ..Default::default()
+    };
+    let mut rig = Rig::start_with_limits(driver, Some(limits)).await;
+    let mut v = Violation::new(from(breaker, CONTINUATION | FIN, &[b'b'; 600]));
+    v.before = vec![
+        from(breaker, FIN | TEXT, &[b'k'; 1000]),
+        from(breaker, TEXT, &[b'a'; 600]),
+    ];
+    v.code = 1009;
+    v.other_code = 1001;
+    fails_the_connection(&mut rig, breaker, v).await
+}
+
+/// `messagesPerSecond: 1, messageBurst: 5`: six messages in one write after the warm-up
+/// message; the bucket then holds 4 tokens and a fraction (5 if the warm-up took a second),
+/// so four or five go on and the next is refused: the sender gets 1008, the other side 1001,
+/// and nothing of the refused message passes.
+async fn messages_over_messages_per_second(driver: Driver, breaker: Side) {
+    let limits = wsgate::api::LimitsSpec {
+        messages_per_second: Some(1),
+        message_burst: Some(5),
+        ..Default::default()
+    };
+    let mut rig = Rig::start_with_limits(driver, Some(limits)).await;
+    let mut link = rig.open(None).await;
+    let messages: Vec<Vec<u8>> = (0..6u8)
+        .map(|i| from(breaker, FIN | TEXT, &[b'0' + i]))
+        .collect();
+    peer(&mut link, breaker).send(&messages.concat()).await;
+    let other = breaker.other();
+    let mut passed = 0;
+    let close = loop {
+        let got = peer(&mut link, other)
+            .next_frame()
+            .await
+            .unwrap_or_else(|| panic!("{other:?}'s connection ended without a Close"));
+        if got.is_close() {
+            break got;
+        }
+        assert_eq!(got.payload, [b'0' + passed], "in order, intact");
+        passed += 1;
+    };
+    assert!(
+        (4..=5).contains(&passed),
+        "{passed} messages passed a burst of 5"
+    );
+    assert_eq!(
+        (close.close_code(), close.masked),
+        (Some(1001), other.gets_masked_frames_from_the_gateway())
+    );
+    peer(&mut link, other)
+        .send(&from(other, FIN | CLOSE, &close_payload(1001, b"")))
+        .await;
+    let got = peer(&mut link, breaker).next_frame().await;
+    let got = got.unwrap_or_else(|| panic!("{breaker:?} got no Close 1008"));
+    assert_eq!(
+        (got.close_code(), got.masked),
+        (Some(1008), breaker.gets_masked_frames_from_the_gateway()),
+        "{got:?}"
+    );
+}
+
 /// For each check, one test per driver and side: `tokio_relay::RULE::by_client`, ….
 macro_rules! on_both_drivers_and_sides {
     ($($check:ident),* $(,)?) => {
@@ -570,4 +652,6 @@ on_both_drivers_and_sides!(
     permessage_deflate_rsv1_on_a_first_frame_passes,
     peer_ending_tcp_after_a_close_is_clean,
     side_dying_without_a_close,
+    message_over_max_message_bytes,
+    messages_over_messages_per_second,
 );

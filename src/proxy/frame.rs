@@ -32,6 +32,11 @@ pub mod close_code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A Close reason that is not UTF-8 (sent to that peer).
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A side sent messages faster than the route's `limits.messagesPerSecond` (sent to
+    /// that side), or its token expired (`closeOnTokenExpiry`, to the client).
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A message over the route's `limits.maxMessageBytes` (sent to its sender).
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The backend connection ended without a Close frame.
     pub const INTERNAL_ERROR: u16 = 1011;
     /// Towards the client when the backend broke the protocol.
@@ -121,6 +126,11 @@ pub enum Violation {
     CloseCode,
     /// A Close reason that is not UTF-8 (§5.5.1, §8.1).
     CloseReasonNotUtf8,
+    /// Not a protocol rule but the route's: a message over `limits.maxMessageBytes`, seen
+    /// from the frame headers (the message is never buffered to measure it).
+    MessageTooBig,
+    /// A message started beyond the route's `limits.messagesPerSecond` (and its burst).
+    MessageRate,
 }
 
 impl Violation {
@@ -129,8 +139,16 @@ impl Violation {
     pub fn close_code(self) -> u16 {
         match self {
             Violation::CloseReasonNotUtf8 => close_code::INVALID_PAYLOAD,
+            Violation::MessageTooBig => close_code::MESSAGE_TOO_BIG,
+            Violation::MessageRate => close_code::POLICY_VIOLATION,
             _ => close_code::PROTOCOL_ERROR,
         }
+    }
+
+    /// A route's limit, not a protocol rule: the other side then gets 1001, as when its
+    /// peer goes away, rather than a code that says the peer misbehaved.
+    pub fn is_limit(self) -> bool {
+        matches!(self, Violation::MessageTooBig | Violation::MessageRate)
     }
 
     /// The reason in that Close frame, and in the log.
@@ -147,6 +165,8 @@ impl Violation {
             Violation::CloseTooShort => "close payload of one byte",
             Violation::CloseCode => "invalid close code",
             Violation::CloseReasonNotUtf8 => "close reason is not UTF-8",
+            Violation::MessageTooBig => "message over the route's maxMessageBytes",
+            Violation::MessageRate => "messages over the route's messagesPerSecond",
         }
     }
 }
@@ -214,6 +234,16 @@ pub struct FrameTracker {
     close_len: u8,
     violation: Option<Violation>,
     messages: u64,
+    /// `limits.maxMessageBytes` (u64::MAX: none), and the payload of the message under
+    /// way so far (its frames' lengths as their headers arrive).
+    max_message: u64,
+    message_len: u64,
+    /// Messages may start while `messages` is below this (the relay's token bucket for
+    /// `limits.messagesPerSecond` sets it; u64::MAX: no limit).
+    messages_allowed: u64,
+    /// The fast path takes 7-bit lengths below this: 126, or less when `max_message` is
+    /// smaller (so a message over the limit always reaches the checks).
+    fast_len_limit: u8,
     /// A Close frame split across reads, header included; allocated only then (boxed: an
     /// idle connection's tracker stays small: 8 bytes instead of a `Vec`'s 24; it is
     /// allocated at most once per direction, a Close being the last frame).
@@ -280,6 +310,10 @@ impl FrameTracker {
             close_len: 0,
             violation: None,
             messages: 0,
+            max_message: u64::MAX,
+            message_len: 0,
+            messages_allowed: u64::MAX,
+            fast_len_limit: 126,
             held_close: None,
         }
     }
@@ -304,6 +338,21 @@ impl FrameTracker {
     #[inline]
     pub fn stopped(&self) -> bool {
         self.at == At::Stopped
+    }
+
+    /// Messages over `max` payload bytes (all their frames) break the route's limit: the
+    /// frame that goes over it is not forwarded, and the tracker stops with
+    /// [`Violation::MessageTooBig`].
+    pub fn limit_message_bytes(&mut self, max: u64) {
+        self.max_message = max;
+        self.fast_len_limit = max.saturating_add(1).min(126) as u8;
+    }
+
+    /// Lets messages start until [`FrameTracker::messages`] reaches `total`; the one after
+    /// stops the tracker with [`Violation::MessageRate`], before any of it is forwarded.
+    #[inline]
+    pub fn allow_messages_until(&mut self, total: u64) {
+        self.messages_allowed = total;
     }
 
     /// The header bytes the last [`FrameTracker::track`] released from earlier reads
@@ -431,7 +480,11 @@ impl FrameTracker {
             // instructions per frame; bench/RESULTS.md, "Issue 19 ... recovered".)
             while let [b0, b1, ..] = bytes[pos..] {
                 let len7 = b1 ^ self.mask_bit;
-                if b0.wrapping_sub(0x81) >= 2 || len7 >= 126 || self.fragmented {
+                if b0.wrapping_sub(0x81) >= 2
+                    || len7 >= self.fast_len_limit
+                    || self.fragmented
+                    || self.messages >= self.messages_allowed
+                {
                     break;
                 }
                 let frame_len = short_header_len + usize::from(len7);
@@ -482,6 +535,11 @@ impl FrameTracker {
                     // ends a message or starts a fragmented one; control frames change
                     // neither).
                     if b0 & 0x08 == 0 {
+                        if let Err(v) = self.check_limits(b0, u64::from(len7)) {
+                            out.forward = pos;
+                            self.fail(v);
+                            return out;
+                        }
                         let fin = b0 >> 7;
                         self.fragmented = fin == 0;
                         self.messages += u64::from(fin);
@@ -553,12 +611,34 @@ impl FrameTracker {
     #[inline]
     fn start_frame(&mut self, header: &[u8]) -> Result<(), Violation> {
         let len = payload_len(header)?;
+        if header[0] & 0x08 == 0 {
+            self.check_limits(header[0], len)?;
+        }
         self.frame_started(header[0]);
         self.remaining = len;
         if len == 0 {
             self.end_frame();
         } else {
             self.at = At::Payload;
+        }
+        Ok(())
+    }
+
+    /// The route's message limits, for a data frame whose header passed the protocol
+    /// checks: a new message may start (the rate), and the message stays within
+    /// `max_message` with this frame's `len` bytes.
+    #[inline]
+    fn check_limits(&mut self, b0: u8, len: u64) -> Result<(), Violation> {
+        if b0 & 0x0F == OP_CONTINUATION {
+            self.message_len = self.message_len.saturating_add(len);
+        } else {
+            if self.messages >= self.messages_allowed {
+                return Err(Violation::MessageRate);
+            }
+            self.message_len = len;
+        }
+        if self.message_len > self.max_message {
+            return Err(Violation::MessageTooBig);
         }
         Ok(())
     }

@@ -37,7 +37,7 @@ mod offload;
 
 pub use super::frame::close_code;
 pub use machine::{
-    Counts, Forward, Output, Relay, RelayConfig, RelayEnd, RelayStats, Side, Timeout,
+    Counts, Forward, MessageRate, Output, Relay, RelayConfig, RelayEnd, RelayStats, Side, Timeout,
 };
 pub use offload::{Offload, OffloadOptions};
 
@@ -569,11 +569,7 @@ async fn run<'o, T: Transport>(
                 }
                 Poll::Pending
             }) => {}
-            _ = fire(&mut timer) => {
-                if let Timeout::Idle(idle) = relay.handle_timeout(std::time::Instant::now()) {
-                    tracing::info!(idle_ms = idle.as_millis() as u64, "closing idle WebSocket connection (route timeouts.idle)");
-                }
-            }
+            _ = fire(&mut timer) => log_timeout(&relay.handle_timeout(std::time::Instant::now())),
         }
         if move_due {
             match offload.and_then(|pool| Some((pool, pool.thread()?))) {
@@ -581,6 +577,20 @@ async fn run<'o, T: Transport>(
                 None => offload = None,
             }
         }
+    }
+}
+
+/// The log line of a timeout that closes a connection (both drivers).
+pub(super) fn log_timeout(timeout: &Timeout) {
+    match timeout {
+        Timeout::Idle(idle) => tracing::info!(
+            idle_ms = idle.as_millis() as u64,
+            "closing idle WebSocket connection (route timeouts.idle)"
+        ),
+        Timeout::TokenExpired => tracing::info!(
+            "closing WebSocket connection: the client's token expired (closeOnTokenExpiry)"
+        ),
+        Timeout::LingerExpired | Timeout::Nothing => {}
     }
 }
 

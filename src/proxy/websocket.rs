@@ -21,7 +21,7 @@ use super::drain::DrainSignal;
 use super::error::{Error, Handshake};
 use super::frame::Extensions;
 use super::headers::strip_hop_by_hop;
-use super::relay::{relay_streams, Offload, RelayConfig, RelayStats};
+use super::relay::{relay_streams, MessageRate, Offload, RelayConfig, RelayStats};
 use super::request::RequestCtx;
 use super::stream::Stream;
 use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
@@ -120,9 +120,15 @@ fn relay_config(route: &CompiledRoute, backend_101: &SwitchedHead) -> RelayConfi
         .end_to_end()
         .filter(|(name, _)| name.eq_ignore_ascii_case(b"sec-websocket-extensions"))
         .map(|(_, value)| value);
+    let limits = &route.route.limits;
     RelayConfig {
         idle: route.route.timeouts.idle,
         extensions: Extensions::negotiated(extensions),
+        max_message_bytes: limits.max_message_bytes,
+        message_rate: limits.messages_per_second.map(|per_second| MessageRate {
+            per_second,
+            burst: limits.message_burst.unwrap_or(per_second),
+        }),
         ..RelayConfig::default()
     }
 }
@@ -226,13 +232,20 @@ impl RelayAccount {
     pub fn ended(self, stats: &RelayStats) {
         self.route().metrics.connections_active.dec();
         drop(self.load);
-        if let Some((side, violation)) = stats.violation {
-            tracing::info!(
+        match stats.violation {
+            Some((side, limit)) if limit.is_limit() => tracing::info!(
+                side = ?side,
+                limit = %limit,
+                close_code = limit.close_code(),
+                "WebSocket connection closed: a side went over the route's limits"
+            ),
+            Some((side, violation)) => tracing::info!(
                 side = ?side,
                 %violation,
                 close_code = violation.close_code(),
                 "WebSocket connection failed: a side broke the protocol"
-            );
+            ),
+            None => {}
         }
         tracing::debug!(
             duration_ms = self.started.elapsed().as_millis() as u64,

@@ -1,5 +1,7 @@
 //! The relay as a state machine: what happens between a client and a backend after the
-//! 101, with no sockets, no clocks and no async. The application (a driver) is responsible
+//! 101, with no sockets and no async. Time comes in with the driver's events, except for a
+//! route with `limits.messagesPerSecond`, whose reads consult the clock given in
+//! [`RelayConfig::clock`] (a plain function, so tests give their own). The application (a driver) is responsible
 //! for the I/O, and for an event loop with a timer: it hands in what happened — bytes read
 //! from a side, a side's end, a write that failed, a timeout, the drain — and carries out
 //! what the machine asks — write these bytes to a side, flush it, shut its write half, wake
@@ -45,6 +47,14 @@ impl Side {
     }
 }
 
+/// A route's `limits.messagesPerSecond` and `messageBurst`: a token bucket per direction.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MessageRate {
+    pub per_second: u32,
+    /// The bucket's size (`per_second` when the route gives none).
+    pub burst: u32,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct RelayConfig {
     /// Close both sides (1001) after this long with no bytes either way. None = never.
@@ -54,6 +64,17 @@ pub struct RelayConfig {
     pub linger: Duration,
     /// What the backend's 101 negotiated (which RSV bits frames may carry).
     pub extensions: Extensions,
+    /// `limits.maxMessageBytes`: a bigger message gets its sender Close 1009, the other
+    /// side Close 1001.
+    pub max_message_bytes: Option<u64>,
+    /// `limits.messagesPerSecond`, per direction: beyond it the sender gets Close 1008,
+    /// the other side Close 1001.
+    pub message_rate: Option<MessageRate>,
+    /// When the client's token expires (`closeOnTokenExpiry`): then the client gets Close
+    /// 1008 and the backend Close 1001.
+    pub close_at: Option<Instant>,
+    /// The clock the message rate reads.
+    pub clock: fn() -> Instant,
 }
 
 impl Default for RelayConfig {
@@ -62,6 +83,10 @@ impl Default for RelayConfig {
             idle: None,
             linger: Duration::from_secs(10),
             extensions: Extensions::None,
+            max_message_bytes: None,
+            message_rate: None,
+            close_at: None,
+            clock: Instant::now,
         }
     }
 }
@@ -136,6 +161,8 @@ pub enum Timeout {
     Nothing,
     /// The connection was quiet for this long: both sides get Close 1001.
     Idle(Duration),
+    /// The client's token expired: it gets Close 1008, the backend Close 1001.
+    TokenExpired,
     /// The linger time ran out: the relay is done.
     LingerExpired,
 }
@@ -182,6 +209,34 @@ struct Flow {
     bytes: u64,
     bytes_counted: u64,
     messages_counted: u64,
+    /// The message rate's token bucket (boxed: most routes have none, and an idle
+    /// connection stays small).
+    bucket: Option<Box<Bucket>>,
+}
+
+/// Tokens for messages in one direction, refilled at `per_second` up to `burst`.
+#[derive(Debug)]
+struct Bucket {
+    rate: MessageRate,
+    tokens: f64,
+    /// When `tokens` was last refilled.
+    at: Instant,
+    /// `tracker.messages()` when tokens were last taken.
+    counted: u64,
+}
+
+impl Bucket {
+    /// Takes a token for each message since the last call, refills to `now`, and says
+    /// until which message count messages may start.
+    fn allow_until(&mut self, messages: u64, now: Instant) -> u64 {
+        let taken = messages - self.counted;
+        self.counted = messages;
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens - taken as f64 + elapsed * f64::from(self.rate.per_second))
+            .min(f64::from(self.rate.burst));
+        messages + self.tokens.max(0.0) as u64
+    }
 }
 
 impl Flow {
@@ -205,6 +260,7 @@ impl Flow {
             bytes: 0,
             bytes_counted: 0,
             messages_counted: 0,
+            bucket: None,
         }
     }
 
@@ -318,6 +374,9 @@ pub struct Relay {
     winding: bool,
     /// Set when a timeout ended the relay.
     end: Option<RelayEnd>,
+    /// When the client's token expires (`closeOnTokenExpiry`), until it did.
+    close_at: Option<Instant>,
+    clock: fn() -> Instant,
     violation: Option<(Side, Violation)>,
 }
 
@@ -333,6 +392,12 @@ enum Close {
     Violation(Violation),
     Draining,
     Idle,
+    /// Towards the other side of a connection closed for a route's message limit.
+    PeerOverLimit,
+    /// Towards the client whose token expired.
+    TokenExpired,
+    /// Towards the backend of that client.
+    ClientTokenExpired,
 }
 
 impl Close {
@@ -348,6 +413,9 @@ impl Close {
             Close::Violation(v) => (v.close_code(), v.reason()),
             Close::Draining => (close_code::GOING_AWAY, "gateway shutting down"),
             Close::Idle => (close_code::GOING_AWAY, "idle timeout"),
+            Close::PeerOverLimit => (close_code::GOING_AWAY, "peer over the route's limits"),
+            Close::TokenExpired => (close_code::POLICY_VIOLATION, "token expired"),
+            Close::ClientTokenExpired => (close_code::GOING_AWAY, "client token expired"),
         }
     }
 }
@@ -360,9 +428,26 @@ impl Relay {
             masked,
             extensions: config.extensions,
         };
+        let flow = |masked| {
+            let mut flow = Flow::new(rules(masked), buffered);
+            if let Some(max) = config.max_message_bytes {
+                flow.tracker.limit_message_bytes(max);
+            }
+            if let Some(rate) = config.message_rate {
+                let burst = rate.burst.max(1);
+                flow.tracker.allow_messages_until(u64::from(burst));
+                flow.bucket = Some(Box::new(Bucket {
+                    rate: MessageRate { burst, ..rate },
+                    tokens: f64::from(burst),
+                    at: now,
+                    counted: 0,
+                }));
+            }
+            flow
+        };
         Relay {
-            up: Flow::new(rules(true), buffered),
-            down: Flow::new(rules(false), buffered),
+            up: flow(true),
+            down: flow(false),
             idle: config.idle,
             last_activity: now,
             linger: config.linger,
@@ -372,6 +457,8 @@ impl Relay {
             winding: false,
             end: None,
             violation: None,
+            close_at: config.close_at,
+            clock: config.clock,
         }
     }
 
@@ -419,6 +506,7 @@ impl Relay {
     #[inline]
     pub fn handle_read<'a>(&mut self, from: Side, bytes: &'a [u8]) -> Forward<'a> {
         let to = from.other();
+        let clock = self.clock;
         let flow = self.flow_from(from);
         let mut fwd = Forward {
             to,
@@ -429,6 +517,10 @@ impl Relay {
             return fwd;
         }
         flow.bytes += bytes.len() as u64;
+        if let Some(bucket) = &mut flow.bucket {
+            let until = bucket.allow_until(flow.tracker.messages(), clock());
+            flow.tracker.allow_messages_until(until);
+        }
         let tracked = if flow.close_wanted.is_none() {
             flow.tracker.track(bytes)
         } else {
@@ -566,6 +658,14 @@ impl Relay {
             self.end = Some(RelayEnd::LingerExpired);
             return Timeout::LingerExpired;
         }
+        if self.close_at.is_some_and(|at| at <= now) {
+            self.close_at = None;
+            self.closing = true;
+            self.down.close_with(Close::TokenExpired);
+            self.up.close_with(Close::ClientTokenExpired);
+            self.update_winding();
+            return Timeout::TokenExpired;
+        }
         match self.idle {
             Some(idle) if self.last_activity + idle <= now => {
                 self.idle = None;
@@ -621,6 +721,14 @@ impl Relay {
         }
     }
 
+    /// Whether the relay has a deadline now or may get one without an event from the driver
+    /// (an idle limit, a token expiry, winding down): a driver that keeps no timer for
+    /// every connection asks [`Relay::poll_deadline`] only then.
+    #[inline]
+    pub fn wants_timer(&self) -> bool {
+        self.idle.is_some() || self.close_at.is_some() || self.winding
+    }
+
     /// Whether the driver must call [`Relay::note_activity`] when bytes move.
     pub fn tracks_activity(&self) -> bool {
         self.idle.is_some()
@@ -633,10 +741,10 @@ impl Relay {
             self.linger_at = Some(now() + self.linger);
         }
         let idle_at = self.idle.map(|idle| self.last_activity + idle);
-        match (idle_at, self.linger_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [idle_at, self.linger_at, self.close_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// A side has closed, a Close passed, we are closing (drain, idle), or a side broke the
@@ -727,6 +835,7 @@ impl Relay {
     fn fail(&mut self, from: Side, v: Violation) {
         self.violation = Some((from, v));
         let to_peer = match from {
+            _ if v.is_limit() => Close::PeerOverLimit,
             Side::Client => Close::ClientBrokeProtocol,
             Side::Backend => Close::BackendBrokeProtocol,
         };

@@ -486,3 +486,135 @@ fn a_violation_during_a_pending_drain_close_earns_1002() {
     sim.writable();
     assert!(sim.relay.is_done());
 }
+
+// ---- the route's message limits and the token's expiry -----------------------------------
+
+thread_local! {
+    /// The fake clock the message rate reads in these tests.
+    static FAKE_NOW: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+fn fake_now() -> Instant {
+    FAKE_NOW.with(|c| *c.get().get_or_insert_with(Instant::now))
+}
+
+fn advance_fake_clock(by: Duration) {
+    let now = fake_now() + by;
+    FAKE_NOW.with(|c| c.set(Some(now)));
+}
+
+/// A message over `maxMessageBytes`, whole in one frame or spread over several: the frames
+/// before the one that goes over it pass, nothing of that one does; the sender gets 1009
+/// (once its peer answered our 1001), the peer 1001. A message of exactly the limit passes.
+#[test]
+fn a_message_over_max_message_bytes_earns_its_sender_1009_and_the_peer_1001() {
+    let config = RelayConfig {
+        max_message_bytes: Some(100),
+        ..RelayConfig::default()
+    };
+    for from in [Side::Client, Side::Backend] {
+        let masked = from == Side::Client;
+        let key = masked.then_some(KEY);
+        let fragmented = [
+            frame(OP_TEXT, &[b'a'; 60], key),
+            frame(OP_CONTINUATION, &[b'b'; 60], key),
+        ]
+        .concat();
+        for offending in [
+            text(&[b'x'; 101], masked),
+            text(&[b'x'; 1000], masked),
+            fragmented,
+        ] {
+            let mut sim = Sim::new(config, 1 << 20);
+            sim.read(from, &[text(&[b'k'; 100], masked), offending].concat());
+            sim.writable();
+            let to = from.other();
+            let got = sim.frames(to);
+            assert_eq!(got[0].payload, vec![b'k'; 100], "{from:?}: at the limit");
+            let data: Vec<_> = got[1..]
+                .iter()
+                .filter(|f| f.close_code().is_none())
+                .collect();
+            // Of the fragmented one, the first frame (60 bytes) went on before the limit.
+            assert!(
+                data.iter().all(|f| f.payload.len() <= 60),
+                "{from:?}: {got:?}"
+            );
+            assert_eq!(closes(&got), vec![1001], "{from:?}");
+            sim.read(to, &close(1001, b"", !masked));
+            sim.writable();
+            assert_eq!(closes(&sim.frames(from)), vec![1009], "{from:?}");
+            assert!(sim.relay.is_done());
+            assert_eq!(
+                sim.relay.stats().violation,
+                Some((from, Violation::MessageTooBig))
+            );
+        }
+    }
+}
+
+/// `messagesPerSecond` with a burst: the burst passes at once, the next message does not
+/// (sender 1008, peer 1001); after a second of quiet the bucket has refilled.
+#[test]
+fn messages_over_the_rate_earn_1008_and_the_bucket_refills() {
+    let config = RelayConfig {
+        message_rate: Some(MessageRate {
+            per_second: 2,
+            burst: 3,
+        }),
+        clock: fake_now,
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::new(config, 1 << 20);
+    let burst: Vec<u8> = (0..3).flat_map(|_| text(b"m", true)).collect();
+    sim.read(Side::Client, &burst);
+    advance_fake_clock(Duration::from_secs(1));
+    // Two tokens back: two more pass, the third does not.
+    let more: Vec<u8> = (0..3).flat_map(|_| text(b"n", true)).collect();
+    sim.read(Side::Client, &more);
+    sim.writable();
+    let got = sim.frames(Side::Backend);
+    let passed = got.iter().filter(|f| f.close_code().is_none()).count();
+    assert_eq!(passed, 5, "{got:?}");
+    assert_eq!(closes(&got), vec![1001]);
+    sim.read(Side::Backend, &close(1001, b"", false));
+    sim.writable();
+    assert_eq!(closes(&sim.frames(Side::Client)), vec![1008]);
+    assert_eq!(
+        sim.relay.stats().violation,
+        Some((Side::Client, Violation::MessageRate))
+    );
+    // The other direction has its own bucket: the backend's messages were not counted.
+}
+
+/// `closeOnTokenExpiry`: at the token's expiry the client gets 1008, the backend 1001, on
+/// a frame boundary; then the relay winds down like any close.
+#[test]
+fn an_expired_token_closes_the_client_with_1008_and_the_backend_with_1001() {
+    let start = Instant::now();
+    let config = RelayConfig {
+        close_at: Some(start + Duration::from_secs(2)),
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::new(config, 1 << 20);
+    sim.now = start;
+    assert!(sim.relay.wants_timer());
+    // Half a frame towards the client when the token expires: ours waits for its end.
+    let long = text(&[b'z'; 200], false);
+    sim.read(Side::Backend, &long[..50]);
+    assert_eq!(sim.fire(), Some(Timeout::TokenExpired));
+    assert_eq!(
+        sim.got[Side::Client as usize],
+        long[..50],
+        "not inside a frame"
+    );
+    assert_eq!(closes(&sim.frames(Side::Backend)), vec![1001]);
+    sim.read(Side::Backend, &long[50..]);
+    sim.writable();
+    let got = sim.frames(Side::Client);
+    assert_eq!(got[0].payload.len(), 200);
+    assert_eq!(closes(&got), vec![1008]);
+    sim.read(Side::Client, &close(1008, b"", true));
+    sim.read(Side::Backend, &close(1001, b"", false));
+    assert!(sim.relay.is_done());
+}

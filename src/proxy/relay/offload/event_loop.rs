@@ -13,7 +13,8 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
 use super::super::{
-    add_counts, pass_on_read, route_counters, write_owed, Counts, Relay, Side, Timeout, READ_BUF,
+    add_counts, log_timeout, pass_on_read, route_counters, write_owed, Counts, Relay, Side,
+    Timeout, READ_BUF,
 };
 use super::{Command, WAKE};
 use crate::telemetry::RouteMetrics;
@@ -351,8 +352,8 @@ impl Loop {
         }
         // A deadline that moved later (an idle one, after activity) stays armed at the
         // earlier time; when that fires, the relay is armed again. Only a relay with an idle
-        // limit or winding down has one.
-        if !(conn.relay.tracks_activity() || conn.relay.winding_down()) {
+        // limit, a token expiry, or winding down has one.
+        if !conn.relay.wants_timer() {
             return;
         }
         if let Some(at) = conn.relay.poll_deadline(|| clock.now()) {
@@ -397,12 +398,9 @@ impl Loop {
                     self.end(key);
                     continue;
                 }
-                Timeout::Idle(idle) => {
+                timeout @ (Timeout::Idle(_) | Timeout::TokenExpired) => {
                     let _entered = conn.span.enter();
-                    tracing::info!(
-                        idle_ms = idle.as_millis() as u64,
-                        "closing idle WebSocket connection (route timeouts.idle)"
-                    );
+                    log_timeout(&timeout);
                     // The Close frames sit in the backlogs; let the step try to write them.
                     conn.ready
                         .set(Ready::CLIENT_WRITE | Ready::UPSTREAM_WRITE, true);
