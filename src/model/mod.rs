@@ -2,12 +2,17 @@
 //! been checked and every backend reference resolved. Nothing here knows whether it came
 //! from the API server or a file.
 
+mod auth;
 mod duration;
 pub mod host;
 mod problem;
 mod tls;
 mod validate;
 
+pub use auth::{
+    Authentication, ClaimHeader, ClaimSelector, Jwks, JwksError, JwksRef, JwksUnavailable,
+    VerifyingKey,
+};
 pub use duration::{parse_duration, DurationError};
 pub use host::{HostPattern, HostPatternError};
 pub use problem::{ProblemReason, RouteProblem};
@@ -189,6 +194,8 @@ pub struct Route {
     /// Name and trust for `wss` backends; the CA is filled by the source.
     pub backend_tls: BackendTls,
     pub limits: Limits,
+    /// Authentication (`spec.authenticationOptions` and the claim fields); `None` = open.
+    pub authentication: Option<Authentication>,
 }
 
 #[cfg(test)]

@@ -22,6 +22,9 @@ pub(crate) fn spec() -> WsRouteSpec {
         timeouts: None,
         tls: None,
         backend_tls: None,
+        authentication_options: None,
+        route_claims_requirement: Default::default(),
+        add_headers_to_request: Default::default(),
     }
 }
 

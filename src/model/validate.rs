@@ -188,6 +188,8 @@ pub fn route_from_spec(
         }
     }
 
+    let authentication = super::auth::authentication(spec, &mut errors);
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -209,6 +211,7 @@ pub fn route_from_spec(
         limits: Limits::default(),
         certificate: None,
         backend_tls,
+        authentication,
     })
 }
 

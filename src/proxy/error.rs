@@ -10,7 +10,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::table::UpstreamTlsError;
-use crate::telemetry::FailureReason;
+use crate::telemetry::{FailureReason, RefusalReason};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,6 +50,54 @@ pub enum Error {
         #[source]
         source: BackendTlsFailure,
     },
+    // Authentication (issue 20): 401 and 403, counted as refusals.
+    #[error("not authenticated")]
+    Unauthorized(#[source] TokenRejected),
+    #[error("not authorized")]
+    Forbidden(#[source] Forbidden),
+}
+
+/// Why a request's token was not accepted (a 401). Never carries the token or anything
+/// read from it but the algorithm's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejected {
+    /// No `Authorization: Bearer` header and no `access_token` query parameter.
+    #[error("no bearer token (`Authorization: Bearer` header or `access_token` query parameter)")]
+    Missing,
+    #[error("more than one `access_token` query parameter")]
+    Ambiguous,
+    /// The route's JWKS file or Secret is missing or unusable: every token is refused.
+    #[error("the route's key set is not available")]
+    KeysUnavailable,
+    #[error("the token is not a JWT with a supported `alg`")]
+    Malformed,
+    #[error("no key of the route's key set verifies this token's `kid` and `alg` ({alg})")]
+    NoKey { alg: &'static str },
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet (`nbf`)")]
+    NotYetValid,
+    #[error("the token's issuer is not the route's")]
+    WrongIssuer,
+    #[error("the token's audience is not the route's")]
+    WrongAudience,
+    #[error("the token lacks the `{0}` claim")]
+    MissingClaim(&'static str),
+    #[error("the token's claims are not valid")]
+    InvalidClaims,
+}
+
+/// Why a valid token does not give access to the route (a 403).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Forbidden {
+    /// A scope of `allowedScopes` is not in the token's `scope`/`scp`.
+    #[error("the token lacks the scope `{missing}`")]
+    Scope { missing: String },
+    /// A claim of `routeClaimsRequirement` is absent or has another value.
+    #[error("the token's `{claim}` claim does not have the value the route requires")]
+    Claim { claim: String },
 }
 
 /// Why TLS to a backend failed (the cause of [`Error::UpstreamTls`]).
@@ -132,6 +180,8 @@ impl Error {
             Error::HeadTooLarge { .. } | Error::TooManyHeaders { .. } => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -144,11 +194,24 @@ impl Error {
             Error::BadHandshake(_)
             | Error::MalformedHead(_)
             | Error::HeadTooLarge { .. }
-            | Error::TooManyHeaders { .. } => FailureReason::BadRequest,
+            | Error::TooManyHeaders { .. }
+            // Counted as refusals (`refusal`), not failures.
+            | Error::Unauthorized(_)
+            | Error::Forbidden(_) => FailureReason::BadRequest,
             Error::UpstreamTimeout { .. } => FailureReason::UpstreamTimeout,
             Error::UpstreamProtocol { .. } | Error::UpstreamTls { .. } => {
                 FailureReason::UpstreamProtocol
             }
+        }
+    }
+
+    /// The refusal this error is, for `wsgate_refusals_total`; `None` for failures.
+    pub fn refusal(&self) -> Option<RefusalReason> {
+        match self {
+            Error::Unauthorized(_) => Some(RefusalReason::Auth),
+            Error::Forbidden(Forbidden::Scope { .. }) => Some(RefusalReason::Scope),
+            Error::Forbidden(Forbidden::Claim { .. }) => Some(RefusalReason::Claims),
+            _ => None,
         }
     }
 
@@ -174,6 +237,19 @@ impl Error {
                 builder = builder.header(
                     header::SEC_WEBSOCKET_VERSION,
                     HeaderValue::from_static("13"),
+                )
+            }
+            // RFC 6750 §3: no `error` when the request carried no token at all.
+            Error::Unauthorized(TokenRejected::Missing) => {
+                builder = builder.header(header::WWW_AUTHENTICATE, "Bearer")
+            }
+            Error::Unauthorized(_) => {
+                builder = builder.header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")
+            }
+            Error::Forbidden(Forbidden::Scope { .. }) => {
+                builder = builder.header(
+                    header::WWW_AUTHENTICATE,
+                    "Bearer error=\"insufficient_scope\"",
                 )
             }
             _ => {}

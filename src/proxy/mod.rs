@@ -9,6 +9,7 @@
 //!
 //! Inside `proxy/` modules import only downward (no cycles), bottom first:
 //! - `stream`, `error`, `headers`, `drain`, `frame`, `signalr`: import no sibling;
+//! - `auth` (a route's authentication on a request): imports `error` only;
 //! - `request`, `handshake`, `dial`, `tls`: the request context and the steps' pieces;
 //! - `relay`, `upgrade`, `upstream`: a relay, the upgrade exchange, opening a backend;
 //! - `websocket` (the request sequence) and `http` (plain HTTP);
@@ -19,6 +20,7 @@ pub mod frame;
 pub mod relay;
 pub mod tls;
 
+pub(crate) mod auth;
 pub(crate) mod connection;
 mod dial;
 mod error;

@@ -134,6 +134,14 @@ impl RequestCtx {
     /// matched, if it got that far). Every such answer passes here once, on either path.
     pub fn failed(&self, gw: &Gateway, route: Option<&CompiledRoute>, e: &Error) {
         let status = e.status().as_u16();
+        if let Some(reason) = e.refusal() {
+            match route {
+                Some(route) => route.metrics.refusal(reason),
+                None => gw.metrics.unrouted_refusal(reason),
+            }
+            tracing::info!(status, reason = reason.as_str(), error = %e.chain(), "request refused");
+            return;
+        }
         match route {
             Some(route) => {
                 route.metrics.failure(e.reason());

@@ -24,7 +24,7 @@ use super::relay::{relay_streams, Offload, RelayConfig, RelayStats};
 use super::request::RequestCtx;
 use super::stream::Stream;
 use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
-use super::{handshake, upstream, Gateway};
+use super::{auth, handshake, upstream, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
 
@@ -69,12 +69,22 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
         }
     };
     let (route, route_index) = (found.route, found.index);
-    let downstream = found.downstream_path_and_query();
+    let mut downstream = found.downstream_path_and_query();
     drop(found);
-    match open(route, req.headers, req.query, &downstream, ctx).await {
+    let mut headers = req.headers;
+    let authorized = match auth::check(&route.route, &headers, req.query) {
+        Ok(authorized) => authorized,
+        Err(e) => {
+            ctx.failed(gw, Some(route), &e);
+            return Outcome::Failed(e);
+        }
+    };
+    let close_at = authorized.close_at;
+    authorized.apply(&route.route, &mut headers, &mut downstream);
+    match open(route, headers, req.query, &downstream, ctx).await {
         Ok(Opened::Switched(switched)) => {
             let backend = Relaying {
-                config: relay_config(route, &switched.head),
+                config: relay_config(route, &switched.head, close_at),
                 upstream: switched.upstream,
                 upstream_early: switched.early,
             };
@@ -101,8 +111,16 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
 
 /// The relay settings of `route` for a backend that answered `backend_101`. The one place
 /// a relay's configuration is made, for both request paths; the 101 is at hand for what it
-/// negotiated (`Sec-WebSocket-Extensions`).
-fn relay_config(route: &CompiledRoute, backend_101: &SwitchedHead) -> RelayConfig {
+/// negotiated (`Sec-WebSocket-Extensions`). `token_expires_at`: when the request's token
+/// expires on a `closeOnTokenExpiry` route (`auth::Authorized::close_at`).
+fn relay_config(
+    route: &CompiledRoute,
+    backend_101: &SwitchedHead,
+    token_expires_at: Option<Instant>,
+) -> RelayConfig {
+    // Becomes `RelayConfig::close_at` (Close 1008 to the client, 1001 to the backend) once
+    // the relay machine has that field; until then a token's expiry does not end a relay.
+    let _ = token_expires_at;
     let extensions = backend_101
         .end_to_end()
         .filter(|(name, _)| name.eq_ignore_ascii_case(b"sec-websocket-extensions"))

@@ -123,6 +123,7 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         certificate,
         backend_tls,
         limits,
+        authentication,
     } = a;
     *id == b.id
         && *upstream_path_template == b.upstream_path_template
@@ -140,6 +141,7 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         && *certificate == b.certificate
         && *backend_tls == b.backend_tls
         && *limits == b.limits
+        && *authentication == b.authentication
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! naming file, document, field and line; its valid neighbours are kept.
 
 mod json;
+mod jwks;
 mod ocelot;
 mod tls;
 mod watch;
@@ -104,8 +105,8 @@ pub enum FileError {
 pub struct LoadedRoutes {
     pub routes: Vec<Route>,
     pub problems: Vec<FileProblem>,
-    /// Certificate, key and CA files the routes name (read or not); watched with the
-    /// routes files.
+    /// Certificate, key and CA files and JWKS files the routes name (read or not); watched
+    /// with the routes files.
     pub tls_files: Vec<PathBuf>,
 }
 

@@ -376,6 +376,9 @@ impl<'a> RouteReader<'a> {
             timeouts: None,
             tls: None,
             backend_tls: None,
+            authentication_options: None,
+            route_claims_requirement: Default::default(),
+            add_headers_to_request: Default::default(),
         })
     }
 

@@ -124,6 +124,9 @@ fn spec(path: &str) -> WsRouteSpec {
         timeouts: None,
         tls: None,
         backend_tls: None,
+        authentication_options: None,
+        route_claims_requirement: Default::default(),
+        add_headers_to_request: Default::default(),
     }
 }
 
