@@ -96,9 +96,17 @@ async fn setup(keys: &[&TestKey], auth_extra: &str, spec_extra: &str) -> Setup {
 /// A raw upgrade of `path_and_query` with `headers` (already `\r\n`-terminated lines);
 /// returns the status and the response head.
 async fn upgrade(gw: &Gateway, path_and_query: &str, headers: &str) -> (u16, String) {
+    upgrade_at(gw.server.listen_addr, path_and_query, headers).await
+}
+
+async fn upgrade_at(
+    addr: std::net::SocketAddr,
+    path_and_query: &str,
+    headers: &str,
+) -> (u16, String) {
     let request =
         format!("GET {path_and_query} HTTP/1.1\r\nHost: chat.test\r\n{RAW_UPGRADE}{headers}\r\n");
-    let response = raw_request(gw.server.listen_addr, request.as_bytes()).await;
+    let response = raw_request(addr, request.as_bytes()).await;
     let status = response
         .split(' ')
         .nth(1)
@@ -449,5 +457,71 @@ async fn route_without_its_key_set_fails_closed() {
     );
     let (status, _) = http_get(&gw.http(&format!("/x?access_token={token}"))).await;
     assert_eq!(status, 401);
+    echo.stop().await;
+}
+
+/// The real binary with a JWKS file: replacing the key set (as a rotation does) applies to
+/// new handshakes without a restart (the old key is refused, the new one accepted), a
+/// WebSocket opened with the old key stays up, and no token reaches the binary's log.
+#[tokio::test]
+async fn rotated_key_set_applies_to_new_handshakes_and_spares_live_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = Echo::start("backend").await;
+    let old = jwt::shared_rsa();
+    let new = TestKey::ed25519("ed-2");
+    write_routes(dir.path(), echo.addr, "", "");
+    write_jwks(dir.path(), &[old]);
+    let process = Process::start(
+        &[
+            "run",
+            "--routes",
+            "routes.yaml",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--reload-interval",
+            "50ms",
+        ],
+        dir.path(),
+    )
+    .await;
+    let addr = process.listening.listen;
+    let old_token = old.sign(&claims(json!({})));
+    let new_token = new.sign(&claims(json!({})));
+    assert_eq!(upgrade_at(addr, "/room", &bearer(&old_token)).await.0, 101);
+    let mut live = connect_with(&format!("ws://{addr}/room?access_token={old_token}"), &[]).await;
+    live.send(Message::text("before")).await.unwrap();
+    assert_eq!(
+        within("echo", live.next()).await.unwrap().unwrap(),
+        Message::text("before")
+    );
+
+    // Rotate: write the new set beside the old and rename it over (as an editor does).
+    let tmp = dir.path().join("keys/jwks.json.tmp");
+    std::fs::write(&tmp, jwt::jwks(&[&new])).unwrap();
+    std::fs::rename(&tmp, dir.path().join("keys/jwks.json")).unwrap();
+    eventually_async("the new key accepted", DEADLINE, || async {
+        (upgrade_at(addr, "/room", &bearer(&new_token)).await.0 == 101).then_some(())
+    })
+    .await;
+    let (status, head) = upgrade_at(addr, &format!("/room?access_token={old_token}"), "").await;
+    assert_eq!(status, 401, "{head}");
+
+    live.send(Message::text("after")).await.unwrap();
+    assert_eq!(
+        within("echo", live.next()).await.unwrap().unwrap(),
+        Message::text("after")
+    );
+
+    let log = process.log();
+    assert!(
+        !log.contains(&old_token) && !log.contains(&new_token),
+        "a token in the log:\n{log}"
+    );
+    assert!(
+        log.contains("request refused"),
+        "the refusal is logged:\n{log}"
+    );
     echo.stop().await;
 }
