@@ -1296,3 +1296,5 @@ fn rebuild_compiles_once_and_reports_the_published_tables_problems() {
         format!("{}: {}", problem.field, problem.message)
     );
 }
+
+mod auth;
