@@ -2,6 +2,7 @@ use super::*;
 
 mod files;
 mod ocelot;
+mod ocelot_auth;
 mod tls;
 mod watch;
 mod wsroute;
