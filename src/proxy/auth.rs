@@ -393,6 +393,29 @@ mod tests {
         assert_eq!(bearer_token(&h, None), Err(TokenRejected::Missing));
     }
 
+    /// The expiry instant is `exp` plus the leeway, on the monotonic clock read with the
+    /// wall clock; an `exp` already past (within the leeway) gives a near instant, never a
+    /// panic.
+    #[test]
+    fn expiry_is_exp_plus_leeway_from_now() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let base = Instant::now();
+        let claims = |exp: Value| {
+            let mut m = Map::new();
+            m.insert("exp".into(), exp);
+            m
+        };
+        let at = |exp: Value, leeway| expiry(&claims(exp), Duration::from_secs(leeway), now, base);
+        assert_eq!(at(1_000_002.into(), 0), Some(base + Duration::from_secs(2)));
+        assert_eq!(
+            at(1_000_002.into(), 30),
+            Some(base + Duration::from_secs(32))
+        );
+        assert_eq!(at(999_990.into(), 30), Some(base + Duration::from_secs(20)));
+        assert_eq!(at(999_000.into(), 0), Some(base));
+        assert_eq!(at("soon".into(), 0), None);
+    }
+
     #[test]
     fn percent_decoding_keeps_malformed_escapes() {
         assert_eq!(percent_decode(b"a%2Eb%zz%4"), b"a.b%zz%4");
