@@ -114,8 +114,7 @@ fn bearer_token(headers: &HeaderMap, query: Option<&str>) -> Result<String, Toke
 }
 
 /// Verifies `token` with the route's keys and checks its registered claims at `now`.
-/// Public for the fuzz target (`fuzzing::verify_token`).
-pub fn verify(
+fn verify(
     auth: &Authentication,
     token: &str,
     now: SystemTime,
@@ -223,7 +222,7 @@ fn claim_text(value: &Value) -> Option<String> {
 
 /// The instant a verified token stops being valid (`exp` plus `leeway`), on the monotonic
 /// clock, given the wall clock and the monotonic clock read at the same moment.
-pub fn expiry(
+fn expiry(
     claims: &Map<String, Value>,
     leeway: Duration,
     now: SystemTime,
