@@ -99,3 +99,55 @@ impl Downstream {
             .map_err(|e| e.to_string())
     }
 }
+
+/// A route's authentication on one request, as both request paths run it
+/// (`proxy::auth::check`, then `Authorized::apply`): the route requires tokens of issuer
+/// `https://id.example.com` for audience `chat` with scope `chat`, verified with the key
+/// set parsed from `jwks` (as a JWKS file or Secret is, `model::Jwks::from_json`). The
+/// request carries `authorization` (if any) and the query `query`. Returns the status of
+/// wsgate's refusal, or the path and query the backend would receive
+/// (`/hub?<query without access_token>`).
+pub fn authenticate(jwks: &[u8], authorization: Option<&[u8]>, query: &str) -> Result<String, u16> {
+    use crate::api::{AuthenticationOptions, JwtOptions, WsRouteSpec};
+    use crate::model::{route_from_spec, Jwks, JwksUnavailable, RouteId, SpecBackends};
+
+    let mut spec = WsRouteSpec::with_static_backends(
+        "/{everything}",
+        "/{everything}",
+        &["127.0.0.1:1".parse().expect("an address")],
+    );
+    spec.authentication_options = Some(AuthenticationOptions {
+        jwt: JwtOptions {
+            issuer: Some("https://id.example.com".into()),
+            audiences: vec!["chat".into()],
+            jwks_file: Some("jwks.json".into()),
+            leeway: Some("30s".into()),
+            ..Default::default()
+        },
+        allowed_scopes: vec!["chat".into()],
+        close_on_token_expiry: Some(true),
+    });
+    spec.add_headers_to_request
+        .insert("X-User-Id".into(), "Claims[sub] > value[0] > |".into());
+    let mut route = route_from_spec(RouteId("fuzz".into()), 0, &spec, SpecBackends::Static)
+        .expect("the fuzz route is valid");
+    if let Some(auth) = route.authentication.as_mut() {
+        auth.jwks = Jwks::from_json("fuzz", jwks).map_err(|e| JwksUnavailable::new(e.to_string()));
+    }
+    let mut headers = http::HeaderMap::new();
+    if let Some(value) = authorization.and_then(|v| http::HeaderValue::from_bytes(v).ok()) {
+        headers.insert(http::header::AUTHORIZATION, value);
+    }
+    let query = (!query.is_empty()).then_some(query);
+    match crate::proxy::auth::check(&route, &headers, query) {
+        Ok(authorized) => {
+            let mut downstream = match query {
+                Some(q) => format!("/hub?{q}"),
+                None => "/hub".to_string(),
+            };
+            authorized.apply(&route, &mut headers, &mut downstream);
+            Ok(downstream)
+        }
+        Err(e) => Err(e.status().as_u16()),
+    }
+}

@@ -36,6 +36,9 @@ enum Command {
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// As for `run`: a JWT provider that ocelot.json's `AuthenticationProviderKey` names.
+        #[arg(long = "jwt-provider", value_name = "NAME=FILE", value_parser = jwt_provider)]
+        jwt_providers: Vec<(String, PathBuf)>,
     },
     /// Run the built-in WebSocket + HTTP echo backend.
     Echo {
@@ -131,6 +134,11 @@ struct RunArgs {
     /// How often routes files are checked for changes.
     #[arg(long, env = "WSGATE_RELOAD_INTERVAL", default_value = "1s", value_parser = duration)]
     reload_interval: Duration,
+    /// A JWT provider for ocelot.json: `AuthenticationProviderKey: NAME` verifies tokens with
+    /// the settings in FILE (YAML: issuer, audiences, jwksFile relative to FILE, leeway).
+    /// Repeat for several providers.
+    #[arg(long = "jwt-provider", value_name = "NAME=FILE", value_parser = jwt_provider)]
+    jwt_providers: Vec<(String, PathBuf)>,
     /// Worker threads. Default: one per CPU this process may use (CPU affinity and the
     /// container's CPU limit). With 1, every connection runs on a single-threaded runtime.
     #[arg(long, env = "WSGATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
@@ -282,10 +290,21 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                 server,
                 sticky_key,
                 backend_roots,
+                files: wsgate::source::file::FileOptions {
+                    jwt_providers: args.jwt_providers.into_iter().collect(),
+                },
             })
             .await?;
         }
-        Command::Check { files } => return Ok(check(&files)),
+        Command::Check {
+            files,
+            jwt_providers,
+        } => {
+            let options = wsgate::source::file::FileOptions {
+                jwt_providers: jwt_providers.into_iter().collect(),
+            };
+            return Ok(check(&files, &options));
+        }
         Command::Crd => print!("{}", wsgate::api::crd_yaml()),
         Command::Echo { listen, name } => {
             app::raise_fd_limit();
@@ -349,8 +368,8 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
 }
 
 /// `wsgate check`: every problem with its location, warnings too; exit 1 on any error.
-fn check(files: &[PathBuf]) -> ExitCode {
-    let loaded = match wsgate::source::file::load(files) {
+fn check(files: &[PathBuf], options: &wsgate::source::file::FileOptions) -> ExitCode {
+    let loaded = match wsgate::source::file::load_with(files, options) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
@@ -378,5 +397,15 @@ fn check(files: &[PathBuf]) -> ExitCode {
     } else {
         println!("{} error(s), {} warning(s)", errors.len(), warnings.len());
         ExitCode::FAILURE
+    }
+}
+
+/// `--jwt-provider NAME=FILE`.
+fn jwt_provider(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, file)) if !name.trim().is_empty() && !file.trim().is_empty() => {
+            Ok((name.trim().to_string(), PathBuf::from(file.trim())))
+        }
+        _ => Err(format!("`{text}` is not NAME=FILE")),
     }
 }

@@ -111,6 +111,68 @@ fn check_reports_an_invalid_host_with_its_reason_and_field() {
     );
 }
 
+/// Authentication mistakes are named by field: a bad claims-to-header rule is an error, a
+/// JWKS file that cannot be read a warning with `InvalidAuthRef` (the route is kept,
+/// refusing every request); in ocelot.json a provider not given with `--jwt-provider` is
+/// an error naming `AuthenticationProviderKey`, and given, it loads.
+#[test]
+fn check_names_authentication_fields() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("auth.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata: {name: a}\nspec:\n  upstreamPathTemplate: /a\n  downstreamPathTemplate: /\n  downstreamHostAndPorts: [{host: 127.0.0.1, port: 9001}]\n  authenticationOptions:\n    jwt: {jwksFile: missing.json}\n  addHeadersToRequest: {X-User: \"Claims[sub]\"}\n",
+    )
+    .unwrap();
+    let (code, out) = wsgate(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("spec.addHeadersToRequest.X-User: InvalidParameters: `Claims[sub]` is not"),
+        "{out}"
+    );
+    std::fs::write(
+        &path,
+        "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata: {name: a}\nspec:\n  upstreamPathTemplate: /a\n  downstreamPathTemplate: /\n  downstreamHostAndPorts: [{host: 127.0.0.1, port: 9001}]\n  authenticationOptions:\n    jwt: {jwksFile: missing.json}\n",
+    )
+    .unwrap();
+    let (code, out) = wsgate(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("spec.authenticationOptions.jwt.jwksFile: InvalidAuthRef: cannot read"),
+        "{out}"
+    );
+
+    let ocelot = dir.path().join("ocelot.json");
+    std::fs::write(
+        &ocelot,
+        r#"{"Routes": [{"UpstreamPathTemplate": "/a", "DownstreamPathTemplate": "/", "DownstreamScheme": "ws",
+            "DownstreamHostAndPorts": [{"Host": "127.0.0.1", "Port": 9001}],
+            "AuthenticationOptions": {"AuthenticationProviderKey": "Bearer"}}]}"#,
+    )
+    .unwrap();
+    let (code, out) = wsgate(&["check", ocelot.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("Routes[0].AuthenticationOptions.AuthenticationProviderKey: `Bearer` is not a JWT provider"),
+        "{out}"
+    );
+    std::fs::write(
+        dir.path().join("jwks.json"),
+        r#"{"keys": [{"kty": "oct", "k": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"}]}"#,
+    )
+    .unwrap();
+    let provider = dir.path().join("provider.yaml");
+    std::fs::write(
+        &provider,
+        "issuer: https://id.example.com\njwksFile: jwks.json\n",
+    )
+    .unwrap();
+    let flag = format!("Bearer={}", provider.display());
+    let (code, out) = wsgate(&["check", ocelot.to_str().unwrap(), "--jwt-provider", &flag]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok: 1 route(s) valid"), "{out}");
+}
+
 /// A missing file is an error naming the file, not a panic.
 #[test]
 fn check_names_a_missing_file() {

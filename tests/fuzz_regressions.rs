@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 mod frame_tracker;
 #[path = "../fuzz/checks/http_head.rs"]
 mod http_head;
+#[path = "../fuzz/checks/jwt_token.rs"]
+mod jwt_token;
 #[path = "../fuzz/checks/relay_machine.rs"]
 mod relay_machine;
 #[path = "../fuzz/checks/routes.rs"]
@@ -93,4 +95,32 @@ fn routes_yaml_inputs_pass() {
 #[test]
 fn ocelot_json_inputs_pass() {
     replay("ocelot_json", routes::ocelot_json);
+}
+
+#[test]
+fn jwt_token_inputs_pass() {
+    replay("jwt_token", jwt_token::check);
+}
+
+/// The jwt_token seeds reach past the signature check: the valid ones are accepted (so the
+/// fuzzer starts from tokens that verify), and the query one reaches the backend without
+/// its token.
+#[test]
+fn jwt_token_seeds_include_accepted_requests() {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/jwt_token");
+    let parts = |name: &str| {
+        let data = std::fs::read(fuzz.join(name)).unwrap();
+        let text = String::from_utf8(data).unwrap();
+        let mut it = text.splitn(3, "\n\n").map(String::from);
+        (it.next().unwrap(), it.next().unwrap(), it.next().unwrap())
+    };
+    let (auth, query, jwks) = parts("valid_header");
+    let got = wsgate::fuzzing::authenticate(jwks.as_bytes(), Some(auth.as_bytes()), &query);
+    assert_eq!(got, Ok("/hub?id=1".to_string()));
+    let (_, query, jwks) = parts("valid_query");
+    let got = wsgate::fuzzing::authenticate(jwks.as_bytes(), None, &query);
+    assert_eq!(got, Ok("/hub?id=1&x=2".to_string()));
+    let (auth, query, jwks) = parts("no_scope");
+    let got = wsgate::fuzzing::authenticate(jwks.as_bytes(), Some(auth.as_bytes()), &query);
+    assert_eq!(got, Err(403));
 }

@@ -643,3 +643,85 @@ async fn a_holder_killed_without_releasing_is_taken_over_once_its_lease_expires(
     assert!(b.leads());
     b.stop().await;
 }
+
+/// A Secret with `jwks.json` as the API server serves it (base64 data).
+fn jwks_secret(keys: &[&support::jwt::TestKey]) -> Value {
+    use base64::Engine;
+    let jwks = support::jwt::jwks(keys);
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"namespace": "apps", "name": "chat-jwks"},
+        "data": {"jwks.json": base64::engine::general_purpose::STANDARD.encode(jwks)}})
+}
+
+fn authenticated_route() -> Value {
+    let mut r = route();
+    r["spec"]["authenticationOptions"] = json!({
+        "jwt": {"issuer": support::jwt::ISSUER, "jwksSecretName": "chat-jwks"}
+    });
+    r
+}
+
+/// Whether the published chat route verifies tokens signed by `key`.
+fn verifies(rx: &Published, key: &support::jwt::TestKey) -> Option<bool> {
+    let routes = rx.borrow();
+    let auth = routes
+        .1
+        .iter()
+        .find(|r| r.id.0 == "apps/chat")?
+        .authentication
+        .clone()?;
+    Some(
+        auth.jwks
+            .as_ref()
+            .is_ok_and(|j| j.select(Some(&key.kid), key.alg).is_some()),
+    )
+}
+
+/// `jwksSecretName` through the real kube client: the route is published with the Secret's
+/// key set and `ResolvedRefs` True; replacing the Secret (a rotation) publishes the new key
+/// set; deleting it keeps the route (refusing every request) and writes `ResolvedRefs`
+/// False with `InvalidAuthRef`.
+#[tokio::test]
+async fn jwks_secret_resolves_rotates_and_reports_invalid_auth_ref_when_gone() {
+    let old = support::jwt::TestKey::ec("ec-old", jsonwebtoken::Algorithm::ES256);
+    let new = support::jwt::TestKey::ed25519("ed-new");
+    let fake = FakeApiServer::start().await;
+    fake.apply(service()).await;
+    fake.apply(slice(&["10.0.0.1"])).await;
+    fake.apply(jwks_secret(&[&old])).await;
+    fake.apply(authenticated_route()).await;
+    let replica = Replica::start(&fake, "wsgate-0").await;
+    let published = replica.published.clone();
+    eventually("the old key set published", || async {
+        (verifies(&published, &old) == Some(true)).then_some(())
+    })
+    .await;
+    eventually("ResolvedRefs True", || async {
+        let r = fake.get("WsRoute", "apps", "chat").await?;
+        (condition(&r, "ResolvedRefs")? == ("True".into(), "ResolvedRefs".into())).then_some(())
+    })
+    .await;
+
+    fake.apply(jwks_secret(&[&new])).await;
+    eventually("the rotated key set published", || async {
+        (verifies(&published, &new) == Some(true) && verifies(&published, &old) == Some(false))
+            .then_some(())
+    })
+    .await;
+
+    fake.delete("Secret", "apps", "chat-jwks").await;
+    eventually("the route kept without keys", || async {
+        (verifies(&published, &new) == Some(false)).then_some(())
+    })
+    .await;
+    let r = eventually("ResolvedRefs InvalidAuthRef", || async {
+        let r = fake.get("WsRoute", "apps", "chat").await?;
+        (condition(&r, "ResolvedRefs")? == ("False".into(), "InvalidAuthRef".into())).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        condition(&r, "Accepted"),
+        Some(("True".into(), "Accepted".into()))
+    );
+    replica.stop().await;
+}

@@ -247,3 +247,62 @@ fn limits_and_rate_limit_options_reject_half_settings() {
         );
     }
 }
+
+/// `authenticationOptions.jwt` names exactly one key source, and the claim fields need
+/// `authenticationOptions`.
+#[test]
+fn authentication_rejects_two_or_no_key_sources_and_claims_without_it() {
+    let base = || {
+        json!({
+            "upstreamPathTemplate": "/chat",
+            "downstreamPathTemplate": "/chat",
+            "serviceName": "chat",
+            "servicePort": 80,
+        })
+    };
+    let with = |auth: Value, extra: &[(&str, Value)]| {
+        let mut s = base();
+        if !auth.is_null() {
+            s["authenticationOptions"] = auth;
+        }
+        for (k, v) in extra {
+            s[*k] = v.clone();
+        }
+        cel_errors(s)
+    };
+    let ok = with(
+        json!({"jwt": {"issuer": "https://id", "jwksSecretName": "chat-jwks", "leeway": "30s"},
+               "allowedScopes": ["chat"], "closeOnTokenExpiry": true}),
+        &[
+            ("routeClaimsRequirement", json!({"role": "admin"})),
+            (
+                "addHeadersToRequest",
+                json!({"X-User-Id": "Claims[sub] > value"}),
+            ),
+        ],
+    );
+    assert!(ok.is_empty(), "{ok:?}");
+    let both = with(
+        json!({"jwt": {"jwksSecretName": "k", "jwksFile": "f.json"}}),
+        &[],
+    );
+    assert!(
+        both.iter().any(|e| e.contains("jwksSecretName")),
+        "{both:?}"
+    );
+    let none = with(json!({"jwt": {"issuer": "https://id"}}), &[]);
+    assert!(
+        none.iter().any(|e| e.contains("jwksSecretName")),
+        "{none:?}"
+    );
+    let claims = with(
+        Value::Null,
+        &[("routeClaimsRequirement", json!({"role": "admin"}))],
+    );
+    assert!(
+        claims
+            .iter()
+            .any(|e| e.contains("need authenticationOptions")),
+        "{claims:?}"
+    );
+}

@@ -525,12 +525,22 @@ fn node_client_available(test: &str) -> bool {
 
 /// One connection of `@microsoft/signalr` in Node: Ok(instance name) or Err(its error).
 async fn official_client(gateway: SocketAddr, transport: Transport) -> Step<String> {
+    official_client_with_token(gateway, transport, None).await
+}
+
+/// `official_client`, its `accessTokenFactory` returning `token`.
+async fn official_client_with_token(
+    gateway: SocketAddr,
+    transport: Transport,
+    token: Option<&str>,
+) -> Step<String> {
     let out = within(
         &format!("node client over {transport:?}"),
         tokio::process::Command::new("node")
             .arg("client.mjs")
             .arg(format!("http://{gateway}/hub"))
             .arg(format!("{transport:?}"))
+            .args(token)
             .current_dir(node_client_dir())
             .kill_on_drop(true)
             .output(),
@@ -588,4 +598,47 @@ async fn official_client_long_polling_fails_with_round_robin() {
         .await
         .expect_err("long polling cannot work without affinity");
     assert!(err.contains("404"), "{err}");
+}
+
+/// The official client with an `accessTokenFactory` on an authenticated route: every
+/// transport works with a valid token (the client sends it as `access_token` or in
+/// `Authorization`, depending on the transport), and fails with 401 without one.
+#[tokio::test]
+async fn official_client_with_access_token_factory_works_on_every_transport() {
+    if !node_client_available("official_client_with_access_token_factory_works_on_every_transport")
+    {
+        return;
+    }
+    let key = support::jwt::TestKey::ed25519("hub-key");
+    let mut hubs = Vec::new();
+    for i in 0..2 {
+        hubs.push(SignalRHub::start(&format!("hub-{i}"), "/hub").await);
+    }
+    let addrs: Vec<SocketAddr> = hubs.iter().map(|h| h.addr).collect();
+    let mut s = spec("/{everything}", "/{everything}", &addrs);
+    s.load_balancer_options = Some(sticky());
+    s.authentication_options = Some(wsgate::api::AuthenticationOptions {
+        jwt: wsgate::api::JwtOptions {
+            issuer: Some(support::jwt::ISSUER.into()),
+            audiences: vec![support::jwt::AUDIENCE.into()],
+            jwks_file: Some("unused".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let mut r = route("signalr", 0, &s);
+    r.authentication.as_mut().unwrap().jwks =
+        Ok(wsgate::model::Jwks::from_json("test", support::jwt::jwks(&[&key]).as_bytes()).unwrap());
+    let gateway = Gateway::start(&[r]).await;
+    let gw = gateway.server.listen_addr;
+    let token = key.sign(&support::jwt::claims(serde_json::json!({})));
+    for t in ALL {
+        official_client_with_token(gw, t, Some(&token))
+            .await
+            .unwrap_or_else(|e| panic!("{t:?} with a token: {e}"));
+        let err = official_client_with_token(gw, t, None)
+            .await
+            .expect_err("no token, no connection");
+        assert!(err.contains("401"), "{t:?} without a token: {err}");
+    }
 }

@@ -26,6 +26,10 @@ pub mod resolved_refs {
     /// `tls.secretName` or `backendTls.caSecretName` names a missing or malformed Secret.
     /// The route keeps serving without that certificate.
     pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
+    /// `authenticationOptions.jwt.jwksSecretName` names a missing Secret, one without
+    /// `jwks.json`, or one whose `jwks.json` is not a usable JWKS. The route keeps its place
+    /// and refuses every request with 401 (fail closed).
+    pub const INVALID_AUTH_REF: &str = "InvalidAuthRef";
 }
 
 /// Present (True) only while the route skips verification of its `wss` backends

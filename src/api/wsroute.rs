@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
@@ -50,6 +52,9 @@ use serde::{Deserialize, Serialize};
         .reason(Reason::FieldValueInvalid),
     validation = Rule::new("has(self.serviceName) == has(self.servicePort)")
         .message("serviceName and servicePort go together")
+        .reason(Reason::FieldValueRequired),
+    validation = Rule::new("has(self.authenticationOptions) || (!has(self.routeClaimsRequirement) && !has(self.addHeadersToRequest))")
+        .message("routeClaimsRequirement and addHeadersToRequest need authenticationOptions")
         .reason(Reason::FieldValueRequired)
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -118,6 +123,19 @@ pub struct WsRouteSpec {
     /// Ocelot's rate limiting: handshakes and plain HTTP requests per client address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_options: Option<RateLimitOptionsSpec>,
+    // Authentication (issue 20): a JWT verified on the handshake and on plain HTTP.
+    /// Require a valid JWT (Ocelot's `AuthenticationOptions`): missing or invalid → 401.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication_options: Option<super::AuthenticationOptions>,
+    /// Claim values the token must carry (Ocelot's `RouteClaimsRequirement`), e.g.
+    /// `{role: admin}`; otherwise 403. Needs `authenticationOptions`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub route_claims_requirement: BTreeMap<String, String>,
+    /// Headers set from the token's claims (Ocelot's `AddHeadersToRequest`), e.g.
+    /// `{X-User-Id: "Claims[sub] > value"}`; a client's header of the same name is dropped.
+    /// Needs `authenticationOptions`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add_headers_to_request: BTreeMap<String, String>,
 }
 
 impl WsRouteSpec {
@@ -152,6 +170,9 @@ impl WsRouteSpec {
             backend_tls: None,
             limits: None,
             rate_limit_options: None,
+            authentication_options: None,
+            route_claims_requirement: BTreeMap::new(),
+            add_headers_to_request: BTreeMap::new(),
         }
     }
 }

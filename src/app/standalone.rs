@@ -27,6 +27,8 @@ pub struct StandaloneOptions {
     /// Trust anchors of `wss` backends (`app::load_platform_roots`, read before the
     /// runtime starts).
     pub backend_roots: BackendRoots,
+    /// `--jwt-provider`: what routes files may refer to outside themselves.
+    pub files: file::FileOptions,
 }
 
 /// Every problem of a load (file, document, field) plus the compile problems, as lines.
@@ -73,7 +75,7 @@ fn prepare(loaded: &LoadedRoutes, publisher: &Publisher) -> (Prepared, Vec<Strin
 }
 
 pub async fn run(options: StandaloneOptions) -> anyhow::Result<()> {
-    let loaded = file::load(&options.routes)?;
+    let loaded = file::load_with(&options.routes, &options.files)?;
     let metrics = Arc::new(Metrics::new());
     let publisher = Arc::new(
         Publisher::with_sticky_key(Arc::clone(&metrics), options.sticky_key.clone())
@@ -121,6 +123,7 @@ pub async fn run(options: StandaloneOptions) -> anyhow::Result<()> {
     let watcher = tokio::spawn(file::watch_with(
         options.routes.clone(),
         extra,
+        options.files.clone(),
         options.reload_interval,
         move |result| {
             reload(

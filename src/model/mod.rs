@@ -2,6 +2,7 @@
 //! been checked and every backend reference resolved. Nothing here knows whether it came
 //! from the API server or a file.
 
+mod auth;
 mod duration;
 pub mod host;
 mod limits;
@@ -9,6 +10,10 @@ mod problem;
 mod tls;
 mod validate;
 
+pub use auth::{
+    Authentication, ClaimHeader, ClaimSelector, Jwks, JwksError, JwksRef, JwksUnavailable,
+    VerifyingKey,
+};
 pub use duration::{parse_duration, DurationError};
 pub use host::{HostPattern, HostPatternError};
 pub use limits::{canonical, AddrRange, RateLimit};
@@ -193,6 +198,8 @@ pub struct Route {
     pub limits: Limits,
     /// `spec.rateLimitOptions`; `None`: requests are not counted.
     pub rate_limit: Option<RateLimit>,
+    /// Authentication (`spec.authenticationOptions` and the claim fields); `None` = open.
+    pub authentication: Option<Authentication>,
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 //! validation (`route_from_spec`) and by `table::compile`; consumed by both sources.
 
 use super::RouteId;
-use crate::api::conditions::accepted;
+use crate::api::conditions::{accepted, resolved_refs};
 
-/// The `Accepted` condition reason a problem is reported under.
+/// The condition reason a problem is reported under (`Accepted`, but `ResolvedRefs` for
+/// `InvalidAuthRef`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProblemReason {
     /// A path template cannot be parsed, or the downstream template uses a placeholder the
@@ -18,6 +19,10 @@ pub enum ProblemReason {
     /// Another route with the same host, template and an overlapping method was declared
     /// first.
     Conflicted,
+    /// The route's key set (`jwksFile`, `jwksSecretName`) is missing or not a usable JWKS.
+    /// The route is kept and refuses every request with 401 (fail closed); reported under
+    /// `ResolvedRefs`.
+    InvalidAuthRef,
 }
 
 impl ProblemReason {
@@ -28,6 +33,7 @@ impl ProblemReason {
             ProblemReason::InvalidHost => accepted::INVALID_HOST,
             ProblemReason::InvalidParameters => accepted::INVALID_PARAMETERS,
             ProblemReason::Conflicted => accepted::CONFLICTED,
+            ProblemReason::InvalidAuthRef => resolved_refs::INVALID_AUTH_REF,
         }
     }
 }

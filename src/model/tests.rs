@@ -24,6 +24,9 @@ pub(crate) fn spec() -> WsRouteSpec {
         backend_tls: None,
         limits: None,
         rate_limit_options: None,
+        authentication_options: None,
+        route_claims_requirement: Default::default(),
+        add_headers_to_request: Default::default(),
     }
 }
 

@@ -190,6 +190,7 @@ pub fn route_from_spec(
 
     let limits = super::limits::limits(spec.limits.as_ref(), &mut errors);
     let rate_limit = super::limits::rate_limit(spec.rate_limit_options.as_ref(), &mut errors);
+    let authentication = super::auth::authentication(spec, &mut errors);
 
     if !errors.is_empty() {
         return Err(errors);
@@ -213,6 +214,7 @@ pub fn route_from_spec(
         certificate: None,
         backend_tls,
         rate_limit,
+        authentication,
     })
 }
 

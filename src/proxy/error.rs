@@ -52,6 +52,54 @@ pub enum Error {
     },
     #[error("over a limit")]
     Limited(#[source] Limited),
+    // Authentication (issue 20): 401 and 403, counted as refusals.
+    #[error("not authenticated")]
+    Unauthorized(#[source] TokenRejected),
+    #[error("not authorized")]
+    Forbidden(#[source] Forbidden),
+}
+
+/// Why a request's token was not accepted (a 401). Never carries the token or anything
+/// read from it but the algorithm's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejected {
+    /// No `Authorization: Bearer` header and no `access_token` query parameter.
+    #[error("no bearer token (`Authorization: Bearer` header or `access_token` query parameter)")]
+    Missing,
+    #[error("more than one `access_token` query parameter")]
+    Ambiguous,
+    /// The route's JWKS file or Secret is missing or unusable: every token is refused.
+    #[error("the route's key set is not available")]
+    KeysUnavailable,
+    #[error("the token is not a JWT with a supported `alg`")]
+    Malformed,
+    #[error("no key of the route's key set verifies this token's `kid` and `alg` ({alg})")]
+    NoKey { alg: &'static str },
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet (`nbf`)")]
+    NotYetValid,
+    #[error("the token's issuer is not the route's")]
+    WrongIssuer,
+    #[error("the token's audience is not the route's")]
+    WrongAudience,
+    #[error("the token lacks the `{0}` claim")]
+    MissingClaim(&'static str),
+    #[error("the token's claims are not valid")]
+    InvalidClaims,
+}
+
+/// Why a valid token does not give access to the route (a 403).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Forbidden {
+    /// A scope of `allowedScopes` is not in the token's `scope`/`scp`.
+    #[error("the token lacks the scope `{missing}`")]
+    Scope { missing: String },
+    /// A claim of `routeClaimsRequirement` is absent or has another value.
+    #[error("the token's `{claim}` claim does not have the value the route requires")]
+    Claim { claim: String },
 }
 
 /// A request refused by a limit (`spec.limits`, `spec.rateLimitOptions`,
@@ -177,16 +225,8 @@ impl Error {
                 StatusCode::TOO_MANY_REQUESTS
             }
             Error::Limited(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    /// The `wsgate_refusals_total` reason of a refusal by the edge's checks; `None` for a
-    /// failure (counted by `reason`).
-    pub fn refusal(&self) -> Option<RefusalReason> {
-        match self {
-            Error::Limited(Limited::Rate { .. }) => Some(RefusalReason::Rate),
-            Error::Limited(_) => Some(RefusalReason::Connections),
-            _ => None,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -205,8 +245,22 @@ impl Error {
             Error::UpstreamProtocol { .. } | Error::UpstreamTls { .. } => {
                 FailureReason::UpstreamProtocol
             }
-            Error::Limited(_) => return None,
+            // Counted as refusals (`refusal`), not failures.
+            Error::Limited(_) | Error::Unauthorized(_) | Error::Forbidden(_) => return None,
         })
+    }
+
+    /// The `wsgate_refusals_total` reason of a refusal by the edge's checks; `None` for a
+    /// failure (counted by `reason`).
+    pub fn refusal(&self) -> Option<RefusalReason> {
+        match self {
+            Error::Limited(Limited::Rate { .. }) => Some(RefusalReason::Rate),
+            Error::Limited(_) => Some(RefusalReason::Connections),
+            Error::Unauthorized(_) => Some(RefusalReason::Auth),
+            Error::Forbidden(Forbidden::Scope { .. }) => Some(RefusalReason::Scope),
+            Error::Forbidden(Forbidden::Claim { .. }) => Some(RefusalReason::Claims),
+            _ => None,
+        }
     }
 
     /// This error and its causes, `: `-separated, for the answer's body and the log line.
@@ -234,6 +288,19 @@ impl Error {
                 builder = builder.header(
                     header::SEC_WEBSOCKET_VERSION,
                     HeaderValue::from_static("13"),
+                )
+            }
+            // RFC 6750 §3: no `error` when the request carried no token at all.
+            Error::Unauthorized(TokenRejected::Missing) => {
+                builder = builder.header(header::WWW_AUTHENTICATE, "Bearer")
+            }
+            Error::Unauthorized(_) => {
+                builder = builder.header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")
+            }
+            Error::Forbidden(Forbidden::Scope { .. }) => {
+                builder = builder.header(
+                    header::WWW_AUTHENTICATE,
+                    "Bearer error=\"insufficient_scope\"",
                 )
             }
             _ => {}

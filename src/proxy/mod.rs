@@ -9,6 +9,7 @@
 //!
 //! Inside `proxy/` modules import only downward (no cycles), bottom first:
 //! - `stream`, `error`, `headers`, `drain`, `frame`, `signalr`: import no sibling;
+//! - `auth` (a route's authentication on a request): imports `error` only;
 //! - `request`, `handshake`, `dial`, `tls`, `admit`: the request context and the steps'
 //!   pieces (`admit`: the limits checked before a backend is dialled);
 //! - `relay`, `upgrade`, `upstream`: a relay, the upgrade exchange, opening a backend;
@@ -21,6 +22,7 @@ pub mod relay;
 pub mod tls;
 
 mod admit;
+pub(crate) mod auth;
 pub(crate) mod connection;
 mod dial;
 mod error;

@@ -21,7 +21,7 @@ use super::error::Error;
 use super::request::{full, ProxyBody, RequestCtx, HEAD_READ_TIMEOUT, MAX_HEAD_BYTES};
 use super::stream::Prefixed;
 use super::websocket::{self, Outcome, UpgradeRequest};
-use super::{handshake, http as plain_http, Gateway};
+use super::{auth, handshake, http as plain_http, Gateway};
 
 /// hyper's read buffer: room for a head at the 431 limit plus what arrives behind it.
 const READ_BUF_BYTES: usize = 2 * MAX_HEAD_BYTES;
@@ -82,7 +82,10 @@ async fn handle(
         }
     };
     let route = found.route;
-    let downstream = found.downstream_path_and_query();
+    let mut downstream = found.downstream_path_and_query();
+    drop(found);
+    // Limits first (a refused attempt still counts against the client's rate), then the
+    // token; both before the dial.
     let admitted = match admit::request(&gw, peer.ip(), route) {
         Ok(admitted) => admitted,
         Err(e) => {
@@ -90,6 +93,14 @@ async fn handle(
             return Ok(full(e.response(ctx.request_id())));
         }
     };
+    let mut req = req;
+    match auth::check(&route.route, req.headers(), req.uri().query()) {
+        Ok(authorized) => authorized.apply(&route.route, req.headers_mut(), &mut downstream),
+        Err(e) => {
+            ctx.failed(&gw, Some(route), &e);
+            return Ok(full(e.response(ctx.request_id())));
+        }
+    }
     Ok(
         match plain_http::proxy(route, downstream, req, &ctx).await {
             // The request holds its slots until its response body has been sent (an SSE

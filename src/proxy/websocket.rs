@@ -25,7 +25,7 @@ use super::relay::{relay_streams, MessageRate, Offload, RelayConfig, RelayStats}
 use super::request::RequestCtx;
 use super::stream::Stream;
 use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
-use super::{handshake, upstream, Gateway};
+use super::{auth, handshake, upstream, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
 
@@ -73,7 +73,7 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
         }
     };
     let (route, route_index) = (found.route, found.index);
-    let downstream = found.downstream_path_and_query();
+    let mut downstream = found.downstream_path_and_query();
     drop(found);
     // Limits before the dial; the slots go with the relay, or back when this ends sooner.
     let admitted = match admit::upgrade(gw, ctx.peer.ip(), route) {
@@ -83,10 +83,20 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
             return Outcome::Failed(e);
         }
     };
-    match open(route, req.headers, req.query, &downstream, ctx).await {
+    let mut headers = req.headers;
+    let authorized = match auth::check(&route.route, &headers, req.query) {
+        Ok(authorized) => authorized,
+        Err(e) => {
+            ctx.failed(gw, Some(route), &e);
+            return Outcome::Failed(e);
+        }
+    };
+    let close_at = authorized.close_at;
+    authorized.apply(&route.route, &mut headers, &mut downstream);
+    match open(route, headers, req.query, &downstream, ctx).await {
         Ok(Opened::Switched(switched)) => {
             let backend = Relaying {
-                config: relay_config(route, &switched.head),
+                config: relay_config(route, &switched.head, close_at),
                 upstream: switched.upstream,
                 upstream_early: switched.early,
             };
@@ -114,8 +124,13 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
 
 /// The relay settings of `route` for a backend that answered `backend_101`. The one place
 /// a relay's configuration is made, for both request paths; the 101 is at hand for what it
-/// negotiated (`Sec-WebSocket-Extensions`).
-fn relay_config(route: &CompiledRoute, backend_101: &SwitchedHead) -> RelayConfig {
+/// negotiated (`Sec-WebSocket-Extensions`). `token_expires_at`: when the request's token
+/// expires on a `closeOnTokenExpiry` route (`auth::Authorized::close_at`).
+fn relay_config(
+    route: &CompiledRoute,
+    backend_101: &SwitchedHead,
+    token_expires_at: Option<Instant>,
+) -> RelayConfig {
     let extensions = backend_101
         .end_to_end()
         .filter(|(name, _)| name.eq_ignore_ascii_case(b"sec-websocket-extensions"))
@@ -129,6 +144,8 @@ fn relay_config(route: &CompiledRoute, backend_101: &SwitchedHead) -> RelayConfi
             per_second,
             burst: limits.message_burst.unwrap_or(per_second),
         }),
+        // Close 1008 to the client, 1001 to the backend when the token expires.
+        close_at: token_expires_at,
         ..RelayConfig::default()
     }
 }

@@ -124,6 +124,7 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         backend_tls,
         limits,
         rate_limit,
+        authentication,
     } = a;
     *id == b.id
         && *upstream_path_template == b.upstream_path_template
@@ -142,6 +143,7 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         && *backend_tls == b.backend_tls
         && *limits == b.limits
         && *rate_limit == b.rate_limit
+        && *authentication == b.authentication
 }
 
 #[cfg(test)]

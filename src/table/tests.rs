@@ -28,6 +28,7 @@ pub(super) fn route(id: &str, order: u64, upstream: &str, downstream: &str) -> R
         backend_tls: Default::default(),
         limits: Default::default(),
         rate_limit: None,
+        authentication: None,
     }
 }
 

@@ -37,6 +37,12 @@ impl CapturedLogs {
             .finish()
     }
 
+    /// Whether anything logged so far contains `text`.
+    pub fn contains(&self, text: &str) -> bool {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes).contains(text)
+    }
+
     /// The JSON log lines so far whose message contains `message`.
     pub fn lines_with(&self, message: &str) -> Vec<serde_json::Value> {
         let bytes = self.0.lock().unwrap().clone();

@@ -408,6 +408,7 @@ async fn reqwest_like_get(url: &str) -> (u16, String) {
 
 pub mod certs;
 pub mod fake_apiserver;
+pub mod jwt;
 pub mod logs;
 pub mod raw_ws;
 pub mod relay_checks;

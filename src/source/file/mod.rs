@@ -5,6 +5,7 @@
 //! naming file, document, field and line; its valid neighbours are kept.
 
 mod json;
+mod jwks;
 mod ocelot;
 mod tls;
 mod watch;
@@ -104,8 +105,8 @@ pub enum FileError {
 pub struct LoadedRoutes {
     pub routes: Vec<Route>,
     pub problems: Vec<FileProblem>,
-    /// Certificate, key and CA files the routes name (read or not); watched with the
-    /// routes files.
+    /// Certificate, key and CA files and JWKS files the routes name (read or not); watched
+    /// with the routes files.
     pub tls_files: Vec<PathBuf>,
 }
 
@@ -116,20 +117,41 @@ impl LoadedRoutes {
     }
 }
 
+/// What routes files may refer to outside themselves, given on the command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileOptions {
+    /// `--jwt-provider NAME=FILE`: the JWT settings (a `jwt` block: `issuer`, `audiences`,
+    /// `jwksFile` relative to FILE, `leeway`) that ocelot.json's
+    /// `AuthenticationProviderKey: NAME` stands for. Read and watched with the routes.
+    pub jwt_providers: std::collections::BTreeMap<String, PathBuf>,
+}
+
 /// Reads several files (YAML WsRoute documents or ocelot.json, told apart by content) and
 /// converts each document. `Route::order` follows declaration order across files.
 pub fn load(paths: &[PathBuf]) -> Result<LoadedRoutes, FileError> {
+    load_with(paths, &FileOptions::default())
+}
+
+/// `load` with the files' outside references (`--jwt-provider`).
+pub fn load_with(paths: &[PathBuf], options: &FileOptions) -> Result<LoadedRoutes, FileError> {
     let contents: Vec<(PathBuf, io::Result<Vec<u8>>)> = paths
         .iter()
         .map(|p| (p.clone(), std::fs::read(p)))
         .collect();
-    parse_files(contents)
+    parse_files_with(contents, options)
 }
 
 /// Parses already-read file contents; shared by `load` and `watch` so a reload parses
 /// exactly the bytes whose change it noticed.
 pub(crate) fn parse_files(
     contents: Vec<(PathBuf, io::Result<Vec<u8>>)>,
+) -> Result<LoadedRoutes, FileError> {
+    parse_files_with(contents, &FileOptions::default())
+}
+
+pub(crate) fn parse_files_with(
+    contents: Vec<(PathBuf, io::Result<Vec<u8>>)>,
+    options: &FileOptions,
 ) -> Result<LoadedRoutes, FileError> {
     if contents.is_empty() {
         return Err(FileError::NoFiles);
@@ -154,6 +176,7 @@ pub(crate) fn parse_files(
             path,
             label: &label,
             order_base: (index as u64) << 32,
+            options,
         };
         let before = loaded.routes.len() + loaded.problems.len();
         match detect(path, text) {
@@ -181,6 +204,7 @@ pub(crate) struct FileCtx<'a> {
     pub label: &'a str,
     /// Added to the position within the file to give `Route::order`.
     pub order_base: u64,
+    pub options: &'a FileOptions,
 }
 
 impl FileCtx<'_> {

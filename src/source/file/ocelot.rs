@@ -18,7 +18,9 @@ use crate::api::{
     DownstreamScheme, HostAndPort, LimitsSpec, LoadBalancerOptions, RateLimitOptionsSpec,
     WsRouteSpec,
 };
-use crate::model::{route_from_spec, FieldError, RouteId, SpecBackends};
+use crate::model::{route_from_spec, FieldError, ProblemReason, RouteId, SpecBackends};
+
+mod auth;
 
 pub(super) fn is_routes_key(key: &str) -> bool {
     key.eq_ignore_ascii_case("Routes") || key.eq_ignore_ascii_case("ReRoutes")
@@ -28,14 +30,6 @@ const IGNORED: &str = "not supported by wsgate and ignored; remove it or see REA
 
 /// Route keys wsgate cannot honour and that would make the route more open than written.
 const FAIL_CLOSED_ROUTE_KEYS: &[(&str, &str)] = &[
-    (
-        "AuthenticationOptions",
-        "wsgate does not authenticate requests, so this route would be open to anyone; it is left out. Authenticate in the backend and remove the key",
-    ),
-    (
-        "RouteClaimsRequirement",
-        "wsgate does not authorize requests by claims, so this route would be open to anyone; it is left out. Authorize in the backend and remove the key",
-    ),
     (
         "SecurityOptions",
         "wsgate does not apply IP allow/block lists, so this route would accept every client; it is left out. Remove the key or filter in front of wsgate",
@@ -49,7 +43,6 @@ const FAIL_CLOSED_ROUTE_KEYS: &[(&str, &str)] = &[
 /// Route keys of Ocelot's schema that wsgate ignores (with a warning when set).
 const WARN_ROUTE_KEYS: &[&str] = &[
     "AddClaimsToRequest",
-    "AddHeadersToRequest",
     "AddQueriesToRequest",
     "CacheOptions",
     "ChangeDownstreamPathTemplate",
@@ -178,11 +171,32 @@ pub(super) fn load(file: &FileCtx<'_>, text: &str, out: &mut LoadedRoutes) {
         }
         let spec = reader.read();
         out.problems.append(&mut reader.fields.problems);
+        out.tls_files.extend(reader.provider_file.take());
         let Some(spec) = spec.filter(|_| !reader.failed) else {
             continue;
         };
         match route_from_spec(id, file.order_base + i as u64, &spec, SpecBackends::Static) {
-            Ok(route) => {
+            Ok(mut route) => {
+                if let Some(p) = super::jwks::resolve(file.path, &mut route, &mut out.tls_files) {
+                    // The key set of the provider: the route stays, refusing every request.
+                    let field = format!("{path}.AuthenticationOptions.AuthenticationProviderKey");
+                    let line = node.line();
+                    let mut problem = reader.fields.problem(
+                        if p.route_kept {
+                            Severity::Warning
+                        } else {
+                            Severity::Error
+                        },
+                        line,
+                        &field,
+                        p.message,
+                    );
+                    problem.reason = Some(ProblemReason::InvalidAuthRef);
+                    out.problems.push(problem);
+                    if !p.route_kept {
+                        continue;
+                    }
+                }
                 if route.insecure_skip_verify {
                     let segs =
                         spec_path_to_ocelot("spec.dangerousAcceptAnyServerCertificateValidator");
@@ -282,6 +296,8 @@ struct RouteReader<'a> {
     fields: Fields<'a>,
     /// Set by any error: the route is left out.
     failed: bool,
+    /// The `--jwt-provider` file `AuthenticationOptions` named (watched with the routes).
+    provider_file: Option<std::path::PathBuf>,
 }
 
 impl<'a> RouteReader<'a> {
@@ -301,6 +317,7 @@ impl<'a> RouteReader<'a> {
             node,
             fields,
             failed: false,
+            provider_file: None,
         };
         if entries.is_none() {
             reader.error(
@@ -339,6 +356,8 @@ impl<'a> RouteReader<'a> {
         let rate_limit_options = self.rate_limit_options();
         // Names the route for aggregates in Ocelot; here it only names it in problems.
         self.fields.take("Key");
+        let auth = self.authentication();
+        self.provider_file = auth.provider_file.clone();
 
         for (key, message) in FAIL_CLOSED_ROUTE_KEYS {
             if let Some(n) = self.fields.take(key) {
@@ -382,6 +401,9 @@ impl<'a> RouteReader<'a> {
             backend_tls: None,
             limits,
             rate_limit_options,
+            authentication_options: auth.options,
+            route_claims_requirement: auth.claims,
+            add_headers_to_request: auth.headers,
         })
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use sha1::{Digest, Sha1};
 use tokio::time::MissedTickBehavior;
 
-use super::{parse_files, FileError, LoadedRoutes};
+use super::{parse_files_with, FileError, FileOptions, LoadedRoutes};
 
 /// A file whose mtime is this close to when it was read may still change without the
 /// mtime moving (coarse timestamps), so it is re-read even if `stat` looks the same.
@@ -29,18 +29,30 @@ pub async fn watch(
     on_change: impl FnMut(Result<LoadedRoutes, FileError>),
     shutdown: impl Future<Output = ()>,
 ) {
-    watch_all(paths, Vec::new(), interval, on_change, shutdown, || {}).await
+    let options = FileOptions::default();
+    watch_all(
+        paths,
+        Vec::new(),
+        &options,
+        interval,
+        on_change,
+        shutdown,
+        || {},
+    )
+    .await
 }
 
-/// `watch`, also reloading when one of `extra` changes (e.g. the default certificate files).
+/// `watch`, loading with `options` and also reloading when one of `extra` changes (e.g.
+/// the default certificate files).
 pub async fn watch_with(
     paths: Vec<PathBuf>,
     extra: Vec<PathBuf>,
+    options: FileOptions,
     interval: Duration,
     on_change: impl FnMut(Result<LoadedRoutes, FileError>),
     shutdown: impl Future<Output = ()>,
 ) {
-    watch_all(paths, extra, interval, on_change, shutdown, || {}).await
+    watch_all(paths, extra, &options, interval, on_change, shutdown, || {}).await
 }
 
 /// `watch`, calling `on_snapshot` once the first look at the files is taken: changes from
@@ -56,6 +68,7 @@ pub(crate) async fn watch_from_snapshot(
     watch_all(
         paths,
         Vec::new(),
+        &FileOptions::default(),
         interval,
         on_change,
         shutdown,
@@ -67,6 +80,7 @@ pub(crate) async fn watch_from_snapshot(
 async fn watch_all(
     paths: Vec<PathBuf>,
     extra: Vec<PathBuf>,
+    options: &FileOptions,
     interval: Duration,
     mut on_change: impl FnMut(Result<LoadedRoutes, FileError>),
     shutdown: impl Future<Output = ()>,
@@ -81,7 +95,7 @@ async fn watch_all(
         seen.push(FileState::read(path, None).await);
     }
     // Which TLS files the routes name: parse what was just read.
-    let mut deps = dependencies(&paths, &seen, &extra);
+    let mut deps = dependencies(&paths, &seen, &extra, options);
     let mut deps_seen = Vec::with_capacity(deps.len());
     for path in &deps {
         deps_seen.push(FileState::read(path, None).await);
@@ -118,7 +132,7 @@ async fn watch_all(
             .zip(now.iter().map(FileState::content))
             .collect();
         seen = now;
-        let result = parse_files(contents);
+        let result = parse_files_with(contents, options);
         let mut next = extra.clone();
         if let Ok(loaded) = &result {
             next.extend(loaded.tls_files.iter().cloned());
@@ -140,14 +154,19 @@ async fn watch_all(
 }
 
 /// `extra` plus the TLS files named by the routes files as read in `states`.
-fn dependencies(paths: &[PathBuf], states: &[FileState], extra: &[PathBuf]) -> Vec<PathBuf> {
+fn dependencies(
+    paths: &[PathBuf],
+    states: &[FileState],
+    extra: &[PathBuf],
+    options: &FileOptions,
+) -> Vec<PathBuf> {
     let contents = paths
         .iter()
         .cloned()
         .zip(states.iter().map(FileState::content))
         .collect();
     let mut deps = extra.to_vec();
-    if let Ok(loaded) = parse_files(contents) {
+    if let Ok(loaded) = parse_files_with(contents, options) {
         deps.extend(loaded.tls_files);
     }
     dedup(&mut deps);

@@ -244,6 +244,18 @@ impl DocCtx<'_> {
                     }
                     out.problems.push(problem);
                 }
+                if let Some(p) =
+                    super::jwks::resolve(self.file.path, &mut route, &mut out.tls_files)
+                {
+                    let mut problem = err(p.field, p.message);
+                    problem.reason = Some(crate::model::ProblemReason::InvalidAuthRef);
+                    if p.route_kept {
+                        problem.severity = Severity::Warning;
+                    } else {
+                        usable = false;
+                    }
+                    out.problems.push(problem);
+                }
                 if usable {
                     out.routes.push(route);
                 }

@@ -481,6 +481,9 @@ pub(super) fn rebuild(
         for problem in &report.certificate_problems {
             tracing::warn!(route = %report.id, problem = %problem, "certificate reference not resolved (ResolvedRefs: InvalidCertificateRef)");
         }
+        for problem in &report.auth_problems {
+            tracing::warn!(route = %report.id, problem = %problem, "key set not resolved; the route refuses every request (ResolvedRefs: InvalidAuthRef)");
+        }
     }
     let outcome = publisher.publish(&translation.routes);
     metrics.rebuilds.inc();

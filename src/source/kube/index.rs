@@ -146,6 +146,9 @@ pub struct RouteReport {
     pub certificate_problems: Vec<String>,
     /// `dangerousAcceptAnyServerCertificateValidator: true` on a route in the table.
     pub insecure_backend_tls: bool,
+    /// Why `authenticationOptions.jwt.jwksSecretName` did not resolve (the route refuses
+    /// every request with 401); empty = fine.
+    pub auth_problems: Vec<String>,
     /// The status the object carries now; conditions whose value did not change keep
     /// its `lastTransitionTime`.
     pub previous: Option<WsRouteStatus>,
@@ -241,7 +244,8 @@ impl Cached {
 
 /// `translate` over borrowed WsRoutes, reusing `cache` for every WsRoute whose uid,
 /// generation, spec, Service and EndpointSlices are the ones it was last translated from.
-/// Routes naming Secrets (`tls`, `backendTls`) are always translated afresh. The result is
+/// Routes naming Secrets (`tls`, `backendTls`, `authenticationOptions`) are always
+/// translated afresh. The result is
 /// what `translate` returns for the same input.
 pub fn translate_cached<'a>(
     routes: impl IntoIterator<Item = &'a WsRoute>,
@@ -272,7 +276,10 @@ pub fn translate_cached<'a>(
     for (order, (_, namespace, name, obj)) in objects.into_iter().enumerate() {
         let id = RouteId(format!("{namespace}/{name}"));
         let spec = &obj.spec;
-        let cacheable = spec.tls.is_none() && spec.backend_tls.is_none();
+        // Routes naming Secrets are translated afresh: a Secret may have changed.
+        let cacheable = spec.tls.is_none()
+            && spec.backend_tls.is_none()
+            && spec.authentication_options.is_none();
         let (service, slices) = match &spec.service_name {
             Some(service) => backends.inputs(namespace, service),
             None => (None, &[][..]),
@@ -325,6 +332,7 @@ pub fn translate_cached<'a>(
             ready_endpoints: cached.ready_endpoints,
             certificate_problems: Vec::new(),
             insecure_backend_tls: cached.insecure_backend_tls,
+            auth_problems: Vec::new(),
             previous: obj.status.clone(),
         });
         cache.by_id.insert(id.0, cached);
@@ -377,6 +385,7 @@ fn translate_one(
             certificate_problems,
             insecure_backend_tls: insecure,
             previous: obj.status.clone(),
+            auth_problems: Vec::new(),
         };
     match route_from_spec(id.clone(), order as u64, spec, specs_backends) {
         Ok(mut route) if field_errors.is_empty() => {
@@ -387,6 +396,8 @@ fn translate_one(
                 &mut route,
                 &mut field_errors,
             );
+            let auth_problems =
+                super::auth::resolve(namespace, &backends.secrets, &mut route, &mut field_errors);
             if !field_errors.is_empty() {
                 // The spec names files: leave the route out like any invalid field.
                 return (None, report(field_errors, 0, certificate_problems, false));
@@ -397,15 +408,14 @@ fn translate_one(
                 .filter(|e| e.state == EndpointState::Ready)
                 .count();
             let insecure = route.insecure_skip_verify;
-            (
-                Some(route),
-                report(
-                    field_errors,
-                    ready_endpoints,
-                    certificate_problems,
-                    insecure,
-                ),
-            )
+            let mut report = report(
+                field_errors,
+                ready_endpoints,
+                certificate_problems,
+                insecure,
+            );
+            report.auth_problems = auth_problems;
+            (Some(route), report)
         }
         Ok(_) => (None, report(field_errors, 0, Vec::new(), false)),
         Err(errors) => {

@@ -8,6 +8,7 @@
 //! - `controller`: reflectors, rebuild schedule, publish, readiness (`run`, `Reconcile`).
 //! - `writer` + `lease`: status patches and Events, only by the Lease holder.
 
+mod auth;
 mod controller;
 mod index;
 mod lease;
@@ -19,6 +20,7 @@ mod status;
 mod writer;
 
 pub use crate::api::crd_yaml;
+pub use auth::JWKS_KEY;
 pub use controller::{run, Error, KubeConfig, RebuildSchedule, Reconcile};
 pub use index::{
     translate, translate_cached, BackendRef, GuardedRoute, InvalidRoute, RouteReport, Stores,

@@ -27,25 +27,34 @@ pub fn index(secrets: impl IntoIterator<Item = Arc<Secret>>) -> Secrets {
         .collect()
 }
 
-/// Drops the data of Secrets wsgate can never use (neither TLS nor carrying `ca.crt`), so
+/// Drops the data of Secrets wsgate can never use (neither TLS nor carrying `ca.crt` or
+/// `jwks.json`), so
 /// the reflector store holds no unrelated secret material.
 pub fn strip_unusable(secret: &mut Secret) {
     let tls = secret.type_.as_deref() == Some(TLS_SECRET_TYPE);
     let ca = secret.data.as_ref().is_some_and(|d| d.contains_key(CA_KEY));
-    if !tls && !ca {
+    let jwks = secret
+        .data
+        .as_ref()
+        .is_some_and(|d| d.contains_key(super::auth::JWKS_KEY));
+    if !tls && !ca && !jwks {
         secret.data = None;
     }
     secret.string_data = None;
 }
 
-fn lookup<'a>(secrets: &'a Secrets, namespace: &str, name: &str) -> Result<&'a Secret, String> {
+pub(super) fn lookup<'a>(
+    secrets: &'a Secrets,
+    namespace: &str,
+    name: &str,
+) -> Result<&'a Secret, String> {
     secrets
         .get(&(namespace.to_string(), name.to_string()))
         .map(|s| s.as_ref())
         .ok_or_else(|| format!("Secret {namespace}/{name} not found"))
 }
 
-fn data<'a>(
+pub(super) fn data<'a>(
     secret: &'a Secret,
     namespace: &str,
     name: &str,

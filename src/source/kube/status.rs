@@ -54,6 +54,19 @@ pub fn compute_status(
             join(std::iter::once(message).chain(report.certificate_problems.iter().cloned())),
         ),
     };
+    let (ok, reason, message) = match (ok, report.auth_problems.is_empty()) {
+        (_, true) => (ok, reason, message),
+        (true, false) => (
+            false,
+            resolved_refs::INVALID_AUTH_REF,
+            join(report.auth_problems.iter().cloned()),
+        ),
+        (false, false) => (
+            false,
+            reason,
+            join(std::iter::once(message).chain(report.auth_problems.iter().cloned())),
+        ),
+    };
     conditions.push((resolved_refs::TYPE, ok, reason, message));
 
     let (ok, reason, message) = match (accepted_ok, programmed_generation) {

@@ -126,6 +126,9 @@ fn spec(path: &str) -> WsRouteSpec {
         backend_tls: None,
         limits: None,
         rate_limit_options: None,
+        authentication_options: None,
+        route_claims_requirement: Default::default(),
+        add_headers_to_request: Default::default(),
     }
 }
 
@@ -1295,3 +1298,5 @@ fn rebuild_compiles_once_and_reports_the_published_tables_problems() {
         format!("{}: {}", problem.field, problem.message)
     );
 }
+
+mod auth;

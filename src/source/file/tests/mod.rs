@@ -3,6 +3,7 @@ use super::*;
 mod files;
 mod limits;
 mod ocelot;
+mod ocelot_auth;
 mod tls;
 mod watch;
 mod wsroute;

@@ -78,7 +78,6 @@ fn unsupported_keys_warn_and_keep_the_route() {
         "\"DownstreamScheme\": \"ws\",",
         r#""DownstreamScheme": "ws",
       "QoSOptions": { "ExceptionsAllowedBeforeBreaking": 3, "DurationOfBreak": 1000 },
-      "AddHeadersToRequest": { "X-User": "Claims[sub] > value" },
       "RateLimitOptions": { "EnableRateLimiting": false, "Period": "1s", "Limit": 1 },
       "FileCacheOptions": { "TtlSeconds": 0, "Region": "" },
       "AuthenticationOptions": { "AuthenticationProviderKey": "", "AllowedScopes": [] },
@@ -91,13 +90,12 @@ fn unsupported_keys_warn_and_keep_the_route() {
     assert_eq!(
         summary(&loaded),
         [
-            (Severity::Warning, None, "Routes[0].AddHeadersToRequest"),
             (Severity::Warning, None, "Routes[0].QoSOptions"),
             (Severity::Warning, None, "Routes[0].SwaggerKey"),
             (Severity::Warning, None, "Routes[0].Colour"),
         ]
     );
-    let qos = &loaded.problems[1];
+    let qos = &loaded.problems[0];
     assert_eq!(qos.line, Some(7));
     assert_eq!(
         qos.to_string(),
@@ -106,8 +104,8 @@ fn unsupported_keys_warn_and_keep_the_route() {
     assert!(!loaded.has_errors());
 }
 
-/// Authentication, claims, IP rules and header routing cannot be honoured: the route is
-/// left out rather than opened.
+/// Authentication with a provider wsgate was not given (`--jwt-provider`), IP rules and
+/// header routing cannot be honoured: the route is left out rather than opened.
 #[test]
 fn security_keys_leave_the_route_out() {
     let auth = WS.replace(
@@ -118,7 +116,11 @@ fn security_keys_leave_the_route_out() {
     assert_eq!(ids(&loaded), ["ocelot.json#Routes[1]"]);
     assert_eq!(
         summary(&loaded),
-        [(Severity::Error, None, "Routes[0].AuthenticationOptions")]
+        [(
+            Severity::Error,
+            None,
+            "Routes[0].AuthenticationOptions.AuthenticationProviderKey"
+        )]
     );
 }
 

@@ -1,0 +1,422 @@
+//! A route's authentication on a request (WebSocket handshake or plain HTTP), before any
+//! backend is dialled: the token from `Authorization: Bearer` or else the `access_token`
+//! query parameter, verified with the route's key set (`model::Jwks`), `iss`, `aud`, `exp`
+//! and `nbf` checked with the leeway, then `allowedScopes` and `routeClaimsRequirement`.
+//! An accepted request gets its claim headers, and loses `access_token` from its query
+//! and any client-sent header a claim header replaces (`Authorized::apply`).
+//!
+//! The token itself is never logged nor put in an answer: errors name only what was
+//! wrong with it. Imports nothing of `proxy` but `error`.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::{header, HeaderMap, HeaderName, HeaderValue};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use super::error::{Error, Forbidden, TokenRejected};
+use crate::model::{Authentication, Route};
+
+/// The query parameter browsers and the SignalR client send the token in.
+pub const ACCESS_TOKEN_PARAM: &str = "access_token";
+
+/// A request that may go on, with what its authentication adds to it.
+#[derive(Debug, Default)]
+pub struct Authorized {
+    /// When the token stops being valid (its `exp` plus the leeway), when the route has
+    /// `closeOnTokenExpiry`: the relay closes the connection then (Close 1008 to the client,
+    /// 1001 to the backend).
+    pub close_at: Option<Instant>,
+    /// Headers from claims (`addHeadersToRequest`), set by `apply`.
+    claim_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Whether the route authenticates: `apply` strips `access_token` and the claim
+    /// headers' names only then.
+    authenticated: bool,
+}
+
+/// Checks the request against `route`'s authentication; `Ok` with nothing to apply when the
+/// route has none.
+pub fn check(route: &Route, headers: &HeaderMap, query: Option<&str>) -> Result<Authorized, Error> {
+    let Some(auth) = &route.authentication else {
+        return Ok(Authorized::default());
+    };
+    let token = bearer_token(headers, query).map_err(Error::Unauthorized)?;
+    let claims = verify(auth, &token, SystemTime::now()).map_err(Error::Unauthorized)?;
+    authorize(auth, &claims).map_err(Error::Forbidden)?;
+    let close_at = if auth.close_on_token_expiry {
+        expiry(&claims, auth.leeway, SystemTime::now(), Instant::now())
+    } else {
+        None
+    };
+    let claim_headers = auth
+        .claim_headers
+        .iter()
+        .filter_map(|h| {
+            let text = claim_text(claims.get(&h.claim)?)?;
+            let value = HeaderValue::from_str(h.select(&text)?).ok()?;
+            Some((h.header.clone(), value))
+        })
+        .collect();
+    Ok(Authorized {
+        close_at,
+        claim_headers,
+        authenticated: true,
+    })
+}
+
+impl Authorized {
+    /// Applies the authentication to what goes to the backend: client-sent headers with a
+    /// claim header's name removed, the claim headers added, `access_token` removed from
+    /// the query of `downstream` (path and query as rendered for the backend).
+    pub fn apply(self, route: &Route, headers: &mut HeaderMap, downstream: &mut String) {
+        if !self.authenticated {
+            return;
+        }
+        if let Some(auth) = &route.authentication {
+            for h in &auth.claim_headers {
+                headers.remove(&h.header);
+            }
+        }
+        for (name, value) in self.claim_headers {
+            headers.insert(name, value);
+        }
+        strip_access_token(downstream);
+    }
+}
+
+/// The request's token: `Authorization: Bearer`, else `access_token` in the query.
+fn bearer_token(headers: &HeaderMap, query: Option<&str>) -> Result<String, TokenRejected> {
+    for value in headers.get_all(header::AUTHORIZATION) {
+        let value = value.as_bytes();
+        if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
+            let token = value[7..].trim_ascii();
+            if !token.is_empty() {
+                return String::from_utf8(token.to_vec()).map_err(|_| TokenRejected::Malformed);
+            }
+        }
+    }
+    let mut found = None;
+    for (name, value) in query_pairs(query.unwrap_or("")) {
+        if name == ACCESS_TOKEN_PARAM.as_bytes() {
+            if found.is_some() {
+                return Err(TokenRejected::Ambiguous);
+            }
+            found = Some(value);
+        }
+    }
+    match found {
+        Some(value) if !value.is_empty() => {
+            String::from_utf8(percent_decode(value)).map_err(|_| TokenRejected::Malformed)
+        }
+        _ => Err(TokenRejected::Missing),
+    }
+}
+
+/// Verifies `token` with the route's keys and checks its registered claims at `now`.
+fn verify(
+    auth: &Authentication,
+    token: &str,
+    now: SystemTime,
+) -> Result<Map<String, Value>, TokenRejected> {
+    let jwks = auth
+        .jwks
+        .as_ref()
+        .map_err(|_| TokenRejected::KeysUnavailable)?;
+    // `alg: none` and unknown algorithms fail here: they are not `Algorithm`s.
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejected::Malformed)?;
+    // The key must allow the token's algorithm: an HS256 token never meets an RSA key.
+    let key = jwks
+        .select(header.kid.as_deref(), header.alg)
+        .ok_or(TokenRejected::NoKey {
+            alg: algorithm_name(header.alg),
+        })?;
+    let mut validation = Validation::new(header.alg);
+    // Time claims are checked below against `now`, which tests and the fuzzer pass in.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.required_spec_claims.clear();
+    validation.validate_aud = !auth.audiences.is_empty();
+    if validation.validate_aud {
+        validation.set_audience(&auth.audiences);
+        validation.required_spec_claims.insert("aud".into());
+    }
+    if let Some(issuer) = &auth.issuer {
+        validation.set_issuer(&[issuer]);
+        validation.required_spec_claims.insert("iss".into());
+    }
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+        .map_err(|e| rejected(e.kind()))?;
+    let claims = data.claims;
+    let now = unix_seconds(now);
+    let leeway = auth.leeway.as_secs();
+    // `exp` is required and must be a number; so must `nbf` when present (a string `nbf`
+    // must never count as absent).
+    let exp = match claims.get("exp") {
+        None => return Err(TokenRejected::MissingClaim("exp")),
+        Some(v) => numeric_date(v).ok_or(TokenRejected::InvalidClaims)?,
+    };
+    if exp.saturating_add(leeway) <= now {
+        return Err(TokenRejected::Expired);
+    }
+    if let Some(nbf) = claims.get("nbf") {
+        let nbf = numeric_date(nbf).ok_or(TokenRejected::InvalidClaims)?;
+        if nbf > now.saturating_add(leeway) {
+            return Err(TokenRejected::NotYetValid);
+        }
+    }
+    Ok(claims)
+}
+
+/// `allowedScopes` and `routeClaimsRequirement` against a verified token's claims.
+fn authorize(auth: &Authentication, claims: &Map<String, Value>) -> Result<(), Forbidden> {
+    if !auth.allowed_scopes.is_empty() {
+        let mut granted: Vec<&str> = Vec::new();
+        for name in ["scope", "scp"] {
+            match claims.get(name) {
+                Some(Value::String(s)) => granted.extend(s.split_ascii_whitespace()),
+                Some(Value::Array(items)) => {
+                    granted.extend(items.iter().filter_map(Value::as_str));
+                }
+                _ => {}
+            }
+        }
+        if let Some(missing) = auth
+            .allowed_scopes
+            .iter()
+            .find(|s| !granted.contains(&s.as_str()))
+        {
+            return Err(Forbidden::Scope {
+                missing: missing.clone(),
+            });
+        }
+    }
+    for (claim, required) in &auth.required_claims {
+        let met = match claims.get(claim) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .any(|v| claim_text(v).as_deref() == Some(required.as_str())),
+            Some(v) => claim_text(v).as_deref() == Some(required.as_str()),
+            None => false,
+        };
+        if !met {
+            return Err(Forbidden::Claim {
+                claim: claim.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A claim as text: strings as they are, numbers and booleans written out, the first
+/// element of an array; objects and null have no text.
+fn claim_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Array(items) => items.first().and_then(claim_text),
+        _ => None,
+    }
+}
+
+/// The instant a verified token stops being valid (`exp` plus `leeway`), on the monotonic
+/// clock, given the wall clock and the monotonic clock read at the same moment.
+fn expiry(
+    claims: &Map<String, Value>,
+    leeway: Duration,
+    now: SystemTime,
+    now_instant: Instant,
+) -> Option<Instant> {
+    let exp = numeric_date(claims.get("exp")?)?;
+    let until = exp
+        .saturating_add(leeway.as_secs())
+        .saturating_sub(unix_seconds(now));
+    now_instant.checked_add(Duration::from_secs(until))
+}
+
+/// A NumericDate (RFC 7519 §2): seconds since the epoch, possibly fractional; negative
+/// ones count as 0.
+fn numeric_date(value: &Value) -> Option<u64> {
+    let n = value.as_number()?;
+    n.as_u64()
+        .or_else(|| n.as_i64().map(|i| i.max(0) as u64))
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite())
+                .map(|f| f.max(0.0) as u64)
+        })
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn rejected(kind: &ErrorKind) -> TokenRejected {
+    match kind {
+        ErrorKind::InvalidSignature => TokenRejected::BadSignature,
+        ErrorKind::ExpiredSignature => TokenRejected::Expired,
+        ErrorKind::ImmatureSignature => TokenRejected::NotYetValid,
+        ErrorKind::InvalidIssuer => TokenRejected::WrongIssuer,
+        ErrorKind::InvalidAudience => TokenRejected::WrongAudience,
+        ErrorKind::MissingRequiredClaim(c) if c == "iss" => TokenRejected::MissingClaim("iss"),
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => TokenRejected::MissingClaim("aud"),
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_)
+        | ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName => TokenRejected::Malformed,
+        _ => TokenRejected::InvalidClaims,
+    }
+}
+
+fn algorithm_name(alg: Algorithm) -> &'static str {
+    use Algorithm::*;
+    match alg {
+        HS256 => "HS256",
+        HS384 => "HS384",
+        HS512 => "HS512",
+        ES256 => "ES256",
+        ES384 => "ES384",
+        RS256 => "RS256",
+        RS384 => "RS384",
+        RS512 => "RS512",
+        PS256 => "PS256",
+        PS384 => "PS384",
+        PS512 => "PS512",
+        EdDSA => "EdDSA",
+        _ => "other",
+    }
+}
+
+/// `name=value` pairs of a query string, as raw bytes (names compared undecoded but for
+/// `%5F`, which some clients write for `_`).
+fn query_pairs(query: &str) -> impl Iterator<Item = (Vec<u8>, &[u8])> {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(name.as_bytes()), value.as_bytes())
+    })
+}
+
+/// Removes every `access_token` parameter from the query of a rendered path and query.
+fn strip_access_token(path_and_query: &mut String) {
+    let Some(q) = path_and_query.find('?') else {
+        return;
+    };
+    let query = &path_and_query[q + 1..];
+    if !query
+        .split('&')
+        .any(|p| is_access_token(p.split('=').next().unwrap_or("")))
+    {
+        return;
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !is_access_token(p.split('=').next().unwrap_or("")))
+        .collect();
+    let mut out = path_and_query[..q].to_string();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    *path_and_query = out;
+}
+
+fn is_access_token(name: &str) -> bool {
+    percent_decode(name.as_bytes()) == ACCESS_TOKEN_PARAM.as_bytes()
+}
+
+/// `%XX` escapes decoded and `+` as a space (form encoding); a malformed escape is kept as
+/// written.
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'%' if i + 2 < input.len() => match (hex(input[i + 1]), hex(input[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `access_token` leaves the query wherever it stands, and only it.
+    #[test]
+    fn access_token_is_removed_from_the_query_and_nothing_else() {
+        for (before, after) in [
+            ("/a?access_token=x", "/a"),
+            ("/a?access_token=x&id=1", "/a?id=1"),
+            ("/a?id=1&access_token=x", "/a?id=1"),
+            ("/a?id=1&access%5Ftoken=x&b=2", "/a?id=1&b=2"),
+            ("/a?id=1&access_tokens=x", "/a?id=1&access_tokens=x"),
+            ("/a?id=1", "/a?id=1"),
+            ("/a", "/a"),
+        ] {
+            let mut s = before.to_string();
+            strip_access_token(&mut s);
+            assert_eq!(s, after, "{before}");
+        }
+    }
+
+    /// The header wins over the query; two `access_token`s are refused; none is `Missing`.
+    #[test]
+    fn token_comes_from_the_header_else_the_query() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer_token(&h, Some("access_token=q")), Ok("q".into()));
+        assert_eq!(bearer_token(&h, Some("a=1")), Err(TokenRejected::Missing));
+        assert_eq!(
+            bearer_token(&h, Some("access_token=a&access_token=b")),
+            Err(TokenRejected::Ambiguous)
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer  hdr "),
+        );
+        assert_eq!(bearer_token(&h, Some("access_token=q")), Ok("hdr".into()));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer_token(&h, None), Err(TokenRejected::Missing));
+    }
+
+    /// The expiry instant is `exp` plus the leeway, on the monotonic clock read with the
+    /// wall clock; an `exp` already past (within the leeway) gives a near instant, never a
+    /// panic.
+    #[test]
+    fn expiry_is_exp_plus_leeway_from_now() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let base = Instant::now();
+        let claims = |exp: Value| {
+            let mut m = Map::new();
+            m.insert("exp".into(), exp);
+            m
+        };
+        let at = |exp: Value, leeway| expiry(&claims(exp), Duration::from_secs(leeway), now, base);
+        assert_eq!(at(1_000_002.into(), 0), Some(base + Duration::from_secs(2)));
+        assert_eq!(
+            at(1_000_002.into(), 30),
+            Some(base + Duration::from_secs(32))
+        );
+        assert_eq!(at(999_990.into(), 30), Some(base + Duration::from_secs(20)));
+        assert_eq!(at(999_000.into(), 0), Some(base));
+        assert_eq!(at("soon".into(), 0), None);
+    }
+
+    #[test]
+    fn percent_decoding_keeps_malformed_escapes() {
+        assert_eq!(percent_decode(b"a%2Eb%zz%4"), b"a.b%zz%4");
+    }
+}
