@@ -15,10 +15,9 @@ use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use wsgate::api::{LimitsSpec, RateLimitOptionsSpec, WsRouteSpec};
-use wsgate::app::{Server, ServerOptions};
+use wsgate::app::Server;
 use wsgate::model::Route;
 use wsgate::table::Publisher;
-use wsgate::telemetry::Metrics;
 
 const ONE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const TWO: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -35,28 +34,14 @@ async fn start_with(
     max_connections: Option<u32>,
     relay_offload: OffloadOptions,
 ) -> (Server, Arc<Publisher>) {
-    let metrics = Arc::new(Metrics::new());
-    let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
-    let published = publisher.publish(routes);
-    assert!(published.problems.is_empty(), "{:?}", published.problems);
-    let server = Server::start(
-        ServerOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tls_listen: None,
-            admin_listen: "127.0.0.1:0".parse().unwrap(),
-            shutdown_delay: Duration::ZERO,
-            drain_timeout: Duration::from_secs(5),
-            relay_offload,
-            listening_file: None,
-            max_connections,
-        },
-        Arc::clone(&publisher),
-        metrics,
+    let gw = Gateway::start_configured(
+        routes,
+        Duration::from_secs(5),
+        relay_offload,
+        max_connections,
     )
-    .await
-    .unwrap();
-    server.readiness.set_loaded();
-    (server, publisher)
+    .await;
+    (gw.server, gw.publisher)
 }
 
 fn limited(name: &str, up: &str, backend: SocketAddr, limits: LimitsSpec) -> Route {

@@ -155,6 +155,16 @@ impl Gateway {
         drain_timeout: Duration,
         relay_offload: OffloadOptions,
     ) -> Gateway {
+        Self::start_configured(routes, drain_timeout, relay_offload, None).await
+    }
+
+    /// With every option a test varies: relay threads and `--max-connections`.
+    pub async fn start_configured(
+        routes: &[Route],
+        drain_timeout: Duration,
+        relay_offload: OffloadOptions,
+        max_connections: Option<u32>,
+    ) -> Gateway {
         let metrics = Arc::new(Metrics::new());
         let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
         let published = publisher.publish(routes);
@@ -168,7 +178,7 @@ impl Gateway {
                 drain_timeout,
                 relay_offload,
                 listening_file: None,
-                max_connections: None,
+                max_connections,
             },
             Arc::clone(&publisher),
             Arc::clone(&metrics),
