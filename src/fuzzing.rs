@@ -99,3 +99,9 @@ impl Downstream {
             .map_err(|e| e.to_string())
     }
 }
+
+/// Request-target normalization (src/proxy/target.rs): what every request's path goes
+/// through before routing, and the check of a rendered downstream target.
+pub use crate::proxy::target::{
+    has_dot_segment as downstream_has_dot_segment, normalize as normalize_path, PathError,
+};

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 mod frame_tracker;
 #[path = "../fuzz/checks/http_head.rs"]
 mod http_head;
+#[path = "../fuzz/checks/path_normalizer.rs"]
+mod path_normalizer;
 #[path = "../fuzz/checks/relay_machine.rs"]
 mod relay_machine;
 #[path = "../fuzz/checks/routes.rs"]
@@ -93,4 +95,9 @@ fn routes_yaml_inputs_pass() {
 #[test]
 fn ocelot_json_inputs_pass() {
     replay("ocelot_json", routes::ocelot_json);
+}
+
+#[test]
+fn path_normalizer_inputs_pass() {
+    replay("path_normalizer", path_normalizer::check);
 }

@@ -290,7 +290,14 @@ async fn serve_direct(
         early: client_early,
     } = upgrade;
     let ctx = RequestCtx::new(peer, proto, &headers);
-    let target = std::str::from_utf8(&head[target]).unwrap_or("/");
+    let Ok(target) = std::str::from_utf8(&head[target]) else {
+        // Bytes outside ASCII in a path are refused anyway (`target::normalize`); bytes that
+        // are not even UTF-8 get the same answer.
+        let e = Error::Path(super::target::PathError::NonAscii);
+        ctx.failed(gw, None, &e);
+        write_error(&mut client, &e, ctx.request_id()).await;
+        return None;
+    };
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),

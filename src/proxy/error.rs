@@ -1,7 +1,7 @@
 //! Why wsgate answered a request itself instead of relaying it. `Error::status` is the one
 //! place that maps failures to status codes (DESIGN.md §3's behaviour table), and
 //! `Error::response` the one place that writes wsgate's own answer (JSON body naming the
-//! cause, `X-Request-Id`). Imports nothing else of `proxy`.
+//! cause, `X-Request-Id`). Imports nothing else of `proxy` but `target` (the path refusals).
 
 use std::fmt;
 
@@ -9,8 +9,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+use super::target::PathError;
 use crate::table::UpstreamTlsError;
-use crate::telemetry::FailureReason;
+use crate::telemetry::{FailureReason, RefusalReason};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,6 +51,51 @@ pub enum Error {
         #[source]
         source: BackendTlsFailure,
     },
+    // The edge's refusals (issue 20), counted as `wsgate_refusals_total{reason}`
+    // (`Error::refusal`) instead of as failures.
+    /// The request path cannot be normalized (`proxy::target`).
+    #[error("request path refused")]
+    Path(#[source] PathError),
+    /// A WebSocket upgrade whose `Origin` is not in the route's `allowedOrigins`.
+    #[error("route {route} does not allow {origin}")]
+    Origin { route: String, origin: OriginShown },
+    /// The client address is not allowed by the route's `securityOptions`.
+    #[error("route {route} does not allow client address {client}")]
+    IpDenied {
+        route: String,
+        client: std::net::IpAddr,
+    },
+}
+
+/// The `Origin` of a refused upgrade, as an answer and a log line show it: cut to
+/// `OriginShown::MAX` characters, so a client cannot make either large.
+#[derive(Debug)]
+pub enum OriginShown {
+    Missing,
+    Sent(String),
+}
+
+impl OriginShown {
+    pub const MAX: usize = 128;
+
+    pub fn of(origin: Option<&HeaderValue>) -> OriginShown {
+        match origin {
+            None => OriginShown::Missing,
+            Some(v) => {
+                let text = String::from_utf8_lossy(v.as_bytes());
+                OriginShown::Sent(text.chars().take(Self::MAX).collect())
+            }
+        }
+    }
+}
+
+impl fmt::Display for OriginShown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OriginShown::Missing => f.write_str("a request without `Origin`"),
+            OriginShown::Sent(origin) => write!(f, "`Origin: {}`", origin.escape_debug()),
+        }
+    }
 }
 
 /// Why TLS to a backend failed (the cause of [`Error::UpstreamTls`]).
@@ -132,6 +178,8 @@ impl Error {
             Error::HeadTooLarge { .. } | Error::TooManyHeaders { .. } => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
+            Error::Path(_) => StatusCode::BAD_REQUEST,
+            Error::Origin { .. } | Error::IpDenied { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -149,6 +197,21 @@ impl Error {
             Error::UpstreamProtocol { .. } | Error::UpstreamTls { .. } => {
                 FailureReason::UpstreamProtocol
             }
+            // Refusals are counted by `refusal`, never as failures; bad requests all the same.
+            Error::Path(_) | Error::Origin { .. } | Error::IpDenied { .. } => {
+                FailureReason::BadRequest
+            }
+        }
+    }
+
+    /// Why the edge refused the request, when it did (a check of issue 20 failed): then it
+    /// is counted in `wsgate_refusals_total` and logged by the refusal log, not as a failure.
+    pub fn refusal(&self) -> Option<RefusalReason> {
+        match self {
+            Error::Path(_) => Some(RefusalReason::Path),
+            Error::Origin { .. } => Some(RefusalReason::Origin),
+            Error::IpDenied { .. } => Some(RefusalReason::Ip),
+            _ => None,
         }
     }
 

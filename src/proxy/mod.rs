@@ -8,7 +8,8 @@
 //! streamed both ways.
 //!
 //! Inside `proxy/` modules import only downward (no cycles), bottom first:
-//! - `stream`, `error`, `headers`, `drain`, `frame`, `signalr`: import no sibling;
+//! - `stream`, `headers`, `drain`, `frame`, `signalr`, `target`, `refusal_log`: import no
+//!   sibling; `error` imports only `target`;
 //! - `request`, `handshake`, `dial`, `tls`: the request context and the steps' pieces;
 //! - `relay`, `upgrade`, `upstream`: a relay, the upgrade exchange, opening a backend;
 //! - `websocket` (the request sequence) and `http` (plain HTTP);
@@ -28,10 +29,12 @@ mod http;
 #[cfg(test)]
 mod layering;
 mod listener;
+mod refusal_log;
 mod request;
 mod service;
 mod signalr;
 mod stream;
+pub(crate) mod target;
 pub(crate) mod upgrade;
 mod upstream;
 mod websocket;

@@ -1,12 +1,14 @@
 //! One client request, whichever path read its head (connection.rs's direct path or hyper's
 //! service): its context (`RequestCtx`: client, request id, `Host`), the route lookup, and
-//! the one way a refusal of wsgate's own is logged and counted. Both request paths and the
+//! the one way a refusal of wsgate's own is logged and counted (the edge's refusals through
+//! the rate-limited `refusal_log`). Both request paths and the
 //! steps below them (upstream, websocket, http) take their facts from here.
 //!
 //! The connection's tracing span (`connection_span`) learns the request id, route and
 //! endpoint from the steps here as they become known, so every line the connection logs
 //! names them.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::net::SocketAddr;
 
@@ -18,6 +20,8 @@ use tracing::field::Empty;
 
 use super::error::Error;
 use super::headers::X_REQUEST_ID;
+use super::refusal_log;
+use super::target;
 use super::Gateway;
 use crate::balance::PickContext;
 use crate::table::{CompiledRoute, RouteMatch, RouteTable};
@@ -130,10 +134,39 @@ impl RequestCtx {
         }
     }
 
+    /// The request's path in normal form (`target::normalize`), the one routes match and
+    /// the downstream path is rendered from; a path that cannot be normalized is refused.
+    pub fn normalized_path<'p>(&self, path: &'p str) -> Result<Cow<'p, str>, Error> {
+        target::normalize(path).map_err(Error::Path)
+    }
+
+    /// Refuses a rendered downstream target with a `.` or `..` segment (one the route's own
+    /// template made: a request path in normal form has none).
+    pub fn check_downstream(&self, downstream: &str) -> Result<(), Error> {
+        if target::has_dot_segment(downstream) {
+            return Err(Error::Path(target::PathError::DownstreamDotSegment));
+        }
+        Ok(())
+    }
+
     /// Logs and counts a request wsgate answers itself with `e` (`route`: the one it
     /// matched, if it got that far). Every such answer passes here once, on either path.
     pub fn failed(&self, gw: &Gateway, route: Option<&CompiledRoute>, e: &Error) {
         let status = e.status().as_u16();
+        if let Some(reason) = e.refusal() {
+            match route {
+                Some(route) => route.metrics.refusal(reason),
+                None => gw.metrics.unrouted_refusal(reason),
+            }
+            refusal_log::log(&refusal_log::Refused {
+                route: route.map(|r| r.route.id.0.as_str()),
+                client: self.peer,
+                reason: reason.as_str(),
+                status,
+                error: &e.chain(),
+            });
+            return;
+        }
         match route {
             Some(route) => {
                 route.metrics.failure(e.reason());

@@ -73,15 +73,21 @@ async fn handle(
     let table = gw.publisher.current();
     let uri = req.uri();
     let authority = uri.authority().map(|a| a.as_str());
-    let found = match ctx.route(&table, authority, uri.path(), uri.query(), req.method()) {
+    let found = ctx.normalized_path(uri.path()).and_then(|path| {
+        let found = ctx.route(&table, authority, &path, uri.query(), req.method())?;
+        Ok((found.route, found.downstream_path_and_query()))
+    });
+    let (route, downstream) = match found {
         Ok(found) => found,
         Err(e) => {
             ctx.failed(&gw, None, &e);
             return Ok(full(e.response(ctx.request_id())));
         }
     };
-    let route = found.route;
-    let downstream = found.downstream_path_and_query();
+    if let Err(e) = ctx.check_downstream(&downstream) {
+        ctx.failed(&gw, Some(route), &e);
+        return Ok(full(e.response(ctx.request_id())));
+    }
     Ok(
         match plain_http::proxy(route, downstream, req, &ctx).await {
             Ok(resp) => resp,

@@ -60,8 +60,15 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
         ctx.failed(gw, None, &e);
         return Outcome::Failed(e);
     }
+    let path = match ctx.normalized_path(req.path) {
+        Ok(path) => path,
+        Err(e) => {
+            ctx.failed(gw, None, &e);
+            return Outcome::Failed(e);
+        }
+    };
     let table = gw.publisher.current();
-    let found = match ctx.route(&table, req.authority, req.path, req.query, req.method) {
+    let found = match ctx.route(&table, req.authority, &path, req.query, req.method) {
         Ok(found) => found,
         Err(e) => {
             ctx.failed(gw, None, &e);
@@ -71,6 +78,10 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
     let (route, route_index) = (found.route, found.index);
     let downstream = found.downstream_path_and_query();
     drop(found);
+    if let Err(e) = ctx.check_downstream(&downstream) {
+        ctx.failed(gw, Some(route), &e);
+        return Outcome::Failed(e);
+    }
     match open(route, req.headers, req.query, &downstream, ctx).await {
         Ok(Opened::Switched(switched)) => {
             let backend = Relaying {
