@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use wsgate::app::{self, ServerOptions};
-use wsgate::model::parse_duration;
-use wsgate::proxy::OffloadOptions;
+use wsgate::model::{parse_duration, IpNet};
+use wsgate::proxy::{ClientAddressOptions, OffloadOptions};
 use wsgate::table::BackendRoots;
 use wsgate::telemetry::logging::{self, LogFormat};
 
@@ -141,6 +141,16 @@ struct RunArgs {
     /// the async runtime.
     #[arg(long, env = "WSGATE_RELAY_THREADS")]
     relay_threads: Option<u16>,
+    /// Proxies in front of wsgate whose `X-Forwarded-For` is believed: addresses and CIDR
+    /// blocks, comma-separated (`10.0.0.0/8,2001:db8::/32`). A request from one of them is
+    /// from the rightmost address in `X-Forwarded-For` that is not one of them (IP lists,
+    /// logs, `hashOn: clientIp`); from any other peer the header is not believed.
+    #[arg(long, env = "WSGATE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = ip_net)]
+    trusted_proxies: Vec<IpNet>,
+}
+
+fn ip_net(s: &str) -> Result<IpNet, String> {
+    IpNet::parse(s).map_err(|e| e.to_string())
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -243,6 +253,9 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                 drain_timeout: args.drain_timeout,
                 relay_offload: relay_offload(args.relay_threads, args.workers),
                 listening_file: args.listening_file,
+                client_address: ClientAddressOptions {
+                    trusted_proxies: args.trusted_proxies,
+                },
             };
             let sticky_key =
                 app::sticky_key(args.sticky_key_file.as_deref(), args.sticky_key.as_deref())?;
@@ -310,6 +323,7 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                 drain_timeout: Duration::from_secs(5),
                 relay_offload: relay_offload(None, None),
                 listening_file,
+                client_address: ClientAddressOptions::default(),
             })
             .await?;
         }

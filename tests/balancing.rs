@@ -119,6 +119,7 @@ async fn replica(routes: &[Route], key: &StickyKey) -> (Server, Arc<Publisher>) 
             drain_timeout: Duration::from_secs(5),
             relay_offload: Default::default(),
             listening_file: None,
+            client_address: Default::default(),
             tls_listen: None,
         },
         Arc::clone(&publisher),

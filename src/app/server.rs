@@ -29,6 +29,8 @@ pub struct ServerOptions {
     /// Where to write the bound addresses as JSON once every listener is up
     /// (`--listening-file`), so whoever started wsgate on port 0 learns its ports.
     pub listening_file: Option<PathBuf>,
+    /// Whose `X-Forwarded-For` is believed (`--trusted-proxies`).
+    pub client_address: proxy::ClientAddressOptions,
 }
 
 pub struct Server {
@@ -72,6 +74,7 @@ impl Server {
             Arc::clone(&metrics),
             Drain::new(),
             options.relay_offload,
+            options.client_address.clone(),
         );
         let readiness = Arc::new(Readiness::default());
         tokio::spawn(proxy::serve(listener, Arc::clone(&gateway), "http"));

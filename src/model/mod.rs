@@ -2,12 +2,14 @@
 //! been checked and every backend reference resolved. Nothing here knows whether it came
 //! from the API server or a file.
 
+mod access;
 mod duration;
 pub mod host;
 mod problem;
 mod tls;
 mod validate;
 
+pub use access::{IpNet, IpNetError, IpRules, OriginPattern, OriginPatternError};
 pub use duration::{parse_duration, DurationError};
 pub use host::{HostPattern, HostPatternError};
 pub use problem::{ProblemReason, RouteProblem};
@@ -189,6 +191,11 @@ pub struct Route {
     /// Name and trust for `wss` backends; the CA is filled by the source.
     pub backend_tls: BackendTls,
     pub limits: Limits,
+    // Who may use the route (`model::access`, checked by `proxy::access`).
+    /// `spec.allowedOrigins`; `None` = any origin.
+    pub allowed_origins: Option<Vec<OriginPattern>>,
+    /// `spec.securityOptions`; `None` = any client address.
+    pub ip_rules: Option<IpRules>,
 }
 
 #[cfg(test)]

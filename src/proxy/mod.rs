@@ -9,8 +9,9 @@
 //!
 //! Inside `proxy/` modules import only downward (no cycles), bottom first:
 //! - `stream`, `headers`, `drain`, `frame`, `signalr`, `target`, `refusal_log`: import no
-//!   sibling; `error` imports only `target`;
+//!   sibling; `error` imports only `target`, `client_addr` only `headers`;
 //! - `request`, `handshake`, `dial`, `tls`: the request context and the steps' pieces;
+//! - `access`: who may use a route (IP lists, `Origin`), on the request context;
 //! - `relay`, `upgrade`, `upstream`: a relay, the upgrade exchange, opening a backend;
 //! - `websocket` (the request sequence) and `http` (plain HTTP);
 //! - `service` (the hyper path), then `connection` (the direct path), then `listener`.
@@ -20,6 +21,8 @@ pub mod frame;
 pub mod relay;
 pub mod tls;
 
+mod access;
+mod client_addr;
 pub(crate) mod connection;
 mod dial;
 mod error;
@@ -39,6 +42,7 @@ pub(crate) mod upgrade;
 mod upstream;
 mod websocket;
 
+pub use client_addr::ClientAddressOptions;
 pub use drain::{Drain, DrainSignal};
 pub use error::Error;
 pub use listener::{serve, serve_tls};
@@ -57,6 +61,8 @@ pub struct Gateway {
     pub drain: Drain,
     /// Relay threads for busy plain-TCP relays; `None` keeps every relay on the runtime.
     pub offload: Option<Arc<Offload>>,
+    /// Whose `X-Forwarded-For` is believed (`--trusted-proxies`).
+    pub client_address: ClientAddressOptions,
 }
 
 impl Gateway {
@@ -65,6 +71,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         drain: Drain,
         offload: OffloadOptions,
+        client_address: ClientAddressOptions,
     ) -> Arc<Self> {
         let offload = Offload::new(offload, metrics.offload());
         Arc::new(Gateway {
@@ -72,6 +79,7 @@ impl Gateway {
             metrics,
             drain,
             offload,
+            client_address,
         })
     }
 }

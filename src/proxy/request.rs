@@ -48,6 +48,7 @@ pub fn connection_span(peer: SocketAddr) -> tracing::Span {
     tracing::info_span!(
         "connection",
         client = %peer,
+        forwarded_for = Empty,
         request_id = Empty,
         route = Empty,
         endpoint = Empty
@@ -56,7 +57,11 @@ pub fn connection_span(peer: SocketAddr) -> tracing::Span {
 
 /// Facts about the request the downstream steps need.
 pub struct RequestCtx {
+    /// The client's address: the TCP peer, or the address a trusted proxy forwarded
+    /// (`client_addr`; port 0 when it came from `X-Forwarded-For`).
     pub peer: SocketAddr,
+    /// The TCP peer, the previous hop: what wsgate appends to `X-Forwarded-For`.
+    pub hop: SocketAddr,
     /// `http` or `https`, as the client reached wsgate.
     pub proto: &'static str,
     pub request_id: HeaderValue,
@@ -66,21 +71,34 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    /// The context of a request with `headers`: the client's `X-Request-Id` when it sent a
-    /// usable one, else a new id (recorded in the connection's span either way).
-    pub fn new(peer: SocketAddr, proto: &'static str, headers: &HeaderMap) -> RequestCtx {
+    /// The context of a request with `headers` from the TCP peer `hop`: the client's
+    /// `X-Request-Id` when it sent a usable one, else a new id (recorded in the connection's
+    /// span either way), and the client's address (`gw`'s trusted proxies decide whether
+    /// `X-Forwarded-For` is believed; a forwarded address is recorded in the span too).
+    pub fn new(
+        gw: &Gateway,
+        hop: SocketAddr,
+        proto: &'static str,
+        headers: &HeaderMap,
+    ) -> RequestCtx {
         let request_id = match headers.get(&X_REQUEST_ID) {
             Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
             _ => new_request_id(),
         };
+        let peer = gw.client_address.client(hop, headers);
         let ctx = RequestCtx {
             peer,
+            hop,
             proto,
             request_id,
             host: headers.get(header::HOST).cloned(),
             span: tracing::Span::current(),
         };
         ctx.span.record("request_id", ctx.request_id());
+        if peer != hop {
+            ctx.span
+                .record("forwarded_for", tracing::field::display(peer.ip()));
+        }
         ctx
     }
 

@@ -20,7 +20,7 @@ use super::error::Error;
 use super::request::{full, ProxyBody, RequestCtx, HEAD_READ_TIMEOUT, MAX_HEAD_BYTES};
 use super::stream::Prefixed;
 use super::websocket::{self, Outcome, UpgradeRequest};
-use super::{handshake, http as plain_http, Gateway};
+use super::{access, handshake, http as plain_http, Gateway};
 
 /// hyper's read buffer: room for a head at the 431 limit plus what arrives behind it.
 const READ_BUF_BYTES: usize = 2 * MAX_HEAD_BYTES;
@@ -57,7 +57,7 @@ async fn handle(
     proto: &'static str,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let ctx = RequestCtx::new(peer, proto, req.headers());
+    let ctx = RequestCtx::new(&gw, peer, proto, req.headers());
     let head = head_size(&req);
     if head > MAX_HEAD_BYTES {
         let e = Error::HeadTooLarge {
@@ -84,7 +84,10 @@ async fn handle(
             return Ok(full(e.response(ctx.request_id())));
         }
     };
-    if let Err(e) = ctx.check_downstream(&downstream) {
+    let admitted = ctx
+        .check_downstream(&downstream)
+        .and_then(|()| access::admit(route, &ctx, req.headers(), false));
+    if let Err(e) = admitted {
         ctx.failed(&gw, Some(route), &e);
         return Ok(full(e.response(ctx.request_id())));
     }

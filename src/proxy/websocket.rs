@@ -24,7 +24,7 @@ use super::relay::{relay_streams, Offload, RelayConfig, RelayStats};
 use super::request::RequestCtx;
 use super::stream::Stream;
 use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
-use super::{handshake, upstream, Gateway};
+use super::{access, handshake, upstream, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
 
@@ -78,7 +78,10 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
     let (route, route_index) = (found.route, found.index);
     let downstream = found.downstream_path_and_query();
     drop(found);
-    if let Err(e) = ctx.check_downstream(&downstream) {
+    let admitted = ctx
+        .check_downstream(&downstream)
+        .and_then(|()| access::admit(route, ctx, &req.headers, true));
+    if let Err(e) = admitted {
         ctx.failed(gw, Some(route), &e);
         return Outcome::Failed(e);
     }

@@ -123,6 +123,8 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         certificate,
         backend_tls,
         limits,
+        allowed_origins,
+        ip_rules,
     } = a;
     *id == b.id
         && *upstream_path_template == b.upstream_path_template
@@ -140,6 +142,8 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         && *certificate == b.certificate
         && *backend_tls == b.backend_tls
         && *limits == b.limits
+        && *allowed_origins == b.allowed_origins
+        && *ip_rules == b.ip_rules
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub(super) fn route(id: &str, order: u64, upstream: &str, downstream: &str) -> R
         certificate: None,
         backend_tls: Default::default(),
         limits: Default::default(),
+        allowed_origins: None,
+        ip_rules: None,
     }
 }
 

@@ -168,6 +168,7 @@ impl Gateway {
                 drain_timeout,
                 relay_offload,
                 listening_file: None,
+                client_address: Default::default(),
             },
             Arc::clone(&publisher),
             Arc::clone(&metrics),

@@ -124,6 +124,8 @@ fn spec(path: &str) -> WsRouteSpec {
         timeouts: None,
         tls: None,
         backend_tls: None,
+        allowed_origins: None,
+        security_options: None,
     }
 }
 
