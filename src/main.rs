@@ -147,6 +147,11 @@ struct RunArgs {
     /// logs, `hashOn: clientIp`); from any other peer the header is not believed.
     #[arg(long, env = "WSGATE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = ip_net)]
     trusted_proxies: Vec<IpNet>,
+    /// Every connection on the traffic listeners (plain and TLS) starts with a PROXY
+    /// protocol header, v1 or v2, as network load balancers send it: its source address is
+    /// the client's. A connection without a valid header is closed.
+    #[arg(long, env = "WSGATE_PROXY_PROTOCOL")]
+    proxy_protocol: bool,
 }
 
 fn ip_net(s: &str) -> Result<IpNet, String> {
@@ -255,6 +260,7 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                 listening_file: args.listening_file,
                 client_address: ClientAddressOptions {
                     trusted_proxies: args.trusted_proxies,
+                    proxy_protocol: args.proxy_protocol,
                 },
             };
             let sticky_key =

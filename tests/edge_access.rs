@@ -37,6 +37,17 @@ fn message_of(resp: &str) -> String {
 
 /// The gateway on port 0 with `routes`, believing `X-Forwarded-For` from `trusted`.
 async fn gateway(routes: &[Route], trusted: &[&str]) -> (Server, Arc<Metrics>) {
+    let client_address = ClientAddressOptions {
+        trusted_proxies: trusted.iter().map(|t| IpNet::parse(t).unwrap()).collect(),
+        proxy_protocol: false,
+    };
+    gateway_with(routes, client_address).await
+}
+
+async fn gateway_with(
+    routes: &[Route],
+    client_address: ClientAddressOptions,
+) -> (Server, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
     let published = publisher.publish(routes);
@@ -50,9 +61,7 @@ async fn gateway(routes: &[Route], trusted: &[&str]) -> (Server, Arc<Metrics>) {
             drain_timeout: Duration::from_secs(5),
             relay_offload: OffloadOptions::default(),
             listening_file: None,
-            client_address: ClientAddressOptions {
-                trusted_proxies: trusted.iter().map(|t| IpNet::parse(t).unwrap()).collect(),
-            },
+            client_address,
         },
         publisher,
         Arc::clone(&metrics),
@@ -383,4 +392,91 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         "the refusal names the forwarded client: {resp}"
     );
     assert_eq!(refusals(&trusting_metrics, "fwd", "ip"), 7);
+}
+
+/// Sends `first` bytes then a request on one connection; the whole answer, empty when the
+/// gateway closed without one.
+async fn raw_after(gw: SocketAddr, first: &[u8], request: &str) -> String {
+    let mut bytes = first.to_vec();
+    bytes.extend_from_slice(request.as_bytes());
+    raw_request(gw, &bytes).await
+}
+
+/// A PROXY protocol v2 header for a TCP over IPv4 connection from `source`.
+fn proxy_v2(source: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(source) = source else {
+        panic!("IPv4 only here")
+    };
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&source.ip().octets());
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&source.port().to_be_bytes());
+    h.extend_from_slice(&8080u16.to_be_bytes());
+    h
+}
+
+/// With `--proxy-protocol`, the address in each connection's PROXY header (v1 text or v2
+/// binary) is the client: the IP lists check it and the backend gets it in
+/// `X-Forwarded-For`. A health check's `UNKNOWN` keeps the TCP peer; a connection without a
+/// valid header is closed without an answer.
+#[tokio::test]
+async fn proxy_protocol_headers_name_the_client() {
+    let echo = Echo::start("e").await;
+    let s = with_ip_rules(&echo, &["203.0.113.0/24"], &[], false);
+    let mut health = spec("/healthz", "/healthz", &[echo.addr]);
+    health.upstream_http_method = vec!["GET".into()];
+    let (gw, metrics) = gateway_with(
+        &[route("health", 0, &health), route("pp", 1, &s)],
+        ClientAddressOptions {
+            trusted_proxies: vec![],
+            proxy_protocol: true,
+        },
+    )
+    .await;
+    let addr = gw.listen_addr;
+    let upgrade = format!("GET /chat HTTP/1.1\r\nHost: a\r\n{RAW_UPGRADE}\r\n");
+    let plain = "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let v1_in = b"PROXY TCP4 203.0.113.7 127.0.0.1 4711 8080\r\n";
+    let v1_out = b"PROXY TCP4 192.0.2.7 127.0.0.1 4711 8080\r\n";
+    let v2_in = proxy_v2("203.0.113.9:5000".parse().unwrap());
+    let v2_out = proxy_v2("192.0.2.9:5000".parse().unwrap());
+    for (first, status) in [
+        (v1_in.as_slice(), 101),
+        (v2_in.as_slice(), 101),
+        (v1_out.as_slice(), 403),
+        (v2_out.as_slice(), 403),
+    ] {
+        let resp = raw_after(addr, first, &upgrade).await;
+        assert_eq!(status_of(&resp), status, "{first:?}: {resp}");
+    }
+    let resp = raw_after(addr, v1_out, plain).await;
+    assert!(
+        message_of(&resp).contains("does not allow client address 192.0.2.7"),
+        "{resp}"
+    );
+    assert_eq!(refusals(&metrics, "pp", "ip"), 3);
+    // The echo answers plain HTTP with the request's headers: the PROXY source was appended.
+    let resp = raw_after(addr, &v2_in, plain).await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert!(
+        resp.contains("203.0.113.9"),
+        "X-Forwarded-For names the client: {resp}"
+    );
+    // A health check without a client address: the TCP peer (127.0.0.1) is the client.
+    let resp = raw_after(
+        addr,
+        b"PROXY UNKNOWN\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    for no_header in [
+        b"".as_slice(),
+        b"PROXY TCP4 nobody 127.0.0.1 1 2\r\n",
+        b"PROXY TCP4 1.2.3.4",
+    ] {
+        let resp = raw_after(addr, no_header, plain).await;
+        assert_eq!(resp, "", "closed without an answer after {no_header:?}");
+    }
 }

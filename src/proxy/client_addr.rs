@@ -23,6 +23,9 @@ use crate::model::IpNet;
 pub struct ClientAddressOptions {
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Every connection on the traffic listeners starts with a PROXY protocol header
+    /// (`proxy_protocol`) whose source address is the connection's peer.
+    pub proxy_protocol: bool,
 }
 
 impl ClientAddressOptions {
@@ -83,6 +86,7 @@ mod tests {
     fn options(trusted: &[&str]) -> ClientAddressOptions {
         ClientAddressOptions {
             trusted_proxies: trusted.iter().map(|t| IpNet::parse(t).unwrap()).collect(),
+            proxy_protocol: false,
         }
     }
 

@@ -8,8 +8,8 @@
 //! streamed both ways.
 //!
 //! Inside `proxy/` modules import only downward (no cycles), bottom first:
-//! - `stream`, `headers`, `drain`, `frame`, `signalr`, `target`, `refusal_log`: import no
-//!   sibling; `error` imports only `target`, `client_addr` only `headers`;
+//! - `stream`, `headers`, `drain`, `frame`, `signalr`, `target`, `refusal_log`,
+//!   `proxy_protocol`: import no sibling; `error` imports only `target`, `client_addr` only `headers`;
 //! - `request`, `handshake`, `dial`, `tls`: the request context and the steps' pieces;
 //! - `access`: who may use a route (IP lists, `Origin`), on the request context;
 //! - `relay`, `upgrade`, `upstream`: a relay, the upgrade exchange, opening a backend;
@@ -32,6 +32,7 @@ mod http;
 #[cfg(test)]
 mod layering;
 mod listener;
+mod proxy_protocol;
 mod refusal_log;
 mod request;
 mod service;
