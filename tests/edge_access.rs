@@ -480,3 +480,40 @@ async fn proxy_protocol_headers_name_the_client() {
         assert_eq!(resp, "", "closed without an answer after {no_header:?}");
     }
 }
+
+/// `hashOn: clientIp` hashes the client address `--trusted-proxies` found, not the proxy's:
+/// behind one trusted proxy, one client stays on one backend and many clients spread over
+/// both.
+#[tokio::test]
+async fn consistent_hash_on_client_ip_uses_the_forwarded_client() {
+    let (a, b) = (Echo::start("a").await, Echo::start("b").await);
+    let mut s = spec("/{everything}", "/{everything}", &[a.addr, b.addr]);
+    s.load_balancer_options = Some(wsgate::api::LoadBalancerOptions {
+        kind: Some("ConsistentHash".into()),
+        hash_on: Some("clientIp".into()),
+        ..Default::default()
+    });
+    let (gw, _) = gateway(&[route("hash", 0, &s)], &["127.0.0.1/32"]).await;
+    let backend_of = |resp: &str| {
+        let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        json["echo"].as_str().unwrap().to_string()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for client in 1..=20 {
+        let xff = format!("X-Forwarded-For: 198.51.100.{client}");
+        let first = send(gw.listen_addr, "127.0.0.1", Via::PlainHttp, "/x", &[&xff]).await;
+        let again = send(gw.listen_addr, "127.0.0.1", Via::PlainHttp, "/x", &[&xff]).await;
+        assert_eq!(
+            backend_of(&first),
+            backend_of(&again),
+            "client {client} moved"
+        );
+        seen.insert(backend_of(&first));
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "20 clients behind one proxy all hashed alike: {seen:?}"
+    );
+}
