@@ -210,6 +210,22 @@ async fn upgrades_need_an_allowed_origin() {
             refused += 1;
         }
     }
+    // Two `Origin` headers, the first one allowed: refused.
+    for via in UPGRADES {
+        let resp = send(
+            addr,
+            "127.0.0.1",
+            via,
+            "/chat",
+            &[
+                "Origin: https://app.example.com",
+                "Origin: https://evil.com",
+            ],
+        )
+        .await;
+        assert_eq!(status_of(&resp), 403, "{via:?}: {resp}");
+        refused += 1;
+    }
     assert_eq!(refusals(&metrics, "origins", "origin"), refused);
 }
 

@@ -8,7 +8,7 @@
 //! is not from a browser, and a route that lists origins admits only what it lists). Plain
 //! HTTP (SignalR negotiate, SSE, long polling) is refused when it carries an `Origin` that
 //! is not allowed; without one it passes, because browsers leave `Origin` out of
-//! same-origin GETs.
+//! same-origin GETs. A request with two `Origin` headers is refused.
 
 use http::{header, HeaderMap};
 
@@ -35,9 +35,12 @@ pub fn admit(
         }
     }
     if let Some(origins) = &r.allowed_origins {
-        let origin = headers.get(header::ORIGIN);
+        let mut sent = headers.get_all(header::ORIGIN).iter();
+        let origin = sent.next();
         let allowed = match origin {
             None => !upgrade,
+            // A request has one origin; two `Origin` headers are not a browser's.
+            Some(_) if sent.next().is_some() => false,
             Some(v) => origins.iter().any(|p| p.matches(v.as_bytes())),
         };
         if !allowed {
