@@ -151,3 +151,9 @@ pub fn authenticate(jwks: &[u8], authorization: Option<&[u8]>, query: &str) -> R
         Err(e) => Err(e.status().as_u16()),
     }
 }
+
+/// Request-target normalization (src/proxy/target.rs): what every request's path goes
+/// through before routing, and the check of a rendered downstream target.
+pub use crate::proxy::target::{
+    has_dot_segment as downstream_has_dot_segment, normalize as normalize_path, PathError,
+};

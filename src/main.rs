@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use wsgate::app::{self, ServerOptions};
-use wsgate::model::parse_duration;
-use wsgate::proxy::OffloadOptions;
+use wsgate::model::{parse_duration, IpNet};
+use wsgate::proxy::{ClientAddressOptions, OffloadOptions};
 use wsgate::table::BackendRoots;
 use wsgate::telemetry::logging::{self, LogFormat};
 
@@ -154,6 +154,21 @@ struct RunArgs {
     /// response ends). Over it, 503 with `Retry-After: 1`. Default: no limit.
     #[arg(long, env = "WSGATE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
+    /// Proxies in front of wsgate whose `X-Forwarded-For` is believed: addresses and CIDR
+    /// blocks, comma-separated (`10.0.0.0/8,2001:db8::/32`). A request from one of them is
+    /// from the rightmost address in `X-Forwarded-For` that is not one of them (IP lists,
+    /// logs, `hashOn: clientIp`); from any other peer the header is not believed.
+    #[arg(long, env = "WSGATE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = ip_net)]
+    trusted_proxies: Vec<IpNet>,
+    /// Every connection on the traffic listeners (plain and TLS) starts with a PROXY
+    /// protocol header, v1 or v2, as network load balancers send it: its source address is
+    /// the client's. A connection without a valid header is closed.
+    #[arg(long, env = "WSGATE_PROXY_PROTOCOL")]
+    proxy_protocol: bool,
+}
+
+fn ip_net(s: &str) -> Result<IpNet, String> {
+    IpNet::parse(s).map_err(|e| e.to_string())
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -257,6 +272,10 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                 relay_offload: relay_offload(args.relay_threads, args.workers),
                 listening_file: args.listening_file,
                 max_connections: args.max_connections,
+                client_address: ClientAddressOptions {
+                    trusted_proxies: args.trusted_proxies,
+                    proxy_protocol: args.proxy_protocol,
+                },
             };
             let sticky_key =
                 app::sticky_key(args.sticky_key_file.as_deref(), args.sticky_key.as_deref())?;
@@ -336,6 +355,7 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                 relay_offload: relay_offload(None, None),
                 listening_file,
                 max_connections: None,
+                client_address: ClientAddressOptions::default(),
             })
             .await?;
         }

@@ -120,6 +120,7 @@ async fn replica(routes: &[Route], key: &StickyKey) -> (Server, Arc<Publisher>) 
             relay_offload: Default::default(),
             listening_file: None,
             max_connections: None,
+            client_address: Default::default(),
             tls_listen: None,
         },
         Arc::clone(&publisher),

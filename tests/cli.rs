@@ -173,6 +173,28 @@ fn check_names_authentication_fields() {
     assert!(out.contains("ok: 1 route(s) valid"), "{out}");
 }
 
+/// A bad entry of `allowedOrigins` or `securityOptions` is reported with its line and the
+/// field with its index.
+#[test]
+fn check_names_bad_access_entries_by_field_and_index() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("access.yaml");
+    let text = "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata:\n  name: a\nspec:\n  upstreamPathTemplate: /a\n  downstreamPathTemplate: /\n  downstreamHostAndPorts:\n    - {host: 127.0.0.1, port: 9001}\n  allowedOrigins:\n    - https://app.example.com\n    - app.example.com\n  securityOptions:\n    ipBlockedList: [10.0.0.0/8, 10.0.0.0/99]\n";
+    std::fs::write(&path, text).expect("write routes file");
+    let (code, out) = wsgate(&["check", path.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 1, "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 2, "{out}");
+    assert!(
+        errors[0].contains("access.yaml:12: document 1 (a): spec.allowedOrigins[1]: InvalidParameters: `app.example.com` must start with `http://` or `https://`"),
+        "{out}"
+    );
+    assert!(
+        errors[1].contains("access.yaml:14: document 1 (a): spec.securityOptions.ipBlockedList[1]: InvalidParameters: `10.0.0.0/99`: prefix length 99"),
+        "{out}"
+    );
+}
+
 /// A missing file is an error naming the file, not a panic.
 #[test]
 fn check_names_a_missing_file() {

@@ -12,6 +12,8 @@ mod frame_tracker;
 mod http_head;
 #[path = "../fuzz/checks/jwt_token.rs"]
 mod jwt_token;
+#[path = "../fuzz/checks/path_normalizer.rs"]
+mod path_normalizer;
 #[path = "../fuzz/checks/relay_machine.rs"]
 mod relay_machine;
 #[path = "../fuzz/checks/routes.rs"]
@@ -123,4 +125,9 @@ fn jwt_token_seeds_include_accepted_requests() {
     let (auth, query, jwks) = parts("no_scope");
     let got = wsgate::fuzzing::authenticate(jwks.as_bytes(), Some(auth.as_bytes()), &query);
     assert_eq!(got, Err(403));
+}
+
+#[test]
+fn path_normalizer_inputs_pass() {
+    replay("path_normalizer", path_normalizer::check);
 }

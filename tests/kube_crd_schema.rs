@@ -306,3 +306,36 @@ fn authentication_rejects_two_or_no_key_sources_and_claims_without_it() {
         "{claims:?}"
     );
 }
+
+/// `allowedOrigins` entries are scheme://host[:port]: good ones pass, one with a path or
+/// another scheme is rejected at apply time.
+#[test]
+fn allowed_origins_are_origins() {
+    let with = |origins: Value| {
+        cel_errors(json!({
+            "upstreamPathTemplate": "/chat",
+            "downstreamPathTemplate": "/chat",
+            "downstreamHostAndPorts": [{"host": "10.0.0.7", "port": 5001}],
+            "allowedOrigins": origins,
+        }))
+    };
+    let good = with(json!([
+        "https://app.example.com",
+        "https://*.example.com",
+        "http://localhost:3000"
+    ]));
+    assert!(good.is_empty(), "{good:?}");
+    for bad in [
+        "https://app.example.com/",
+        "ftp://app.example.com",
+        "app.example.com",
+    ] {
+        let errors = with(json!(["https://ok.example.com", bad]));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("each origin is scheme://host[:port]")),
+            "{bad}: {errors:?}"
+        );
+    }
+}

@@ -211,6 +211,7 @@ async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpo
                 relay_offload: Default::default(),
                 listening_file: None,
                 max_connections: None,
+                client_address: Default::default(),
                 tls_listen: None,
             },
             sticky_key: wsgate::balance::StickyKey::random(),

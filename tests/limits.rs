@@ -39,6 +39,7 @@ async fn start_with(
         Duration::from_secs(5),
         relay_offload,
         max_connections,
+        Default::default(),
     )
     .await;
     (gw.server, gw.publisher)

@@ -136,6 +136,41 @@ pub struct WsRouteSpec {
     /// Needs `authenticationOptions`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub add_headers_to_request: BTreeMap<String, String>,
+    // Who may use the route (docs/security.md).
+    /// Origins a browser may open a WebSocket from (`https://app.example.com`,
+    /// `https://*.example.com`, `http://localhost:3000`): an upgrade with another `Origin`,
+    /// or none, gets 403; so does plain HTTP carrying another `Origin`. Absent = any origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 512)))]
+    #[x_kube(validation = Rule::new("self.all(o, o.matches('^[hH][tT][tT][pP][sS]?://[^/?#@]+$'))")
+        .message("each origin is scheme://host[:port] with scheme http or https, without path")
+        .reason(Reason::FieldValueInvalid))]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Ocelot's IP lists: addresses and CIDR blocks allowed or blocked (403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_options: Option<SecurityOptions>,
+}
+
+/// Ocelot's `SecurityOptions`: which client addresses may use the route. A client in
+/// `ipBlockedList` is refused; when `ipAllowedList` is not empty, so is every client outside
+/// it. The client address is the TCP peer, or what `--trusted-proxies` and
+/// `--proxy-protocol` say it is.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecurityOptions {
+    /// Addresses and CIDR blocks allowed (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`);
+    /// empty = every address not blocked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024), inner(length(min = 1, max = 64)))]
+    pub ip_allowed_list: Vec<String>,
+    /// Addresses and CIDR blocks refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024), inner(length(min = 1, max = 64)))]
+    pub ip_blocked_list: Vec<String>,
+    /// Cut the allowed addresses out of the blocked blocks (block a range, allow a part of
+    /// it). Default false: an address in both lists is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_allowed_from_blocked: Option<bool>,
 }
 
 impl WsRouteSpec {
@@ -173,6 +208,8 @@ impl WsRouteSpec {
             authentication_options: None,
             route_claims_requirement: BTreeMap::new(),
             add_headers_to_request: BTreeMap::new(),
+            allowed_origins: None,
+            security_options: None,
         }
     }
 }

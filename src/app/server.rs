@@ -32,6 +32,8 @@ pub struct ServerOptions {
     /// `--max-connections`: upgraded connections plus plain HTTP requests in flight, for
     /// the whole process; over it, 503.
     pub max_connections: Option<u32>,
+    /// Whose `X-Forwarded-For` is believed (`--trusted-proxies`).
+    pub client_address: proxy::ClientAddressOptions,
 }
 
 pub struct Server {
@@ -76,6 +78,7 @@ impl Server {
             Drain::new(),
             options.relay_offload,
             options.max_connections,
+            options.client_address.clone(),
         );
         let readiness = Arc::new(Readiness::default());
         tokio::spawn(proxy::serve(listener, Arc::clone(&gateway), "http"));

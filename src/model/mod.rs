@@ -2,6 +2,7 @@
 //! been checked and every backend reference resolved. Nothing here knows whether it came
 //! from the API server or a file.
 
+mod access;
 mod auth;
 mod duration;
 pub mod host;
@@ -10,6 +11,7 @@ mod problem;
 mod tls;
 mod validate;
 
+pub use access::{IpNet, IpNetError, IpRules, OriginPattern, OriginPatternError};
 pub use auth::{
     Authentication, ClaimHeader, ClaimSelector, Jwks, JwksError, JwksRef, JwksUnavailable,
     VerifyingKey,
@@ -200,6 +202,11 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     /// Authentication (`spec.authenticationOptions` and the claim fields); `None` = open.
     pub authentication: Option<Authentication>,
+    // Who may use the route (`model::access`, checked by `proxy::access`).
+    /// `spec.allowedOrigins`; `None` = any origin.
+    pub allowed_origins: Option<Vec<OriginPattern>>,
+    /// `spec.securityOptions`; `None` = any client address.
+    pub ip_rules: Option<IpRules>,
 }
 
 #[cfg(test)]

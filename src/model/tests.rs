@@ -27,6 +27,8 @@ pub(crate) fn spec() -> WsRouteSpec {
         authentication_options: None,
         route_claims_requirement: Default::default(),
         add_headers_to_request: Default::default(),
+        allowed_origins: None,
+        security_options: None,
     }
 }
 
@@ -383,4 +385,62 @@ fn pin_signalr_connections_flag() {
     let r = route_from_spec(RouteId("r".into()), 0, &s, SpecBackends::Static).unwrap();
     assert!(r.pin_signalr_connections);
     assert_eq!(r.load_balancer, LoadBalancer::LeastConnection);
+}
+
+/// `allowedOrigins` and `securityOptions` are parsed into the route; each bad entry is
+/// named by its index, and an empty origin list is a mistake.
+#[test]
+fn access_fields_are_parsed_and_each_bad_entry_named() {
+    let mut s = spec();
+    s.allowed_origins = Some(vec![
+        "https://app.example.com".into(),
+        "https://*.example.com".into(),
+    ]);
+    s.security_options = Some(crate::api::SecurityOptions {
+        ip_allowed_list: vec!["10.0.0.0/8".into(), "2001:db8::1".into()],
+        ip_blocked_list: vec!["10.1.0.0/16".into()],
+        exclude_allowed_from_blocked: Some(true),
+    });
+    let r = route_from_spec(RouteId("r".into()), 0, &s, SpecBackends::Static).unwrap();
+    let origins = r.allowed_origins.unwrap();
+    assert!(origins[1].matches(b"https://a.example.com"));
+    let rules = r.ip_rules.unwrap();
+    assert!(rules.exclude_allowed_from_blocked);
+    assert!(rules.allows("10.2.3.4".parse().unwrap()));
+    assert!(!rules.allows("192.0.2.1".parse().unwrap()));
+
+    s.allowed_origins = Some(vec![
+        "https://app.example.com".into(),
+        "app.example.com".into(),
+        "https://x.example.com/path".into(),
+    ]);
+    s.security_options = Some(crate::api::SecurityOptions {
+        ip_allowed_list: vec!["10.0.0.0/8".into()],
+        ip_blocked_list: vec!["10.0.0.1".into(), "10.0.0.0/40".into()],
+        exclude_allowed_from_blocked: None,
+    });
+    let errors = route_from_spec(RouteId("r".into()), 0, &s, SpecBackends::Static).unwrap_err();
+    assert_eq!(
+        fields(errors.clone()),
+        [
+            "spec.allowedOrigins[1]",
+            "spec.allowedOrigins[2]",
+            "spec.securityOptions.ipBlockedList[1]"
+        ]
+    );
+    assert!(errors[0]
+        .message
+        .contains("must start with `http://` or `https://`"));
+    assert!(errors[2].message.contains("prefix length 40"));
+
+    s.allowed_origins = Some(vec![]);
+    s.security_options = Some(crate::api::SecurityOptions::default());
+    let errors = route_from_spec(RouteId("r".into()), 0, &s, SpecBackends::Static).unwrap_err();
+    assert_eq!(fields(errors), ["spec.allowedOrigins"]);
+    s.allowed_origins = None;
+    let r = route_from_spec(RouteId("r".into()), 0, &s, SpecBackends::Static).unwrap();
+    assert_eq!(
+        r.ip_rules, None,
+        "empty lists leave the route open, as in Ocelot"
+    );
 }

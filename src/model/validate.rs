@@ -6,8 +6,9 @@ use super::{
     parse_duration, BackendTls, Endpoint, HashOn, HostPattern, LoadBalancer, ProblemReason, Route,
     RouteId, Scheme, Timeouts,
 };
-use crate::api::LoadBalancerOptions;
+use super::{IpNet, IpRules, OriginPattern};
 use crate::api::{DownstreamScheme, WsRouteSpec};
+use crate::api::{LoadBalancerOptions, SecurityOptions};
 
 /// One problem with one field of a route, named by its path (`spec.servicePort`), with
 /// the reason its `Accepted` condition (and `wsgate check`) reports.
@@ -191,6 +192,8 @@ pub fn route_from_spec(
     let limits = super::limits::limits(spec.limits.as_ref(), &mut errors);
     let rate_limit = super::limits::rate_limit(spec.rate_limit_options.as_ref(), &mut errors);
     let authentication = super::auth::authentication(spec, &mut errors);
+    let allowed_origins = allowed_origins(spec.allowed_origins.as_deref(), &mut errors);
+    let ip_rules = ip_rules(spec.security_options.as_ref(), &mut errors);
 
     if !errors.is_empty() {
         return Err(errors);
@@ -215,7 +218,62 @@ pub fn route_from_spec(
         backend_tls,
         rate_limit,
         authentication,
+        allowed_origins,
+        ip_rules,
     })
+}
+
+/// `spec.allowedOrigins`: every pattern parsed, each bad one named by its index; an empty
+/// list is a mistake (leave the field out to allow any origin).
+fn allowed_origins(
+    origins: Option<&[String]>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Vec<OriginPattern>> {
+    let origins = origins?;
+    if origins.is_empty() {
+        errors.push(FieldError::new(
+            "spec.allowedOrigins",
+            "lists no origin, so no browser could connect; list at least one, or leave the field out to allow any origin",
+        ));
+        return None;
+    }
+    let mut patterns = Vec::with_capacity(origins.len());
+    for (i, text) in origins.iter().enumerate() {
+        match OriginPattern::parse(text) {
+            Ok(p) => patterns.push(p),
+            Err(e) => errors.push(FieldError::new(
+                format!("spec.allowedOrigins[{i}]"),
+                e.to_string(),
+            )),
+        }
+    }
+    Some(patterns)
+}
+
+/// `spec.securityOptions` (Ocelot's IP lists): every address or block parsed, each bad one
+/// named by its list and index. Lists that are both empty leave the route open, as in
+/// Ocelot.
+fn ip_rules(options: Option<&SecurityOptions>, errors: &mut Vec<FieldError>) -> Option<IpRules> {
+    let options = options?;
+    let mut parse = |list: &[String], field: &str| {
+        let mut nets = Vec::with_capacity(list.len());
+        for (i, text) in list.iter().enumerate() {
+            match IpNet::parse(text) {
+                Ok(net) => nets.push(net),
+                Err(e) => errors.push(FieldError::new(
+                    format!("spec.securityOptions.{field}[{i}]"),
+                    e.to_string(),
+                )),
+            }
+        }
+        nets
+    };
+    let rules = IpRules {
+        allowed: parse(&options.ip_allowed_list, "ipAllowedList"),
+        blocked: parse(&options.ip_blocked_list, "ipBlockedList"),
+        exclude_allowed_from_blocked: options.exclude_allowed_from_blocked.unwrap_or(false),
+    };
+    (!rules.allowed.is_empty() || !rules.blocked.is_empty()).then_some(rules)
 }
 
 /// Ocelot's sticky-session lifetime when `expiry` is absent.

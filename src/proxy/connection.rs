@@ -84,7 +84,7 @@ async fn answer(
         }
         Err(e) => {
             // No head to take a request id from: the answer gets a new one.
-            let ctx = RequestCtx::new(peer, proto, &HeaderMap::new());
+            let ctx = RequestCtx::new(&gw, peer, proto, &HeaderMap::new());
             ctx.failed(&gw, None, &e);
             write_error(&mut stream, &e, ctx.request_id()).await;
             None
@@ -289,8 +289,15 @@ async fn serve_direct(
         headers,
         early: client_early,
     } = upgrade;
-    let ctx = RequestCtx::new(peer, proto, &headers);
-    let target = std::str::from_utf8(&head[target]).unwrap_or("/");
+    let ctx = RequestCtx::new(gw, peer, proto, &headers);
+    let Ok(target) = std::str::from_utf8(&head[target]) else {
+        // Bytes outside ASCII in a path are refused anyway (`target::normalize`); bytes that
+        // are not even UTF-8 get the same answer.
+        let e = Error::Path(super::target::PathError::NonAscii);
+        ctx.failed(gw, None, &e);
+        write_error(&mut client, &e, ctx.request_id()).await;
+        return None;
+    };
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
@@ -430,8 +437,14 @@ mod size_budget {
         let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
         let publisher = std::sync::Arc::new(crate::table::Publisher::new(metrics.clone()));
         let drain = crate::proxy::Drain::new();
-        let gw =
-            crate::proxy::Gateway::new(publisher, metrics, drain.clone(), Default::default(), None);
+        let gw = crate::proxy::Gateway::new(
+            publisher,
+            metrics,
+            drain.clone(),
+            Default::default(),
+            None,
+            Default::default(),
+        );
         let fut = super::serve(
             gw,
             super::Stream::Tcp(a),

@@ -1,7 +1,7 @@
 //! Why wsgate answered a request itself instead of relaying it. `Error::status` is the one
 //! place that maps failures to status codes (DESIGN.md §3's behaviour table), and
 //! `Error::response` the one place that writes wsgate's own answer (JSON body naming the
-//! cause, `X-Request-Id`). Imports nothing else of `proxy`.
+//! cause, `X-Request-Id`). Imports nothing else of `proxy` but `target` (the path refusals).
 
 use std::fmt;
 
@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+use super::target::PathError;
 use crate::table::UpstreamTlsError;
 use crate::telemetry::{FailureReason, RefusalReason};
 
@@ -57,6 +58,20 @@ pub enum Error {
     Unauthorized(#[source] TokenRejected),
     #[error("not authorized")]
     Forbidden(#[source] Forbidden),
+    // The edge's refusals (issue 20), counted as `wsgate_refusals_total{reason}`
+    // (`Error::refusal`) instead of as failures.
+    /// The request path cannot be normalized (`proxy::target`).
+    #[error("request path refused")]
+    Path(#[source] PathError),
+    /// A WebSocket upgrade whose `Origin` is not in the route's `allowedOrigins`.
+    #[error("route {route} does not allow {origin}")]
+    Origin { route: String, origin: OriginShown },
+    /// The client address is not allowed by the route's `securityOptions`.
+    #[error("route {route} does not allow client address {client}")]
+    IpDenied {
+        route: String,
+        client: std::net::IpAddr,
+    },
 }
 
 /// Why a request's token was not accepted (a 401). Never carries the token or anything
@@ -137,6 +152,37 @@ impl Limited {
                 retry_after_secs, ..
             } => *retry_after_secs,
             _ => 1,
+        }
+    }
+}
+
+/// The `Origin` of a refused upgrade, as an answer and a log line show it: cut to
+/// `OriginShown::MAX` characters, so a client cannot make either large.
+#[derive(Debug)]
+pub enum OriginShown {
+    Missing,
+    Sent(String),
+}
+
+impl OriginShown {
+    pub const MAX: usize = 128;
+
+    pub fn of(origin: Option<&HeaderValue>) -> OriginShown {
+        match origin {
+            None => OriginShown::Missing,
+            Some(v) => {
+                let text = String::from_utf8_lossy(v.as_bytes());
+                OriginShown::Sent(text.chars().take(Self::MAX).collect())
+            }
+        }
+    }
+}
+
+impl fmt::Display for OriginShown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OriginShown::Missing => f.write_str("a request without `Origin`"),
+            OriginShown::Sent(origin) => write!(f, "`Origin: {}`", origin.escape_debug()),
         }
     }
 }
@@ -227,6 +273,8 @@ impl Error {
             Error::Limited(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Path(_) => StatusCode::BAD_REQUEST,
+            Error::Origin { .. } | Error::IpDenied { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -246,14 +294,22 @@ impl Error {
                 FailureReason::UpstreamProtocol
             }
             // Counted as refusals (`refusal`), not failures.
-            Error::Limited(_) | Error::Unauthorized(_) | Error::Forbidden(_) => return None,
+            Error::Limited(_)
+            | Error::Unauthorized(_)
+            | Error::Forbidden(_)
+            | Error::Path(_)
+            | Error::Origin { .. }
+            | Error::IpDenied { .. } => return None,
         })
     }
 
     /// The `wsgate_refusals_total` reason of a refusal by the edge's checks; `None` for a
-    /// failure (counted by `reason`).
+    /// failure (counted by `reason`). A refusal is logged by the refusal log.
     pub fn refusal(&self) -> Option<RefusalReason> {
         match self {
+            Error::Path(_) => Some(RefusalReason::Path),
+            Error::Origin { .. } => Some(RefusalReason::Origin),
+            Error::IpDenied { .. } => Some(RefusalReason::Ip),
             Error::Limited(Limited::Rate { .. }) => Some(RefusalReason::Rate),
             Error::Limited(_) => Some(RefusalReason::Connections),
             Error::Unauthorized(_) => Some(RefusalReason::Auth),

@@ -9,6 +9,7 @@ use tokio_rustls::TlsAcceptor;
 
 use tracing::Instrument;
 
+use super::proxy_protocol;
 use super::request::connection_span;
 use super::stream::Stream;
 use super::Gateway;
@@ -58,7 +59,25 @@ async fn accept_loop(
         // spawning and finishing it copy a few bytes instead of ~1.6 KB several times over
         // (callgrind: ~3 % of a handshake's instructions).
         let span = connection_span(peer);
+        let proxy_protocol = gw.client_address.proxy_protocol;
         gw.drain.spawn(Box::pin(async move {
+            let mut stream = stream;
+            let mut peer = peer;
+            if proxy_protocol {
+                match proxy_protocol::read_header(&mut stream).await {
+                    Ok(Some(source)) => {
+                        tracing::Span::current()
+                            .record("forwarded_for", tracing::field::display(source));
+                        peer = source;
+                    }
+                    // A balancer's health check: the TCP peer stays.
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "connection closed: no valid PROXY protocol header");
+                        return;
+                    }
+                }
+            }
             let stream = match tls {
                 None => Stream::Tcp(stream),
                 Some(acceptor) => {

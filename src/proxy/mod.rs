@@ -8,10 +8,12 @@
 //! streamed both ways.
 //!
 //! Inside `proxy/` modules import only downward (no cycles), bottom first:
-//! - `stream`, `error`, `headers`, `drain`, `frame`, `signalr`: import no sibling;
+//! - `stream`, `headers`, `drain`, `frame`, `signalr`, `target`, `refusal_log`,
+//!   `proxy_protocol`: import no sibling; `error` imports only `target`, `client_addr` only `headers`;
 //! - `auth` (a route's authentication on a request): imports `error` only;
 //! - `request`, `handshake`, `dial`, `tls`, `admit`: the request context and the steps'
 //!   pieces (`admit`: the limits checked before a backend is dialled);
+//! - `access`: who may use a route (IP lists, `Origin`), on the request context;
 //! - `relay`, `upgrade`, `upstream`: a relay, the upgrade exchange, opening a backend;
 //! - `websocket` (the request sequence) and `http` (plain HTTP);
 //! - `service` (the hyper path), then `connection` (the direct path), then `listener`.
@@ -21,8 +23,10 @@ pub mod frame;
 pub mod relay;
 pub mod tls;
 
+mod access;
 mod admit;
 pub(crate) mod auth;
+mod client_addr;
 pub(crate) mod connection;
 mod dial;
 mod error;
@@ -32,14 +36,18 @@ mod http;
 #[cfg(test)]
 mod layering;
 mod listener;
+mod proxy_protocol;
+mod refusal_log;
 mod request;
 mod service;
 mod signalr;
 mod stream;
+pub(crate) mod target;
 pub(crate) mod upgrade;
 mod upstream;
 mod websocket;
 
+pub use client_addr::ClientAddressOptions;
 pub use drain::{Drain, DrainSignal};
 pub use error::Error;
 pub use listener::{serve, serve_tls};
@@ -63,6 +71,8 @@ pub struct Gateway {
     pub max_connections: Option<u32>,
     /// What `max_connections` counts (kept only while it is set).
     pub connections: Arc<ConnectionCount>,
+    /// Whose `X-Forwarded-For` is believed (`--trusted-proxies`).
+    pub client_address: ClientAddressOptions,
 }
 
 impl Gateway {
@@ -72,6 +82,7 @@ impl Gateway {
         drain: Drain,
         offload: OffloadOptions,
         max_connections: Option<u32>,
+        client_address: ClientAddressOptions,
     ) -> Arc<Self> {
         let offload = Offload::new(offload, metrics.offload());
         Arc::new(Gateway {
@@ -81,6 +92,7 @@ impl Gateway {
             offload,
             max_connections,
             connections: Arc::default(),
+            client_address,
         })
     }
 }

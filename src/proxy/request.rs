@@ -1,12 +1,14 @@
 //! One client request, whichever path read its head (connection.rs's direct path or hyper's
 //! service): its context (`RequestCtx`: client, request id, `Host`), the route lookup, and
-//! the one way a refusal of wsgate's own is logged and counted. Both request paths and the
+//! the one way a refusal of wsgate's own is logged and counted (the edge's refusals through
+//! the rate-limited `refusal_log`). Both request paths and the
 //! steps below them (upstream, websocket, http) take their facts from here.
 //!
 //! The connection's tracing span (`connection_span`) learns the request id, route and
 //! endpoint from the steps here as they become known, so every line the connection logs
 //! names them.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::net::SocketAddr;
 
@@ -18,6 +20,8 @@ use tracing::field::Empty;
 
 use super::error::{Error, Limited};
 use super::headers::X_REQUEST_ID;
+use super::refusal_log;
+use super::target;
 use super::Gateway;
 use crate::balance::PickContext;
 use crate::table::{CompiledRoute, RouteMatch, RouteTable};
@@ -44,6 +48,7 @@ pub fn connection_span(peer: SocketAddr) -> tracing::Span {
     tracing::info_span!(
         "connection",
         client = %peer,
+        forwarded_for = Empty,
         request_id = Empty,
         route = Empty,
         endpoint = Empty
@@ -52,7 +57,11 @@ pub fn connection_span(peer: SocketAddr) -> tracing::Span {
 
 /// Facts about the request the downstream steps need.
 pub struct RequestCtx {
+    /// The client's address: the TCP peer, or the address a trusted proxy forwarded
+    /// (`client_addr`; port 0 when it came from `X-Forwarded-For`).
     pub peer: SocketAddr,
+    /// The TCP peer, the previous hop: what wsgate appends to `X-Forwarded-For`.
+    pub hop: SocketAddr,
     /// `http` or `https`, as the client reached wsgate.
     pub proto: &'static str,
     pub request_id: HeaderValue,
@@ -62,21 +71,34 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    /// The context of a request with `headers`: the client's `X-Request-Id` when it sent a
-    /// usable one, else a new id (recorded in the connection's span either way).
-    pub fn new(peer: SocketAddr, proto: &'static str, headers: &HeaderMap) -> RequestCtx {
+    /// The context of a request with `headers` from the TCP peer `hop`: the client's
+    /// `X-Request-Id` when it sent a usable one, else a new id (recorded in the connection's
+    /// span either way), and the client's address (`gw`'s trusted proxies decide whether
+    /// `X-Forwarded-For` is believed; a forwarded address is recorded in the span too).
+    pub fn new(
+        gw: &Gateway,
+        hop: SocketAddr,
+        proto: &'static str,
+        headers: &HeaderMap,
+    ) -> RequestCtx {
         let request_id = match headers.get(&X_REQUEST_ID) {
             Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
             _ => new_request_id(),
         };
+        let peer = gw.client_address.client(hop, headers);
         let ctx = RequestCtx {
             peer,
+            hop,
             proto,
             request_id,
             host: headers.get(header::HOST).cloned(),
             span: tracing::Span::current(),
         };
         ctx.span.record("request_id", ctx.request_id());
+        if peer != hop {
+            ctx.span
+                .record("forwarded_for", tracing::field::display(peer.ip()));
+        }
         ctx
     }
 
@@ -130,6 +152,21 @@ impl RequestCtx {
         }
     }
 
+    /// The request's path in normal form (`target::normalize`), the one routes match and
+    /// the downstream path is rendered from; a path that cannot be normalized is refused.
+    pub fn normalized_path<'p>(&self, path: &'p str) -> Result<Cow<'p, str>, Error> {
+        target::normalize(path).map_err(Error::Path)
+    }
+
+    /// Refuses a rendered downstream target with a `.` or `..` segment (one the route's own
+    /// template made: a request path in normal form has none).
+    pub fn check_downstream(&self, downstream: &str) -> Result<(), Error> {
+        if target::has_dot_segment(downstream) {
+            return Err(Error::Path(target::PathError::DownstreamDotSegment));
+        }
+        Ok(())
+    }
+
     /// Logs and counts a request wsgate answers itself with `e` (`route`: the one it
     /// matched, if it got that far). Every such answer passes here once, on either path:
     /// a refusal by the edge's checks as `wsgate_refusals_total{reason}`, anything else as
@@ -144,8 +181,13 @@ impl RequestCtx {
                 Some(route) => route.metrics.refusal(reason),
                 None => gw.metrics.unrouted_refusal(reason),
             }
-            // Route and client address are in the connection's span.
-            tracing::info!(status, reason = reason.as_str(), error = %e.chain(), "request refused");
+            refusal_log::log(&refusal_log::Refused {
+                route: route.map(|r| r.route.id.0.as_str()),
+                client: self.peer,
+                reason: reason.as_str(),
+                status,
+                error: &e.chain(),
+            });
             return;
         }
         let Some(failure) = e.reason() else {

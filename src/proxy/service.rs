@@ -21,7 +21,7 @@ use super::error::Error;
 use super::request::{full, ProxyBody, RequestCtx, HEAD_READ_TIMEOUT, MAX_HEAD_BYTES};
 use super::stream::Prefixed;
 use super::websocket::{self, Outcome, UpgradeRequest};
-use super::{auth, handshake, http as plain_http, Gateway};
+use super::{access, auth, handshake, http as plain_http, Gateway};
 
 /// hyper's read buffer: room for a head at the 431 limit plus what arrives behind it.
 const READ_BUF_BYTES: usize = 2 * MAX_HEAD_BYTES;
@@ -58,7 +58,7 @@ async fn handle(
     proto: &'static str,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let ctx = RequestCtx::new(peer, proto, req.headers());
+    let ctx = RequestCtx::new(&gw, peer, proto, req.headers());
     let head = head_size(&req);
     if head > MAX_HEAD_BYTES {
         let e = Error::HeadTooLarge {
@@ -74,19 +74,27 @@ async fn handle(
     let table = gw.publisher.current();
     let uri = req.uri();
     let authority = uri.authority().map(|a| a.as_str());
-    let found = match ctx.route(&table, authority, uri.path(), uri.query(), req.method()) {
+    let found = ctx.normalized_path(uri.path()).and_then(|path| {
+        let found = ctx.route(&table, authority, &path, uri.query(), req.method())?;
+        Ok((found.route, found.downstream_path_and_query()))
+    });
+    let (route, mut downstream) = match found {
         Ok(found) => found,
         Err(e) => {
             ctx.failed(&gw, None, &e);
             return Ok(full(e.response(ctx.request_id())));
         }
     };
-    let route = found.route;
-    let mut downstream = found.downstream_path_and_query();
-    drop(found);
-    // Limits first (a refused attempt still counts against the client's rate), then the
-    // token; both before the dial.
-    let admitted = match admit::request(&gw, peer.ip(), route) {
+    // Before the dial, cheapest first: the rendered path and who may use the route, then the
+    // limits (a refused attempt still counts against the client's rate), then the token.
+    if let Err(e) = ctx
+        .check_downstream(&downstream)
+        .and_then(|()| access::admit(route, &ctx, req.headers(), false))
+    {
+        ctx.failed(&gw, Some(route), &e);
+        return Ok(full(e.response(ctx.request_id())));
+    }
+    let admitted = match admit::request(&gw, ctx.peer.ip(), route) {
         Ok(admitted) => admitted,
         Err(e) => {
             ctx.failed(&gw, Some(route), &e);

@@ -131,7 +131,7 @@ where
 /// What a backend is told about the request `ctx` describes.
 pub fn forwarded(ctx: &RequestCtx) -> Forwarded<'_> {
     Forwarded {
-        client_ip: ctx.peer.ip(),
+        client_ip: ctx.hop.ip(),
         proto: ctx.proto,
         host: ctx.host.as_ref(),
         request_id: &ctx.request_id,

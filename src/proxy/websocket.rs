@@ -25,7 +25,7 @@ use super::relay::{relay_streams, MessageRate, Offload, RelayConfig, RelayStats}
 use super::request::RequestCtx;
 use super::stream::Stream;
 use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
-use super::{auth, handshake, upstream, Gateway};
+use super::{access, auth, handshake, upstream, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
 
@@ -64,8 +64,15 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
         ctx.failed(gw, None, &e);
         return Outcome::Failed(e);
     }
+    let path = match ctx.normalized_path(req.path) {
+        Ok(path) => path,
+        Err(e) => {
+            ctx.failed(gw, None, &e);
+            return Outcome::Failed(e);
+        }
+    };
     let table = gw.publisher.current();
-    let found = match ctx.route(&table, req.authority, req.path, req.query, req.method) {
+    let found = match ctx.route(&table, req.authority, &path, req.query, req.method) {
         Ok(found) => found,
         Err(e) => {
             ctx.failed(gw, None, &e);
@@ -75,7 +82,15 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
     let (route, route_index) = (found.route, found.index);
     let mut downstream = found.downstream_path_and_query();
     drop(found);
-    // Limits before the dial; the slots go with the relay, or back when this ends sooner.
+    // Before the dial, cheapest first: the rendered path and who may use the route, then the
+    // limits (the slots go with the relay, or back when this ends sooner), then the token.
+    if let Err(e) = ctx
+        .check_downstream(&downstream)
+        .and_then(|()| access::admit(route, ctx, &req.headers, true))
+    {
+        ctx.failed(gw, Some(route), &e);
+        return Outcome::Failed(e);
+    }
     let admitted = match admit::upgrade(gw, ctx.peer.ip(), route) {
         Ok(admitted) => admitted,
         Err(e) => {

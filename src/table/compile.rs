@@ -125,6 +125,8 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         limits,
         rate_limit,
         authentication,
+        allowed_origins,
+        ip_rules,
     } = a;
     *id == b.id
         && *upstream_path_template == b.upstream_path_template
@@ -144,6 +146,8 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         && *limits == b.limits
         && *rate_limit == b.rate_limit
         && *authentication == b.authentication
+        && *allowed_origins == b.allowed_origins
+        && *ip_rules == b.ip_rules
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ pub(super) fn route(id: &str, order: u64, upstream: &str, downstream: &str) -> R
         limits: Default::default(),
         rate_limit: None,
         authentication: None,
+        allowed_origins: None,
+        ip_rules: None,
     }
 }
 

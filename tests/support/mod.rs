@@ -155,15 +155,24 @@ impl Gateway {
         drain_timeout: Duration,
         relay_offload: OffloadOptions,
     ) -> Gateway {
-        Self::start_configured(routes, drain_timeout, relay_offload, None).await
+        Self::start_configured(
+            routes,
+            drain_timeout,
+            relay_offload,
+            None,
+            Default::default(),
+        )
+        .await
     }
 
-    /// With every option a test varies: relay threads and `--max-connections`.
+    /// With every option a test varies: relay threads, `--max-connections`, and whose
+    /// client address is believed (`--trusted-proxies`, `--proxy-protocol`).
     pub async fn start_configured(
         routes: &[Route],
         drain_timeout: Duration,
         relay_offload: OffloadOptions,
         max_connections: Option<u32>,
+        client_address: wsgate::proxy::ClientAddressOptions,
     ) -> Gateway {
         let metrics = Arc::new(Metrics::new());
         let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
@@ -179,6 +188,7 @@ impl Gateway {
                 relay_offload,
                 listening_file: None,
                 max_connections,
+                client_address,
             },
             Arc::clone(&publisher),
             Arc::clone(&metrics),

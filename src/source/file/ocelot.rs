@@ -5,7 +5,7 @@
 //! configuration binder does (`"Port": "5001"` is a port). Ocelot keys wsgate does not
 //! support are reported one by one: as warnings when ignoring them is harmless (the route
 //! is kept), as errors when ignoring them would open or widen the route (authentication,
-//! IP rules, header matching: the route is left out). A key whose value is empty
+//! header matching: the route is left out). A key whose value is empty
 //! (`{}`, `[]`, `""`, `0`, `false`, `null`, or an object of such values) does nothing in
 //! Ocelot either and is accepted silently, so files generated from Ocelot's full route
 //! template load without noise.
@@ -16,7 +16,7 @@ use super::json::{Doc, Node};
 use super::{FileCtx, FileProblem, LoadedRoutes, Severity};
 use crate::api::{
     DownstreamScheme, HostAndPort, LimitsSpec, LoadBalancerOptions, RateLimitOptionsSpec,
-    WsRouteSpec,
+    SecurityOptions, WsRouteSpec,
 };
 use crate::model::{route_from_spec, FieldError, ProblemReason, RouteId, SpecBackends};
 
@@ -30,10 +30,6 @@ const IGNORED: &str = "not supported by wsgate and ignored; remove it or see REA
 
 /// Route keys wsgate cannot honour and that would make the route more open than written.
 const FAIL_CLOSED_ROUTE_KEYS: &[(&str, &str)] = &[
-    (
-        "SecurityOptions",
-        "wsgate does not apply IP allow/block lists, so this route would accept every client; it is left out. Remove the key or filter in front of wsgate",
-    ),
     (
         "UpstreamHeaderTemplates",
         "wsgate does not route on headers, so this route would take requests meant for others; it is left out",
@@ -72,7 +68,7 @@ const FAIL_CLOSED_GLOBAL_KEYS: &[(&str, &str)] = &[
     ),
     (
         "SecurityOptions",
-        "wsgate does not apply IP allow/block lists, so every route of this file would accept every client; all of them are left out",
+        "wsgate reads SecurityOptions on each route, not as a global default, so every route of this file would accept every client; all of them are left out. Set SecurityOptions on each route",
     ),
 ];
 
@@ -358,6 +354,9 @@ impl<'a> RouteReader<'a> {
         self.fields.take("Key");
         let auth = self.authentication();
         self.provider_file = auth.provider_file.clone();
+        // wsgate's own key, in Ocelot's spelling; an empty list does nothing, as in Ocelot.
+        let allowed_origins = Some(self.string_list("AllowedOrigins")).filter(|o| !o.is_empty());
+        let security_options = self.security_options();
 
         for (key, message) in FAIL_CLOSED_ROUTE_KEYS {
             if let Some(n) = self.fields.take(key) {
@@ -404,7 +403,54 @@ impl<'a> RouteReader<'a> {
             authentication_options: auth.options,
             route_claims_requirement: auth.claims,
             add_headers_to_request: auth.headers,
+            allowed_origins,
+            security_options,
         })
+    }
+
+    /// Ocelot's `SecurityOptions`: `IPAllowedList`, `IPBlockedList` (lists of addresses
+    /// and CIDR blocks) and `ExcludeAllowedFromBlocked`.
+    fn security_options(&mut self) -> Option<SecurityOptions> {
+        const KEY: &str = "SecurityOptions";
+        let n = self.fields.take(KEY).filter(|n| !n.value().is_null())?;
+        let Some(entries) = n.entries() else {
+            self.error(
+                KEY,
+                n.line(),
+                format!(
+                    "expected {{IPAllowedList, IPBlockedList, ExcludeAllowedFromBlocked}}, found {}",
+                    describe(&n.value())
+                ),
+            );
+            return None;
+        };
+        let mut inner = RouteReader {
+            node: n,
+            fields: Fields::new(
+                self.fields.file,
+                entries,
+                &self.fields.path(KEY),
+                self.fields.name.clone(),
+            ),
+            failed: false,
+            provider_file: None,
+        };
+        let options = SecurityOptions {
+            ip_allowed_list: inner.string_list("IPAllowedList"),
+            ip_blocked_list: inner.string_list("IPBlockedList"),
+            exclude_allowed_from_blocked: inner.bool("ExcludeAllowedFromBlocked"),
+        };
+        for (k, n) in inner.fields.rest() {
+            let w = inner.fields.warn(
+                &k,
+                n.line(),
+                "unknown key (Ocelot reads IPAllowedList, IPBlockedList and ExcludeAllowedFromBlocked); ignored".into(),
+            );
+            inner.fields.problems.push(w);
+        }
+        self.failed |= inner.failed;
+        self.fields.problems.append(&mut inner.fields.problems);
+        (options != SecurityOptions::default()).then_some(options)
     }
 
     fn required_string(&mut self, key: &str) -> Option<String> {
@@ -1057,6 +1103,12 @@ fn spec_path_to_ocelot(field: &str) -> Vec<PathSeg> {
                 .into_iter()
                 .chain(chars)
                 .collect();
+            // Ocelot spells these two with `IP`.
+            let pascal = match pascal.as_str() {
+                "IpAllowedList" => "IPAllowedList".to_string(),
+                "IpBlockedList" => "IPBlockedList".to_string(),
+                _ => pascal,
+            };
             segs.push(PathSeg::Key(pascal));
         }
         for index in pieces {

@@ -129,6 +129,8 @@ fn spec(path: &str) -> WsRouteSpec {
         authentication_options: None,
         route_claims_requirement: Default::default(),
         add_headers_to_request: Default::default(),
+        allowed_origins: None,
+        security_options: None,
     }
 }
 
@@ -1300,3 +1302,40 @@ fn rebuild_compiles_once_and_reports_the_published_tables_problems() {
 }
 
 mod auth;
+/// A WsRoute's bad `allowedOrigins` or `securityOptions` entry leaves it out with
+/// InvalidParameters naming the field and index; good ones reach the model.
+#[test]
+fn access_fields_reach_the_status_and_the_model() {
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let mut r = service_route("apps", "chat", "chat", IntOrString::Int(80));
+    r.spec.allowed_origins = Some(vec!["https://app.example.com".into(), "app".into()]);
+    w.route(r);
+    let t = w.translate();
+    assert!(t.routes.is_empty());
+    let s = status_of(&t, "apps/chat", &[], Some(1));
+    assert_eq!(
+        condition(&s, accepted::TYPE),
+        (cstatus::FALSE, accepted::INVALID_PARAMETERS)
+    );
+    assert!(
+        s.conditions[0].message.contains("spec.allowedOrigins[1]"),
+        "{s:?}"
+    );
+
+    let mut w = chat_world(&[("10.0.0.1", Pod::Ready)]);
+    let mut r = service_route("apps", "chat", "chat", IntOrString::Int(80));
+    r.spec.allowed_origins = Some(vec!["https://*.example.com".into()]);
+    r.spec.security_options = Some(crate::api::SecurityOptions {
+        ip_blocked_list: vec!["10.9.0.0/16".into()],
+        ..Default::default()
+    });
+    w.route(r);
+    let t = w.translate();
+    let route = &t.routes[0];
+    assert!(route.allowed_origins.as_ref().unwrap()[0].matches(b"https://a.example.com"));
+    assert!(!route
+        .ip_rules
+        .as_ref()
+        .unwrap()
+        .allows("10.9.1.1".parse().unwrap()));
+}

@@ -104,8 +104,8 @@ fn unsupported_keys_warn_and_keep_the_route() {
     assert!(!loaded.has_errors());
 }
 
-/// Authentication with a provider wsgate was not given (`--jwt-provider`), IP rules and
-/// header routing cannot be honoured: the route is left out rather than opened.
+/// Authentication with a provider wsgate was not given (`--jwt-provider`) and header
+/// routing cannot be honoured: the route is left out rather than opened.
 #[test]
 fn security_keys_leave_the_route_out() {
     let auth = WS.replace(
@@ -379,4 +379,63 @@ fn malformed_upstream_host_is_invalid_host() {
             .ends_with("Routes[0].UpstreamHost: InvalidHost: `*..com` has an empty label (`..`, or a dot at the start)"),
         "{p}"
     );
+}
+
+/// `SecurityOptions` (Ocelot's spelling, `IPAllowedList`) and wsgate's `AllowedOrigins`
+/// are read into the route; a bad entry is an error naming its Ocelot path and line.
+#[test]
+fn security_options_and_allowed_origins_are_read() {
+    let route = WS.replace(
+        "\"DownstreamScheme\": \"ws\",",
+        r#""DownstreamScheme": "ws",
+      "AllowedOrigins": [ "https://app.example.com", "https://*.example.com" ],
+      "SecurityOptions": { "IPAllowedList": [ "10.0.0.0/8" ], "IPBlockedList": [ "10.1.0.0/16", "10.1.2.3" ], "ExcludeAllowedFromBlocked": "true" },"#,
+    );
+    let loaded = load_str("ocelot.json", &ocelot(&[&route]));
+    assert_eq!(loaded.problems, vec![]);
+    let r = &loaded.routes[0];
+    let origins = r.allowed_origins.as_ref().unwrap();
+    assert!(origins[1].matches(b"https://a.example.com"));
+    let rules = r.ip_rules.as_ref().unwrap();
+    assert_eq!((rules.allowed.len(), rules.blocked.len()), (1, 2));
+    assert!(rules.exclude_allowed_from_blocked);
+
+    let bad = WS.replace(
+        "\"DownstreamScheme\": \"ws\",",
+        r#""DownstreamScheme": "ws",
+      "AllowedOrigins": [ "https://app.example.com/" ],
+      "SecurityOptions": { "IPBlockedList": [ "10.0.0.0/8", "10.0.0.300" ], "Extra": 1 },"#,
+    );
+    let loaded = load_str("ocelot.json", &ocelot(&[&bad, WS]));
+    assert_eq!(ids(&loaded), ["ocelot.json#Routes[1]"]);
+    assert_eq!(
+        summary(&loaded),
+        [
+            (Severity::Warning, None, "Routes[0].SecurityOptions.Extra"),
+            (Severity::Error, None, "Routes[0].AllowedOrigins[0]"),
+            (
+                Severity::Error,
+                None,
+                "Routes[0].SecurityOptions.IPBlockedList[1]"
+            ),
+        ]
+    );
+    let lines: Vec<Option<usize>> = loaded.problems.iter().map(|p| p.line).collect();
+    assert_eq!(lines, [Some(8), Some(7), Some(8)]);
+}
+
+/// `SecurityOptions` in `GlobalConfiguration` is not applied to routes, so every route of
+/// the file is left out rather than opened.
+#[test]
+fn global_security_options_leave_every_route_out() {
+    let text = format!(
+        "{{\"Routes\": [{WS}], \"GlobalConfiguration\": {{\"SecurityOptions\": {{\"IPBlockedList\": [\"10.0.0.1\"]}}}}}}"
+    );
+    let loaded = load_str("ocelot.json", &text);
+    assert!(loaded.routes.is_empty());
+    assert!(loaded
+        .problems
+        .iter()
+        .any(|p| p.field == "GlobalConfiguration.SecurityOptions"
+            && p.message.contains("Set SecurityOptions on each route")));
 }
