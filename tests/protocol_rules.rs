@@ -548,7 +548,22 @@ async fn message_over_max_message_bytes(driver: Driver, breaker: Side) {
     ];
     v.code = 1009;
     v.other_code = 1001;
-    fails_the_connection(&mut rig, breaker, v).await
+    fails_the_connection(&mut rig, breaker, v).await;
+    // Both Close frames of wsgate's own are counted when the relay ends.
+    let side = |s: Side| match s {
+        Side::Client => "Client",
+        Side::Backend => "Backend",
+    };
+    for (to, code) in [(breaker, 1009), (breaker.other(), 1001)] {
+        let series = format!(
+            "wsgate_closes_sent_total{{route=\"rules\",to=\"{}\",code=\"{code}\"}}",
+            side(to)
+        );
+        eventually("the close counted", || {
+            (metric(&rig.gw, &series) == Some(1)).then_some(())
+        })
+        .await;
+    }
 }
 
 /// `messagesPerSecond: 1, messageBurst: 5`: six messages in one write after the warm-up

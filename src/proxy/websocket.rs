@@ -28,6 +28,7 @@ use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
 use super::{access, auth, handshake, upstream, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
+use crate::telemetry::CloseTo;
 
 /// A client's WebSocket upgrade request, as either path read its head.
 pub struct UpgradeRequest<'r> {
@@ -262,7 +263,14 @@ impl RelayAccount {
 
     /// Counts and logs a relay that ended; releases the endpoint's load.
     pub fn ended(self, stats: &RelayStats) {
-        self.route().metrics.connections_active.dec();
+        let metrics = &self.route().metrics;
+        metrics.connections_active.dec();
+        if let Some(code) = stats.injected_to_client {
+            metrics.close_sent(CloseTo::Client, code);
+        }
+        if let Some(code) = stats.injected_to_upstream {
+            metrics.close_sent(CloseTo::Backend, code);
+        }
         drop(self.load);
         match stats.violation {
             Some((side, limit)) if limit.is_limit() => tracing::info!(

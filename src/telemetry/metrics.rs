@@ -114,6 +114,20 @@ struct RefusalLabel {
     reason: RefusalReason,
 }
 
+/// Which side a Close frame of wsgate's own went to.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CloseTo {
+    Client,
+    Backend,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabel {
+    route: String,
+    to: CloseTo,
+    code: u16,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabel {
     route: String,
@@ -143,6 +157,7 @@ pub struct Metrics {
     http_requests_total: Family<RouteLabel, Counter>,
     failures_total: Family<FailureLabel, Counter>,
     refusals_total: Family<RefusalLabel, Counter>,
+    closes_sent_total: Family<CloseLabel, Counter>,
     bytes_total: Family<BytesLabel, Counter>,
     messages_total: Family<BytesLabel, Counter>,
     connect_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
@@ -178,6 +193,7 @@ impl Metrics {
             http_requests_total: Family::default(),
             failures_total: Family::default(),
             refusals_total: Family::default(),
+            closes_sent_total: Family::default(),
             bytes_total: Family::default(),
             messages_total: Family::default(),
             connect_seconds: Family::new_with_constructor(connect_histogram),
@@ -213,6 +229,11 @@ impl Metrics {
             "refusals",
             "Requests the edge refused before dialling a backend (origin, ip, auth, scope, claims, rate, connections, path)",
             m.refusals_total.clone(),
+        );
+        registry.register(
+            "closes_sent",
+            "Close frames wsgate sent on its own behalf at the end of a relayed connection, by side and code (1001 going away, 1002/1007 a broken rule, 1008 rate or token expiry, 1009 message too big, 1011 backend lost, 1014 bad gateway)",
+            m.closes_sent_total.clone(),
         );
         registry.register(
             "bytes",
@@ -313,6 +334,8 @@ impl Metrics {
                     reason,
                 })
             }),
+            closes_sent: self.closes_sent_total.clone(),
+            route: route.into(),
             refusals: RefusalReason::ALL.map(|reason| {
                 self.refusals_total.get_or_create_owned(&RefusalLabel {
                     route: route.to_string(),
@@ -364,6 +387,10 @@ pub struct RouteMetrics {
     pub connect_seconds: Histogram,
     failures: [Counter; 8],
     refusals: [Counter; 8],
+    /// Series made when a connection ends with a Close of ours (few codes, so created on
+    /// first use rather than eight per route up front).
+    closes_sent: Family<CloseLabel, Counter>,
+    route: std::sync::Arc<str>,
 }
 
 impl RouteMetrics {
@@ -373,6 +400,18 @@ impl RouteMetrics {
             .position(|r| *r == reason)
             .unwrap_or(0);
         self.failures[i].inc();
+    }
+
+    /// A Close frame of wsgate's own (`code`) went `to` a side of a relay that ended.
+    /// Called once per connection end, never per message.
+    pub fn close_sent(&self, to: CloseTo, code: u16) {
+        self.closes_sent
+            .get_or_create(&CloseLabel {
+                route: self.route.to_string(),
+                to,
+                code,
+            })
+            .inc();
     }
 
     pub fn refusal(&self, reason: RefusalReason) {
@@ -393,12 +432,17 @@ mod tests {
         route.refusal(RefusalReason::Origin);
         route.refusal(RefusalReason::Connections);
         m.unrouted_refusal(RefusalReason::Path);
+        route.close_sent(CloseTo::Client, 1009);
+        route.close_sent(CloseTo::Backend, 1001);
+        route.close_sent(CloseTo::Client, 1009);
         let text = m.encode();
         for line in [
             r#"wsgate_refusals_total{route="ns/chat",reason="origin"} 2"#,
             r#"wsgate_refusals_total{route="ns/chat",reason="connections"} 1"#,
             r#"wsgate_refusals_total{route="ns/chat",reason="ip"} 0"#,
             r#"wsgate_refusals_total{route="",reason="path"} 1"#,
+            r#"wsgate_closes_sent_total{route="ns/chat",to="Client",code="1009"} 2"#,
+            r#"wsgate_closes_sent_total{route="ns/chat",to="Backend",code="1001"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -4,4 +4,6 @@ pub mod admin;
 pub mod logging;
 mod metrics;
 
-pub use metrics::{Direction, FailureReason, Metrics, OffloadMetrics, RefusalReason, RouteMetrics};
+pub use metrics::{
+    CloseTo, Direction, FailureReason, Metrics, OffloadMetrics, RefusalReason, RouteMetrics,
+};
