@@ -7,6 +7,8 @@
 #
 #   bench/instructions.sh [WSGATE_BIN...]    default: target/release/wsgate (rebuilt first if stale)
 #   LOAD="throughput --conns 10 --inflight 4 --size 64" bench/instructions.sh ...   per message
+#   WSGATE_ROUTE_EXTRA (YAML under the route's spec), BENCH_URL_QUERY (`?a=b` on every URL):
+#   a route with more checks (bench/edge-cost.sh)
 #
 # Several binaries are measured one after another, each against the same echo backend (the
 # first binary's `wsgate echo`). Prints instructions per handshake and, for the last binary,
@@ -44,7 +46,7 @@ measure() { # bin name secs
     PIDS+=("$gw")
     wait_gateway
     # shellcheck disable=SC2086
-    "$LOADGEN" $LOAD --url "ws://$GATEWAY/bench" --target wsgate --warmup 0s \
+    "$LOADGEN" $LOAD --url "ws://$GATEWAY/bench${BENCH_URL_QUERY:-}" --target wsgate --warmup 0s \
         --duration "${3}s" >"$WORK/$2.json"
     kill -INT "$gw"
     wait "$gw" || true

@@ -18,3 +18,8 @@ stop_all() { # the directory goes too unless the tool failed or KEEP_SCRATCH is 
 }
 trap stop_all EXIT
 sed -e "s|@ECHO_PORT@|$ECHO_PORT|" "$BENCH_DIR/peers/wsgate-routes.yaml.in" >"$WORK/routes.yaml"
+# WSGATE_ROUTE_EXTRA: YAML lines added under the route's `spec` (two-space indent), to
+# measure a route with more fields set (bench/edge-cost.sh).
+if [ -n "${WSGATE_ROUTE_EXTRA:-}" ]; then
+    printf '%s\n' "$WSGATE_ROUTE_EXTRA" >>"$WORK/routes.yaml"
+fi

@@ -16,7 +16,7 @@ start_echo() { # wsgate binary: the echo backend every measured gateway relays t
 
 wait_gateway() { # until a gateway under valgrind relays an echo (bounded: 150 tries, 0.2 s apart)
     for _ in $(seq 150); do
-        "$LOADGEN" handshakes --url "ws://$GATEWAY/probe" --target probe --conns 1 --warmup 0s \
+        "$LOADGEN" handshakes --url "ws://$GATEWAY/probe${BENCH_URL_QUERY:-}" --target probe --conns 1 --warmup 0s \
             --duration 0.1s >/dev/null 2>&1 && return 0
         sleep 0.2
     done

@@ -332,13 +332,87 @@ pub struct VerifyingKey {
     pub key: DecodingKey,
 }
 
-/// A parsed key set. Clones share the keys.
+/// A parsed key set. Clones share the keys and the tokens verified with them.
 #[derive(Clone)]
 pub struct Jwks {
     /// Where it came from (`file keys/jwks.json`, `secret apps/chat-jwks`), for logs.
     source: Arc<str>,
     keys: Arc<[VerifyingKey]>,
     digest: [u8; 20],
+    /// Tokens whose signature (and issuer and audience) these keys verified, with their
+    /// claims: a client that reconnects, or a SignalR client's negotiate and WebSocket,
+    /// presents the same token, and an RS256 verification costs about twenty proxied
+    /// handshakes (bench/edge-cost.sh, bench/RESULTS.md). A new key set starts empty, so a
+    /// rotation drops every entry.
+    pub verified: Arc<VerifiedTokens>,
+}
+
+/// Claims of verified tokens, by `VerifiedTokens::key`: 16 shards of at most 64 entries
+/// (a full shard is emptied before the next insert), so memory stays under ~1,024 tokens'
+/// claims per key set whatever clients send, and handshakes on different shards never wait
+/// for each other.
+#[derive(Default)]
+pub struct VerifiedTokens {
+    shards: [std::sync::Mutex<
+        std::collections::HashMap<[u8; 32], Arc<serde_json::Map<String, serde_json::Value>>>,
+    >; 16],
+}
+
+impl VerifiedTokens {
+    const SHARD_CAPACITY: usize = 64;
+
+    /// The key of `token` verified for `issuer` and `audiences`: SHA-256 over all three, so
+    /// a token verified under one route's settings is never taken for another's.
+    pub fn key(issuer: Option<&str>, audiences: &[String], token: &str) -> [u8; 32] {
+        use sha2::{Digest as _, Sha256};
+        let mut h = Sha256::new();
+        for part in issuer
+            .into_iter()
+            .chain(audiences.iter().map(String::as_str))
+        {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update([0xFF]);
+        h.update(token.as_bytes());
+        h.finalize().into()
+    }
+
+    fn shard(
+        &self,
+        key: &[u8; 32],
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<[u8; 32], Arc<serde_json::Map<String, serde_json::Value>>>,
+    > {
+        self.shards[usize::from(key[0] & 15)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<serde_json::Map<String, serde_json::Value>>> {
+        self.shard(key).get(key).cloned()
+    }
+
+    pub fn insert(&self, key: [u8; 32], claims: Arc<serde_json::Map<String, serde_json::Value>>) {
+        let mut shard = self.shard(&key);
+        if shard.len() >= Self::SHARD_CAPACITY {
+            shard.clear();
+        }
+        shard.insert(key, claims);
+    }
+
+    /// Entries held (tests).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Jwks {
@@ -416,6 +490,7 @@ impl Jwks {
             source: source.into(),
             keys: keys.into(),
             digest: Sha1::digest(bytes).into(),
+            verified: Arc::default(),
         })
     }
 

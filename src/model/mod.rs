@@ -14,7 +14,7 @@ mod validate;
 pub use access::{IpNet, IpNetError, IpRules, OriginPattern, OriginPatternError};
 pub use auth::{
     Authentication, ClaimHeader, ClaimSelector, Jwks, JwksError, JwksRef, JwksUnavailable,
-    VerifyingKey,
+    VerifiedTokens, VerifyingKey,
 };
 pub use duration::{parse_duration, DurationError};
 pub use host::{HostPattern, HostPatternError};

@@ -8,6 +8,7 @@
 //! The token itself is never logged nor put in an answer: errors name only what was
 //! wrong with it. Imports nothing of `proxy` but `error`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
@@ -16,7 +17,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
 use super::error::{Error, Forbidden, TokenRejected};
-use crate::model::{Authentication, Route};
+use crate::model::{Authentication, Jwks, Route, VerifiedTokens};
 
 /// The query parameter browsers and the SignalR client send the token in.
 pub const ACCESS_TOKEN_PARAM: &str = "access_token";
@@ -118,11 +119,30 @@ fn verify(
     auth: &Authentication,
     token: &str,
     now: SystemTime,
-) -> Result<Map<String, Value>, TokenRejected> {
+) -> Result<Arc<Map<String, Value>>, TokenRejected> {
     let jwks = auth
         .jwks
         .as_ref()
         .map_err(|_| TokenRejected::KeysUnavailable)?;
+    let cache_key = VerifiedTokens::key(auth.issuer.as_deref(), &auth.audiences, token);
+    let claims = match jwks.verified.get(&cache_key) {
+        Some(claims) => claims,
+        None => {
+            let claims = Arc::new(verify_signature(auth, jwks, token)?);
+            jwks.verified.insert(cache_key, Arc::clone(&claims));
+            claims
+        }
+    };
+    check_times(auth, claims, now)
+}
+
+/// The token's signature, issuer and audience against `jwks`: its claims, unchecked for
+/// time (which `check_times` does on every use, cached or not).
+fn verify_signature(
+    auth: &Authentication,
+    jwks: &Jwks,
+    token: &str,
+) -> Result<Map<String, Value>, TokenRejected> {
     // `alg: none` and unknown algorithms fail here: they are not `Algorithm`s.
     let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejected::Malformed)?;
     // The key must allow the token's algorithm: an HS256 token never meets an RSA key.
@@ -147,7 +167,15 @@ fn verify(
     }
     let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
         .map_err(|e| rejected(e.kind()))?;
-    let claims = data.claims;
+    Ok(data.claims)
+}
+
+/// `exp` (required) and `nbf` against `now`, with the leeway.
+fn check_times(
+    auth: &Authentication,
+    claims: Arc<Map<String, Value>>,
+    now: SystemTime,
+) -> Result<Arc<Map<String, Value>>, TokenRejected> {
     let now = unix_seconds(now);
     let leeway = auth.leeway.as_secs();
     // `exp` is required and must be a number; so must `nbf` when present (a string `nbf`
@@ -354,6 +382,77 @@ fn percent_decode(input: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A route requiring HS256 tokens of `https://id.test` for `aud`, with its key set.
+    fn hs256_route(aud: &str, secret: &[u8]) -> Route {
+        use crate::api::{AuthenticationOptions, JwtOptions, WsRouteSpec};
+        use crate::model::{route_from_spec, RouteId, SpecBackends};
+        let mut spec = WsRouteSpec::with_static_backends(
+            "/{everything}",
+            "/{everything}",
+            &["127.0.0.1:1".parse().expect("an address")],
+        );
+        spec.authentication_options = Some(AuthenticationOptions {
+            jwt: JwtOptions {
+                issuer: Some("https://id.test".into()),
+                audiences: vec![aud.into()],
+                jwks_file: Some("jwks.json".into()),
+                leeway: Some("0s".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let mut route =
+            route_from_spec(RouteId("t".into()), 0, &spec, SpecBackends::Static).expect("valid");
+        let k = base64_url(secret);
+        let jwks = format!(r#"{{"keys": [{{"kty": "oct", "alg": "HS256", "k": "{k}"}}]}}"#);
+        route.authentication.as_mut().expect("auth").jwks =
+            Ok(Jwks::from_json("test", jwks.as_bytes()).expect("jwks"));
+        route
+    }
+
+    fn base64_url(bytes: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// A verified token's claims are kept with the key set: the next use of the same token
+    /// skips the signature (one entry, however often it comes), time claims are checked on
+    /// every use, and a route with another audience never takes the entry for its own.
+    #[test]
+    fn verified_tokens_are_cached_per_key_set_and_settings() {
+        let secret = [7u8; 32];
+        let route = hs256_route("chat", &secret);
+        let auth = route.authentication.as_ref().expect("auth");
+        let now = SystemTime::now();
+        let exp = unix_seconds(now) + 60;
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"iss": "https://id.test", "aud": "chat", "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(&secret).expect("an HMAC key"),
+        )
+        .expect("sign");
+        let jwks = auth.jwks.as_ref().expect("keys");
+        assert!(jwks.verified.is_empty());
+        for _ in 0..3 {
+            verify(auth, &token, now).expect("valid");
+        }
+        assert_eq!(jwks.verified.len(), 1);
+        // The cached token still expires.
+        let later = now + Duration::from_secs(120);
+        assert_eq!(verify(auth, &token, later), Err(TokenRejected::Expired));
+        // The same key set under another audience: not a hit, and refused.
+        let mut other = auth.clone();
+        other.audiences = vec!["admin".into()];
+        assert_eq!(
+            verify(&other, &token, now),
+            Err(TokenRejected::WrongAudience)
+        );
+        // A tampered token is verified (and refused), never matched to the cached one.
+        let mut tampered = token.clone();
+        tampered.pop();
+        assert!(verify(auth, &tampered, now).is_err());
+    }
 
     /// `access_token` leaves the query wherever it stands, and only it.
     #[test]

@@ -348,6 +348,12 @@ impl FrameTracker {
         self.fast_len_limit = max.saturating_add(1).min(126) as u8;
     }
 
+    /// How many more messages may start before the tracker stops (u64::MAX: no limit).
+    #[inline]
+    pub fn messages_left(&self) -> u64 {
+        self.messages_allowed.saturating_sub(self.messages)
+    }
+
     /// Lets messages start until [`FrameTracker::messages`] reaches `total`; the one after
     /// stops the tracker with [`Violation::MessageRate`], before any of it is forwarded.
     #[inline]
