@@ -351,11 +351,13 @@ pub struct Jwks {
 /// (a full shard is emptied before the next insert), so memory stays under ~1,024 tokens'
 /// claims per key set whatever clients send, and handshakes on different shards never wait
 /// for each other.
+/// A token's claims, as verified.
+pub type Claims = serde_json::Map<String, serde_json::Value>;
+type VerifiedShard = std::collections::HashMap<[u8; 32], Arc<Claims>>;
+
 #[derive(Default)]
 pub struct VerifiedTokens {
-    shards: [std::sync::Mutex<
-        std::collections::HashMap<[u8; 32], Arc<serde_json::Map<String, serde_json::Value>>>,
-    >; 16],
+    shards: [std::sync::Mutex<VerifiedShard>; 16],
 }
 
 impl VerifiedTokens {
@@ -378,23 +380,17 @@ impl VerifiedTokens {
         h.finalize().into()
     }
 
-    fn shard(
-        &self,
-        key: &[u8; 32],
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<[u8; 32], Arc<serde_json::Map<String, serde_json::Value>>>,
-    > {
+    fn shard(&self, key: &[u8; 32]) -> std::sync::MutexGuard<'_, VerifiedShard> {
         self.shards[usize::from(key[0] & 15)]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<serde_json::Map<String, serde_json::Value>>> {
+    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<Claims>> {
         self.shard(key).get(key).cloned()
     }
 
-    pub fn insert(&self, key: [u8; 32], claims: Arc<serde_json::Map<String, serde_json::Value>>) {
+    pub fn insert(&self, key: [u8; 32], claims: Arc<Claims>) {
         let mut shard = self.shard(&key);
         if shard.len() >= Self::SHARD_CAPACITY {
             shard.clear();
