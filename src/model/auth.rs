@@ -347,50 +347,54 @@ pub struct Jwks {
     pub verified: Arc<VerifiedTokens>,
 }
 
-/// Claims of verified tokens, by `VerifiedTokens::key`: 16 shards of at most 64 entries
-/// (a full shard is emptied before the next insert), so memory stays under ~1,024 tokens'
-/// claims per key set whatever clients send, and handshakes on different shards never wait
-/// for each other.
-/// A token's claims, as verified.
-pub type Claims = serde_json::Map<String, serde_json::Value>;
-type VerifiedShard = std::collections::HashMap<[u8; 32], Arc<Claims>>;
-
+/// Claims of verified tokens, by `VerifiedTokens::key` (the token itself, with the
+/// settings it was verified under, so a hit is an exact match, never a hash collision):
+/// 16 shards of at most 64 entries (a full shard is emptied before the next insert), so
+/// memory stays under 1,024 tokens and their claims per key set whatever clients send,
+/// and handshakes on different shards never wait for each other.
 #[derive(Default)]
 pub struct VerifiedTokens {
     shards: [std::sync::Mutex<VerifiedShard>; 16],
 }
 
+/// A token's claims, as verified.
+pub type Claims = serde_json::Map<String, serde_json::Value>;
+type VerifiedShard = std::collections::HashMap<Box<str>, Arc<Claims>>;
+
 impl VerifiedTokens {
     const SHARD_CAPACITY: usize = 64;
 
-    /// The key of `token` verified for `issuer` and `audiences`: SHA-256 over all three, so
-    /// a token verified under one route's settings is never taken for another's.
-    pub fn key(issuer: Option<&str>, audiences: &[String], token: &str) -> [u8; 32] {
-        use sha2::{Digest as _, Sha256};
-        let mut h = Sha256::new();
-        for part in issuer
-            .into_iter()
-            .chain(audiences.iter().map(String::as_str))
-        {
-            h.update((part.len() as u64).to_be_bytes());
-            h.update(part.as_bytes());
+    /// The key of `token` verified for `issuer` and `audiences`: all three, so a token
+    /// verified under one route's settings is never taken for another's. (A SHA-256 of them
+    /// cost more than the rest of the handshake's checks: bench/edge-cost.sh.)
+    pub fn key(issuer: Option<&str>, audiences: &[String], token: &str) -> Box<str> {
+        let settings =
+            issuer.map_or(0, str::len) + audiences.iter().map(|a| a.len() + 1).sum::<usize>();
+        let mut key = String::with_capacity(settings + 1 + token.len());
+        key.push_str(issuer.unwrap_or(""));
+        for audience in audiences {
+            key.push('\n');
+            key.push_str(audience);
         }
-        h.update([0xFF]);
-        h.update(token.as_bytes());
-        h.finalize().into()
+        // Neither issuer nor audience nor a JWT holds a NUL.
+        key.push('\0');
+        key.push_str(token);
+        key.into_boxed_str()
     }
 
-    fn shard(&self, key: &[u8; 32]) -> std::sync::MutexGuard<'_, VerifiedShard> {
-        self.shards[usize::from(key[0] & 15)]
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, VerifiedShard> {
+        // The token's last bytes are its signature: spread well enough.
+        let spread = key.as_bytes().last().copied().unwrap_or(0);
+        self.shards[usize::from(spread & 15)]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<Claims>> {
+    pub fn get(&self, key: &str) -> Option<Arc<Claims>> {
         self.shard(key).get(key).cloned()
     }
 
-    pub fn insert(&self, key: [u8; 32], claims: Arc<Claims>) {
+    pub fn insert(&self, key: Box<str>, claims: Arc<Claims>) {
         let mut shard = self.shard(&key);
         if shard.len() >= Self::SHARD_CAPACITY {
             shard.clear();
