@@ -358,7 +358,8 @@ fn is_access_token(name: &str) -> bool {
 /// written. Borrowed when there is nothing to decode (a JWT is base64url and dots: a copy
 /// byte by byte cost ~10 instructions per byte of every token, bench/edge-cost.sh).
 fn percent_decode(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if !input.iter().any(|&b| b == b'%' || b == b'+') {
+    // `contains` on bytes is core's word-at-a-time memchr: two passes beat one byte loop.
+    if !input.contains(&b'%') && !input.contains(&b'+') {
         return std::borrow::Cow::Borrowed(input);
     }
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
