@@ -20,13 +20,6 @@ use wsgate::model::{IpNet, Route};
 use wsgate::proxy::ClientAddressOptions;
 use wsgate::telemetry::Metrics;
 
-fn status_of(resp: &str) -> u16 {
-    resp.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 fn message_of(resp: &str) -> String {
     let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     let json: serde_json::Value =
@@ -100,34 +93,6 @@ async fn send(gw: SocketAddr, from: &str, via: Via, path: &str, headers: &[&str]
         read_response(&mut s).await
     })
     .await
-}
-
-/// Reads one response from `s`: a 101's head, or a head and its `content-length` body
-/// (wsgate's own answers and the echo's carry one).
-async fn read_response(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    read_until(s, &mut buf, b"\r\n\r\n").await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    if status_of(&text) == 101 {
-        return text;
-    }
-    let head_end = text.find("\r\n\r\n").unwrap() + 4;
-    let len: usize = text[..head_end]
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())
-                .flatten()
-        })
-        .unwrap_or(0);
-    while buf.len() < head_end + len {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::io::AsyncReadExt::read(s, &mut chunk).await.unwrap();
-        assert!(n > 0, "closed in the body: {text}");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 const UPGRADES: [Via; 2] = [Via::DirectUpgrade, Via::KeptAliveUpgrade];

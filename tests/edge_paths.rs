@@ -9,7 +9,7 @@ mod support;
 use std::net::SocketAddr;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -73,13 +73,6 @@ impl Drop for RecordingBackend {
     }
 }
 
-fn status_of(resp: &str) -> u16 {
-    resp.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The JSON body of one of wsgate's own answers.
 fn json_body(resp: &str) -> serde_json::Value {
     let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
@@ -131,30 +124,6 @@ async fn send(gw: &Gateway, via: Via, target: &[u8]) -> String {
             .await
         }
     }
-}
-
-/// Reads one response with a `content-length` body from `s` (the connection stays open).
-async fn read_response(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    read_until(s, &mut buf, b"\r\n\r\n").await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let head_end = text.find("\r\n\r\n").unwrap() + 4;
-    let len: usize = text[..head_end]
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())
-                .flatten()
-        })
-        .unwrap_or(0);
-    let mut chunk = [0u8; 4096];
-    while buf.len() < head_end + len {
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed inside the body: {text}");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 async fn start() -> (Gateway, RecordingBackend) {

@@ -14,13 +14,6 @@ use wsgate::model::EndpointState;
 
 const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
-fn status_of(resp: &str) -> u16 {
-    resp.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The gateway with one catch-all route to `backends`.
 async fn gateway_to(backends: &[std::net::SocketAddr]) -> Gateway {
     Gateway::start(&[route(

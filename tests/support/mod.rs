@@ -47,6 +47,42 @@ pub async fn read_http_head(s: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&head).into_owned())
 }
 
+/// The status code of a raw HTTP response (0 when there is none).
+pub fn status_of(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads one response from `s`, which stays open: a 101's head, or a head and its
+/// `content-length` body (wsgate's own answers and the echo backend's carry one).
+pub async fn read_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    read_until(s, &mut buf, b"\r\n\r\n").await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    if status_of(&text) == 101 {
+        return text;
+    }
+    let head_end = text.find("\r\n\r\n").unwrap() + 4;
+    let len: usize = text[..head_end]
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    let mut chunk = [0u8; 4096];
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed inside the body: {text}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// Polls `check` until it returns Some, or fails the test at the deadline.
 pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + DEADLINE;
