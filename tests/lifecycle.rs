@@ -267,4 +267,20 @@ async fn routes_file_edit_reloads_without_touching_live_connections() {
     for ws in &mut live {
         echo_round_trip(ws, "survived the broken edit").await;
     }
+
+    // The first generation lives as long as the connections it routed, and no longer.
+    let alive = |n: u32| {
+        let metrics_url = metrics_url.clone();
+        async move {
+            let text = try_get(&metrics_url).await.ok()?.1;
+            text.contains(&format!("wsgate_route_tables_alive {n}\n"))
+                .then_some(())
+        }
+    };
+    eventually_async("two generations alive", DEADLINE, || alive(2)).await;
+    for mut ws in live {
+        ws.close(None).await.unwrap();
+        while ws.next().await.is_some() {}
+    }
+    eventually_async("the old generation freed", DEADLINE, || alive(1)).await;
 }

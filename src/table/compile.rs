@@ -307,6 +307,7 @@ pub fn compile_from(
             routes: compiled,
             index,
             certificates,
+            alive: None,
         },
         problems,
     )

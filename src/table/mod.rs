@@ -34,6 +34,8 @@ pub use template::TemplateError;
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::balance::{BalanceState, Balancer};
 use crate::model::Route;
 use crate::telemetry::{Metrics, RouteMetrics};
@@ -58,6 +60,26 @@ pub struct RouteTable {
     routes: Vec<CompiledRoute>,
     index: HostIndex,
     certificates: CertificateMap,
+    /// Counts this generation in `wsgate_route_tables_alive` from its publication until it
+    /// is freed (its last connection ended).
+    alive: Option<AliveTable>,
+}
+
+/// One published generation in `wsgate_route_tables_alive`, until dropped with its table.
+#[derive(Debug)]
+struct AliveTable(Gauge);
+
+impl AliveTable {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        AliveTable(gauge)
+    }
+}
+
+impl Drop for AliveTable {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl RouteTable {
@@ -68,6 +90,7 @@ impl RouteTable {
             routes: Vec::new(),
             index: HostIndex::default(),
             certificates: CertificateMap::default(),
+            alive: None,
         }
     }
 

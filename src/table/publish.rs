@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use super::{compile_from, BackendRoots, CompileContext, RouteTable};
+use super::{compile_from, AliveTable, BackendRoots, CompileContext, RouteTable};
 use crate::balance::{BalanceState, StickyKey};
 use crate::model::{Route, RouteProblem, ServerCertificate};
 use crate::telemetry::Metrics;
@@ -118,6 +118,7 @@ impl Publisher {
         } = prepared;
         let generation = self.current.load().generation() + 1;
         table.generation = generation;
+        table.alive = Some(AliveTable::new(self.metrics.tables_alive.clone()));
         table.set_default_certificate(
             self.default_certificate
                 .lock()

@@ -802,6 +802,13 @@ fn publish_swaps_tables_and_reports() {
         "{text}"
     );
     assert!(text.contains("wsgate_route_problems 0"), "{text}");
+    // Generation 1 is still held (`now`): two generations alive until it is dropped.
+    assert!(text.contains("wsgate_route_tables_alive 2"), "{text}");
+    drop(now);
+    assert!(
+        metrics.encode().contains("wsgate_route_tables_alive 1"),
+        "the old generation is freed with its last holder"
+    );
 }
 
 /// `prepare` compiles once and serves nothing; `swap` serves that very table (its

@@ -162,6 +162,7 @@ pub struct Metrics {
     messages_total: Family<BytesLabel, Counter>,
     connect_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub table_generation: Gauge,
+    pub tables_alive: Gauge,
     pub table_reloads_ok: Counter,
     pub table_reloads_failed: Counter,
     pub route_problems: Gauge,
@@ -198,6 +199,7 @@ impl Metrics {
             messages_total: Family::default(),
             connect_seconds: Family::new_with_constructor(connect_histogram),
             table_generation: Gauge::default(),
+            tables_alive: Gauge::default(),
             table_reloads_ok: Counter::default(),
             table_reloads_failed: Counter::default(),
             route_problems: Gauge::default(),
@@ -254,6 +256,11 @@ impl Metrics {
             "route_table_generation",
             "Generation of the route table serving new requests",
             m.table_generation.clone(),
+        );
+        registry.register(
+            "route_tables_alive",
+            "Route table generations in memory: the serving one, and older ones until the last connection routed by them ends",
+            m.tables_alive.clone(),
         );
         registry.register(
             "route_table_reloads_ok",

@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::backoff::WatchBackoff;
 use super::index::{GuardedRoute, Stores, TranslateCache};
 use super::lease::{run_lease, LeaseConfig};
 use super::metrics::{KubeMetrics, Resource as Kind};
@@ -105,7 +106,8 @@ enum Change {
 }
 
 /// A reflector for `K` over `api` feeding `writer`, mapped to `Change`s. Errors are logged
-/// and counted; the watcher retries with backoff while the store keeps its contents.
+/// and counted; the watcher retries with backoff (`WatchBackoff`: at most about 1 s) while the
+/// store keeps its contents.
 fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -121,14 +123,14 @@ where
     // WsRoutes are compared by generation so our own status writes do not rebuild the table.
     let mut generations: HashMap<String, Option<i64>> = HashMap::new();
     let stream = watcher(api, config)
-        .default_backoff()
+        .backoff(WatchBackoff::new())
         .modify(move |o: &mut K| {
             o.managed_fields_mut().clear();
             prepare(o);
         });
     let stream = reflector::reflector(writer, stream).map(move |item| match item {
         Ok(event) => {
-            metrics.watches_healthy.set(1);
+            metrics.watch_event(kind);
             match event {
                 watcher::Event::Apply(o) if kind == Kind::WsRoute => {
                     let uid = o.uid().unwrap_or_default();

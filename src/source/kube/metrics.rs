@@ -2,10 +2,17 @@
 //! 410 Gone, status patch
 //! outcomes, leadership and rebuilds. Registered by the caller into the process registry.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -15,6 +22,15 @@ pub enum Resource {
     EndpointSlice,
     Lease,
     Secret,
+}
+
+impl Resource {
+    const WATCHED: [Resource; 4] = [
+        Resource::WsRoute,
+        Resource::Service,
+        Resource::EndpointSlice,
+        Resource::Secret,
+    ];
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,10 +63,71 @@ pub struct KubeMetrics {
     pub rebuilds: Counter,
     /// WsRoutes in the stores that do not deserialize (left out of the table).
     pub invalid_routes: Gauge,
+    last_events: Arc<LastEvents>,
+}
+
+/// When each watch last delivered an event, read at scrape time as an age.
+#[derive(Debug)]
+struct LastEvents {
+    start: Instant,
+    /// Milliseconds after `start` plus one, per [`Resource::WATCHED`]; 0 = never.
+    at_ms: [AtomicU64; 4],
+}
+
+impl Default for LastEvents {
+    fn default() -> Self {
+        LastEvents {
+            start: Instant::now(),
+            at_ms: Default::default(),
+        }
+    }
+}
+
+impl LastEvents {
+    fn slot(&self, resource: Resource) -> Option<&AtomicU64> {
+        let i = Resource::WATCHED.iter().position(|r| *r == resource)?;
+        Some(&self.at_ms[i])
+    }
+
+    fn note(&self, resource: Resource) {
+        if let Some(slot) = self.slot(resource) {
+            let ms = self.start.elapsed().as_millis() as u64 + 1;
+            slot.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Seconds since `resource`'s watch last delivered, if it ever did.
+    fn age(&self, resource: Resource) -> Option<f64> {
+        let at = self
+            .slot(resource)?
+            .load(Ordering::Relaxed)
+            .checked_sub(1)?;
+        let now = self.start.elapsed().as_millis() as u64;
+        Some(now.saturating_sub(at) as f64 / 1000.0)
+    }
+}
+
+impl Collector for LastEvents {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "kube_watch_event_age_seconds",
+            "Seconds since each watch last delivered an event (a list, a change or a relist); grows in a quiet cluster too, so alert on it together with wsgate_kube_watches_healthy",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for resource in Resource::WATCHED {
+            if let Some(age) = self.age(resource) {
+                let label = ResourceLabel { resource };
+                ConstGauge::new(age).encode(family.encode_family(&label)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl KubeMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(Arc::clone(&self.last_events)));
         registry.register(
             "kube_watch_errors",
             "Failed list/watch calls to the API server; the last route table keeps serving",
@@ -91,6 +168,17 @@ impl KubeMetrics {
             "Route sets published from the API server's objects",
             self.rebuilds.clone(),
         );
+    }
+
+    /// A watch delivered an event: the watches are healthy again.
+    pub fn watch_event(&self, resource: Resource) {
+        self.watches_healthy.set(1);
+        self.last_events.note(resource);
+    }
+
+    /// Seconds since `resource`'s watch last delivered an event.
+    pub fn watch_event_age(&self, resource: Resource) -> Option<f64> {
+        self.last_events.age(resource)
     }
 
     pub fn watch_error(&self, resource: Resource) {
@@ -145,11 +233,19 @@ mod tests {
         kube.watch_error(Resource::EndpointSlice);
         kube.relist(Resource::WsRoute);
         kube.status_patch(PatchOutcome::Written);
+        kube.watch_event(Resource::Service);
         let text = metrics.encode();
+        assert!(
+            text.lines()
+                .any(|l| l
+                    .starts_with("wsgate_kube_watch_event_age_seconds{resource=\"Service\"} 0.")),
+            "{text}"
+        );
+        assert!(!text.contains("wsgate_kube_watch_event_age_seconds{resource=\"WsRoute\"}"));
         for line in [
             "wsgate_kube_watch_errors_total{resource=\"EndpointSlice\"} 1",
             "wsgate_kube_watch_relists_total{resource=\"WsRoute\"} 1",
-            "wsgate_kube_watches_healthy 0",
+            "wsgate_kube_watches_healthy 1",
             "wsgate_kube_status_patches_total{outcome=\"Written\"} 1",
             "wsgate_kube_events_failed_total 0",
             "wsgate_kube_leader 0",

@@ -9,6 +9,7 @@
 //! - `writer` + `lease`: status patches and Events, only by the Lease holder.
 
 mod auth;
+mod backoff;
 mod controller;
 mod index;
 mod lease;
