@@ -44,8 +44,8 @@ tcp_mem_bytes() {
 }
 pss_kb() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
 wait_port() {
-    local i
-    for i in $(seq 200); do
+
+    for _ in $(seq 200); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.05
     done
@@ -65,13 +65,13 @@ wait_port "$GW_PORT"
 
 # measure TARGET PORT: prints "slab_bytes tcp_mem_bytes pss_kb" deltas per connection.
 measure() {
-    local target=$1 port=$2 ready=$WORK/ready-$1 s0 m0 p0 s1 m1 p1 lg i
+    local target=$1 port=$2 ready=$WORK/ready-$1 s0 m0 p0 s1 m1 p1 lg
     sync
     s0=$(slab_bytes) m0=$(tcp_mem_bytes) p0=$(pss_kb "$GW_PID")
     "$LOADGEN_BIN" idle --conns "$N" --hold 6s --parallel 64 --url "ws://127.0.0.1:$port/bench" \
         --target "$target" --ready-file "$ready" >"$WORK/$target.json" 2>"$WORK/$target.err" &
     lg=$!
-    for i in $(seq 600); do [ -s "$ready" ] && break; sleep 0.05; done
+    for _ in $(seq 600); do [ -s "$ready" ] && break; sleep 0.05; done
     [ -s "$ready" ] || { echo "kernel-memory.sh: $target never got $N connections open: $(cat "$WORK/$target.err")" >&2; exit 1; }
     sleep 1
     s1=$(slab_bytes) m1=$(tcp_mem_bytes) p1=$(pss_kb "$GW_PID")
