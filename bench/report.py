@@ -3,7 +3,9 @@
 
 Medians over rounds per scenario and target, ratios to the direct connection, and each proxy's
 own CPU time per message / MB / handshake (the fair comparison on 2 cores, where the load
-generator saturates first). Standard library only.
+generator saturates first). The wss-* scenarios (issue 22) are the same scenarios with TLS
+between the load generator and the proxy, reported the same way, plus which TLS parameters each
+target negotiated. Standard library only.
 
   report.py --runs runs.jsonl --meta meta.json --out RESULTS.md [--check]
   report.py --one-line loadgen-output.json      (a short summary for the run log)
@@ -86,6 +88,29 @@ def metrics():
         before = run.get("pss_before_kb")
         return None if before is None else before / 1024
 
+    def resumed_share(run):
+        handshakes = dig(run, "result", "tls", "handshakes")
+        resumed = dig(run, "result", "tls", "resumed")
+        return None if not handshakes or resumed is None else resumed / handshakes
+
+    ws = ws_metrics(result, cpu_per, calls_per, cpu_per_mb, idle_per_conn, idle_cpu, pss_before)
+    wss = []
+    for base in ("throughput", "bulk", "latency", "handshakes", "resumed", "idle"):
+        source = "handshakes" if base == "resumed" else base
+        for scenario, label, get, kind, vs_direct in ws:
+            if scenario == source:
+                wss.append((f"wss-{base}", wss_label(label), get, kind, vs_direct))
+        if base in ("handshakes", "resumed"):
+            wss.append((f"wss-{base}", "resumed TLS handshakes (share)", resumed_share, "share", False))
+    return ws + wss
+
+
+def wss_label(label):
+    """A ws metric's label for its wss twin (the upgrade phase includes the TLS handshake)."""
+    return label.replace("connect + upgrade", "connect + TLS + upgrade")
+
+
+def ws_metrics(result, cpu_per, calls_per, cpu_per_mb, idle_per_conn, idle_cpu, pss_before):
     return [
         ("throughput", "messages/s (64 B, 100 conns × 16 in flight)", result("msgs_per_s"), "rate", True),
         ("throughput", "RTT p50 (µs)", result("rtt_us", "p50"), "us", False),
@@ -119,6 +144,12 @@ SCENARIO_TITLES = {
     "latency": "3. latency at a fixed rate",
     "handshakes": "4. handshakes",
     "idle": "5. idle connections",
+    "wss-throughput": "1. small messages, wss",
+    "wss-bulk": "2. large messages, wss",
+    "wss-latency": "3. latency at a fixed rate, wss",
+    "wss-handshakes": "4. full TLS handshakes, wss",
+    "wss-resumed": "4r. resumed TLS handshakes, wss",
+    "wss-idle": "5. idle connections, wss",
 }
 
 
@@ -137,6 +168,8 @@ def fmt(value, kind):
         return f"{value:,.0f}"
     if kind == "mib":
         return f"{value:,.1f}"
+    if kind == "share":
+        return f"{value:.0%}"
     return str(value)
 
 
@@ -206,7 +239,7 @@ def proxy_verdicts(values, targets):
     if "wsgate" not in targets or not any(p in targets for p in ("nginx", "haproxy")):
         return []
     out = []
-    checks = [
+    ws_checks = [
         ("throughput", "messages/s (64 B, 100 conns × 16 in flight)", True),
         ("throughput", "RTT p50 (µs)", False),
         ("throughput", "RTT p99 (µs)", False),
@@ -220,6 +253,11 @@ def proxy_verdicts(values, targets):
         ("handshakes", "proxy CPU per handshake (µs)", False),
         ("idle", "proxy PSS per idle connection (bytes)", False),
     ]
+    checks = list(ws_checks)
+    for scenario, label, higher_is_better in ws_checks:
+        checks.append((f"wss-{scenario}", label, higher_is_better))
+        if scenario == "handshakes":
+            checks.append(("wss-resumed", label, higher_is_better))
     for scenario, label, higher_is_better in checks:
         mine = median(values.get((scenario, label, "wsgate"), []))
         peers = {p: median(values.get((scenario, label, p), [])) for p in ("nginx", "haproxy") if p in targets}
@@ -273,7 +311,7 @@ def commands(runs, targets):
 def check(runs, targets, scenarios):
     """Quick mode: every scenario that ran produced numbers for every target."""
     problems = []
-    wanted = {
+    base_wanted = {
         "throughput": lambda r: (dig(r, "result", "msgs_per_s") or 0) > 0 and dig(r, "result", "rtt_us", "p99") is not None,
         "bulk": lambda r: (dig(r, "result", "mb_per_s") or 0) > 0,
         "latency": lambda r: dig(r, "result", "rtt_us", "p999") is not None,
@@ -282,11 +320,16 @@ def check(runs, targets, scenarios):
         and r.get("pss_held_kb") is not None
         and r.get("pss_before_kb") is not None,
     }
+    wanted = dict(base_wanted)
+    for base, ok in base_wanted.items():
+        # Over wss the same numbers, and every handshake on the pinned parameters.
+        wanted[f"wss-{base}"] = lambda r, ok=ok: ok(r) and negotiated_as_pinned(r)
+    wanted["wss-resumed"] = wanted["wss-handshakes"]
     for scenario, ok in wanted.items():
         if scenario not in scenarios:
             continue
         for target in targets:
-            if scenario == "idle" and target == "direct":
+            if scenario in ("idle", "wss-idle") and target == "direct":
                 continue
             mine = [r for r in runs if r.get("scenario") == scenario and r.get("target") == target]
             if not mine:
@@ -296,20 +339,59 @@ def check(runs, targets, scenarios):
     return problems
 
 
+PINNED_TLS = {"version": "TLSv1_3", "key_exchange": "X25519", "cipher_suite": "TLS13_AES_128_GCM_SHA256"}
+
+
+def negotiated_as_pinned(run):
+    """Every TLS handshake of the run negotiated TLS 1.3, X25519 and AES-128-GCM."""
+    tls = dig(run, "result", "tls") or {}
+    return (tls.get("handshakes") or 0) > 0 and all(tls.get(k) == v for k, v in PINNED_TLS.items())
+
+
+def tls_table(runs, targets):
+    """What each target's TLS handshakes negotiated over every wss run (the load generator's count)."""
+    lines = ["| target | handshakes | full | resumed | hello retries | versions | key exchange | cipher suite |",
+             "|---|---|---|---|---|---|---|---|"]
+    for target in targets:
+        totals = {"handshakes": 0, "full": 0, "resumed": 0, "hello_retry": 0}
+        names = {"versions": {}, "key_exchanges": {}, "cipher_suites": {}}
+        for run in runs:
+            tls = dig(run, "result", "tls")
+            if run.get("target") != target or not str(run.get("scenario", "")).startswith("wss-") or not tls:
+                continue
+            for key in totals:
+                totals[key] += tls.get(key) or 0
+            for key, seen in names.items():
+                for name, count in (tls.get(key) or {}).items():
+                    seen[name] = seen.get(name, 0) + count
+        if not totals["handshakes"]:
+            continue
+        cells = [", ".join(f"{name} ({count:,})" for name, count in seen.items()) for seen in names.values()]
+        lines.append(f"| {target} | {totals['handshakes']:,} | {totals['full']:,} | {totals['resumed']:,} | "
+                     f"{totals['hello_retry']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def one_line(path):
     with open(path, encoding="utf-8") as handle:
         lines = [line for line in handle.read().splitlines() if line.strip()]
     r = json.loads(lines[-1]) if lines else {}
     s = r.get("scenario")
+    tls = r.get("tls")
+    suffix = ""
+    if tls:
+        suffix = (f"; TLS {tls.get('key_exchange')} {tls.get('cipher_suite')}, "
+                  f"{tls.get('resumed')} of {tls.get('handshakes')} resumed")
     if s == "throughput" or s == "bulk":
         return (f"{r['msgs_per_s']:,.0f} msg/s, {r['mb_per_s']:,.1f} MB/s, p50 {r['rtt_us']['p50']} µs, "
-                f"p99 {r['rtt_us']['p99']} µs, errors {r['errors']}")
+                f"p99 {r['rtt_us']['p99']} µs, errors {r['errors']}" + suffix)
     if s == "latency":
         rtt = r["rtt_us"]
-        return f"{r['achieved_rate']:,.0f}/s, p50 {rtt['p50']} p99 {rtt['p99']} p999 {rtt['p999']} µs, errors {r['errors']}"
+        return (f"{r['achieved_rate']:,.0f}/s, p50 {rtt['p50']} p99 {rtt['p99']} p999 {rtt['p999']} µs, "
+                f"errors {r['errors']}" + suffix)
     if s == "handshakes":
         return (f"{r['per_s']:,.0f}/s, cycle p50 {r['cycle_us']['p50']} µs (upgrade {r['upgrade_us']['p50']}, "
-                f"echo {r['echo_us']['p50']}, close {r['close_us']['p50']}), errors {r['errors']}")
+                f"echo {r['echo_us']['p50']}, close {r['close_us']['p50']}), errors {r['errors']}" + suffix)
     return json.dumps(r)
 
 
@@ -372,11 +454,28 @@ def render(runs, meta, targets, kept_notes):
         "`/{everything}` → the echo backend, `RUST_LOG=warn`, otherwise its defaults: one worker "
         "and one relay thread, to which a relay moves after 128 messages (inside the warm-up of "
         "scenarios 1–3; scenario 4's and 5's connections never move).\n"
+        "- wss (the rows marked wss): the same scenarios with TLS between the load generator and the "
+        "proxy, ws from the proxy to the same echo backend. Every proxy terminates TLS with the same "
+        "settings: TLS 1.3 only, TLS_AES_128_GCM_SHA256, X25519, one ECDSA P-256 certificate "
+        "generated by `openssl` for the run (wsgate `--tls-listen` with `--default-cert/--default-key`; "
+        "nginx `listen ... ssl` with `ssl_protocols TLSv1.3`, `ssl_ecdh_curve X25519`, "
+        "`ssl_conf_command Ciphersuites`; HAProxy `bind ... ssl crt` with `ssl-min-ver TLSv1.3`, "
+        "`ciphersuites`, `curves X25519`; session tickets at each proxy's default). The load generator "
+        "(rustls, ring provider) offers only that suite, X25519 first, and pins the certificate; what "
+        "each handshake negotiated is counted below. Direct over wss is `loadgen tls-echo` (rustls + "
+        "fastwebsockets, on the backend's core), none of the compared proxies. Every wss connection "
+        "makes a full handshake (resumption off) except in 4r, which resumes TLS 1.3 sessions; CPU per "
+        "message or MB includes the setup of the run's 100 (scenario 1) or 10 connections, as on ws.\n"
     )
     out.append("## Results (medians)\n")
     out.append("Ratios in parentheses are to direct; latency rows show µs added over direct.\n")
     out.append(headline_table(values, present))
     out.append("")
+    negotiated = tls_table(runs, present)
+    if negotiated:
+        out.append("### TLS negotiated (every wss run, as the load generator saw it)\n")
+        out.append(negotiated)
+        out.append("")
     verdicts = proxy_verdicts(values, present)
     if verdicts:
         out.append("### wsgate against the better of nginx and HAProxy\n")
@@ -412,7 +511,11 @@ def main():
     parser.add_argument("--out")
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--one-line")
-    parser.add_argument("--scenarios", default="throughput,bulk,latency,handshakes,idle")
+    parser.add_argument(
+        "--scenarios",
+        default="throughput,bulk,latency,handshakes,idle,"
+        "wss-throughput,wss-bulk,wss-latency,wss-handshakes,wss-resumed,wss-idle",
+    )
     args = parser.parse_args()
     if args.one_line:
         try:

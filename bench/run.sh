@@ -7,9 +7,15 @@
 #                           scenario produced numbers; writes its report under /tmp
 #
 # Options: --targets direct,wsgate,nginx,haproxy   --rounds N   --out FILE
-#          --scenarios throughput,bulk,latency,handshakes,idle   (a subset, for focused runs)
+#          --scenarios throughput,bulk,latency,handshakes,idle,wss-throughput,wss-bulk,
+#                      wss-latency,wss-handshakes,wss-resumed,wss-idle   (a subset, for focused runs)
 # Environment: WSGATE_BIN / LOADGEN_BIN (skip building), BENCH_PORT_BASE (default 18000),
 #              IDLE_CONNS, DURATION, WARMUP (override the mode's defaults).
+#
+# wss-* (issue 22): the same scenarios with TLS 1.3 between the load generator and the proxy
+# (AES-128-GCM, X25519, one ECDSA P-256 certificate generated into the run's directory; ws from
+# the proxy to the echo backend); wss-handshakes are full handshakes, wss-resumed resume a TLS
+# session. "direct" over wss is `loadgen tls-echo`, a TLS WebSocket echo none of the proxies.
 #
 # Pinning: every proxy runs alone on core 0 (taskset -c 0); the load generator and the echo
 # backend share core 1. All run at the same (default) priority. See bench/README.md.
@@ -21,7 +27,8 @@ MODE=full
 TARGETS="direct,wsgate,nginx,haproxy"
 ROUNDS=""
 OUT=""
-SCENARIO_SET="throughput,bulk,latency,handshakes,idle"
+ALL_SCENARIOS="throughput,bulk,latency,handshakes,idle,wss-throughput,wss-bulk,wss-latency,wss-handshakes,wss-resumed,wss-idle"
+SCENARIO_SET=$ALL_SCENARIOS
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) MODE=quick ;;
@@ -29,7 +36,7 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --scenarios) SCENARIO_SET="$2"; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -41,9 +48,15 @@ done
 has_target() { [[ ",$TARGETS," == *",$1,"* ]]; }
 IFS=',' read -r -a SCENARIO_LIST <<<"$SCENARIO_SET"
 for s in "${SCENARIO_LIST[@]}"; do
-    case "$s" in throughput|bulk|latency|handshakes|idle) ;; *) echo "run.sh: unknown scenario $s" >&2; exit 2 ;; esac
+    case "$s" in
+        throughput|bulk|latency|handshakes|idle) ;;
+        wss-throughput|wss-bulk|wss-latency|wss-handshakes|wss-resumed|wss-idle) ;;
+        *) echo "run.sh: unknown scenario $s" >&2; exit 2 ;;
+    esac
 done
 has_scenario() { [[ ",$SCENARIO_SET," == *",$1,"* ]]; }
+WSS=0
+[[ ",$SCENARIO_SET," == *",wss-"* ]] && WSS=1
 
 if [ "$MODE" = full ]; then
     ROUNDS=${ROUNDS:-3}; WARMUP=${WARMUP:-1s}; DURATION=${DURATION:-5s}
@@ -61,6 +74,11 @@ WSGATE_PORT=$((PORT_BASE + 2))
 WSGATE_ADMIN_PORT=$((PORT_BASE + 3))
 NGINX_PORT=$((PORT_BASE + 4))
 HAPROXY_PORT=$((PORT_BASE + 5))
+# TLS listeners (wss-* scenarios): the direct baseline's TLS echo and each proxy's second listener.
+TLS_ECHO_PORT=$((PORT_BASE + 6))
+WSGATE_TLS_PORT=$((PORT_BASE + 7))
+NGINX_TLS_PORT=$((PORT_BASE + 8))
+HAPROXY_TLS_PORT=$((PORT_BASE + 9))
 PROXY_CPU=0
 LOAD_CPU=1
 
@@ -69,7 +87,7 @@ RUNS="$WORK/runs.jsonl"
 : >"$RUNS"
 if [ -z "$OUT" ]; then
     # Only a full run of every scenario replaces the committed report.
-    if [ "$MODE" = full ] && [ "$SCENARIO_SET" = throughput,bulk,latency,handshakes,idle ]; then
+    if [ "$MODE" = full ] && [ "$SCENARIO_SET" = "$ALL_SCENARIOS" ]; then
         OUT="$BENCH_DIR/RESULTS.md"
     else
         OUT="$WORK/RESULTS.md"
@@ -112,10 +130,11 @@ fi
 [ "$(nproc)" -ge 2 ] || die "needs 2 cores (proxy on core 0, load generator + backend on core 1)"
 
 # --- tools --------------------------------------------------------------------------------------
-if { has_target nginx && ! command -v nginx >/dev/null; } || { has_target haproxy && ! command -v haproxy >/dev/null; }; then
-    log "installing nginx and haproxy from Debian"
+if { has_target nginx && ! command -v nginx >/dev/null; } || { has_target haproxy && ! command -v haproxy >/dev/null; } \
+    || ! command -v openssl >/dev/null; then
+    log "installing nginx, haproxy and openssl from Debian"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy openssl >/dev/null
 fi
 command -v python3 >/dev/null || die "python3 is needed for the report"
 # System calls per operation, when perf can count them here (root or perf_event_paranoid <= 1):
@@ -146,26 +165,60 @@ if has_target wsgate && ! "$WSGATE_BIN" run --help >/dev/null 2>&1; then
 fi
 
 # --- configs ------------------------------------------------------------------------------------
-fill() { # template output: replaces @PLACEHOLDERS@
+# One ECDSA P-256 certificate for every TLS listener (valid for 127.0.0.1; the load generator
+# pins exactly this certificate with --cert). HAProxy wants certificate and key in one file.
+TLS_DIR="$WORK/tls"
+mkdir -p "$TLS_DIR"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=wsgate-bench -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" 2>"$TLS_DIR/openssl.log" ||
+    { cat "$TLS_DIR/openssl.log" >&2; die "openssl could not generate the benchmark certificate"; }
+cat "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/cert-and-key.pem"
+
+fill() { # template output prefix port tls_port: replaces @PLACEHOLDERS@
     sed -e "s|@PREFIX@|$WORK/$3|g" -e "s|@ECHO_PORT@|$ECHO_PORT|g" -e "s|@LISTEN_PORT@|$4|g" \
+        -e "s|@TLS_LISTEN_PORT@|$5|g" -e "s|@CERT@|$TLS_DIR/cert.pem|g" -e "s|@KEY@|$TLS_DIR/key.pem|g" \
+        -e "s|@CERT_AND_KEY@|$TLS_DIR/cert-and-key.pem|g" \
         -e "s|@NOFILE@|$NOFILE|g" -e "s|@WORKER_CONNECTIONS@|$((2 * IDLE_CONNS * 11 / 10 + 256))|g" \
         -e "s|@MAXCONN@|$((IDLE_CONNS + 32))|g" "$1" >"$2"
 }
 mkdir -p "$WORK/nginx/tmp" "$WORK/haproxy" "$WORK/wsgate" "$WORK/logs"
-fill "$BENCH_DIR/peers/nginx.conf.in" "$WORK/nginx/nginx.conf" nginx "$NGINX_PORT"
-fill "$BENCH_DIR/peers/haproxy.cfg.in" "$WORK/haproxy/haproxy.cfg" haproxy "$HAPROXY_PORT"
-fill "$BENCH_DIR/peers/wsgate-routes.yaml.in" "$WORK/wsgate/routes.yaml" wsgate "$WSGATE_PORT"
+fill "$BENCH_DIR/peers/nginx.conf.in" "$WORK/nginx/nginx.conf" nginx "$NGINX_PORT" "$NGINX_TLS_PORT"
+fill "$BENCH_DIR/peers/haproxy.cfg.in" "$WORK/haproxy/haproxy.cfg" haproxy "$HAPROXY_PORT" "$HAPROXY_TLS_PORT"
+fill "$BENCH_DIR/peers/wsgate-routes.yaml.in" "$WORK/wsgate/routes.yaml" wsgate "$WSGATE_PORT" "$WSGATE_TLS_PORT"
 has_target nginx && { nginx -t -q -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" || die "nginx config invalid"; }
 has_target haproxy && { haproxy -c -q -f "$WORK/haproxy/haproxy.cfg" || die "haproxy config invalid"; }
 
 # --- process helpers ------------------------------------------------------------------------------
-port_of() {
-    case "$1" in
-        direct) echo "$ECHO_PORT" ;; wsgate) echo "$WSGATE_PORT" ;;
-        nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;;
+port_of() { # target [scenario]: the TLS listener for wss-* scenarios
+    case "${2:-}" in
+        wss-*)
+            case "$1" in
+                direct) echo "$TLS_ECHO_PORT" ;; wsgate) echo "$WSGATE_TLS_PORT" ;;
+                nginx) echo "$NGINX_TLS_PORT" ;; haproxy) echo "$HAPROXY_TLS_PORT" ;;
+            esac ;;
+        *)
+            case "$1" in
+                direct) echo "$ECHO_PORT" ;; wsgate) echo "$WSGATE_PORT" ;;
+                nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;;
+            esac ;;
     esac
 }
-url_of() { echo "ws://127.0.0.1:$(port_of "$1")/bench"; }
+url_of() { # target [scenario]
+    case "${2:-}" in
+        wss-*) echo "wss://127.0.0.1:$(port_of "$1" "$2")/bench" ;;
+        *) echo "ws://127.0.0.1:$(port_of "$1" "$2")/bench" ;;
+    esac
+}
+tls_args() { # scenario -> the load generator's TLS options (the pinned certificate; resumption)
+    # Only wss-resumed resumes sessions. Everywhere else every connection makes a full handshake,
+    # so each target pays the same setup inside its measured CPU (resumption would otherwise hit a
+    # share of the connections that depends on how soon each proxy sends its tickets).
+    case "$1" in
+        wss-resumed) echo "--cert $TLS_DIR/cert.pem" ;;
+        wss-*) echo "--cert $TLS_DIR/cert.pem --no-resume" ;;
+    esac
+}
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() { # port pid: until something listens, while pid lives, within 20 s
@@ -203,15 +256,40 @@ start_echo() {
     wait_port "$ECHO_PORT" "${PID_OF[echo]}" || { cat "$WORK/logs/echo.log" >&2; die "echo backend did not start"; }
 }
 
+start_tls_echo() { # the direct wss baseline: loadgen's TLS WebSocket echo, next to the ws one
+    port_free "$TLS_ECHO_PORT" || die "port $TLS_ECHO_PORT is in use (set BENCH_PORT_BASE)"
+    start_bg tls-echo "$LOAD_CPU" "$LOADGEN_BIN" tls-echo --listen "127.0.0.1:$TLS_ECHO_PORT" \
+        --cert "$TLS_DIR/cert.pem" --key "$TLS_DIR/key.pem" --lifetime 60m
+    wait_port "$TLS_ECHO_PORT" "${PID_OF[tls-echo]}" || { cat "$WORK/logs/tls-echo.log" >&2; die "tls-echo did not start"; }
+}
+
+probe() { # target scenario: one WebSocket echo through the target's listener for that scenario
+    local t=$1 i
+    for i in $(seq 30); do
+        # shellcheck disable=SC2046
+        if taskset -c "$LOAD_CPU" "$LOADGEN_BIN" handshakes --url "$(url_of "$t" "$2")" $(tls_args "$2") \
+            --target probe --conns 1 --warmup 0s --duration 0.1s >"$WORK/logs/probe-$t-$2.json" 2>&1; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    cat "$WORK/logs/probe-$t-$2.json" >&2
+    return 1
+}
+
 start_proxy() { # target
-    local t=$1 port
+    local t=$1 port tls_port
     port=$(port_of "$t")
+    tls_port=$(port_of "$t" wss-probe)
     port_free "$port" || die "port $port is in use (set BENCH_PORT_BASE)"
+    port_free "$tls_port" || die "port $tls_port is in use (set BENCH_PORT_BASE)"
     case "$t" in
         wsgate)
             port_free "$WSGATE_ADMIN_PORT" || die "port $WSGATE_ADMIN_PORT is in use"
             RUST_LOG=warn start_bg wsgate "$PROXY_CPU" "$WSGATE_BIN" run --routes "$WORK/wsgate/routes.yaml" \
-                --listen "127.0.0.1:$WSGATE_PORT" --admin-listen "127.0.0.1:$WSGATE_ADMIN_PORT" ;;
+                --listen "127.0.0.1:$WSGATE_PORT" --admin-listen "127.0.0.1:$WSGATE_ADMIN_PORT" \
+                --tls-listen "127.0.0.1:$WSGATE_TLS_PORT" \
+                --default-cert "$TLS_DIR/cert.pem" --default-key "$TLS_DIR/key.pem" ;;
         nginx)
             start_bg nginx "$PROXY_CPU" nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" \
                 -c "$WORK/nginx/nginx.conf" -g 'daemon off;' ;;
@@ -219,18 +297,12 @@ start_proxy() { # target
             start_bg haproxy "$PROXY_CPU" haproxy -db -f "$WORK/haproxy/haproxy.cfg" ;;
     esac
     wait_port "$port" "${PID_OF[$t]}" || { tail -20 "$WORK/logs/$t.log" >&2; die "$t did not start listening on $port"; }
+    wait_port "$tls_port" "${PID_OF[$t]}" || { tail -20 "$WORK/logs/$t.log" >&2; die "$t did not start listening on $tls_port"; }
     # The proxy must relay a real WebSocket echo before it is measured (wsgate may answer 404
-    # until its routes file is loaded: retry for a few seconds).
-    local i
-    for i in $(seq 30); do
-        if taskset -c "$LOAD_CPU" "$LOADGEN_BIN" handshakes --url "$(url_of "$t")" --target probe \
-            --conns 1 --warmup 0s --duration 0.1s >"$WORK/logs/probe-$t.json" 2>&1; then
-            return 0
-        fi
-        sleep 0.2
-    done
-    cat "$WORK/logs/probe-$t.json" >&2
-    die "$t listens but does not relay WebSockets to the echo backend"
+    # until its routes file is loaded: probe retries for a few seconds), over wss too when a
+    # wss scenario runs.
+    probe "$t" ws || die "$t listens but does not relay WebSockets to the echo backend"
+    [ "$WSS" = 0 ] || probe "$t" wss-probe || die "$t does not relay wss to the echo backend"
 }
 
 restart_proxy() {
@@ -274,8 +346,10 @@ secs() { awk -v t="$1" -v hz="$CLK_TCK" 'BEGIN {printf "%.3f", t / hz}'; }
 ns_secs() { awk -v t="$1" 'BEGIN {printf "%.6f", t / 1e9}'; }
 
 # --- scenarios ----------------------------------------------------------------------------------
-scenario_args() { # scenario -> loadgen arguments
-    case "$1" in
+scenario_args() { # scenario -> loadgen arguments (wss-X as X; wss-resumed as handshakes)
+    local base=${1#wss-}
+    [ "$base" = resumed ] && base=handshakes
+    case "$base" in
         throughput) echo "throughput --conns 100 --inflight 16 --size 64 --warmup $WARMUP --duration $DURATION" ;;
         bulk) echo "bulk --conns 10 --inflight 1 --size 65536 --warmup $WARMUP --duration $DURATION" ;;
         latency) echo "latency --rate $LATENCY_RATE --conns 10 --size 64 --warmup $WARMUP --duration $DURATION" ;;
@@ -299,16 +373,16 @@ record() { # round scenario target cmd proxy_cpu_s echo_cpu_s extra_json result_
 # epoll_waits and syscall_ops (the operations of the counting pass) in the caller.
 count_syscalls() { # round scenario target proxy_pid
     [ "$SYSCALLS" = 1 ] || return 0
-    case "$2" in throughput|handshakes) ;; *) return 0 ;; esac
+    case "$2" in throughput|handshakes|wss-throughput|wss-handshakes|wss-resumed) ;; *) return 0 ;; esac
     local args perf_pid out="$WORK/logs/r$1-$2-$3.count.json"
-    args=$(WARMUP=$COUNT_WARMUP DURATION=$COUNT_DURATION scenario_args "$2")
+    args="$(WARMUP=$COUNT_WARMUP DURATION=$COUNT_DURATION scenario_args "$2") $(tls_args "$2")"
     perf stat -x, -e raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait \
         -p "$(tree_pids "$4" | paste -sd,)" -o "$out.syscalls" >/dev/null 2>&1 &
     perf_pid=$!
     PIDS+=("$perf_pid")
     sleep 0.3 # perf attaches before the load starts; the idle proxy adds next to nothing
     # shellcheck disable=SC2086
-    timeout 60 taskset -c "$LOAD_CPU" "$LOADGEN_BIN" $args --url "$(url_of "$3")" --target "$3" \
+    timeout 60 taskset -c "$LOAD_CPU" "$LOADGEN_BIN" $args --url "$(url_of "$3" "$2")" --target "$3" \
         >"$out" 2>"$out.err" || true
     kill -INT "$perf_pid" 2>/dev/null || true
     wait "$perf_pid" 2>/dev/null || true
@@ -328,17 +402,20 @@ except (OSError, ValueError, IndexError):
 
 run_load() { # round scenario target
     local round=$1 scenario=$2 t=$3 args cmd out status=0 proxy_pid="" p0=0 p1=0 k0=0 k1=0 e0 e1
-    local proxy_cpu=null proxy_ticks_cpu=null
-    args=$(scenario_args "$scenario")
-    cmd="taskset -c $LOAD_CPU loadgen $args --url $(url_of "$t") --target $t"
+    local proxy_cpu=null proxy_ticks_cpu=null echo_pid=${PID_OF[echo]}
+    args="$(scenario_args "$scenario") $(tls_args "$scenario")"
+    args=${args% }
+    cmd="taskset -c $LOAD_CPU loadgen $args --url $(url_of "$t" "$scenario") --target $t"
     out="$WORK/logs/r$round-$scenario-$t.json"
     [ "$t" = direct ] || proxy_pid=${PID_OF[$t]}
+    # Direct over wss talks to the TLS echo: its CPU is the backend's for that run.
+    [[ "$t/$scenario" == direct/wss-* ]] && echo_pid=${PID_OF[tls-echo]}
     [ -z "$proxy_pid" ] || { p0=$(cpu_ns "$proxy_pid"); k0=$(cpu_ticks "$proxy_pid"); }
-    e0=$(cpu_ns "${PID_OF[echo]}")
+    e0=$(cpu_ns "$echo_pid")
     # shellcheck disable=SC2086
-    timeout 120 taskset -c "$LOAD_CPU" "$LOADGEN_BIN" $args --url "$(url_of "$t")" --target "$t" \
+    timeout 120 taskset -c "$LOAD_CPU" "$LOADGEN_BIN" $args --url "$(url_of "$t" "$scenario")" --target "$t" \
         >"$out" 2>"$out.err" || status=$?
-    e1=$(cpu_ns "${PID_OF[echo]}")
+    e1=$(cpu_ns "$echo_pid")
     if [ -n "$proxy_pid" ]; then
         p1=$(cpu_ns "$proxy_pid")
         k1=$(cpu_ticks "$proxy_pid")
@@ -359,18 +436,20 @@ run_load() { # round scenario target
     fi
 }
 
-run_idle() { # round target (a proxy): fresh process, PSS before/while holding, CPU while idle
-    local round=$1 t=$2 pid args cmd out status=0 pss0 pss1 pss2 c0 c1 ready i idle_window lg
+run_idle() { # round target scenario (idle or wss-idle; a proxy): fresh process, PSS before/while
+            # holding, CPU while idle
+    local round=$1 t=$2 scenario=$3 pid args cmd out status=0 pss0 pss1 pss2 c0 c1 ready i idle_window lg
     restart_proxy "$t"
     pid=${PID_OF[$t]}
     sleep 0.5
     pss0=$(pss_kb "$pid")
-    args="idle --conns $IDLE_CONNS --hold ${IDLE_HOLD_S}s --parallel 64"
-    cmd="taskset -c $LOAD_CPU loadgen $args --url $(url_of "$t") --target $t --ready-file READY"
-    out="$WORK/logs/r$round-idle-$t.json"
-    ready="$WORK/idle-ready-$round-$t"
+    args="idle --conns $IDLE_CONNS --hold ${IDLE_HOLD_S}s --parallel 64 $(tls_args "$scenario")"
+    args=${args% }
+    cmd="taskset -c $LOAD_CPU loadgen $args --url $(url_of "$t" "$scenario") --target $t --ready-file READY"
+    out="$WORK/logs/r$round-$scenario-$t.json"
+    ready="$WORK/idle-ready-$round-$scenario-$t"
     # shellcheck disable=SC2086
-    timeout 180 taskset -c "$LOAD_CPU" "$LOADGEN_BIN" $args --url "$(url_of "$t")" --target "$t" \
+    timeout 180 taskset -c "$LOAD_CPU" "$LOADGEN_BIN" $args --url "$(url_of "$t" "$scenario")" --target "$t" \
         --ready-file "$ready" >"$out" 2>"$out.err" &
     lg=$!
     PIDS+=("$lg")
@@ -391,26 +470,30 @@ run_idle() { # round target (a proxy): fresh process, PSS before/while holding, 
     fi
     wait "$lg" || status=$?
     forget_pid "$lg"
-    record "$round" idle "$t" "$cmd" null null \
+    record "$round" "$scenario" "$t" "$cmd" null null \
         "\"pss_before_kb\":$pss0,\"pss_held_kb\":$pss1,\"pss_held_late_kb\":$pss2,\"idle_cpu_s\":$(ns_secs $((c1 - c0))),\"idle_window_s\":$idle_window," \
         "$out" "$status"
     if [ "$status" != 0 ]; then
         FAILURES=$((FAILURES + 1))
-        log "  idle/$t failed (exit $status): $(head -c 300 "$out.err")"
+        log "  $scenario/$t failed (exit $status): $(head -c 300 "$out.err")"
     else
-        log "  idle/$t: PSS ${pss0} kB -> ${pss1} kB with $IDLE_CONNS held; CPU while idle $(ns_secs $((c1 - c0))) s"
+        log "  $scenario/$t: PSS ${pss0} kB -> ${pss1} kB with $IDLE_CONNS held; CPU while idle $(ns_secs $((c1 - c0))) s"
     fi
 }
 
 # --- the run ----------------------------------------------------------------------------------
 log "mode=$MODE rounds=$ROUNDS targets=$TARGETS work=$WORK"
 start_echo
+if [ "$WSS" = 1 ] && has_target direct; then
+    start_tls_echo
+    probe direct wss-probe || die "loadgen tls-echo does not echo over wss"
+fi
 for t in "${TARGET_LIST[@]}"; do
     [ "$t" = direct ] || start_proxy "$t"
 done
 
 SCENARIOS=()
-for scenario in throughput bulk latency handshakes; do
+for scenario in throughput bulk latency handshakes wss-throughput wss-bulk wss-latency wss-handshakes wss-resumed; do
     has_scenario "$scenario" && SCENARIOS+=("$scenario")
 done
 for round in $(seq "$ROUNDS"); do
@@ -422,11 +505,12 @@ for round in $(seq "$ROUNDS"); do
     for scenario in "${SCENARIOS[@]}"; do
         for t in "${order[@]}"; do run_load "$round" "$scenario" "$t"; done
     done
-    if has_scenario idle; then
+    for scenario in idle wss-idle; do
+        has_scenario "$scenario" || continue
         for t in "${order[@]}"; do
-            [ "$t" = direct ] || run_idle "$round" "$t"
+            [ "$t" = direct ] || run_idle "$round" "$t" "$scenario"
         done
-    fi
+    done
 done
 
 # --- report -----------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ start_wsgate() { # name binary port [more wsgate run flags...] (the admin listen
 start_nginx() { # port; PID[nginx] is set by wait_relaying (the worker, once it exists)
     mkdir -p "$WORK/nginx/tmp"
     sed -e "s|@PREFIX@|$WORK/nginx|g" -e "s|@ECHO_PORT@|$ECHO_PORT|g" -e "s|@LISTEN_PORT@|$1|g" \
-        -e "s|@NOFILE@|$(ulimit -n)|g" -e "s|@WORKER_CONNECTIONS@|4096|g" \
+        -e "s|@NOFILE@|$(ulimit -n)|g" -e "s|@WORKER_CONNECTIONS@|4096|g" -e '/# wss only$/d' \
         "$BENCH_DIR/peers/nginx.conf.in" >"$WORK/nginx/nginx.conf"
     taskset -c 0 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" -g 'daemon off;' &
     NGINX_MASTER=$!
@@ -47,7 +47,7 @@ start_nginx() { # port; PID[nginx] is set by wait_relaying (the worker, once it 
 start_haproxy() { # port
     mkdir -p "$WORK/haproxy"
     sed -e "s|@PREFIX@|$WORK/haproxy|g" -e "s|@ECHO_PORT@|$ECHO_PORT|g" -e "s|@LISTEN_PORT@|$1|g" \
-        -e "s|@MAXCONN@|4096|g" "$BENCH_DIR/peers/haproxy.cfg.in" >"$WORK/haproxy/haproxy.cfg"
+        -e "s|@MAXCONN@|4096|g" -e '/# wss only$/d' "$BENCH_DIR/peers/haproxy.cfg.in" >"$WORK/haproxy/haproxy.cfg"
     taskset -c 0 haproxy -db -f "$WORK/haproxy/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
     PID[haproxy]=$!
     PIDS+=($!)

@@ -47,7 +47,7 @@ const MAX_CONSECUTIVE_ERRORS: u32 = 20;
 
 pub async fn run(args: HandshakeArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.conns > 0, "--conns must be positive");
-    let target = Target::parse(&args.common.url)?;
+    let target = Target::new(&args.common)?;
     let start = Instant::now();
     let window_start = start + args.warmup;
     let window_end = window_start + args.duration;

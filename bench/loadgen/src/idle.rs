@@ -46,7 +46,7 @@ enum Held {
 
 pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.conns > 0, "--conns must be positive");
-    let target = Target::parse(&args.common.url)?;
+    let target = Target::new(&args.common)?;
     let op_timeout = args.common.op_timeout;
     let payload = Arc::new(Masked::filler(16));
 

@@ -52,7 +52,7 @@ pub async fn run(args: LatencyArgs) -> anyhow::Result<Report> {
         args.rate > 0.0 && args.rate <= 1_000_000.0,
         "--rate must be in (0, 1000000]"
     );
-    let target = Target::parse(&args.common.url)?;
+    let target = Target::new(&args.common)?;
     let op_timeout = args.common.op_timeout;
     let (conns, open_errors) = open_many(&target, args.conns, OPEN_PARALLEL, op_timeout).await;
 

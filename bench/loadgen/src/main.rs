@@ -5,14 +5,20 @@
 //! `latency` (fixed rate), `handshakes` (connect, one echo, close) and `idle` (hold connections).
 //! Every loop is bounded by a deadline and a count cap, and only loopback addresses are accepted:
 //! this tool must never load anything but a server on this machine.
+//!
+//! `wss://` targets (issue 22) are reached with rustls, the server's certificate pinned with
+//! `--cert`; `tls-echo` is the TLS WebSocket echo server of the direct wss baseline.
 
 mod handshakes;
 mod idle;
 mod latency;
 mod report;
 mod throughput;
+mod tls;
+mod tls_echo;
 mod ws;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -43,14 +49,22 @@ enum Scenario {
     Handshakes(handshakes::HandshakeArgs),
     /// Opens N connections, holds them idle, then closes them; reports how that went.
     Idle(idle::IdleArgs),
+    /// A TLS WebSocket echo server (the direct wss baseline), loopback only; not a load.
+    TlsEcho(tls_echo::TlsEchoArgs),
 }
 
 /// Options every scenario takes.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// ws://127.0.0.1:PORT/path of the target (loopback only).
+    /// ws://127.0.0.1:PORT/path or wss://... of the target (loopback only).
     #[arg(long)]
     url: String,
+    /// For wss://: the server's certificate (PEM); only exactly this certificate is accepted.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// For wss://: no TLS session resumption (every handshake is a full one).
+    #[arg(long)]
+    no_resume: bool,
     /// Label written into the JSON line (direct, wsgate, nginx, haproxy).
     #[arg(long, default_value = "unnamed")]
     target: String,
@@ -116,12 +130,18 @@ fn main() -> ExitCode {
             Scenario::Latency(args) => latency::run(args).await,
             Scenario::Handshakes(args) => handshakes::run(args).await,
             Scenario::Idle(args) => idle::run(args).await,
+            Scenario::TlsEcho(args) => tls_echo::run(args).await,
         }
     });
     // Connections still closing must not hold the process: the report is already printed.
     runtime.shutdown_timeout(Duration::from_millis(200));
     match result {
-        Ok(report) => {
+        Ok(mut report) => {
+            // What the TLS handshakes negotiated (absent for ws://).
+            let negotiated = tls::summary();
+            if let (false, Some(fields)) = (negotiated.is_null(), report.json.as_object_mut()) {
+                fields.insert("tls".to_owned(), negotiated);
+            }
             println!("{}", report.json);
             if report.produced_numbers {
                 ExitCode::SUCCESS

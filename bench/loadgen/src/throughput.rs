@@ -114,7 +114,7 @@ async fn closed_loop(scenario: &str, plan: Plan) -> anyhow::Result<Report> {
         plan.duration > Duration::ZERO,
         "--duration must be positive"
     );
-    let target = Target::parse(&plan.common.url)?;
+    let target = Target::new(&plan.common)?;
     let op_timeout = plan.common.op_timeout;
     let (conns, open_errors) = open_many(&target, plan.conns, OPEN_PARALLEL, op_timeout).await;
 

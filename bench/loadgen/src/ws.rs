@@ -7,16 +7,23 @@
 //! real networks, not benchmarks.) Control frames are handled here rather than by fastwebsockets,
 //! because with auto-masking off its automatic pong and close replies would go out unmasked.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+use crate::{tls, Common};
 
 /// The masking key of every client frame.
 const MASK: [u8; 4] = [0x5a, 0xc3, 0x96, 0x2d];
@@ -32,19 +39,43 @@ const CLOSE_NORMAL: [u8; 2] = [0x03, 0xe8];
 const MAX_FRAMES_BEFORE_CLOSE: usize = 100_000;
 
 /// Where to connect and what to ask for.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     host: String,
     path: String,
+    /// Set for `wss://`: the TLS client (pinned certificate, the bench's one offer).
+    tls: Option<TlsConnector>,
 }
 
 impl Target {
-    /// Parses `ws://IP:PORT/path` (or `ws://localhost:PORT/...`); refuses non-loopback hosts.
-    pub fn parse(url: &str) -> anyhow::Result<Target> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| anyhow!("--url {url:?}: only ws:// URLs are supported"))?;
+    /// The target of a scenario's `--url`, with TLS set up from `--cert` for `wss://`.
+    pub fn new(common: &Common) -> anyhow::Result<Target> {
+        let (mut target, secure) = Target::parse(&common.url)?;
+        match (secure, &common.cert) {
+            (true, Some(cert)) => {
+                let config = tls::client_config(cert, !common.no_resume)?;
+                target.tls = Some(TlsConnector::from(config));
+            }
+            (true, None) => bail!(
+                "--url {:?}: wss:// needs --cert (the server's certificate, pinned)",
+                common.url
+            ),
+            (false, _) => {}
+        }
+        Ok(target)
+    }
+
+    /// Parses `ws://IP:PORT/path` or `wss://...` (or `localhost` for the IP); refuses
+    /// non-loopback hosts. Returns whether the URL asks for TLS.
+    pub fn parse(url: &str) -> anyhow::Result<(Target, bool)> {
+        let (rest, secure) = if let Some(rest) = url.strip_prefix("ws://") {
+            (rest, false)
+        } else if let Some(rest) = url.strip_prefix("wss://") {
+            (rest, true)
+        } else {
+            bail!("--url {url:?}: only ws:// and wss:// URLs are supported");
+        };
         let (authority, path) = match rest.find('/') {
             Some(slash) => rest.split_at(slash),
             None => (rest, "/"),
@@ -58,11 +89,79 @@ impl Target {
         if !is_loopback(addr.ip()) {
             bail!("--url {url:?}: only loopback targets are allowed (127.0.0.0/8 or ::1)");
         }
-        Ok(Target {
-            addr,
-            host: authority.to_owned(),
-            path: path.to_owned(),
-        })
+        Ok((
+            Target {
+                addr,
+                host: authority.to_owned(),
+                path: path.to_owned(),
+                tls: None,
+            },
+            secure,
+        ))
+    }
+}
+
+/// A client connection's byte stream: plain TCP or TLS over it.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(stream) => stream.is_write_vectored(),
+            Stream::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
@@ -95,7 +194,7 @@ fn apply_mask(data: &mut [u8]) {
 
 /// One open WebSocket client connection.
 pub struct Conn {
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<Stream>,
 }
 
 impl Conn {
@@ -112,16 +211,30 @@ impl Conn {
     }
 
     async fn open_inner(target: &Target) -> anyhow::Result<Conn> {
-        let mut stream = TcpStream::connect(target.addr)
+        let tcp = TcpStream::connect(target.addr)
             .await
             .with_context(|| format!("connect to {}", target.addr))?;
-        stream.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        let mut stream = match &target.tls {
+            None => Stream::Plain(tcp),
+            Some(connector) => {
+                // No SNI for an IP address (RFC 6066): every proxy serves its default certificate.
+                let name = ServerName::IpAddress(target.addr.ip().into());
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .with_context(|| format!("TLS handshake with {}", target.addr))?;
+                tls::record(tls.get_ref().1);
+                Stream::Tls(Box::new(tls))
+            }
+        };
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
             target.path, target.host
         );
         stream.write_all(request.as_bytes()).await?;
+        stream.flush().await?;
 
         let mut head = Vec::with_capacity(512);
         let mut chunk = [0u8; 1024];
@@ -170,6 +283,8 @@ impl Conn {
             Payload::Borrowed(&payload.0),
         );
         self.ws.write_frame(frame).await?;
+        // A TLS stream may keep the record until flushed; on plain TCP this is a no-op.
+        self.ws.flush().await?;
         Ok(())
     }
 
@@ -191,13 +306,16 @@ impl Conn {
                     apply_mask(&mut data);
                     let pong = Frame::new(true, OpCode::Pong, Some(MASK), Payload::Owned(data));
                     self.ws.write_frame(pong).await?;
+                    self.ws.flush().await?;
                 }
                 OpCode::Pong => {}
                 OpCode::Close => {
                     let mut reply = CLOSE_NORMAL.to_vec();
                     apply_mask(&mut reply);
                     let close = Frame::new(true, OpCode::Close, Some(MASK), Payload::Owned(reply));
-                    let _ = self.ws.write_frame(close).await;
+                    if self.ws.write_frame(close).await.is_ok() {
+                        let _ = self.ws.flush().await;
+                    }
                     bail!("the target closed the connection");
                 }
             }
@@ -217,6 +335,7 @@ impl Conn {
             apply_mask(&mut payload);
             let close = Frame::new(true, OpCode::Close, Some(MASK), Payload::Borrowed(&payload));
             self.ws.write_frame(close).await?;
+            self.ws.flush().await?;
             let mut replied = false;
             for _ in 0..MAX_FRAMES_BEFORE_CLOSE {
                 match self.ws.read_frame().await {
@@ -283,11 +402,18 @@ mod tests {
     /// Loopback URLs parse into address, Host and path.
     #[test]
     fn target_parse_loopback_url_gives_addr_host_and_path() {
-        let target = Target::parse("ws://127.0.0.1:9001/chat?x=1").expect("valid");
+        let (target, secure) = Target::parse("ws://127.0.0.1:9001/chat?x=1").expect("valid");
         assert_eq!(target.addr, "127.0.0.1:9001".parse().expect("addr"));
         assert_eq!(target.host, "127.0.0.1:9001");
         assert_eq!(target.path, "/chat?x=1");
-        assert_eq!(Target::parse("ws://localhost:80").expect("valid").path, "/");
+        assert!(!secure);
+        assert_eq!(
+            Target::parse("ws://localhost:80").expect("valid").0.path,
+            "/"
+        );
+        let (target, secure) = Target::parse("wss://127.0.0.1:8443/x").expect("valid");
+        assert_eq!(target.addr, "127.0.0.1:8443".parse().expect("addr"));
+        assert!(secure);
     }
 
     /// Anything but a loopback address is refused: this tool only loads local servers.
@@ -295,7 +421,8 @@ mod tests {
     fn target_parse_non_loopback_is_refused() {
         assert!(Target::parse("ws://10.0.0.1:80/").is_err());
         assert!(Target::parse("ws://example.com:80/").is_err());
-        assert!(Target::parse("wss://127.0.0.1:443/").is_err());
+        assert!(Target::parse("wss://10.0.0.1:443/").is_err());
+        assert!(Target::parse("http://127.0.0.1:80/").is_err());
     }
 
     /// Masking twice with the same key restores the payload.
