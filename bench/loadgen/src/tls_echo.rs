@@ -60,31 +60,33 @@ pub async fn run(args: TlsEchoArgs) -> anyhow::Result<Report> {
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     eprintln!("tls-echo: listening on wss://{}", args.listen);
-    let serve = async {
-        loop {
-            let (tcp, _) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                // Out of descriptors or similar: the run notices failed connections; keep going.
-                Err(error) => {
-                    eprintln!("tls-echo: accept: {error}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Err(error) = serve_one(acceptor, tcp).await {
-                    eprintln!("tls-echo: {error:#}");
-                }
-            });
-        }
-    };
     // `serve` never ends by itself: the lifetime bounds it.
-    let _ = timeout(args.lifetime, serve).await;
+    let _ = timeout(args.lifetime, serve(listener, acceptor)).await;
     Ok(Report {
         json: serde_json::json!({"tls_echo": "lifetime over", "listen": args.listen.to_string()}),
         produced_numbers: true,
     })
+}
+
+/// Accepts connections and serves each on its own task, until dropped.
+async fn serve(listener: TcpListener, acceptor: TlsAcceptor) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of descriptors or similar: the run notices failed connections; keep going.
+            Err(error) => {
+                eprintln!("tls-echo: accept: {error}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            if let Err(error) = serve_one(acceptor, tcp).await {
+                eprintln!("tls-echo: {error:#}");
+            }
+        });
+    }
 }
 
 async fn serve_one(acceptor: TlsAcceptor, tcp: TcpStream) -> anyhow::Result<()> {
@@ -222,6 +224,102 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> anyhow::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ws::{Conn, Masked, Target};
+    use crate::Common;
+
+    /// A certificate and key from `openssl` in a fresh directory, or None (the test says why).
+    fn openssl_cert(dir: &std::path::Path, name: &str) -> Option<(PathBuf, PathBuf)> {
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        let status = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args([
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=loadgen-test",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status();
+        match status {
+            Ok(status) if status.success() => Some((cert, key)),
+            other => {
+                eprintln!("SKIPPED: openssl could not make a test certificate ({other:?})");
+                None
+            }
+        }
+    }
+
+    fn common(url: String, cert: PathBuf) -> Common {
+        Common {
+            url,
+            target: "test".to_owned(),
+            op_timeout: Duration::from_secs(5),
+            cert: Some(cert),
+            no_resume: false,
+        }
+    }
+
+    /// Over real TLS on loopback: the pinned certificate is accepted, an echo comes back, the
+    /// close handshake completes, the second connection resumes, and every handshake is on the
+    /// pinned parameters; a different certificate is refused.
+    #[tokio::test]
+    async fn wss_echo_with_pinned_cert_and_refusal_of_another() {
+        let dir = std::env::temp_dir().join(format!("loadgen-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (Some((cert, key)), Some((other_cert, _))) =
+            (openssl_cert(&dir, "server"), openssl_cert(&dir, "other"))
+        else {
+            return;
+        };
+        let acceptor = TlsAcceptor::from(tls::server_config(&cert, &key).expect("server config"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("wss://{}/echo", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(serve(listener, acceptor));
+
+        let target = Target::new(&common(url.clone(), cert)).expect("target");
+        for _ in 0..2 {
+            let mut conn = Conn::open(&target, Duration::from_secs(5))
+                .await
+                .expect("open");
+            conn.send(&Masked::filler(100)).await.expect("send");
+            assert_eq!(conn.recv().await.expect("echo"), 100);
+            conn.close(Duration::from_secs(5)).await.expect("close");
+        }
+        let summary = tls::summary();
+        assert_eq!(summary["key_exchange"], "X25519", "{summary}");
+        assert_eq!(
+            summary["cipher_suite"], "TLS13_AES_128_GCM_SHA256",
+            "{summary}"
+        );
+        assert_eq!(summary["version"], "TLSv1_3", "{summary}");
+        assert!(summary["resumed"].as_u64() >= Some(1), "{summary}");
+
+        let wrong = Target::new(&common(url, other_cert)).expect("target");
+        let refused = Conn::open(&wrong, Duration::from_secs(5)).await;
+        let error = format!(
+            "{:#}",
+            refused.err().expect("another certificate is refused")
+        );
+        assert!(error.contains("invalid peer certificate"), "{error}");
+
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// RFC 6455's sample key gives its sample accept value.
     #[test]
