@@ -2,7 +2,7 @@
 # wsgate's benchmark harness (issue 7): the same WebSocket scenarios against the echo backend
 # directly, wsgate, nginx and HAProxy, alternating targets, medians over rounds.
 #
-#   bench/run.sh            full run (3 rounds, < 10 min once built) -> bench/RESULTS.md
+#   bench/run.sh            full run (3 rounds, ~20 min once built: ws ~8, wss ~13) -> bench/RESULTS.md
 #   bench/run.sh --quick    smoke run (every scenario once, ~1 s each); asserts only that each
 #                           scenario produced numbers; writes its report under /tmp
 #
@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --scenarios) SCENARIO_SET="$2"; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
