@@ -212,6 +212,7 @@ async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpo
                 listening_file: None,
                 max_connections: None,
                 client_address: Default::default(),
+                drain_jitter: false,
                 tls_listen: None,
             },
             sticky_key: wsgate::balance::StickyKey::random(),

@@ -48,7 +48,8 @@ mod upstream;
 mod websocket;
 
 pub use client_addr::ClientAddressOptions;
-pub use drain::{Drain, DrainSignal};
+pub use drain::plan::DrainDefaults;
+pub use drain::{Drain, DrainSignal, LiveRelays};
 pub use error::Error;
 pub use listener::{serve, serve_tls};
 pub use relay::{Offload, OffloadOptions};
@@ -73,6 +74,12 @@ pub struct Gateway {
     pub connections: Arc<ConnectionCount>,
     /// Whose `X-Forwarded-For` is believed (`--trusted-proxies`).
     pub client_address: ClientAddressOptions,
+    // Gentle drains and rebalancing (issue 21).
+    /// The drain budget and jitter of routes without their own (`--drain-timeout`,
+    /// `--drain-jitter`).
+    pub drain_defaults: DrainDefaults,
+    /// Every live relay by route and endpoint, with its control handle.
+    pub live: Arc<LiveRelays>,
 }
 
 impl Gateway {
@@ -83,6 +90,7 @@ impl Gateway {
         offload: OffloadOptions,
         max_connections: Option<u32>,
         client_address: ClientAddressOptions,
+        drain_defaults: DrainDefaults,
     ) -> Arc<Self> {
         let offload = Offload::new(offload, metrics.offload());
         Arc::new(Gateway {
@@ -93,6 +101,8 @@ impl Gateway {
             max_connections,
             connections: Arc::default(),
             client_address,
+            drain_defaults,
+            live: Arc::default(),
         })
     }
 }
