@@ -26,7 +26,12 @@ struct Closed {
     backend: String,
 }
 
-fn drain_spec(up: &str, backends: &[std::net::SocketAddr], budget: &str, jitter: bool) -> WsRouteSpec {
+fn drain_spec(
+    up: &str,
+    backends: &[std::net::SocketAddr],
+    budget: &str,
+    jitter: bool,
+) -> WsRouteSpec {
     let mut s = spec(up, "/{x}", backends);
     s.drain = Some(DrainSpec {
         budget: Some(budget.into()),
@@ -170,8 +175,8 @@ async fn shutdown_spreads_close_1001_over_the_route_budget() {
     let budget = Duration::from_secs(2);
     let r = route("spread", 0, &drain_spec("/s/{x}", &[echo.addr], "2s", true));
     // The process default would close at once: the route's own block decides.
-    let gw = Gateway::start_with_drain(&[r], Duration::from_secs(5), false, Default::default())
-        .await;
+    let gw =
+        Gateway::start_with_drain(&[r], Duration::from_secs(5), false, Default::default()).await;
     let clients = open(400, |i| gw.ws(&format!("/s/{i}?hello=1"))).await;
     let (t0, closes) = watch(clients);
     t0.send_replace(Some(Instant::now()));
@@ -183,7 +188,10 @@ async fn shutdown_spreads_close_1001_over_the_route_budget() {
     assert_eq!(closes.len(), 400);
     assert_all(&closes, 1001, "gateway shutting down");
     assert_spread(&closes, Duration::ZERO, budget, 10);
-    assert!(took < budget + Duration::from_millis(500), "shutdown took {took:?}");
+    assert!(
+        took < budget + Duration::from_millis(500),
+        "shutdown took {took:?}"
+    );
 }
 
 /// Without jitter (the process default), every client gets Close 1001 at once.
@@ -192,8 +200,8 @@ async fn shutdown_without_jitter_closes_every_socket_at_once() {
     wsgate::app::raise_fd_limit();
     let echo = Echo::start("a").await;
     let r = route("once", 0, &spec("/o/{x}", "/{x}", &[echo.addr]));
-    let gw = Gateway::start_with_drain(&[r], Duration::from_secs(5), false, Default::default())
-        .await;
+    let gw =
+        Gateway::start_with_drain(&[r], Duration::from_secs(5), false, Default::default()).await;
     let clients = open(100, |i| gw.ws(&format!("/o/{i}?hello=1"))).await;
     let (t0, closes) = watch(clients);
     t0.send_replace(Some(Instant::now()));
@@ -201,7 +209,10 @@ async fn shutdown_without_jitter_closes_every_socket_at_once() {
     let closes = within("every client closed", closes).await.unwrap();
     assert_all(&closes, 1001, "gateway shutting down");
     let last = closes.iter().map(|c| c.at).max().unwrap();
-    assert!(last < Duration::from_millis(500), "the last close came at {last:?}");
+    assert!(
+        last < Duration::from_millis(500),
+        "the last close came at {last:?}"
+    );
 }
 
 /// The routes of the removal and terminating tests: two backends, round robin.
@@ -222,7 +233,10 @@ async fn two_backends(
     .await;
     let clients = open(160, |i| gw.ws(&format!("/t/{i}?hello=1"))).await;
     let on_b = clients.iter().filter(|(n, _)| n == "b").count();
-    assert!((60..=100).contains(&on_b), "round robin put {on_b} of 160 on b");
+    assert!(
+        (60..=100).contains(&on_b),
+        "round robin put {on_b} of 160 on b"
+    );
     (a, b, s, gw, clients)
 }
 
@@ -266,7 +280,10 @@ async fn removed_endpoint(offload: OffloadOptions) {
     let (t0, closes) = watch(on_b);
     let mut only_a = s.clone();
     only_a.downstream_host_and_ports.truncate(1);
-    assert_eq!(only_a.downstream_host_and_ports[0].port, i32::from(a.addr.port()));
+    assert_eq!(
+        only_a.downstream_host_and_ports[0].port,
+        i32::from(a.addr.port())
+    );
     t0.send_replace(Some(Instant::now()));
     gw.publisher.publish(&[route("two", 0, &only_a)]);
     let closes = within("b's clients closed", closes).await.unwrap();
@@ -365,8 +382,8 @@ fn check_names_bad_drain_and_rebalance_fields() {
         .args(["check", path.to_str().unwrap()])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{text}");
     for want in [
         "drain.yaml:11: document 1 (a): spec.drain.budget: InvalidParameters: the budget must be more than 0",

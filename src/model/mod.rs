@@ -17,9 +17,7 @@ pub use auth::{
     Authentication, ClaimHeader, ClaimSelector, Jwks, JwksError, JwksRef, JwksUnavailable,
     VerifiedTokens, VerifyingKey,
 };
-pub use drain::{
-    DrainPolicy, Rebalance, DEFAULT_REBALANCE_PER_SECOND, MAX_DRAIN_BUDGET,
-};
+pub use drain::{DrainPolicy, Rebalance, DEFAULT_REBALANCE_PER_SECOND, MAX_DRAIN_BUDGET};
 pub use duration::{parse_duration, DurationError};
 pub use host::{HostPattern, HostPatternError};
 pub use limits::{canonical, AddrRange, RateLimit};

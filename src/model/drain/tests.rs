@@ -115,7 +115,10 @@ fn bad_rebalance_fields_are_each_named() {
         )
         .unwrap_err();
         assert_eq!(errors.len(), 1, "{skew}: {errors:?}");
-        assert!(errors[0].starts_with("spec.rebalance.maxSkew: "), "{errors:?}");
+        assert!(
+            errors[0].starts_with("spec.rebalance.maxSkew: "),
+            "{errors:?}"
+        );
     }
     for rate in [0, -1, 10_001] {
         let errors = route(

@@ -62,7 +62,9 @@ fn epoch() -> Instant {
 fn encode(at: Instant, reason: CloseReason) -> u64 {
     let since = at.saturating_duration_since(epoch());
     let ms = since.as_nanos().div_ceil(1_000_000).max(1);
-    let ms = u64::try_from(ms).unwrap_or(u64::MAX >> 8).min(u64::MAX >> 8);
+    let ms = u64::try_from(ms)
+        .unwrap_or(u64::MAX >> 8)
+        .min(u64::MAX >> 8);
     (ms << 8) | reason as u64
 }
 
@@ -230,7 +232,10 @@ mod tests {
         let mut cx = Context::from_waker(waker);
         assert!(c.poll_request(&mut cx).is_pending());
         let now = Instant::now();
-        assert!(c.request(now + Duration::from_secs(5), CloseReason::EndpointTerminating));
+        assert!(c.request(
+            now + Duration::from_secs(5),
+            CloseReason::EndpointTerminating
+        ));
         assert!(!c.request(now + Duration::from_secs(6), CloseReason::Rebalance));
         let Poll::Ready((at, reason)) = c.poll_request(&mut cx) else {
             panic!("request not seen");

@@ -125,11 +125,7 @@ impl LiveRelays {
             .iter()
             .map(|(endpoint, group)| EndpointView {
                 endpoint: Arc::clone(endpoint),
-                open: group
-                    .conns
-                    .values()
-                    .filter(|c| !c.is_requested())
-                    .count(),
+                open: group.conns.values().filter(|c| !c.is_requested()).count(),
                 mark: group.mark.map(|m| m.reason),
             })
             .collect()

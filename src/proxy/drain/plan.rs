@@ -68,7 +68,13 @@ pub async fn run(
 ) {
     let mut generations = publisher.subscribe();
     loop {
-        plan(&publisher.current(), &live, defaults, &metrics, Instant::now());
+        plan(
+            &publisher.current(),
+            &live,
+            defaults,
+            &metrics,
+            Instant::now(),
+        );
         if generations.changed().await.is_err() {
             return;
         }
