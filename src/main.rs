@@ -109,8 +109,9 @@ struct RunArgs {
     #[arg(long, env = "WSGATE_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
     drain_timeout: Duration,
     /// Routes without their own `drain.jitter` spread their Close 1001 uniformly over
-    /// `--drain-timeout`, so clients reconnect at a steady rate (default: all at once).
-    #[arg(long, env = "WSGATE_DRAIN_JITTER", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    /// `--drain-timeout`, so clients reconnect at a steady rate; `--drain-jitter false`
+    /// closes them all at once.
+    #[arg(long, env = "WSGATE_DRAIN_JITTER", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     drain_jitter: bool,
     /// After SIGTERM, how long to keep accepting with /readyz failing before the drain starts.
     #[arg(long, env = "WSGATE_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration_or_zero)]

@@ -152,7 +152,7 @@ pub struct WsRouteSpec {
     // Gentle drains and rebalancing (issue 21, items 5 and 6; docs/routes.md).
     /// How live connections are closed on wsgate's shutdown and when their endpoint is
     /// removed or terminating (Close 1001 spread over a budget). Default: the
-    /// `--drain-timeout` budget, closed at once unless `--drain-jitter`.
+    /// `--drain-timeout` budget and `--drain-jitter` (spread).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<super::DrainSpec>,
     /// Opt-in: close connections (1012) on an endpoint holding more than `maxSkew` times

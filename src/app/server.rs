@@ -92,9 +92,15 @@ impl Server {
         );
         // Gentle drains of removed and terminating endpoints, after every publish.
         tokio::spawn(proxy::drain::plan::run(
-            publisher,
+            Arc::clone(&publisher),
             Arc::clone(&gateway.live),
             drain_defaults,
+            metrics.drain(),
+        ));
+        // Rebalancing of routes with `rebalance`, every 100 ms.
+        tokio::spawn(proxy::rebalance::run(
+            publisher,
+            Arc::clone(&gateway.live),
             metrics.drain(),
         ));
         let readiness = Arc::new(Readiness::default());

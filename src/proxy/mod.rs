@@ -14,6 +14,7 @@
 //! - `request`, `handshake`, `dial`, `tls`, `admit`: the request context and the steps'
 //!   pieces (`admit`: the limits checked before a backend is dialled);
 //! - `access`: who may use a route (IP lists, `Origin`), on the request context;
+//! - `rebalance` (the periodic rebalancer of issue 21): imports `drain` only;
 //! - `relay`, `upgrade`, `upstream`: a relay, the upgrade exchange, opening a backend;
 //! - `websocket` (the request sequence) and `http` (plain HTTP);
 //! - `service` (the hyper path), then `connection` (the direct path), then `listener`.
@@ -37,6 +38,7 @@ mod http;
 mod layering;
 mod listener;
 mod proxy_protocol;
+pub mod rebalance;
 mod refusal_log;
 mod request;
 mod service;

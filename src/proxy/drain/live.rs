@@ -51,11 +51,12 @@ pub struct LiveRelays {
     next: AtomicU64,
 }
 
-/// One endpoint of a route as the registry sees it: its live connections not yet asked
-/// to close, and whether it is marked.
+/// One endpoint of a route as the registry sees it: its live connections, those of them
+/// not yet asked to close, and whether it is marked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointView {
     pub endpoint: Arc<str>,
+    pub live: usize,
     pub open: usize,
     pub mark: Option<CloseReason>,
 }
@@ -125,6 +126,7 @@ impl LiveRelays {
             .iter()
             .map(|(endpoint, group)| EndpointView {
                 endpoint: Arc::clone(endpoint),
+                live: group.conns.len(),
                 open: group.conns.values().filter(|c| !c.is_requested()).count(),
                 mark: group.mark.map(|m| m.reason),
             })

@@ -34,7 +34,7 @@ impl Default for DrainDefaults {
     fn default() -> Self {
         DrainDefaults {
             budget: Duration::from_secs(30),
-            jitter: false,
+            jitter: true,
         }
     }
 }
