@@ -146,3 +146,128 @@ impl Rebalancer {
         asked
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, Rebalance};
+    use crate::proxy::drain::LiveRelay;
+    use crate::telemetry::Metrics;
+
+    /// A table with one route `r` on `endpoints`, rebalanced at `per_second`.
+    fn table(endpoints: &[&str], per_second: u32) -> Arc<RouteTable> {
+        let spec = crate::api::WsRouteSpec::with_static_backends(
+            "/r",
+            "/",
+            &["10.0.0.1:80".parse().unwrap()],
+        );
+        let mut route = crate::model::route_from_spec(
+            RouteId("r".into()),
+            0,
+            &spec,
+            crate::model::SpecBackends::Static,
+        )
+        .unwrap();
+        route.endpoints = endpoints
+            .iter()
+            .map(|e| {
+                let (host, port) = e.split_once(':').unwrap();
+                Endpoint::new(host, port.parse().unwrap())
+            })
+            .collect();
+        route.rebalance = Some(Rebalance {
+            max_skew: 1.5,
+            per_second,
+        });
+        let publisher = Publisher::new(Arc::new(Metrics::new()));
+        assert!(publisher.publish(&[route]).problems.is_empty());
+        publisher.current()
+    }
+
+    fn open(live: &Arc<LiveRelays>, endpoint: &str, n: usize) -> Vec<LiveRelay> {
+        (0..n)
+            .map(|_| {
+                live.register(
+                    &RouteId("r".into()),
+                    endpoint.into(),
+                    Duration::from_secs(1),
+                    true,
+                )
+            })
+            .collect()
+    }
+
+    /// Two endpoints with 100 connections each, two empty ones added: each loaded one
+    /// loses 25 (down to 1.5 × its share of 50), at 10 per second, and nothing more.
+    #[test]
+    fn over_loaded_endpoints_lose_their_excess_at_the_rate_and_no_more() {
+        let live = Arc::new(LiveRelays::default());
+        let _a = open(&live, "10.0.0.1:80", 100);
+        let _b = open(&live, "10.0.0.2:80", 100);
+        let metrics = Metrics::new();
+        let drain = metrics.drain();
+        let balanced = table(&["10.0.0.1:80", "10.0.0.2:80"], 10);
+        let mut rebalancer = Rebalancer::default();
+        let t0 = Instant::now();
+        assert_eq!(rebalancer.step(&balanced, &live, &drain, t0), 0);
+        assert!(metrics
+            .encode()
+            .contains("wsgate_route_skew{route=\"r\"} 1.0"));
+        let four = table(
+            &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"],
+            10,
+        );
+        let mut asked = Vec::new();
+        for tick in 1..=40 {
+            asked.push(rebalancer.step(&four, &live, &drain, t0 + TICK * tick));
+        }
+        // One close per endpoint per tick (10 per second), 25 ticks, then nothing.
+        assert!(asked[..25].iter().all(|&n| n == 2), "{asked:?}");
+        assert!(asked[25..].iter().all(|&n| n == 0), "{asked:?}");
+        let views = live.endpoints(&RouteId("r".into()));
+        assert!(views.iter().all(|v| v.open == 75 && v.live == 100));
+        assert!(metrics
+            .encode()
+            .contains("wsgate_scheduled_closes_total{route=\"r\",reason=\"rebalance\"} 50"));
+    }
+
+    /// The oldest connections go first; a route without `rebalance` is never touched, and
+    /// its skew series disappears once the route stops rebalancing.
+    #[test]
+    fn oldest_go_first_and_a_route_that_stops_rebalancing_loses_its_series() {
+        let live = Arc::new(LiveRelays::default());
+        let a = open(&live, "10.0.0.1:80", 10);
+        let metrics = Metrics::new();
+        let drain = metrics.drain();
+        let mut rebalancer = Rebalancer::default();
+        let two = table(&["10.0.0.1:80", "10.0.0.2:80"], 1000);
+        let t0 = Instant::now();
+        // Fair share 5, allowed 7: three close, the three oldest.
+        assert_eq!(
+            rebalancer.step(&two, &live, &drain, t0 + Duration::from_secs(1)),
+            3
+        );
+        let asked: Vec<bool> = a.iter().map(|c| c.control().is_requested()).collect();
+        assert_eq!(
+            asked,
+            [true, true, true, false, false, false, false, false, false, false]
+        );
+        assert!(metrics.encode().contains("wsgate_route_skew{route=\"r\"}"));
+        // The same route without `rebalance`, in a later generation.
+        let publisher = Publisher::new(Arc::new(Metrics::new()));
+        let mut route = two.routes()[0].route.as_ref().clone();
+        route.rebalance = None;
+        publisher.publish(&[route.clone()]);
+        publisher.publish(&[route]);
+        assert_eq!(
+            rebalancer.step(
+                &publisher.current(),
+                &live,
+                &drain,
+                t0 + Duration::from_secs(2)
+            ),
+            0
+        );
+        assert!(!metrics.encode().contains("wsgate_route_skew{"));
+    }
+}

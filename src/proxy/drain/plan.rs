@@ -145,3 +145,78 @@ pub fn plan(
     }
     asked
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, RouteId};
+    use crate::telemetry::Metrics;
+
+    fn publish(publisher: &Publisher, id: &str, endpoints: Vec<Endpoint>) -> Arc<RouteTable> {
+        let spec = crate::api::WsRouteSpec::with_static_backends(
+            &format!("/{id}"),
+            "/",
+            &["10.0.0.1:80".parse().unwrap()],
+        );
+        let mut route = crate::model::route_from_spec(
+            RouteId(id.into()),
+            0,
+            &spec,
+            crate::model::SpecBackends::Static,
+        )
+        .unwrap();
+        route.endpoints = endpoints;
+        assert!(publisher.publish(&[route]).problems.is_empty());
+        publisher.current()
+    }
+
+    /// A removed endpoint's connections are asked once, a terminating one's from one
+    /// budget on, a route that left the table keeps its connections.
+    #[test]
+    fn removed_and_terminating_endpoints_are_marked_once_and_a_gone_route_is_left_alone() {
+        let publisher = Publisher::new(Arc::new(Metrics::new()));
+        let metrics = Metrics::new().drain();
+        let defaults = DrainDefaults {
+            budget: Duration::from_secs(10),
+            jitter: false,
+        };
+        let live = Arc::new(LiveRelays::default());
+        let r = RouteId("r".into());
+        let on = |ep: &str| live.register(&r, ep.into(), Duration::from_secs(10), false);
+        let (a, b, c) = (on("10.0.0.1:80"), on("10.0.0.2:80"), on("10.0.0.3:80"));
+        let now = Instant::now();
+        // The route is gone from the table: nothing is touched.
+        let other = publish(&publisher, "other", vec![Endpoint::new("10.0.0.1", 80)]);
+        assert_eq!(plan(&other, &live, defaults, &metrics, now), 0);
+        // b removed, c terminating.
+        let table = publish(
+            &publisher,
+            "r",
+            vec![
+                Endpoint::new("10.0.0.1", 80),
+                Endpoint::new("10.0.0.3", 80).with_state(EndpointState::Terminating),
+            ],
+        );
+        assert_eq!(plan(&table, &live, defaults, &metrics, now), 2);
+        assert!(!a.control().is_requested());
+        assert!(b.control().is_requested() && c.control().is_requested());
+        let seen = |l: &crate::proxy::drain::LiveRelay| {
+            let waker = std::task::Waker::noop();
+            match l
+                .control()
+                .poll_request(&mut std::task::Context::from_waker(waker))
+            {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => panic!("no request"),
+            }
+        };
+        let (at, reason) = seen(&b);
+        assert_eq!(reason, CloseReason::EndpointRemoved);
+        assert!(at >= now && at <= now + Duration::from_millis(2));
+        let (at, reason) = seen(&c);
+        assert_eq!(reason, CloseReason::EndpointTerminating);
+        assert!(at >= now + Duration::from_secs(10));
+        // Planned once: the next generation asks nothing more.
+        assert_eq!(plan(&table, &live, defaults, &metrics, now), 0);
+    }
+}
