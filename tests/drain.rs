@@ -130,6 +130,10 @@ fn assert_spread(closes: &[Closed], from: Duration, budget: Duration, slices: us
         let i = ((c.at - from).as_secs_f64() / budget.as_secs_f64() * slices as f64) as usize;
         counts[i.min(slices - 1)] += 1;
     }
+    eprintln!(
+        "{} closes over {slices} slices of {budget:?} from {from:?}: {counts:?}",
+        closes.len()
+    );
     let share = closes.len() as f64 / slices as f64;
     for (i, &n) in counts.iter().enumerate() {
         assert!(

@@ -3,7 +3,9 @@
 //! (the connections on the route's ready endpoints over their number) has its oldest
 //! connections closed with 1012 (service restart), at most `perSecond` per second each,
 //! until it holds at most `maxSkew` times its share; their clients reconnect, and the
-//! balancer sends them to a less loaded endpoint.
+//! balancer sends them to a less loaded endpoint. An endpoint is never over by less than
+//! one connection above its share: with a handful of connections (1 and 0 on two
+//! endpoints) the skew says nothing, and closing would only move the one around.
 //!
 //! A periodic task (`run`, started by the `Server`) reads the registry of live relays
 //! (`drain::LiveRelays`); it touches no relay but those it closes, through their control
@@ -111,7 +113,7 @@ impl Rebalancer {
             let skew = if total == 0 { 0.0 } else { most as f64 / fair };
             metrics.set_skew(&route.id.0, skew);
             self.measured.insert(route.id.clone());
-            let allowed = rebalance.max_skew * fair;
+            let allowed = (rebalance.max_skew * fair).max(fair + 1.0);
             for (authority, (_, n)) in counts {
                 let key = (route.id.clone(), Arc::<str>::from(authority.as_str()));
                 if (n as f64) <= allowed {
@@ -229,6 +231,23 @@ mod tests {
         assert!(metrics
             .encode()
             .contains("wsgate_scheduled_closes_total{route=\"r\",reason=\"rebalance\"} 50"));
+    }
+
+    /// A handful of connections, at most one over the share, is left alone; a whole
+    /// connection more is not.
+    #[test]
+    fn one_connection_over_the_share_is_no_skew() {
+        let live = Arc::new(LiveRelays::default());
+        let metrics = Metrics::new().drain();
+        let two = table(&["10.0.0.1:80", "10.0.0.2:80"], 1000);
+        let mut rebalancer = Rebalancer::default();
+        let t0 = Instant::now();
+        let mut a = open(&live, "10.0.0.1:80", 2);
+        // 2 and 0: the share is 1, one over it.
+        assert_eq!(rebalancer.step(&two, &live, &metrics, t0), 0);
+        a.extend(open(&live, "10.0.0.1:80", 1));
+        // 3 and 0: share 1.5, allowed 2.5: one closes.
+        assert_eq!(rebalancer.step(&two, &live, &metrics, t0 + TICK), 1);
     }
 
     /// The oldest connections go first; a route without `rebalance` is never touched, and
