@@ -31,6 +31,9 @@ use tokio_util::task::TaskTracker;
 #[derive(Default)]
 struct Shared {
     draining: AtomicBool,
+    /// When the drain started: each relay's Close is due at this plus its own offset,
+    /// however late it hears of the drain.
+    started: std::sync::OnceLock<std::time::Instant>,
     next_key: AtomicU64,
     /// Tasks to wake when the drain starts; touched once per connection, never per step.
     wakers: Mutex<HashMap<u64, Waker>>,
@@ -80,6 +83,7 @@ impl Drain {
 
     /// Tells every listener to stop accepting and every relay to send Close 1001.
     pub fn start(&self) {
+        self.shared.started.get_or_init(std::time::Instant::now);
         self.shared.draining.store(true, Ordering::Release);
         let wakers = std::mem::take(&mut *lock(&self.shared.wakers));
         for waker in wakers.into_values() {
@@ -161,6 +165,18 @@ impl DrainSignal {
         self.control
             .as_ref()
             .map_or(Duration::ZERO, |c| c.shutdown_offset())
+    }
+
+    /// The moment this connection gets its Close 1001 once the drain started: the drain's
+    /// start plus [`DrainSignal::shutdown_offset`].
+    pub fn shutdown_at(&self) -> std::time::Instant {
+        let started = self
+            .shared
+            .started
+            .get()
+            .copied()
+            .unwrap_or_else(std::time::Instant::now);
+        started + self.shutdown_offset()
     }
 
     /// Ready with a close asked of this connection (when, why) once a new one is asked;

@@ -608,11 +608,10 @@ pub(super) fn poll_signal(
 /// wsgate shuts down: the client gets Close 1001 at this connection's own moment inside
 /// its route's drain budget (at once without jitter).
 fn start_drain(relay: &mut Relay, drain: &DrainSignal) {
-    let offset = drain.shutdown_offset();
-    if offset.is_zero() {
+    if drain.shutdown_offset().is_zero() {
         relay.handle_drain();
     } else {
-        relay.handle_close_at(std::time::Instant::now() + offset, CloseReason::Shutdown);
+        relay.handle_close_at(drain.shutdown_at(), CloseReason::Shutdown);
     }
 }
 

@@ -252,6 +252,15 @@ mod tests {
         ));
     }
 
+    /// What a live connection's handle costs on the heap (besides its route id's bytes
+    /// and its registry entry): it must stay small, every relayed connection has one.
+    #[test]
+    fn a_control_handle_stays_small() {
+        let size = std::mem::size_of::<RelayControl>();
+        eprintln!("RelayControl: {size} bytes");
+        assert!(size <= 128, "RelayControl grew to {size} bytes");
+    }
+
     /// With jitter, places spread over the budget minus the margin; without, zero.
     #[test]
     fn offsets_stay_inside_the_budget_minus_the_margin() {

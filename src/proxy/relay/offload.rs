@@ -244,7 +244,11 @@ impl RelayThread {
                 signal = poll_fn(|cx| poll_signal(cx, drain, draining)) => match signal {
                     Signal::Drain => {
                         draining = true;
-                        let at = std::time::Instant::now() + drain.shutdown_offset();
+                        let at = if drain.shutdown_offset().is_zero() {
+                            std::time::Instant::now()
+                        } else {
+                            drain.shutdown_at()
+                        };
                         self.send(Command::CloseAt(key, at, CloseReason::Shutdown));
                     }
                     Signal::Close(at, reason) => self.send(Command::CloseAt(key, at, reason)),
