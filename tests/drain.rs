@@ -170,7 +170,7 @@ async fn still_relays(clients: &mut [(String, Ws)]) {
     }
 }
 
-/// wsgate's shutdown with `drain: {budget: 2s, jitter: true}`: 400 clients get Close 1001
+/// wsgate's shutdown with `drain: {budget: 2s, jitter: true}`: 1,000 clients get Close 1001
 /// "gateway shutting down" spread over the budget, and the shutdown ends clean within it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_spreads_close_1001_over_the_route_budget() {
@@ -181,7 +181,7 @@ async fn shutdown_spreads_close_1001_over_the_route_budget() {
     // The process default would close at once: the route's own block decides.
     let gw =
         Gateway::start_with_drain(&[r], Duration::from_secs(5), false, Default::default()).await;
-    let clients = open(400, |i| gw.ws(&format!("/s/{i}?hello=1"))).await;
+    let clients = open(1000, |i| gw.ws(&format!("/s/{i}?hello=1"))).await;
     let (t0, closes) = watch(clients);
     t0.send_replace(Some(Instant::now()));
     let started = Instant::now();
@@ -189,7 +189,7 @@ async fn shutdown_spreads_close_1001_over_the_route_budget() {
     let took = started.elapsed();
     let closes = within("every client closed", closes).await.unwrap();
     assert!(clean, "the drain ended with connections left");
-    assert_eq!(closes.len(), 400);
+    assert_eq!(closes.len(), 1000);
     assert_all(&closes, 1001, "gateway shutting down");
     assert_spread(&closes, Duration::ZERO, budget, 10);
     assert!(

@@ -29,7 +29,7 @@ fn rebalance_spec(backends: &[std::net::SocketAddr]) -> WsRouteSpec {
         Some(serde_json::from_value(serde_json::json!({"type": "LeastConnection"})).unwrap());
     s.rebalance = Some(RebalanceSpec {
         max_skew: 1.5,
-        per_second: Some(20),
+        per_second: Some(40),
     });
     s
 }
@@ -96,11 +96,11 @@ fn skew_metric(metrics: &str) -> Option<f64> {
     })
 }
 
-/// Four endpoints, two added after 200 connections on the first two (100 each): with
-/// `rebalance: {maxSkew: 1.5, perSecond: 20}` each of the two closes its 25 oldest
-/// connections over the 75 its share allows, with 1012, at most 20 per second, and the
+/// Four endpoints, two added after 400 connections on the first two (about 200 each):
+/// with `rebalance: {maxSkew: 1.5, perSecond: 40}` each of the two closes its ~50 oldest
+/// connections over the 150 its share allows, with 1012, at most 40 per second, and the
 /// skew is at most 1.5 within the time that rate needs; clients reconnect to the new
-/// endpoints. (The shape with 400 connections at 5 per second, scaled down.)
+/// endpoints. (The shape, at 40 per second instead of 5 to keep the test short.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skew_falls_to_max_skew_after_scale_out_at_the_set_rate_oldest_first() {
     wsgate::app::raise_fd_limit();
@@ -125,7 +125,7 @@ async fn skew_falls_to_max_skew_after_scale_out_at_the_set_rate_oldest_first() {
     let seen = Arc::new(Mutex::new(Seen::default()));
     // Opened one after the other, so the gateway registers them in this order.
     let mut order: HashMap<String, Vec<usize>> = HashMap::new();
-    for id in 0..200 {
+    for id in 0..400 {
         let mut ws = connect(&url).await;
         let backend = hello(&mut ws).await;
         order.entry(backend.clone()).or_default().push(id);
@@ -134,8 +134,8 @@ async fn skew_falls_to_max_skew_after_scale_out_at_the_set_rate_oldest_first() {
     }
     // LeastConnection splits them evenly, give or take a tie.
     let on = |b: &str| order.get(b).map_or(0, Vec::len);
-    assert!((95..=105).contains(&on("a")), "a holds {}", on("a"));
-    assert_eq!(on("a") + on("b"), 200);
+    assert!((195..=205).contains(&on("a")), "a holds {}", on("a"));
+    assert_eq!(on("a") + on("b"), 400);
     // Two endpoints alone hold their fair share: no skew, nothing closed.
     eventually("the skew of two balanced endpoints measured", || {
         skew_metric(&gw.metrics.encode())
@@ -148,17 +148,17 @@ async fn skew_falls_to_max_skew_after_scale_out_at_the_set_rate_oldest_first() {
     let scaled_out = Instant::now();
     gw.publisher
         .publish(&[route("rb", 0, &rebalance_spec(&addrs))]);
-    // Fair share 50, allowed 75: about 25 closes on each of a and b at 20 per second.
-    let excess = |b: &str| on(b) - 75;
-    let expected = Duration::from_secs_f64(excess("a").max(excess("b")) as f64 / 20.0);
+    // Fair share 100, allowed 150: about 50 closes on each of a and b at 40 per second.
+    let excess = |b: &str| on(b) - 150;
+    let expected = Duration::from_secs_f64(excess("a").max(excess("b")) as f64 / 40.0);
     let settled = eventually_async("the skew at most 1.5", expected * 3 + DEADLINE, || {
         let seen = Arc::clone(&seen);
         let metrics = gw.metrics.encode();
         async move {
             let seen = seen.lock().unwrap();
             let closed = seen.closes.len();
-            (closed >= 50
-                && seen.live.len() == 200
+            (closed >= 100
+                && seen.live.len() == 400
                 && skew_metric(&metrics).is_some_and(|s| s <= 1.5)
                 && client_skew(&seen.live, 4) <= 1.5)
                 .then(Instant::now)
@@ -166,6 +166,11 @@ async fn skew_falls_to_max_skew_after_scale_out_at_the_set_rate_oldest_first() {
     })
     .await;
     let took = settled - scaled_out;
+    eprintln!(
+        "skew at most 1.5 after {took:?} (the rate needs {expected:?}); a held {}, b {}",
+        on("a"),
+        on("b")
+    );
     assert!(
         took <= expected * 3,
         "the skew took {took:?} to settle (the rate allows it in {expected:?})"
@@ -173,13 +178,13 @@ async fn skew_falls_to_max_skew_after_scale_out_at_the_set_rate_oldest_first() {
     // Let the rebalancer run on a little: a settled route loses nothing more.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = seen.lock().unwrap();
-    assert_eq!(seen.closes.len(), 50, "closes beyond the skew's need");
+    assert_eq!(seen.closes.len(), 100, "closes beyond the skew's need");
     for (_, code, reason, _, _) in &seen.closes {
         assert_eq!((*code, reason.as_str()), (1012, "rebalancing"));
     }
-    // The rate: at most 20 per second from one endpoint, the budget refilling from empty
-    // (at most one tick's worth, 2, may date from before the scale-out), so k closes on
-    // one take at least (k - 2) / 20 seconds.
+    // The rate: at most 40 per second from one endpoint, the budget refilling from empty
+    // (at most one tick's worth, 4, may date from before the scale-out), so k closes on
+    // one take at least (k - 4) / 40 seconds.
     for backend in ["a", "b"] {
         let k = excess(backend);
         let times: Vec<Instant> = seen
@@ -190,12 +195,12 @@ async fn skew_falls_to_max_skew_after_scale_out_at_the_set_rate_oldest_first() {
             .collect();
         assert_eq!(times.len(), k, "closes on {backend}");
         let last = *times.iter().max().unwrap() - scaled_out;
-        let least = Duration::from_secs_f64((k as f64 - 2.0) / 20.0);
+        let least = Duration::from_secs_f64((k as f64 - 4.0) / 40.0);
         assert!(
             last >= least,
-            "{k} closes on {backend} within {last:?}: faster than 20 per second"
+            "{k} closes on {backend} within {last:?}: faster than 40 per second"
         );
-        // Oldest first: the closed ones are the first 25 opened on that backend.
+        // Oldest first: the closed ones are the first k opened on that backend.
         let mut closed: Vec<usize> = seen
             .closes
             .iter()
@@ -211,11 +216,11 @@ async fn skew_falls_to_max_skew_after_scale_out_at_the_set_rate_oldest_first() {
         .values()
         .filter(|b| *b == "c" || *b == "d")
         .count();
-    assert_eq!(on_new, 50);
+    assert_eq!(on_new, 100);
     assert!(
         gw.metrics
             .encode()
-            .contains("wsgate_scheduled_closes_total{route=\"rb\",reason=\"rebalance\"} 50"),
+            .contains("wsgate_scheduled_closes_total{route=\"rb\",reason=\"rebalance\"} 100"),
         "{}",
         gw.metrics.encode()
     );
