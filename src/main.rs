@@ -102,9 +102,17 @@ struct RunArgs {
     /// rename; removed at shutdown): how a script or test that asked for port 0 learns it.
     #[arg(long, env = "WSGATE_LISTENING_FILE")]
     listening_file: Option<PathBuf>,
-    /// After SIGTERM, how long live WebSockets get to close after Close 1001.
+    /// The drain budget of routes without their own `drain.budget`: after SIGTERM, how
+    /// long live WebSockets get to close (the process waits for the longest route budget),
+    /// and the window `--drain-jitter` spreads their Close 1001 over; also the budget of
+    /// gentle drains when an endpoint is removed or terminating.
     #[arg(long, env = "WSGATE_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
     drain_timeout: Duration,
+    /// Routes without their own `drain.jitter` spread their Close 1001 uniformly over
+    /// `--drain-timeout`, so clients reconnect at a steady rate; `--drain-jitter false`
+    /// closes them all at once.
+    #[arg(long, env = "WSGATE_DRAIN_JITTER", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    drain_jitter: bool,
     /// After SIGTERM, how long to keep accepting with /readyz failing before the drain starts.
     #[arg(long, env = "WSGATE_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration_or_zero)]
     shutdown_delay: Duration,
@@ -276,6 +284,7 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                     trusted_proxies: args.trusted_proxies,
                     proxy_protocol: args.proxy_protocol,
                 },
+                drain_jitter: args.drain_jitter,
             };
             let sticky_key =
                 app::sticky_key(args.sticky_key_file.as_deref(), args.sticky_key.as_deref())?;
@@ -356,6 +365,7 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                 listening_file,
                 max_connections: None,
                 client_address: ClientAddressOptions::default(),
+                drain_jitter: false,
             })
             .await?;
         }

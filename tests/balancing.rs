@@ -121,6 +121,7 @@ async fn replica(routes: &[Route], key: &StickyKey) -> (Server, Arc<Publisher>) 
             listening_file: None,
             max_connections: None,
             client_address: Default::default(),
+            drain_jitter: false,
             tls_listen: None,
         },
         Arc::clone(&publisher),

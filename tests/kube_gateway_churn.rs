@@ -1,7 +1,8 @@
 //! Cluster mode end to end, short of a real cluster: the real kube client against the fake
 //! API server, the kube source feeding the gateway's `table::Publisher`, the real gateway on
 //! loopback and real echo backends whose addresses are the EndpointSlice endpoints. Live
-//! WebSockets keep exchanging messages while the slices churn.
+//! WebSockets keep exchanging messages while the slices churn; those of an endpoint that
+//! leaves the Service get Close 1001 "endpoint removed" (a gentle drain, issue 21).
 
 mod support;
 
@@ -37,7 +38,10 @@ fn route() -> Value {
         "metadata": {"namespace": "apps", "name": "chat"},
         "spec": {"upstreamPathTemplate": "/chat/{everything}", "downstreamPathTemplate": "/{everything}",
                  "serviceName": "chat", "servicePort": "ws",
-                 "loadBalancerOptions": {"type": "RoundRobin"}}})
+                 "loadBalancerOptions": {"type": "RoundRobin"},
+                 // A terminating endpoint keeps its connections for the whole test; a
+                 // removed one has them closed at once.
+                 "drain": {"budget": "1h", "jitter": false}}})
 }
 
 #[derive(Clone, Copy)]
@@ -146,19 +150,30 @@ async fn echo_once(ws: &mut Ws, text: String) {
 }
 
 /// Exchanges messages on `ws` until `stop`, counting round trips in `count`; any lost
-/// message or dropped connection fails the test.
+/// message or dropped connection fails the test. A Close from the gateway ends it with
+/// the Close's code and reason (its endpoint was drained).
 async fn chatter(
     mut ws: Ws,
     id: usize,
     count: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
-) -> Ws {
+) -> Result<Ws, (u16, String)> {
     loop {
         if *stop.borrow_and_update() {
-            return ws;
+            return Ok(ws);
         }
         let n = count.load(Ordering::Relaxed);
-        echo_once(&mut ws, format!("conn {id} message {n}")).await;
+        let text = format!("conn {id} message {n}");
+        within("send", ws.send(Message::text(text.clone())))
+            .await
+            .unwrap_or_else(|e| panic!("send {text:?}: {e}"));
+        match within("echo", ws.next()).await {
+            Some(Ok(Message::Text(t))) if t.as_str() == text => {}
+            Some(Ok(Message::Close(Some(close)))) => {
+                return Err((u16::from(close.code), close.reason.to_string()))
+            }
+            other => panic!("expected {text:?} back, got {other:?}"),
+        }
         count.fetch_add(1, Ordering::Relaxed);
         tokio::select! {
             _ = stop.changed() => {}
@@ -172,9 +187,10 @@ async fn readyz(admin: SocketAddr) -> u16 {
 }
 
 /// `/readyz` is false until the first sync; connections opened before the churn keep
-/// echoing through scale-up, a terminating endpoint, a removal and a re-add (and a
-/// scale-down); new connections go only to ready endpoints; each scale step reaches the
-/// live table within a second.
+/// echoing through scale-up, a terminating endpoint (for the route's drain budget), and
+/// the removal and re-add of another; a removed endpoint's connections get Close 1001
+/// "endpoint removed" (b, then a at the scale-down); new connections go only to ready
+/// endpoints; each scale step reaches the live table within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpoints() {
     let a = Echo::start("a").await;
@@ -212,6 +228,7 @@ async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpo
                 listening_file: None,
                 max_connections: None,
                 client_address: Default::default(),
+                drain_jitter: false,
                 tls_listen: None,
             },
             sticky_key: wsgate::balance::StickyKey::random(),
@@ -262,7 +279,8 @@ async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpo
         counts.push((name, Arc::clone(&count)));
         chatters.push(tokio::spawn(chatter(ws, id, count, stop_rx.clone())));
     }
-    let all_advanced = |what: &'static str| {
+    // The connections on the backends in `on` keep echoing.
+    let advanced = |what: &'static str, on: &'static [&'static str]| {
         let before: Vec<u64> = counts
             .iter()
             .map(|(_, c)| c.load(Ordering::Relaxed))
@@ -273,12 +291,14 @@ async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpo
                 counts
                     .iter()
                     .zip(&before)
+                    .filter(|((name, _), _)| on.contains(&name.as_str()))
                     .all(|((_, c), b)| c.load(Ordering::Relaxed) > *b + 2)
                     .then_some(())
             })
             .await
         }
     };
+    let all_advanced = |what: &'static str| advanced(what, &["a", "b"]);
     all_advanced("every live connection echoes before the churn").await;
 
     // Scale up.
@@ -326,7 +346,21 @@ async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpo
     )
     .await;
     assert_eq!(new_connections(gateway, 4).await, set(&["c"]));
-    all_advanced("live connections (b's too) echo after b left the table").await;
+    // b's connections are drained (at once: the route's drain has no jitter); a's, on
+    // a terminating endpoint, are kept for the route's budget.
+    let mut chatters: Vec<_> = chatters.into_iter().map(Some).collect();
+    for (id, (name, _)) in counts.iter().enumerate() {
+        if name == "b" {
+            let task = chatters[id].take().unwrap();
+            let ended = within("b's connection drained", task).await.unwrap();
+            assert_eq!(
+                ended.err(),
+                Some((1001, "endpoint removed".to_string())),
+                "connection {id} on b"
+            );
+        }
+    }
+    advanced("a's connections echo after b left the table", &["a"]).await;
 
     // b comes back.
     fake.apply(slice("b", b.addr, Pod::Ready)).await;
@@ -342,9 +376,9 @@ async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpo
     )
     .await;
     assert_eq!(new_connections(gateway, 4).await, set(&["b", "c"]));
-    all_advanced("live connections echo after b came back").await;
+    advanced("a's connections echo after b came back", &["a"]).await;
 
-    // Scale down: a's slice goes away entirely.
+    // Scale down: a's slice goes away entirely, and its connections are drained.
     fake.delete("EndpointSlice", "apps", "chat-a").await;
     table_within_bound(
         "scale-down to b, c",
@@ -353,14 +387,26 @@ async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpo
         states(&[("b", EndpointState::Ready), ("c", EndpointState::Ready)]),
     )
     .await;
-    all_advanced("live connections echo after the scale-down").await;
-
-    // Every connection opened before the churn is still up and still echoes.
-    stop_tx.send_replace(true);
     for (id, task) in chatters.into_iter().enumerate() {
-        let mut ws = within("chatter stops", task)
+        let Some(task) = task else { continue };
+        let ended = within("a's connection drained", task)
             .await
             .unwrap_or_else(|e| panic!("connection {id} failed during the churn: {e}"));
+        assert_eq!(
+            ended.err(),
+            Some((1001, "endpoint removed".to_string())),
+            "connection {id} on a"
+        );
+    }
+    drop(stop_tx);
+    // Connections opened now, on b and c, echo.
+    let mut after = Vec::new();
+    for _ in 0..4 {
+        after.push(open(gateway).await);
+    }
+    let names_after: BTreeSet<String> = after.iter().map(|(_, n)| n.clone()).collect();
+    assert_eq!(names_after, set(&["b", "c"]));
+    for (id, (mut ws, _)) in after.into_iter().enumerate() {
         echo_once(&mut ws, format!("conn {id} after the churn")).await;
         within("close", ws.close(None)).await.expect("close");
     }

@@ -219,7 +219,9 @@ async fn one_worker_process_never_starts_a_second_thread() {
 }
 
 /// Editing the routes file while sockets are open: new handshakes see the new table, the
-/// open sockets keep working against their old backend; a broken edit changes nothing.
+/// open sockets keep working against their old backend (still in the route: an endpoint
+/// that leaves its route has its connections drained gently, see tests/drain.rs); a broken
+/// edit changes nothing.
 #[tokio::test]
 async fn routes_file_edit_reloads_without_touching_live_connections() {
     let dir = tempfile::tempdir().unwrap();
@@ -236,12 +238,16 @@ async fn routes_file_edit_reloads_without_touching_live_connections() {
         live.push(ws);
     }
 
+    // `a` now sends new connections to `new` (the first ready endpoint) and keeps `old`.
+    let a_yaml = routes_yaml(&[("a", "/a/{x}", "/{x}", new.addr)])
+        + &format!(
+            "    - host: {}\n      port: {}\n",
+            old.addr.ip(),
+            old.addr.port()
+        );
     replace_file(
         &file,
-        &routes_yaml(&[
-            ("a", "/a/{x}", "/{x}", new.addr),
-            ("b", "/b/{x}", "/{x}", new.addr),
-        ]),
+        &(a_yaml + "---\n" + &routes_yaml(&[("b", "/b/{x}", "/{x}", new.addr)])),
     );
     // Poll until a new handshake sees the new table.
     let url = format!("ws://{}/b/1?hello=1", gw.listen);

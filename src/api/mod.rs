@@ -4,8 +4,10 @@
 mod auth;
 pub mod conditions;
 mod crd;
+mod drain;
 mod wsroute;
 
 pub use auth::{AuthenticationOptions, JwtOptions};
 pub use crd::crd_yaml;
+pub use drain::{DrainSpec, RebalanceSpec};
 pub use wsroute::*;

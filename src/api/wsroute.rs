@@ -149,6 +149,16 @@ pub struct WsRouteSpec {
     /// Ocelot's IP lists: addresses and CIDR blocks allowed or blocked (403).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_options: Option<SecurityOptions>,
+    // Gentle drains and rebalancing (issue 21, items 5 and 6; docs/routes.md).
+    /// How live connections are closed on wsgate's shutdown and when their endpoint is
+    /// removed or terminating (Close 1001 spread over a budget). Default: the
+    /// `--drain-timeout` budget and `--drain-jitter` (spread).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<super::DrainSpec>,
+    /// Opt-in: close connections (1012) on an endpoint holding more than `maxSkew` times
+    /// its fair share, a few per second, so they reconnect to less loaded endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<super::RebalanceSpec>,
 }
 
 /// Ocelot's `SecurityOptions`: which client addresses may use the route. A client in
@@ -210,6 +220,8 @@ impl WsRouteSpec {
             add_headers_to_request: BTreeMap::new(),
             allowed_origins: None,
             security_options: None,
+            drain: None,
+            rebalance: None,
         }
     }
 }

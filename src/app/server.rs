@@ -1,5 +1,5 @@
 //! A running gateway: the ws/http listener, the wss/https listener (when configured), the
-//! admin listener, and the shutdown sequence (readiness off → optional delay → stop accepting + Close 1001 → drain budget).
+//! admin listener, and the shutdown sequence (readiness off → optional delay → stop accepting + Close 1001, each connection at its own moment inside its route's drain budget → the longest budget).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,9 @@ pub struct ServerOptions {
     pub admin_listen: SocketAddr,
     /// After readiness turns off, keep accepting this long so load balancers notice.
     pub shutdown_delay: Duration,
-    /// How long live connections get to finish after Close 1001 before the process exits.
+    /// The drain budget of routes without their own (`--drain-timeout`): how long live
+    /// connections get to finish before the process exits (the longest route budget, if
+    /// longer), and the window their Close 1001 is spread over with `drain_jitter`.
     pub drain_timeout: Duration,
     /// Relay threads for busy plain-TCP relays, and when a relay moves to one.
     pub relay_offload: proxy::OffloadOptions,
@@ -34,6 +36,9 @@ pub struct ServerOptions {
     pub max_connections: Option<u32>,
     /// Whose `X-Forwarded-For` is believed (`--trusted-proxies`).
     pub client_address: proxy::ClientAddressOptions,
+    /// `--drain-jitter`: routes without their own `drain` block spread their closes over
+    /// `drain_timeout` (instead of closing at once when the drain starts).
+    pub drain_jitter: bool,
 }
 
 pub struct Server {
@@ -72,14 +77,32 @@ impl Server {
         let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let tls_config = proxy::tls::server_config(Arc::clone(&publisher))
             .context("cannot build the TLS configuration")?;
+        let drain_defaults = proxy::DrainDefaults {
+            budget: options.drain_timeout,
+            jitter: options.drain_jitter,
+        };
         let gateway = Gateway::new(
-            publisher,
+            Arc::clone(&publisher),
             Arc::clone(&metrics),
             Drain::new(),
             options.relay_offload,
             options.max_connections,
             options.client_address.clone(),
+            drain_defaults,
         );
+        // Gentle drains of removed and terminating endpoints, after every publish.
+        tokio::spawn(proxy::drain::plan::run(
+            Arc::clone(&publisher),
+            Arc::clone(&gateway.live),
+            drain_defaults,
+            metrics.drain(),
+        ));
+        // Rebalancing of routes with `rebalance`, every 100 ms.
+        tokio::spawn(proxy::rebalance::run(
+            publisher,
+            Arc::clone(&gateway.live),
+            metrics.drain(),
+        ));
         let readiness = Arc::new(Readiness::default());
         tokio::spawn(proxy::serve(listener, Arc::clone(&gateway), "http"));
         if let Some(tls_listener) = tls_listener {
@@ -126,13 +149,20 @@ impl Server {
             tokio::time::sleep(self.options.shutdown_delay).await;
         }
         let drain = &self.gateway.drain;
+        // Each connection closes at its own moment inside its route's budget; the process
+        // waits for the longest.
+        let budget = self
+            .gateway
+            .drain_defaults
+            .longest(&self.gateway.publisher.current());
         tracing::info!(
             connections = drain.active(),
-            budget_ms = self.options.drain_timeout.as_millis() as u64,
-            "draining: stopped accepting, sending Close 1001 to every WebSocket"
+            budget_ms = budget.as_millis() as u64,
+            jitter = self.options.drain_jitter,
+            "draining: stopped accepting, sending Close 1001 to every WebSocket within its route's drain budget"
         );
         drain.start();
-        let clean = drain.wait(self.options.drain_timeout).await;
+        let clean = drain.wait(budget).await;
         if clean {
             tracing::info!("drain complete");
         } else {

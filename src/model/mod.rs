@@ -4,6 +4,7 @@
 
 mod access;
 mod auth;
+mod drain;
 mod duration;
 pub mod host;
 mod limits;
@@ -16,6 +17,7 @@ pub use auth::{
     Authentication, ClaimHeader, ClaimSelector, Jwks, JwksError, JwksRef, JwksUnavailable,
     VerifiedTokens, VerifyingKey,
 };
+pub use drain::{DrainPolicy, Rebalance, DEFAULT_REBALANCE_PER_SECOND, MAX_DRAIN_BUDGET};
 pub use duration::{parse_duration, DurationError};
 pub use host::{HostPattern, HostPatternError};
 pub use limits::{canonical, AddrRange, RateLimit};
@@ -207,6 +209,11 @@ pub struct Route {
     pub allowed_origins: Option<Vec<OriginPattern>>,
     /// `spec.securityOptions`; `None` = any client address.
     pub ip_rules: Option<IpRules>,
+    // Gentle drains and rebalancing (issue 21, items 5 and 6; `model::drain`).
+    /// `spec.drain`; `None` = the process-wide default (`--drain-timeout`, `--drain-jitter`).
+    pub drain: Option<DrainPolicy>,
+    /// `spec.rebalance`; `None` = never rebalanced.
+    pub rebalance: Option<Rebalance>,
 }
 
 #[cfg(test)]

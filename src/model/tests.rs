@@ -29,6 +29,8 @@ pub(crate) fn spec() -> WsRouteSpec {
         add_headers_to_request: Default::default(),
         allowed_origins: None,
         security_options: None,
+        drain: None,
+        rebalance: None,
     }
 }
 

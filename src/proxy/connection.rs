@@ -444,6 +444,7 @@ mod size_budget {
             Default::default(),
             None,
             Default::default(),
+            Default::default(),
         );
         let fut = super::serve(
             gw,
@@ -453,7 +454,9 @@ mod size_budget {
             drain.signal(),
         );
         let size = std::mem::size_of_val(&fut);
-        // The relay future's own budget is 1,400 bytes (relay.rs); 1,560 measured here.
-        assert!(size <= 1600, "connection future grew to {size} bytes");
+        // The relay future's own budget is 1,400 bytes (relay.rs); 1,560 measured here
+        // before gentle drains, 1,632 since (a live relay's control handle: in the
+        // account, the drain signal and a boxed scheduled close in the machine).
+        assert!(size <= 1640, "connection future grew to {size} bytes");
     }
 }

@@ -4,6 +4,20 @@
 //! A relay checks the signal on every step, so checking must not touch anything shared
 //! under a lock: it is an atomic load. A relay's waker is registered once, on its first
 //! check, and woken when the drain starts.
+//!
+//! Gentle drains (issue 21): a relay's signal may carry its connection's control handle
+//! (`control.rs`: a close asked of this one connection, at a moment and for a reason), and
+//! the handle sits in the registry of live relays by route and endpoint (`live.rs`) that
+//! the endpoint planner (`plan.rs`) walks when a table is published. On wsgate's own
+//! shutdown each relay closes at its own moment inside its route's budget
+//! (`RelayControl::shutdown_offset`).
+
+pub mod control;
+pub mod live;
+pub mod plan;
+
+pub use control::{CloseReason, RelayControl};
+pub use live::{LiveRelay, LiveRelays};
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -17,6 +31,9 @@ use tokio_util::task::TaskTracker;
 #[derive(Default)]
 struct Shared {
     draining: AtomicBool,
+    /// When the drain started: each relay's Close is due at this plus its own offset,
+    /// however late it hears of the drain.
+    started: std::sync::OnceLock<std::time::Instant>,
     next_key: AtomicU64,
     /// Tasks to wake when the drain starts; touched once per connection, never per step.
     wakers: Mutex<HashMap<u64, Waker>>,
@@ -48,6 +65,7 @@ impl Drain {
         DrainSignal {
             shared: Arc::clone(&self.shared),
             key: None,
+            control: None,
         }
     }
 
@@ -65,6 +83,7 @@ impl Drain {
 
     /// Tells every listener to stop accepting and every relay to send Close 1001.
     pub fn start(&self) {
+        self.shared.started.get_or_init(std::time::Instant::now);
         self.shared.draining.store(true, Ordering::Release);
         let wakers = std::mem::take(&mut *lock(&self.shared.wakers));
         for waker in wakers.into_values() {
@@ -91,6 +110,8 @@ pub struct DrainSignal {
     shared: Arc<Shared>,
     /// Set once this signal's waker is registered.
     key: Option<u64>,
+    /// The connection's control handle (a relay registered in `LiveRelays`), if any.
+    control: Option<Arc<RelayControl>>,
 }
 
 impl Clone for DrainSignal {
@@ -98,6 +119,7 @@ impl Clone for DrainSignal {
         DrainSignal {
             shared: Arc::clone(&self.shared),
             key: None,
+            control: None,
         }
     }
 }
@@ -128,6 +150,45 @@ impl DrainSignal {
     /// Resolves once the drain has started (immediately if it already has).
     pub async fn wait(&mut self) {
         poll_fn(|cx| self.poll_drain(cx)).await
+    }
+
+    /// This signal with the connection's control handle: the relay also hears the closes
+    /// asked of this one connection ([`DrainSignal::poll_close_request`]).
+    pub fn with_control(mut self, control: Arc<RelayControl>) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    /// When, after the drain started, this connection gets its Close 1001: its own moment
+    /// inside its route's budget (zero without a control handle or without jitter).
+    pub fn shutdown_offset(&self) -> Duration {
+        self.control
+            .as_ref()
+            .map_or(Duration::ZERO, |c| c.shutdown_offset())
+    }
+
+    /// The moment this connection gets its Close 1001 once the drain started: the drain's
+    /// start plus [`DrainSignal::shutdown_offset`].
+    pub fn shutdown_at(&self) -> std::time::Instant {
+        let started = self
+            .shared
+            .started
+            .get()
+            .copied()
+            .unwrap_or_else(std::time::Instant::now);
+        started + self.shutdown_offset()
+    }
+
+    /// Ready with a close asked of this connection (when, why) once a new one is asked;
+    /// never without a control handle. After the first call, `Pending` is one atomic load.
+    pub fn poll_close_request(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<(std::time::Instant, CloseReason)> {
+        match &self.control {
+            None => Poll::Pending,
+            Some(control) => control.poll_request(cx),
+        }
     }
 }
 

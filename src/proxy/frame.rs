@@ -39,6 +39,9 @@ pub mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The backend connection ended without a Close frame.
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// The connection's endpoint holds more than its share of the route (`rebalance`):
+    /// reconnect, to a less loaded endpoint.
+    pub const SERVICE_RESTART: u16 = 1012;
     /// Towards the client when the backend broke the protocol.
     pub const BAD_GATEWAY: u16 = 1014;
 }

@@ -14,6 +14,7 @@
 //! - `request`, `handshake`, `dial`, `tls`, `admit`: the request context and the steps'
 //!   pieces (`admit`: the limits checked before a backend is dialled);
 //! - `access`: who may use a route (IP lists, `Origin`), on the request context;
+//! - `rebalance` (the periodic rebalancer of issue 21): imports `drain` only;
 //! - `relay`, `upgrade`, `upstream`: a relay, the upgrade exchange, opening a backend;
 //! - `websocket` (the request sequence) and `http` (plain HTTP);
 //! - `service` (the hyper path), then `connection` (the direct path), then `listener`.
@@ -37,6 +38,7 @@ mod http;
 mod layering;
 mod listener;
 mod proxy_protocol;
+pub mod rebalance;
 mod refusal_log;
 mod request;
 mod service;
@@ -48,7 +50,8 @@ mod upstream;
 mod websocket;
 
 pub use client_addr::ClientAddressOptions;
-pub use drain::{Drain, DrainSignal};
+pub use drain::plan::DrainDefaults;
+pub use drain::{Drain, DrainSignal, LiveRelays};
 pub use error::Error;
 pub use listener::{serve, serve_tls};
 pub use relay::{Offload, OffloadOptions};
@@ -73,6 +76,12 @@ pub struct Gateway {
     pub connections: Arc<ConnectionCount>,
     /// Whose `X-Forwarded-For` is believed (`--trusted-proxies`).
     pub client_address: ClientAddressOptions,
+    // Gentle drains and rebalancing (issue 21).
+    /// The drain budget and jitter of routes without their own (`--drain-timeout`,
+    /// `--drain-jitter`).
+    pub drain_defaults: DrainDefaults,
+    /// Every live relay by route and endpoint, with its control handle.
+    pub live: Arc<LiveRelays>,
 }
 
 impl Gateway {
@@ -83,6 +92,7 @@ impl Gateway {
         offload: OffloadOptions,
         max_connections: Option<u32>,
         client_address: ClientAddressOptions,
+        drain_defaults: DrainDefaults,
     ) -> Arc<Self> {
         let offload = Offload::new(offload, metrics.offload());
         Arc::new(Gateway {
@@ -93,6 +103,8 @@ impl Gateway {
             max_connections,
             connections: Arc::default(),
             client_address,
+            drain_defaults,
+            live: Arc::default(),
         })
     }
 }

@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::drain::DrainSignal;
+use super::drain::{CloseReason, DrainSignal};
 use super::stream::Stream;
 use crate::telemetry::RouteMetrics;
 
@@ -461,7 +461,7 @@ pub async fn relay_streams(
     // keep it.
     drop((client_early, upstream_early));
     if drain.is_draining() {
-        relay.handle_drain();
+        start_drain(&mut relay, &drain);
     }
     // Each arm awaits `run` directly: one fewer future layer keeps the per-connection
     // task small.
@@ -540,10 +540,14 @@ async fn run<'o, T: Transport>(
         }
         arm(&mut timer, relay.poll_deadline(std::time::Instant::now));
         let mut move_due = false;
+        let draining = relay.is_draining();
         // Injected Close frames land in a backlog; the next step writes them.
         tokio::select! {
             biased;
-            _ = poll_fn(|cx| drain.poll_drain(cx)), if !relay.is_draining() => relay.handle_drain(),
+            signal = poll_fn(|cx| poll_signal(cx, drain, draining)) => match signal {
+                Signal::Drain => start_drain(relay, drain),
+                Signal::Close(at, reason) => relay.handle_close_at(at, reason),
+            },
             _ = poll_fn(|cx| {
                 if transport.poll_step(cx, relay).is_pending() {
                     return Poll::Pending;
@@ -580,6 +584,37 @@ async fn run<'o, T: Transport>(
     }
 }
 
+/// What the gateway asks of one relay: the drain started, or a close on a schedule.
+pub(super) enum Signal {
+    Drain,
+    Close(std::time::Instant, CloseReason),
+}
+
+/// Ready when the drain starts (unless the relay is `draining` already) or a close is
+/// asked of this connection. Pending costs two atomic loads.
+pub(super) fn poll_signal(
+    cx: &mut Context<'_>,
+    drain: &mut DrainSignal,
+    draining: bool,
+) -> Poll<Signal> {
+    if !draining && drain.poll_drain(cx).is_ready() {
+        return Poll::Ready(Signal::Drain);
+    }
+    drain
+        .poll_close_request(cx)
+        .map(|(at, reason)| Signal::Close(at, reason))
+}
+
+/// wsgate shuts down: the client gets Close 1001 at this connection's own moment inside
+/// its route's drain budget (at once without jitter).
+fn start_drain(relay: &mut Relay, drain: &DrainSignal) {
+    if drain.shutdown_offset().is_zero() {
+        relay.handle_drain();
+    } else {
+        relay.handle_close_at(drain.shutdown_at(), CloseReason::Shutdown);
+    }
+}
+
 /// The log line of a timeout that closes a connection (both drivers).
 pub(super) fn log_timeout(timeout: &Timeout) {
     match timeout {
@@ -589,6 +624,10 @@ pub(super) fn log_timeout(timeout: &Timeout) {
         ),
         Timeout::TokenExpired => tracing::info!(
             "closing WebSocket connection: the client's token expired (closeOnTokenExpiry)"
+        ),
+        Timeout::Scheduled(reason) => tracing::debug!(
+            reason = reason.label(),
+            "closing WebSocket connection on the gateway's schedule"
         ),
         Timeout::LingerExpired | Timeout::Nothing => {}
     }

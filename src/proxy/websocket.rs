@@ -17,7 +17,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Response};
 use hyper::body::Incoming;
 
 use super::admit::{self, Admitted};
-use super::drain::DrainSignal;
+use super::drain::{DrainSignal, LiveRelay};
 use super::error::{Error, Handshake};
 use super::frame::Extensions;
 use super::headers::strip_hop_by_hop;
@@ -116,6 +116,12 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
                 upstream: switched.upstream,
                 upstream_early: switched.early,
             };
+            // Registered as a live relay of its route and endpoint, so gentle drains and
+            // the rebalancer can ask it to close.
+            let (budget, jitter) = gw.drain_defaults.for_route(&route.route);
+            let live = gw
+                .live
+                .register(&route.route.id, switched.endpoint, budget, jitter);
             // The relay holds this table generation and finds its route by index.
             let account = RelayAccount {
                 table,
@@ -123,6 +129,7 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
                 load: switched.load,
                 started: Instant::now(),
                 _admitted: admitted,
+                live,
             };
             let answer = SwitchAnswer {
                 head: switched.head,
@@ -227,6 +234,8 @@ pub struct RelayAccount {
     /// The connection's slots under the route's and the process's connection limits,
     /// given back when the account is dropped (after `ended`, or with a task cut short).
     _admitted: Admitted,
+    /// The connection in the registry of live relays (unregistered when dropped).
+    live: LiveRelay,
 }
 
 impl RelayAccount {
@@ -255,7 +264,7 @@ impl RelayAccount {
             backend.upstream,
             backend.upstream_early,
             backend.config,
-            drain,
+            drain.with_control(self.live.control()),
             &route.metrics,
             offload,
         )
@@ -309,6 +318,8 @@ struct Switched {
     upstream: Stream,
     early: Bytes,
     load: ConnectionGuard,
+    /// The endpoint it was dialled at (`host:port`).
+    endpoint: Arc<str>,
 }
 
 /// How the backend answered the upgrade.
@@ -357,6 +368,7 @@ async fn open(
             upstream: stream,
             early,
             load: exchange.load,
+            endpoint: exchange.endpoint,
         })),
         Answer::Refused(mut resp) => {
             route

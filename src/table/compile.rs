@@ -127,6 +127,8 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         authentication,
         allowed_origins,
         ip_rules,
+        drain,
+        rebalance,
     } = a;
     *id == b.id
         && *upstream_path_template == b.upstream_path_template
@@ -148,6 +150,8 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         && *authentication == b.authentication
         && *allowed_origins == b.allowed_origins
         && *ip_rules == b.ip_rules
+        && *drain == b.drain
+        && *rebalance == b.rebalance
 }
 
 #[cfg(test)]

@@ -170,6 +170,8 @@ pub struct Metrics {
     /// Handles already resolved, by route: a rebuild of 10,000 routes then costs one map
     /// lookup per route instead of sixteen family lookups with label allocations.
     resolved: std::sync::Mutex<std::collections::HashMap<String, RouteMetrics>>,
+    /// Gentle drains and rebalancing (`telemetry/drain.rs`).
+    drain: super::DrainMetrics,
 }
 
 impl Default for Metrics {
@@ -205,6 +207,7 @@ impl Metrics {
             route_problems: Gauge::default(),
             offload: Default::default(),
             resolved: Default::default(),
+            drain: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -287,7 +290,13 @@ impl Metrics {
             "Relays running on relay threads now",
             m.offload.on_threads.clone(),
         );
+        m.drain.register(&mut registry);
         Metrics { registry, ..m }
+    }
+
+    /// The families of gentle drains and rebalancing.
+    pub fn drain(&self) -> super::DrainMetrics {
+        self.drain.clone()
     }
 
     /// The relay threads' counters.

@@ -210,11 +210,8 @@ impl Gateway {
         max_connections: Option<u32>,
         client_address: wsgate::proxy::ClientAddressOptions,
     ) -> Gateway {
-        let metrics = Arc::new(Metrics::new());
-        let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
-        let published = publisher.publish(routes);
-        assert!(published.problems.is_empty(), "{:?}", published.problems);
-        let server = Server::start(
+        Self::start_server(
+            routes,
             ServerOptions {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 tls_listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -225,12 +222,47 @@ impl Gateway {
                 listening_file: None,
                 max_connections,
                 client_address,
+                drain_jitter: false,
             },
-            Arc::clone(&publisher),
-            Arc::clone(&metrics),
         )
         .await
-        .unwrap();
+    }
+
+    /// With the process-wide drain: `drain_timeout` the budget, `drain_jitter` whether
+    /// routes without their own spread their closes over it.
+    pub async fn start_with_drain(
+        routes: &[Route],
+        drain_timeout: Duration,
+        drain_jitter: bool,
+        relay_offload: OffloadOptions,
+    ) -> Gateway {
+        Self::start_server(
+            routes,
+            ServerOptions {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                tls_listen: None,
+                admin_listen: "127.0.0.1:0".parse().unwrap(),
+                shutdown_delay: Duration::ZERO,
+                drain_timeout,
+                relay_offload,
+                listening_file: None,
+                max_connections: None,
+                client_address: Default::default(),
+                drain_jitter,
+            },
+        )
+        .await
+    }
+
+    /// With these server options (listeners on loopback, port 0).
+    pub async fn start_server(routes: &[Route], options: ServerOptions) -> Gateway {
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
+        let published = publisher.publish(routes);
+        assert!(published.problems.is_empty(), "{:?}", published.problems);
+        let server = Server::start(options, Arc::clone(&publisher), Arc::clone(&metrics))
+            .await
+            .unwrap();
         server.readiness.set_loaded();
         Gateway {
             server,

@@ -22,6 +22,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::proxy::drain::CloseReason;
 use crate::proxy::frame::{
     close_code, close_frame, Extensions, FrameRules, FrameTracker, Violation,
 };
@@ -165,6 +166,9 @@ pub enum Timeout {
     TokenExpired,
     /// The linger time ran out: the relay is done.
     LingerExpired,
+    /// A close the gateway scheduled ([`Relay::handle_close_at`]) came due: the client
+    /// gets Close 1001 (1012 for a rebalance).
+    Scheduled(CloseReason),
 }
 
 /// Byte and message counts since the last [`Relay::take_counts`].
@@ -378,6 +382,10 @@ pub struct Relay {
     close_at: Option<Instant>,
     clock: fn() -> Instant,
     violation: Option<(Side, Violation)>,
+    /// A close the gateway scheduled (a gentle drain, a rebalance): when, and why. The
+    /// earliest request wins. Boxed: few connections ever have one, and every idle relay
+    /// carries the field.
+    scheduled: Option<Box<(Instant, CloseReason)>>,
 }
 
 /// The Close frames wsgate sends on its own behalf (a byte, not a code and a string, in
@@ -398,6 +406,13 @@ enum Close {
     TokenExpired,
     /// Towards the backend of that client.
     ClientTokenExpired,
+    // Scheduled closes (issue 21: gentle drains, rebalancing), towards the client.
+    /// Its endpoint left the route.
+    EndpointRemoved,
+    /// Its endpoint is terminating and the route's drain budget passed.
+    EndpointTerminating,
+    /// Its endpoint holds more than its share of the route (`rebalance`).
+    Rebalance,
 }
 
 impl Close {
@@ -416,6 +431,9 @@ impl Close {
             Close::PeerOverLimit => (close_code::GOING_AWAY, "peer over the route's limits"),
             Close::TokenExpired => (close_code::POLICY_VIOLATION, "token expired"),
             Close::ClientTokenExpired => (close_code::GOING_AWAY, "client token expired"),
+            Close::EndpointRemoved => (close_code::GOING_AWAY, "endpoint removed"),
+            Close::EndpointTerminating => (close_code::GOING_AWAY, "endpoint terminating"),
+            Close::Rebalance => (close_code::SERVICE_RESTART, "rebalancing"),
         }
     }
 }
@@ -459,6 +477,7 @@ impl Relay {
             violation: None,
             close_at: config.close_at,
             clock: config.clock,
+            scheduled: None,
         }
     }
 
@@ -654,6 +673,24 @@ impl Relay {
         }
     }
 
+    /// The gateway wants this connection closed at `at` (a gentle drain, a rebalance): the
+    /// client then gets Close 1001 (1012 for a rebalance) at the next frame boundary, as
+    /// for the drain. An earlier request replaces a later one; a later one never postpones
+    /// it. A scheduled shutdown makes the relay draining now (it stays where it runs).
+    pub fn handle_close_at(&mut self, at: Instant, reason: CloseReason) {
+        if reason == CloseReason::Shutdown {
+            if self.draining {
+                return;
+            }
+            self.draining = true;
+        }
+        match &mut self.scheduled {
+            Some(due) if due.0 <= at => {}
+            Some(due) => **due = (at, reason),
+            None => self.scheduled = Some(Box::new((at, reason))),
+        }
+    }
+
     /// Bytes moved at `now` (for the idle deadline; see [`Relay::tracks_activity`]).
     pub fn note_activity(&mut self, now: Instant) {
         self.last_activity = now;
@@ -672,6 +709,20 @@ impl Relay {
             self.up.close_with(Close::ClientTokenExpired);
             self.update_winding();
             return Timeout::TokenExpired;
+        }
+        if let Some(&(_, reason)) = self.scheduled.as_deref().filter(|(at, _)| *at <= now) {
+            self.scheduled = None;
+            if !self.closing {
+                self.closing = true;
+                self.down.close_with(match reason {
+                    CloseReason::Shutdown => Close::Draining,
+                    CloseReason::EndpointRemoved => Close::EndpointRemoved,
+                    CloseReason::EndpointTerminating => Close::EndpointTerminating,
+                    CloseReason::Rebalance => Close::Rebalance,
+                });
+                self.update_winding();
+            }
+            return Timeout::Scheduled(reason);
         }
         match self.idle {
             Some(idle) if self.last_activity + idle <= now => {
@@ -729,11 +780,11 @@ impl Relay {
     }
 
     /// Whether the relay has a deadline now or may get one without an event from the driver
-    /// (an idle limit, a token expiry, winding down): a driver that keeps no timer for
+    /// (an idle limit, a token expiry, a scheduled close, winding down): a driver that keeps no timer for
     /// every connection asks [`Relay::poll_deadline`] only then.
     #[inline]
     pub fn wants_timer(&self) -> bool {
-        self.idle.is_some() || self.close_at.is_some() || self.winding
+        self.idle.is_some() || self.close_at.is_some() || self.winding || self.scheduled.is_some()
     }
 
     /// Whether the driver must call [`Relay::note_activity`] when bytes move.
@@ -748,7 +799,8 @@ impl Relay {
             self.linger_at = Some(now() + self.linger);
         }
         let idle_at = self.idle.map(|idle| self.last_activity + idle);
-        [idle_at, self.linger_at, self.close_at]
+        let scheduled_at = self.scheduled.as_deref().map(|(at, _)| *at);
+        [idle_at, self.linger_at, self.close_at, scheduled_at]
             .into_iter()
             .flatten()
             .min()

@@ -16,6 +16,7 @@
 //! machine back, so drain accounting and the relay's log line are unchanged; the
 //! connection's tracing span goes along, so what the thread logs names the connection.
 
+use std::future::poll_fn;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
@@ -27,8 +28,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use super::{Relay, Side};
-use crate::proxy::drain::DrainSignal;
+use super::{poll_signal, Relay, Side, Signal};
+use crate::proxy::drain::{CloseReason, DrainSignal};
 use crate::telemetry::{OffloadMetrics, RouteMetrics};
 
 mod event_loop;
@@ -126,8 +127,9 @@ pub(super) struct RelayThread {
 
 enum Command {
     Adopt(Box<Conn>),
-    /// The gateway drains: Close 1001 to every client, now and for relays adopted later.
-    Drain,
+    /// Close this relay's client at this moment, for this reason (wsgate's drain: at the
+    /// connection's own moment in its budget; a gentle drain of its endpoint; a rebalance).
+    CloseAt(u64, std::time::Instant, CloseReason),
     /// The connection's task is gone (the runtime is shutting down): close its sockets.
     Abort(u64),
 }
@@ -231,16 +233,28 @@ impl RelayThread {
             key,
             armed: true,
         };
-        if !drain.is_draining() {
+        // The task hears the drain and the closes asked of this connection, and passes them
+        // on to the thread; the relay there is not draining yet (a draining relay does not
+        // move).
+        let mut draining = false;
+        loop {
             tokio::select! {
                 biased;
                 r = &mut finished => return Ok(abort.finish(r)),
-                _ = drain.wait() => {}
+                signal = poll_fn(|cx| poll_signal(cx, drain, draining)) => match signal {
+                    Signal::Drain => {
+                        draining = true;
+                        let at = if drain.shutdown_offset().is_zero() {
+                            std::time::Instant::now()
+                        } else {
+                            drain.shutdown_at()
+                        };
+                        self.send(Command::CloseAt(key, at, CloseReason::Shutdown));
+                    }
+                    Signal::Close(at, reason) => self.send(Command::CloseAt(key, at, reason)),
+                },
             }
         }
-        self.send(Command::Drain);
-        let r = finished.await;
-        Ok(abort.finish(r))
     }
 
     /// Takes both sockets out of tokio and registers them with this thread's poller. If

@@ -405,6 +405,9 @@ impl<'a> RouteReader<'a> {
             add_headers_to_request: auth.headers,
             allowed_origins,
             security_options,
+            // Not Ocelot keys: ocelot.json routes drain by the process's default.
+            drain: None,
+            rebalance: None,
         })
     }
 

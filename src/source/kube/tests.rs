@@ -131,6 +131,8 @@ fn spec(path: &str) -> WsRouteSpec {
         add_headers_to_request: Default::default(),
         allowed_origins: None,
         security_options: None,
+        drain: None,
+        rebalance: None,
     }
 }
 

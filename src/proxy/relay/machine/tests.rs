@@ -618,3 +618,114 @@ fn an_expired_token_closes_the_client_with_1008_and_the_backend_with_1001() {
     sim.read(Side::Backend, &close(1001, b"", false));
     assert!(sim.relay.is_done());
 }
+
+// ---- scheduled closes (issue 21: gentle drains, rebalancing) ------------------------------
+
+/// A close scheduled for later is a deadline: nothing goes before it; at it the client
+/// gets Close 1001 "endpoint removed" (the backend nothing of ours), and the relay winds
+/// down as for the drain.
+#[test]
+fn a_scheduled_close_waits_for_its_moment_then_closes_the_client() {
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    assert!(!sim.relay.wants_timer());
+    let at = sim.now + Duration::from_secs(3);
+    sim.relay.handle_close_at(at, CloseReason::EndpointRemoved);
+    assert!(sim.relay.wants_timer());
+    assert!(!sim.relay.is_draining(), "only wsgate's shutdown drains");
+    assert_eq!(sim.relay.poll_deadline(|| sim.now), Some(at));
+    // Early: nothing happens.
+    assert_eq!(
+        sim.relay.handle_timeout(sim.now + Duration::from_secs(1)),
+        Timeout::Nothing
+    );
+    sim.read(Side::Backend, &text(b"still here", false));
+    assert_eq!(
+        sim.fire(),
+        Some(Timeout::Scheduled(CloseReason::EndpointRemoved))
+    );
+    assert_eq!(sim.now, at);
+    let to_client = sim.frames(Side::Client);
+    assert_eq!(closes(&to_client), vec![close_code::GOING_AWAY]);
+    assert_eq!(to_client.last().unwrap().payload[2..], *b"endpoint removed");
+    assert!(closes(&sim.frames(Side::Backend)).is_empty());
+    assert!(sim.relay.winding_down());
+    // The client answers; its Close goes on to the backend, whose answer ends it.
+    sim.read(Side::Client, &close(close_code::GOING_AWAY, b"", true));
+    sim.read(Side::Backend, &close(close_code::GOING_AWAY, b"", false));
+    assert!(sim.relay.is_done());
+    assert_eq!(
+        sim.relay.stats().injected_to_client,
+        Some(close_code::GOING_AWAY)
+    );
+}
+
+/// A rebalance closes with 1012; an earlier request replaces a later one, and a later one
+/// never postpones it.
+#[test]
+fn the_earliest_scheduled_close_wins_and_a_rebalance_is_1012() {
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    let t0 = sim.now;
+    sim.relay.handle_close_at(
+        t0 + Duration::from_secs(10),
+        CloseReason::EndpointTerminating,
+    );
+    sim.relay
+        .handle_close_at(t0 + Duration::from_secs(2), CloseReason::Rebalance);
+    sim.relay
+        .handle_close_at(t0 + Duration::from_secs(5), CloseReason::EndpointRemoved);
+    assert_eq!(
+        sim.relay.poll_deadline(|| t0),
+        Some(t0 + Duration::from_secs(2))
+    );
+    assert_eq!(sim.fire(), Some(Timeout::Scheduled(CloseReason::Rebalance)));
+    let to_client = sim.frames(Side::Client);
+    assert_eq!(closes(&to_client), vec![close_code::SERVICE_RESTART]);
+    assert_eq!(to_client[0].payload[2..], *b"rebalancing");
+}
+
+/// wsgate's shutdown at a connection's own moment: the relay is draining at once (it
+/// stays where it runs, the drain signal is not answered twice), Close 1001 "gateway
+/// shutting down" comes at the moment, in the middle of a frame only once it ended.
+#[test]
+fn a_scheduled_shutdown_drains_at_its_moment_at_a_frame_boundary() {
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    let at = sim.now + Duration::from_millis(700);
+    sim.relay.handle_close_at(at, CloseReason::Shutdown);
+    assert!(sim.relay.is_draining());
+    // A second shutdown (the signal seen again) changes nothing.
+    sim.relay
+        .handle_close_at(sim.now + Duration::from_secs(9), CloseReason::Shutdown);
+    assert_eq!(sim.relay.poll_deadline(|| sim.now), Some(at));
+    // Half a frame from the backend is on its way when the moment comes.
+    let whole = text(&[b'x'; 100], false);
+    sim.read(Side::Backend, &whole[..40]);
+    assert_eq!(sim.fire(), Some(Timeout::Scheduled(CloseReason::Shutdown)));
+    assert_eq!(
+        sim.got[Side::Client as usize].len(),
+        40,
+        "nothing mid-frame"
+    );
+    sim.read(Side::Backend, &whole[40..]);
+    let to_client = sim.frames(Side::Client);
+    assert_eq!(to_client.len(), 2);
+    assert_eq!(closes(&to_client), vec![close_code::GOING_AWAY]);
+    assert_eq!(to_client[1].payload[2..], *b"gateway shutting down");
+}
+
+/// A scheduled close after the relay already closed (idle) sends no second Close.
+#[test]
+fn a_scheduled_close_after_another_close_sends_nothing_more() {
+    let config = RelayConfig {
+        idle: Some(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let mut sim = Sim::new(config, 1 << 20);
+    sim.relay
+        .handle_close_at(sim.now + Duration::from_secs(2), CloseReason::Rebalance);
+    assert!(matches!(sim.fire(), Some(Timeout::Idle(_))));
+    assert_eq!(sim.fire(), Some(Timeout::Scheduled(CloseReason::Rebalance)));
+    assert_eq!(
+        closes(&sim.frames(Side::Client)),
+        vec![close_code::GOING_AWAY]
+    );
+}

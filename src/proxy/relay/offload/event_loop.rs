@@ -17,6 +17,7 @@ use super::super::{
     Timeout, READ_BUF,
 };
 use super::{Command, WAKE};
+use crate::proxy::drain::CloseReason;
 use crate::telemetry::RouteMetrics;
 
 /// Readiness the thread knows of, from edge-triggered events; cleared when a call finds
@@ -168,10 +169,16 @@ impl Conn {
         true
     }
 
-    fn drain(&mut self) {
-        self.relay.handle_drain();
-        // The Close frame sits in the backlog; let the next step try to write it.
-        self.ready.set(Ready::CLIENT_WRITE, true);
+    /// The gateway's close for this relay (`Command::CloseAt`): wsgate's own drain at
+    /// once when due, anything else through the machine's deadline.
+    fn close_at(&mut self, at: Instant, reason: CloseReason, now: Instant) {
+        if reason == CloseReason::Shutdown && at <= now {
+            self.relay.handle_drain();
+            // The Close frame sits in the backlog; let the next step try to write it.
+            self.ready.set(Ready::CLIENT_WRITE, true);
+        } else {
+            self.relay.handle_close_at(at, reason);
+        }
     }
 }
 
@@ -213,7 +220,6 @@ pub(super) struct Loop {
     /// the next wake-up, which then does not wait.
     again: Vec<u64>,
     step_budget: usize,
-    draining: bool,
     /// Every sender is gone: exit once the last relay ends.
     orphaned: bool,
     buf: Box<[u8]>,
@@ -228,7 +234,6 @@ impl Loop {
             timers: BinaryHeap::new(),
             again: Vec::new(),
             step_budget,
-            draining: false,
             orphaned: false,
             buf: vec![0u8; READ_BUF].into_boxed_slice(),
         }
@@ -293,24 +298,15 @@ impl Loop {
     fn take_commands(&mut self, clock: &mut Clock) {
         loop {
             match self.inbox.try_recv() {
-                Ok(Command::Adopt(mut conn)) => {
+                Ok(Command::Adopt(conn)) => {
                     let key = conn.key;
-                    if self.draining {
-                        conn.drain();
-                    }
                     self.conns.insert(key, conn);
                     self.settle(key, clock);
                 }
-                Ok(Command::Drain) => {
-                    if self.draining {
-                        continue;
-                    }
-                    self.draining = true;
-                    let keys: Vec<u64> = self.conns.keys().copied().collect();
-                    for key in keys {
-                        if let Some(conn) = self.conns.get_mut(&key) {
-                            conn.drain();
-                        }
+                Ok(Command::CloseAt(key, at, reason)) => {
+                    let now = clock.now();
+                    if let Some(conn) = self.conns.get_mut(&key) {
+                        conn.close_at(at, reason, now);
                         self.settle(key, clock);
                     }
                 }
@@ -398,7 +394,7 @@ impl Loop {
                     self.end(key);
                     continue;
                 }
-                timeout @ (Timeout::Idle(_) | Timeout::TokenExpired) => {
+                timeout @ (Timeout::Idle(_) | Timeout::TokenExpired | Timeout::Scheduled(_)) => {
                     let _entered = conn.span.enter();
                     log_timeout(&timeout);
                     // The Close frames sit in the backlogs; let the step try to write them.
