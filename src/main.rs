@@ -11,6 +11,7 @@ use wsgate::model::{parse_duration, IpNet};
 use wsgate::proxy::{ClientAddressOptions, OffloadOptions};
 use wsgate::table::BackendRoots;
 use wsgate::telemetry::logging::{self, LogFormat};
+use wsgate::telemetry::MetricsOptions;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -165,6 +166,11 @@ struct RunArgs {
     /// the client's. A connection without a valid header is closed.
     #[arg(long, env = "WSGATE_PROXY_PROTOCOL")]
     proxy_protocol: bool,
+    /// Give histograms (`wsgate_upstream_connect_seconds`) a `route` label: one series set
+    /// per route that dialled a backend, instead of one for the process. Off by default:
+    /// with many routes, per-route buckets dominate the scrape (docs/operations.md).
+    #[arg(long, env = "WSGATE_PER_ROUTE_HISTOGRAMS")]
+    per_route_histograms: bool,
 }
 
 fn ip_net(s: &str) -> Result<IpNet, String> {
@@ -276,6 +282,9 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                     trusted_proxies: args.trusted_proxies,
                     proxy_protocol: args.proxy_protocol,
                 },
+                metrics: MetricsOptions {
+                    per_route_histograms: args.per_route_histograms,
+                },
             };
             let sticky_key =
                 app::sticky_key(args.sticky_key_file.as_deref(), args.sticky_key.as_deref())?;
@@ -356,6 +365,7 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                 listening_file,
                 max_connections: None,
                 client_address: ClientAddressOptions::default(),
+                metrics: MetricsOptions::default(),
             })
             .await?;
         }

@@ -34,6 +34,8 @@ pub struct ServerOptions {
     pub max_connections: Option<u32>,
     /// Whose `X-Forwarded-For` is believed (`--trusted-proxies`).
     pub client_address: proxy::ClientAddressOptions,
+    /// Metric cardinality (`--per-route-histograms`); read where `Metrics` is made.
+    pub metrics: crate::telemetry::MetricsOptions,
 }
 
 pub struct Server {

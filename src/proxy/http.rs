@@ -33,7 +33,7 @@ pub async fn proxy(
     let negotiate = route.balancer.pins_signalr() && signalr::is_negotiate(&req);
     let mut upstream = upstream::open::<Incoming>(route, &pick).await?;
     ctx.record_endpoint(&upstream.endpoint);
-    route.metrics.http_requests_total.inc();
+    route.metrics.http_requests_total().inc();
 
     let (mut parts, body) = req.into_parts();
     upstream.forward_headers(&mut parts.headers, ctx);

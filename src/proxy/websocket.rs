@@ -247,8 +247,8 @@ impl RelayAccount {
     ) -> impl Future<Output = RelayStats> + 'a {
         self.started = Instant::now();
         let route = &self.table.routes()[self.route_index];
-        route.metrics.connections_total.inc();
-        route.metrics.connections_active.inc();
+        route.metrics.connections_total().inc();
+        route.metrics.connections_active().inc();
         relay_streams(
             client.0,
             client.1,
@@ -264,7 +264,7 @@ impl RelayAccount {
     /// Counts and logs a relay that ended; releases the endpoint's load.
     pub fn ended(self, stats: &RelayStats) {
         let metrics = &self.route().metrics;
-        metrics.connections_active.dec();
+        metrics.connections_active().dec();
         if let Some(code) = stats.injected_to_client {
             metrics.close_sent(CloseTo::Client, code);
         }

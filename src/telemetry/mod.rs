@@ -5,5 +5,6 @@ pub mod logging;
 mod metrics;
 
 pub use metrics::{
-    CloseTo, Direction, FailureReason, Metrics, OffloadMetrics, RefusalReason, RouteMetrics,
+    CloseTo, Direction, FailureReason, Metrics, MetricsOptions, OffloadMetrics, RefusalReason,
+    Relayed, RouteMetrics,
 };

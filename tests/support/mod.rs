@@ -225,6 +225,7 @@ impl Gateway {
                 listening_file: None,
                 max_connections,
                 client_address,
+                metrics: Default::default(),
             },
             Arc::clone(&publisher),
             Arc::clone(&metrics),
