@@ -28,6 +28,7 @@ use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
 use super::{access, auth, handshake, upstream, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
+use crate::telemetry::otlp::{ConnectionSpan, SpanEnd};
 use crate::telemetry::CloseTo;
 
 /// A client's WebSocket upgrade request, as either path read its head.
@@ -60,6 +61,10 @@ pub enum Outcome {
 /// Runs the sequence for one upgrade request: validate, route, open the backend, forward
 /// the handshake. Every failure is logged and counted here (`RequestCtx::failed`).
 pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'_>) -> Outcome {
+    ctx.record_in_span(SpanEnd {
+        kind: "websocket",
+        ..SpanEnd::default()
+    });
     if let Err(e) = handshake::validate(req.method, req.version, &req.headers) {
         let e = Error::BadHandshake(e);
         ctx.failed(gw, None, &e);
@@ -117,12 +122,17 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
                 upstream_early: switched.early,
             };
             // The relay holds this table generation and finds its route by index.
+            ctx.record_in_span(SpanEnd {
+                status: Some(101),
+                ..SpanEnd::default()
+            });
             let account = RelayAccount {
                 table,
                 route_index,
                 load: switched.load,
                 started: Instant::now(),
                 _admitted: admitted,
+                otel: ctx.take_span(),
             };
             let answer = SwitchAnswer {
                 head: switched.head,
@@ -130,7 +140,13 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
             };
             Outcome::Switched(answer, backend, account)
         }
-        Ok(Opened::Refused(resp)) => Outcome::Refused(resp),
+        Ok(Opened::Refused(resp)) => {
+            ctx.record_in_span(SpanEnd {
+                status: Some(resp.status().as_u16()),
+                ..SpanEnd::default()
+            });
+            Outcome::Refused(resp)
+        }
         Err(e) => {
             ctx.failed(gw, Some(route), &e);
             Outcome::Failed(e)
@@ -227,6 +243,8 @@ pub struct RelayAccount {
     /// The connection's slots under the route's and the process's connection limits,
     /// given back when the account is dropped (after `ended`, or with a task cut short).
     _admitted: Admitted,
+    /// The connection's exported span (`--otlp-endpoint`), ended by `ended`.
+    otel: Option<ConnectionSpan>,
 }
 
 impl RelayAccount {
@@ -270,6 +288,15 @@ impl RelayAccount {
         }
         if let Some(code) = stats.injected_to_upstream {
             metrics.close_sent(CloseTo::Backend, code);
+        }
+        if let Some(span) = self.otel {
+            span.end(SpanEnd {
+                bytes_up: Some(stats.bytes_up),
+                bytes_down: Some(stats.bytes_down),
+                close_to_client: stats.injected_to_client,
+                close_to_backend: stats.injected_to_upstream,
+                ..SpanEnd::default()
+            });
         }
         drop(self.load);
         match stats.violation {
