@@ -79,11 +79,21 @@ impl TraceContext {
         HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
     }
 
-    /// The trace id as 32 hex digits, for logs.
-    pub fn trace_id_hex(&self) -> String {
+    /// The trace id as 32 hex digits, for logs (on the stack: no allocation per request).
+    pub fn trace_id_hex(&self) -> TraceIdHex {
         let mut out = [0u8; 32];
         hex(&self.trace_id, &mut out);
-        String::from_utf8_lossy(&out).into_owned()
+        TraceIdHex(out)
+    }
+}
+
+/// A trace id's 32 lowercase hex digits.
+pub struct TraceIdHex([u8; 32]);
+
+impl TraceIdHex {
+    pub fn as_str(&self) -> &str {
+        // Only hex digits are ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or("-")
     }
 }
 
@@ -283,6 +293,7 @@ mod tests {
         let out = t.traceparent();
         let out = out.to_str().unwrap();
         assert_eq!(&out[..36], "00-4bf92f3577b34da6a3ce929d0e0e4736-");
+        assert_eq!(t.trace_id_hex().as_str(), &out[3..35]);
         assert_ne!(&out[36..52], "00f067aa0ba902b7");
         assert_eq!(&out[52..], "-01");
         assert_eq!(t.parent_id, Some(0x00f0_67aa_0ba9_02b7u64.to_be_bytes()));
