@@ -442,3 +442,59 @@ async fn otlp_spans_are_the_spans_the_backend_was_told_of() {
     );
     assert!(a.contains_key("wsgate.route"), "{a:?}");
 }
+
+/// With the collector unreachable, connections are served as ever and the process still
+/// exits promptly on SIGTERM: export failures drop spans, they never hold anything up.
+#[tokio::test]
+async fn an_unreachable_collector_holds_nothing_up() {
+    let mut backend = RecordingBackend::start().await;
+    // A port nobody listens on: bound, then closed.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        format!(
+            "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata:\n  name: traced\nspec:\n  upstreamPathTemplate: /t/{{x}}\n  downstreamPathTemplate: /{{x}}\n  downstreamHostAndPorts:\n    - host: {}\n      port: {}\n",
+            backend.addr.ip(),
+            backend.addr.port()
+        ),
+    )
+    .unwrap();
+    let endpoint = format!("http://{closed}");
+    let mut process = Process::start(
+        &[
+            "run",
+            "--routes",
+            "routes.yaml",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+        dir.path(),
+    )
+    .await;
+    let gw = process.listening.listen;
+    for _ in 0..20 {
+        for via in [Via::Upgrade, Via::Http] {
+            traceparent_of(&through(gw, &mut backend, via, "").await);
+        }
+    }
+    let asked = std::time::Instant::now();
+    // SAFETY: a plain kill(2) of the child this test started.
+    assert_eq!(unsafe { libc::kill(process.pid(), libc::SIGTERM) }, 0);
+    let status = process.exit_status().await;
+    assert!(status.success(), "{status:?}\n{}", process.log());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "exit took {:?}\n{}",
+        asked.elapsed(),
+        process.log()
+    );
+}
