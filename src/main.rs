@@ -11,6 +11,7 @@ use wsgate::model::{parse_duration, IpNet};
 use wsgate::proxy::{ClientAddressOptions, OffloadOptions};
 use wsgate::table::BackendRoots;
 use wsgate::telemetry::logging::{self, LogFormat};
+use wsgate::telemetry::MetricsOptions;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -173,6 +174,16 @@ struct RunArgs {
     /// the client's. A connection without a valid header is closed.
     #[arg(long, env = "WSGATE_PROXY_PROTOCOL")]
     proxy_protocol: bool,
+    /// Give histograms (`wsgate_upstream_connect_seconds`) a `route` label: one series set
+    /// per route that dialled a backend, instead of one for the process. Off by default:
+    /// with many routes, per-route buckets dominate the scrape (docs/operations.md).
+    #[arg(long, env = "WSGATE_PER_ROUTE_HISTOGRAMS")]
+    per_route_histograms: bool,
+    /// Export a span per WebSocket connection and per proxied HTTP request over OTLP
+    /// (HTTP/protobuf) to this collector, e.g. `http://otel-collector:4318` (spans go to
+    /// `/v1/traces` under it). Off by default.
+    #[arg(long, env = "WSGATE_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 fn ip_net(s: &str) -> Result<IpNet, String> {
@@ -220,7 +231,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, backend_roots)) {
+    let result = runtime.block_on(run(cli.command, backend_roots));
+    // Spans still queued go out now; the export runs on the runtime, so it is driven here
+    // while a blocking thread waits for it.
+    runtime.block_on(async {
+        let _ = tokio::task::spawn_blocking(wsgate::telemetry::otlp::shutdown).await;
+    });
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -267,6 +284,10 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
     match command {
         Command::Run(args) => {
             app::raise_fd_limit();
+            if let Some(endpoint) = &args.otlp_endpoint {
+                wsgate::telemetry::otlp::install(endpoint, tokio::runtime::Handle::current())?;
+                tracing::info!(%endpoint, "exporting a span per connection over OTLP");
+            }
             let default_certificate = args.default_cert.zip(args.default_key);
             let tls_listen = args.tls_listen.or((default_certificate.is_some()
                 || args.default_cert_secret.is_some())
@@ -285,6 +306,9 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                     proxy_protocol: args.proxy_protocol,
                 },
                 drain_jitter: args.drain_jitter,
+                metrics: MetricsOptions {
+                    per_route_histograms: args.per_route_histograms,
+                },
             };
             let sticky_key =
                 app::sticky_key(args.sticky_key_file.as_deref(), args.sticky_key.as_deref())?;
@@ -366,6 +390,7 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                 max_connections: None,
                 client_address: ClientAddressOptions::default(),
                 drain_jitter: false,
+                metrics: MetricsOptions::default(),
             })
             .await?;
         }

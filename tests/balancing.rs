@@ -123,6 +123,7 @@ async fn replica(routes: &[Route], key: &StickyKey) -> (Server, Arc<Publisher>) 
             client_address: Default::default(),
             drain_jitter: false,
             tls_listen: None,
+            metrics: Default::default(),
         },
         Arc::clone(&publisher),
         metrics,

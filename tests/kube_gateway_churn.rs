@@ -230,6 +230,7 @@ async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpo
                 client_address: Default::default(),
                 drain_jitter: false,
                 tls_listen: None,
+                metrics: Default::default(),
             },
             sticky_key: wsgate::balance::StickyKey::random(),
             backend_roots: wsgate::table::BackendRoots::none(),

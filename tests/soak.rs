@@ -684,6 +684,7 @@ async fn soak_cluster_a_thousand_connections_through_a_hundred_changes() {
                 shutdown_delay: Duration::ZERO,
                 drain_timeout: Duration::from_secs(2),
                 drain_jitter: true,
+                metrics: Default::default(),
                 relay_offload: Default::default(),
                 listening_file: None,
                 max_connections: None,

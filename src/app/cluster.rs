@@ -52,7 +52,7 @@ impl Cluster {
     /// until every watch has listed once and the first table is published.
     pub async fn start(options: ClusterOptions, client: kube::Client) -> anyhow::Result<Cluster> {
         let kube_metrics = Arc::new(KubeMetrics::default());
-        let metrics = Arc::new(Metrics::with_extra(|registry| {
+        let metrics = Arc::new(Metrics::with_options(options.server.metrics, |registry| {
             kube_metrics.register(registry)
         }));
         let publisher = Arc::new(

@@ -39,6 +39,8 @@ pub struct ServerOptions {
     /// `--drain-jitter`: routes without their own `drain` block spread their closes over
     /// `drain_timeout` (instead of closing at once when the drain starts).
     pub drain_jitter: bool,
+    /// Metric cardinality (`--per-route-histograms`); read where `Metrics` is made.
+    pub metrics: crate::telemetry::MetricsOptions,
 }
 
 pub struct Server {

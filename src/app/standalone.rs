@@ -76,7 +76,7 @@ fn prepare(loaded: &LoadedRoutes, publisher: &Publisher) -> (Prepared, Vec<Strin
 
 pub async fn run(options: StandaloneOptions) -> anyhow::Result<()> {
     let loaded = file::load_with(&options.routes, &options.files)?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_options(options.server.metrics, |_| {}));
     let publisher = Arc::new(
         Publisher::with_sticky_key(Arc::clone(&metrics), options.sticky_key.clone())
             .with_backend_roots(options.backend_roots.clone()),

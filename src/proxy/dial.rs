@@ -58,7 +58,7 @@ pub async fn dial<'t>(
             Ok(Ok((stream, sent))) => {
                 route
                     .metrics
-                    .connect_seconds
+                    .connect_seconds()
                     .observe(started.elapsed().as_secs_f64());
                 let _ = stream.set_nodelay(true);
                 let mut unsent = first;

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::telemetry::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
+
 /// Headers that describe one hop and never travel further.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -89,6 +91,9 @@ pub struct Forwarded<'a> {
     pub proto: &'static str,
     pub host: Option<&'a HeaderValue>,
     pub request_id: &'a HeaderValue,
+    /// The trace the request belongs to: `traceparent` (wsgate's span as the parent) and the
+    /// caller's `tracestate` go to the backend in place of the client's.
+    pub trace: &'a TraceContext,
 }
 
 /// Prepares a request's headers for the backend, in place (the HTTP path); the rules are
@@ -120,6 +125,8 @@ pub fn for_upstream(
             || *name == X_FORWARDED_FOR
             || *name == X_FORWARDED_PROTO
             || *name == X_REQUEST_ID
+            || *name == TRACEPARENT
+            || *name == TRACESTATE
             || (fwd.host.is_some() && *name == X_FORWARDED_HOST)
     };
     for (name, value) in headers {
@@ -151,6 +158,10 @@ pub fn for_upstream(
         emit(&X_FORWARDED_HOST, host);
     }
     emit(&X_REQUEST_ID, fwd.request_id);
+    emit(&TRACEPARENT, &fwd.trace.traceparent());
+    if let Some(state) = &fwd.trace.tracestate {
+        emit(&TRACESTATE, state);
+    }
 }
 
 /// An IP address as text, written without `fmt`: std's `Display` for an IPv4 address cost
@@ -334,6 +345,7 @@ mod tests {
         ]);
         let host = h.get("host").cloned();
         let id = HeaderValue::from_static("req-1");
+        let trace = TraceContext::start();
         to_upstream(
             &mut h,
             "10.0.0.7:8080",
@@ -342,8 +354,10 @@ mod tests {
                 proto: "http",
                 host: host.as_ref(),
                 request_id: &id,
+                trace: &trace,
             },
         );
+        assert_eq!(h["traceparent"], trace.traceparent());
         assert_eq!(h["host"], "10.0.0.7:8080");
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");

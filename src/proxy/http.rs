@@ -17,6 +17,7 @@ use super::request::{ProxyBody, RequestCtx};
 use super::{signalr, upstream};
 use crate::balance::ConnectionGuard;
 use crate::table::CompiledRoute;
+use crate::telemetry::otlp::SpanEnd;
 
 /// SignalR's long polling holds a request up to 100 s before answering, so a plain HTTP
 /// request waits at least this long for the backend's response head.
@@ -28,12 +29,16 @@ pub async fn proxy(
     req: Request<Incoming>,
     ctx: &RequestCtx,
 ) -> Result<Response<ProxyBody>, Error> {
+    ctx.record_in_span(SpanEnd {
+        kind: "http",
+        ..SpanEnd::default()
+    });
     let pick = ctx.pick_from(req.headers(), req.uri().query());
     let now_ms = pick.now_ms;
     let negotiate = route.balancer.pins_signalr() && signalr::is_negotiate(&req);
     let mut upstream = upstream::open::<Incoming>(route, &pick).await?;
     ctx.record_endpoint(&upstream.endpoint);
-    route.metrics.http_requests_total.inc();
+    route.metrics.http_requests_total().inc();
 
     let (mut parts, body) = req.into_parts();
     upstream.forward_headers(&mut parts.headers, ctx);
@@ -45,6 +50,10 @@ pub async fn proxy(
         .send(Request::from_parts(parts, body), wait)
         .await?;
     strip_hop_by_hop(resp.headers_mut());
+    ctx.record_in_span(SpanEnd {
+        status: Some(resp.status().as_u16()),
+        ..SpanEnd::default()
+    });
     if let Some(cookie) = upstream.set_cookie.take() {
         resp.headers_mut().append(http::header::SET_COOKIE, cookie);
     }

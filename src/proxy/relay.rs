@@ -22,7 +22,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use prometheus_client::metrics::counter::Counter;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
@@ -148,16 +147,17 @@ fn write_owed_slow<W: TryWrite>(relay: &mut Relay, to: Side, dst: &W) {
     }
 }
 
-/// Adds counts to the route's counters, in the order of [`Counts`]' fields.
-fn add_counts(c: Counts, [bytes_up, messages_up, bytes_down, messages_down]: [&Counter; 4]) {
-    bytes_up.inc_by(c.bytes_up);
-    messages_up.inc_by(c.messages_up);
-    bytes_down.inc_by(c.bytes_down);
-    messages_down.inc_by(c.messages_down);
-}
-
-fn route_counters(m: &RouteMetrics) -> [&Counter; 4] {
-    [&m.bytes_up, &m.messages_up, &m.bytes_down, &m.messages_down]
+/// Adds counts to the route's counters. Nothing relayed adds nothing, so a route whose
+/// connections never moved a byte has no traffic series (they appear on first use).
+fn add_counts(c: Counts, metrics: &RouteMetrics) {
+    if c.bytes_up == 0 && c.bytes_down == 0 {
+        return;
+    }
+    let r = metrics.relayed();
+    r.bytes_up.inc_by(c.bytes_up);
+    r.messages_up.inc_by(c.messages_up);
+    r.bytes_down.inc_by(c.bytes_down);
+    r.messages_down.inc_by(c.messages_down);
 }
 
 // ---- the tokio driver ----------------------------------------------------------------------
@@ -513,7 +513,7 @@ pub async fn relay_streams(
             }
         }
     }
-    add_counts(relay.take_counts(), route_counters(metrics));
+    add_counts(relay.take_counts(), metrics);
     relay.stats()
 }
 
@@ -556,7 +556,7 @@ async fn run<'o, T: Transport>(
                     relay.note_activity(std::time::Instant::now());
                 }
                 if relay.counts_due() {
-                    add_counts(relay.take_counts(), route_counters(metrics));
+                    add_counts(relay.take_counts(), metrics);
                 }
                 // A step stops only once nothing can move, with a waker registered for
                 // everything it waits on. Unless the relay is winding down (what the loop

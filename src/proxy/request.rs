@@ -25,6 +25,8 @@ use super::target;
 use super::Gateway;
 use crate::balance::PickContext;
 use crate::table::{CompiledRoute, RouteMatch, RouteTable};
+use crate::telemetry::otlp::{self, ConnectionSpan, SpanEnd};
+use crate::telemetry::trace_context::TraceContext;
 
 /// Largest request head forwarded (request line and headers); larger ones get 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -50,6 +52,7 @@ pub fn connection_span(peer: SocketAddr) -> tracing::Span {
         client = %peer,
         forwarded_for = Empty,
         request_id = Empty,
+        trace_id = Empty,
         route = Empty,
         endpoint = Empty
     )
@@ -68,6 +71,19 @@ pub struct RequestCtx {
     pub host: Option<HeaderValue>,
     /// The connection's span (`connection_span`), looked up once per request.
     span: tracing::Span,
+    /// The request's trace: boxed, as the connection's task keeps this context for the
+    /// whole life of a relay.
+    tracing: Box<Tracing>,
+}
+
+/// A request's trace context and exported span.
+struct Tracing {
+    /// The W3C trace context the backend gets (`telemetry::trace_context`).
+    context: TraceContext,
+    /// The request's exported span (`--otlp-endpoint`; `None` without): learns the route
+    /// and status as they become known, ends when this context is dropped unless a relay
+    /// took it (`take_span`).
+    otel: std::sync::Mutex<Option<ConnectionSpan>>,
 }
 
 impl RequestCtx {
@@ -86,6 +102,8 @@ impl RequestCtx {
             _ => new_request_id(),
         };
         let peer = gw.client_address.client(hop, headers);
+        let mut trace = TraceContext::from_headers(headers);
+        let otel = otlp::start(&mut trace, request_id.to_str().unwrap_or("-"));
         let ctx = RequestCtx {
             peer,
             hop,
@@ -93,8 +111,14 @@ impl RequestCtx {
             request_id,
             host: headers.get(header::HOST).cloned(),
             span: tracing::Span::current(),
+            tracing: Box::new(Tracing {
+                context: trace,
+                otel: std::sync::Mutex::new(otel),
+            }),
         };
         ctx.span.record("request_id", ctx.request_id());
+        ctx.span
+            .record("trace_id", ctx.trace().trace_id_hex().as_str());
         if peer != hop {
             ctx.span
                 .record("forwarded_for", tracing::field::display(peer.ip()));
@@ -105,6 +129,36 @@ impl RequestCtx {
     /// Records in the connection's span the backend endpoint this request went to.
     pub fn record_endpoint(&self, endpoint: &str) {
         self.span.record("endpoint", endpoint);
+        self.record_in_span(SpanEnd {
+            endpoint: Some(endpoint),
+            ..SpanEnd::default()
+        });
+    }
+
+    /// Records facts in the exported span, if there is one (one uncontended lock per fact,
+    /// only with `--otlp-endpoint`).
+    pub fn record_in_span(&self, facts: SpanEnd<'_>) {
+        if !otlp::enabled() {
+            return;
+        }
+        let mut otel = self.tracing.otel.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(span) = otel.as_mut() {
+            span.record(facts);
+        }
+    }
+
+    /// The exported span, for a relay to end when the connection ends.
+    pub fn take_span(&self) -> Option<ConnectionSpan> {
+        self.tracing
+            .otel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// The W3C trace context the backend gets.
+    pub fn trace(&self) -> &TraceContext {
+        &self.tracing.context
     }
 
     /// The request id as text, for answers and logs.
@@ -143,6 +197,10 @@ impl RequestCtx {
         match table.find(host, path, query, method) {
             Some(found) => {
                 self.span.record("route", found.route.route.id.0.as_str());
+                self.record_in_span(SpanEnd {
+                    route: Some(found.route.route.id.0.as_str()),
+                    ..SpanEnd::default()
+                });
                 Ok(found)
             }
             None => Err(Error::NoRoute {
@@ -173,6 +231,10 @@ impl RequestCtx {
     /// `wsgate_failures_total`.
     pub fn failed(&self, gw: &Gateway, route: Option<&CompiledRoute>, e: &Error) {
         let status = e.status().as_u16();
+        self.record_in_span(SpanEnd {
+            status: Some(status),
+            ..SpanEnd::default()
+        });
         if let Some(reason) = e.refusal() {
             // The process's limit is no route's: counted without one.
             let route =

@@ -367,19 +367,24 @@ mod tests {
         h.append("sec-websocket-protocol", HeaderValue::from_static("a"));
         h.append("sec-websocket-protocol", HeaderValue::from_static("b"));
         let id = HeaderValue::from_static("req-1");
+        let trace = crate::telemetry::trace_context::TraceContext::start();
         let fwd = Forwarded {
             client_ip: "127.0.0.1".parse().unwrap(),
             proto: "http",
             host: h.get("host"),
             request_id: &id,
+            trace: &trace,
         };
         let head = request_head("/ws/1?x=2", &h, "b:80", &fwd);
         assert_eq!(
             String::from_utf8(head).unwrap(),
-            "GET /ws/1?x=2 HTTP/1.1\r\nsec-websocket-protocol: a\r\nsec-websocket-protocol: b\r\n\
-             host: b:80\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\n\
-             x-forwarded-host: chat.example.com\r\nx-request-id: req-1\r\n\
-             connection: upgrade\r\nupgrade: websocket\r\n\r\n"
+            format!(
+                "GET /ws/1?x=2 HTTP/1.1\r\nsec-websocket-protocol: a\r\nsec-websocket-protocol: b\r\n\
+                 host: b:80\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\n\
+                 x-forwarded-host: chat.example.com\r\nx-request-id: req-1\r\n\
+                 traceparent: {}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+                trace.traceparent().to_str().unwrap()
+            )
         );
     }
 

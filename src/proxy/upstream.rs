@@ -135,6 +135,7 @@ pub fn forwarded(ctx: &RequestCtx) -> Forwarded<'_> {
         proto: ctx.proto,
         host: ctx.host.as_ref(),
         request_id: &ctx.request_id,
+        trace: ctx.trace(),
     }
 }
 

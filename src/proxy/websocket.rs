@@ -28,6 +28,7 @@ use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
 use super::{access, auth, handshake, upstream, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
+use crate::telemetry::otlp::{ConnectionSpan, SpanEnd};
 use crate::telemetry::CloseTo;
 
 /// A client's WebSocket upgrade request, as either path read its head.
@@ -60,6 +61,10 @@ pub enum Outcome {
 /// Runs the sequence for one upgrade request: validate, route, open the backend, forward
 /// the handshake. Every failure is logged and counted here (`RequestCtx::failed`).
 pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'_>) -> Outcome {
+    ctx.record_in_span(SpanEnd {
+        kind: "websocket",
+        ..SpanEnd::default()
+    });
     if let Err(e) = handshake::validate(req.method, req.version, &req.headers) {
         let e = Error::BadHandshake(e);
         ctx.failed(gw, None, &e);
@@ -123,6 +128,10 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
                 .live
                 .register(&route.route.id, switched.endpoint, budget, jitter);
             // The relay holds this table generation and finds its route by index.
+            ctx.record_in_span(SpanEnd {
+                status: Some(101),
+                ..SpanEnd::default()
+            });
             let account = RelayAccount {
                 table,
                 route_index,
@@ -130,6 +139,7 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
                 started: Instant::now(),
                 _admitted: admitted,
                 live,
+                otel: ctx.take_span(),
             };
             let answer = SwitchAnswer {
                 head: switched.head,
@@ -137,7 +147,13 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
             };
             Outcome::Switched(answer, backend, account)
         }
-        Ok(Opened::Refused(resp)) => Outcome::Refused(resp),
+        Ok(Opened::Refused(resp)) => {
+            ctx.record_in_span(SpanEnd {
+                status: Some(resp.status().as_u16()),
+                ..SpanEnd::default()
+            });
+            Outcome::Refused(resp)
+        }
         Err(e) => {
             ctx.failed(gw, Some(route), &e);
             Outcome::Failed(e)
@@ -236,6 +252,8 @@ pub struct RelayAccount {
     _admitted: Admitted,
     /// The connection in the registry of live relays (unregistered when dropped).
     live: LiveRelay,
+    /// The connection's exported span (`--otlp-endpoint`), ended by `ended`.
+    otel: Option<ConnectionSpan>,
 }
 
 impl RelayAccount {
@@ -256,8 +274,8 @@ impl RelayAccount {
     ) -> impl Future<Output = RelayStats> + 'a {
         self.started = Instant::now();
         let route = &self.table.routes()[self.route_index];
-        route.metrics.connections_total.inc();
-        route.metrics.connections_active.inc();
+        route.metrics.connections_total().inc();
+        route.metrics.connections_active().inc();
         relay_streams(
             client.0,
             client.1,
@@ -273,12 +291,21 @@ impl RelayAccount {
     /// Counts and logs a relay that ended; releases the endpoint's load.
     pub fn ended(self, stats: &RelayStats) {
         let metrics = &self.route().metrics;
-        metrics.connections_active.dec();
+        metrics.connections_active().dec();
         if let Some(code) = stats.injected_to_client {
             metrics.close_sent(CloseTo::Client, code);
         }
         if let Some(code) = stats.injected_to_upstream {
             metrics.close_sent(CloseTo::Backend, code);
+        }
+        if let Some(span) = self.otel {
+            span.end(SpanEnd {
+                bytes_up: Some(stats.bytes_up),
+                bytes_down: Some(stats.bytes_down),
+                close_to_client: stats.injected_to_client,
+                close_to_backend: stats.injected_to_upstream,
+                ..SpanEnd::default()
+            });
         }
         drop(self.load);
         match stats.violation {

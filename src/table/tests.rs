@@ -727,7 +727,7 @@ fn compile_resolves_balancer_and_metrics() {
     );
     let c = &t.routes()[0];
     assert_eq!(c.balancer.ready().len(), 2);
-    c.metrics.connections_total.inc();
+    c.metrics.connections_total().inc();
     assert!(metrics.encode().contains("route=\"ns/chat\""));
     assert_eq!(c.placeholders(), &[] as &[String]);
 }

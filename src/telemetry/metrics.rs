@@ -1,7 +1,31 @@
-//! Metric families are registered once; `compile` resolves one `RouteMetrics` per route so
+//! Metric families are registered once; `compile` takes one `RouteMetrics` per route so
 //! the data plane only increments handles it already holds.
+//!
+//! **Per-route series appear when first used.** A `RouteMetrics` holds the route's label
+//! once and a `OnceLock` per handle (or per group of handles used together: a connection's
+//! gauge and counter, the four relayed-traffic counters); the first use resolves the
+//! handle in its family (one label allocation and one write lock, once per route), every
+//! later use is an atomic load and the increment. So a route that is compiled but never
+//! used adds no series to `/metrics`, and an idle route costs a few hundred bytes.
+//!
+//! **Histograms are process-wide** unless `--per-route-histograms`
+//! ([`MetricsOptions::per_route_histograms`]) asks for one per route (`RouteHistogram`).
+//!
+//! **A route's series leave with the route.** `Metrics::route` hands out the same
+//! `RouteMetrics` for a route name while one is alive (a table generation or a connection
+//! holds it); when the last one is dropped (the route left the table and its last
+//! connection ended) its series are removed from the families, so neither `/metrics` nor
+//! the map of live routes grows with route churn. A route that comes back starts its
+//! counters at zero again, which Prometheus' `rate()` reads as a counter reset.
+//!
+//! A new per-route family follows the same steps: a `Family` in [`Families`] (registered in
+//! `Metrics::with_options`), a `OnceLock` (or `[OnceLock; N]` for a small label enum) in
+//! `RouteSeries`, an accessor on `RouteMetrics` that resolves it, and a line in
+//! `RouteSeries::forget` and `RouteSeries::hand_over`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -41,7 +65,8 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
-    const ALL: [FailureReason; 8] = [
+    /// In declaration order (`reason as usize` indexes it).
+    pub const ALL: [FailureReason; 8] = [
         FailureReason::NoRoute,
         FailureReason::NoEndpoint,
         FailureReason::ConnectFailed,
@@ -139,6 +164,48 @@ fn connect_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
+/// A histogram that is one process-wide series by default, or one series per route (created
+/// on the route's first observation) when `--per-route-histograms` is on.
+enum RouteHistogram {
+    Shared(Histogram),
+    PerRoute(Family<RouteLabel, Histogram, fn() -> Histogram>),
+}
+
+impl RouteHistogram {
+    fn new(per_route: bool, buckets: fn() -> Histogram) -> Self {
+        if per_route {
+            RouteHistogram::PerRoute(Family::new_with_constructor(buckets))
+        } else {
+            RouteHistogram::Shared(buckets())
+        }
+    }
+
+    fn register(&self, registry: &mut Registry, name: &str, help: &str) {
+        match self {
+            RouteHistogram::Shared(h) => registry.register(name, help, h.clone()),
+            RouteHistogram::PerRoute(f) => registry.register(name, help, f.clone()),
+        }
+    }
+
+    /// The histogram a route observes into.
+    fn for_route(&self, route: &str) -> Histogram {
+        match self {
+            RouteHistogram::Shared(h) => h.clone(),
+            RouteHistogram::PerRoute(f) => f.get_or_create_owned(&RouteLabel {
+                route: route.to_string(),
+            }),
+        }
+    }
+
+    fn forget(&self, route: &str) {
+        if let RouteHistogram::PerRoute(f) = self {
+            f.remove(&RouteLabel {
+                route: route.to_string(),
+            });
+        }
+    }
+}
+
 /// Process-wide counters of the relays that moved to relay threads (`proxy::relay`'s
 /// offload), registered with the gateway's metrics.
 #[derive(Clone, Default)]
@@ -149,9 +216,16 @@ pub struct OffloadMetrics {
     pub on_threads: Gauge,
 }
 
-/// Every metric family wsgate exports, registered once at start-up.
-pub struct Metrics {
-    registry: Registry,
+/// What the operator chose about metric cardinality.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MetricsOptions {
+    /// `--per-route-histograms`: histograms (`wsgate_upstream_connect_seconds`) get a
+    /// `route` label, one series set per used route, instead of one process-wide series set.
+    pub per_route_histograms: bool,
+}
+
+/// The families that hold per-route series, shared by `Metrics` and every `RouteMetrics`.
+struct Families {
     connections_active: Family<RouteLabel, Gauge>,
     connections_total: Family<RouteLabel, Counter>,
     http_requests_total: Family<RouteLabel, Counter>,
@@ -160,16 +234,28 @@ pub struct Metrics {
     closes_sent_total: Family<CloseLabel, Counter>,
     bytes_total: Family<BytesLabel, Counter>,
     messages_total: Family<BytesLabel, Counter>,
-    connect_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    connect_seconds: RouteHistogram,
+    /// The `RouteMetrics` alive per route name: `Metrics::route` hands out the live one, so
+    /// every generation and connection of a route shares one set of handles. An entry
+    /// leaves when its `RouteSeries` is dropped, so the map holds the routes of live tables
+    /// and connections only, however many routes came and went.
+    live: Mutex<HashMap<Arc<str>, Weak<RouteSeries>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every metric family wsgate exports, registered once at start-up.
+pub struct Metrics {
+    registry: Registry,
+    families: Arc<Families>,
     pub table_generation: Gauge,
     pub tables_alive: Gauge,
     pub table_reloads_ok: Counter,
     pub table_reloads_failed: Counter,
     pub route_problems: Gauge,
     offload: OffloadMetrics,
-    /// Handles already resolved, by route: a rebuild of 10,000 routes then costs one map
-    /// lookup per route instead of sixteen family lookups with label allocations.
-    resolved: std::sync::Mutex<std::collections::HashMap<String, RouteMetrics>>,
     /// Gentle drains and rebalancing (`telemetry/drain.rs`).
     drain: super::DrainMetrics,
 }
@@ -188,9 +274,14 @@ impl Metrics {
     /// Registers wsgate's families plus those of a source (the kube source's watch and
     /// status metrics), all under the `wsgate_` prefix.
     pub fn with_extra(extra: impl FnOnce(&mut Registry)) -> Self {
+        Self::with_options(MetricsOptions::default(), extra)
+    }
+
+    /// As `with_extra`, with the operator's cardinality choices.
+    pub fn with_options(options: MetricsOptions, extra: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::with_prefix("wsgate");
         extra(&mut registry);
-        let m = Metrics {
+        let f = Families {
             connections_active: Family::default(),
             connections_total: Family::default(),
             http_requests_total: Family::default(),
@@ -199,61 +290,65 @@ impl Metrics {
             closes_sent_total: Family::default(),
             bytes_total: Family::default(),
             messages_total: Family::default(),
-            connect_seconds: Family::new_with_constructor(connect_histogram),
+            connect_seconds: RouteHistogram::new(options.per_route_histograms, connect_histogram),
+            live: Default::default(),
+        };
+        let m = Metrics {
             table_generation: Gauge::default(),
             tables_alive: Gauge::default(),
             table_reloads_ok: Counter::default(),
             table_reloads_failed: Counter::default(),
             route_problems: Gauge::default(),
             offload: Default::default(),
-            resolved: Default::default(),
             drain: Default::default(),
             registry: Registry::default(),
+            families: Arc::new(f),
         };
+        let f = &m.families;
         registry.register(
             "connections_active",
             "Upgraded WebSocket connections currently relayed",
-            m.connections_active.clone(),
+            f.connections_active.clone(),
         );
         registry.register(
             "connections",
             "Upgraded WebSocket connections accepted",
-            m.connections_total.clone(),
+            f.connections_total.clone(),
         );
         registry.register(
             "http_requests",
             "Plain HTTP requests proxied (SignalR negotiate, SSE, long polling)",
-            m.http_requests_total.clone(),
+            f.http_requests_total.clone(),
         );
         registry.register(
             "handshake_failures",
             "Requests answered by wsgate itself instead of a backend, by reason",
-            m.failures_total.clone(),
+            f.failures_total.clone(),
         );
         registry.register(
             "refusals",
             "Requests the edge refused before dialling a backend (origin, ip, auth, scope, claims, rate, connections, path)",
-            m.refusals_total.clone(),
+            f.refusals_total.clone(),
         );
         registry.register(
             "closes_sent",
             "Close frames wsgate sent on its own behalf at the end of a relayed connection, by side and code (1001 going away, 1002/1007 a broken rule, 1008 rate or token expiry, 1009 message too big, 1011 backend lost, 1014 bad gateway)",
-            m.closes_sent_total.clone(),
+            f.closes_sent_total.clone(),
         );
         registry.register(
             "bytes",
             "Bytes relayed on upgraded connections",
-            m.bytes_total.clone(),
+            f.bytes_total.clone(),
         );
         registry.register(
             "messages",
             "WebSocket frames relayed on upgraded connections",
-            m.messages_total.clone(),
+            f.messages_total.clone(),
         );
-        registry.register(
+        f.connect_seconds.register(
+            &mut registry,
             "upstream_connect_seconds",
-            "Time to open a TCP connection to a backend",
-            m.connect_seconds.clone(),
+            "Time to open a TCP connection to a backend (per route with --per-route-histograms)",
         );
         registry.register(
             "route_table_generation",
@@ -304,66 +399,29 @@ impl Metrics {
         self.offload.clone()
     }
 
-    /// Resolves one route's handles; called by `compile`, never per connection.
+    /// One route's handles; called by `compile`, never per connection. Resolves nothing:
+    /// each series appears on its first use. While a `RouteMetrics` of this route is alive
+    /// (an earlier generation, a connection), the same one is returned.
     pub fn route(&self, route: &str) -> RouteMetrics {
-        let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = resolved.get(route) {
-            return m.clone();
+        let mut live = lock(&self.families.live);
+        if let Some(m) = live.get(route).and_then(Weak::upgrade) {
+            return RouteMetrics(m);
         }
-        let m = self.resolve_route(route);
-        resolved.insert(route.to_string(), m.clone());
-        m
+        let route: Arc<str> = route.into();
+        let m = Arc::new(RouteSeries::new(route.clone(), Arc::clone(&self.families)));
+        live.insert(route, Arc::downgrade(&m));
+        RouteMetrics(m)
     }
 
-    fn resolve_route(&self, route: &str) -> RouteMetrics {
-        // Each handle is cloned out in its own statement: `get_or_create` returns a read
-        // guard, and a second call creating a new series while it is alive would deadlock.
-        let l = RouteLabel {
-            route: route.to_string(),
-        };
-        let bytes = |direction| BytesLabel {
-            route: route.to_string(),
-            direction,
-        };
-        // `_owned`: a `get_or_create` read guard would live to the end of this struct
-        // literal, and the next creation in the same family would deadlock on its write lock.
-        RouteMetrics {
-            connections_active: self.connections_active.get_or_create_owned(&l),
-            connections_total: self.connections_total.get_or_create_owned(&l),
-            http_requests_total: self.http_requests_total.get_or_create_owned(&l),
-            bytes_up: self
-                .bytes_total
-                .get_or_create_owned(&bytes(Direction::ClientToUpstream)),
-            bytes_down: self
-                .bytes_total
-                .get_or_create_owned(&bytes(Direction::UpstreamToClient)),
-            messages_up: self
-                .messages_total
-                .get_or_create_owned(&bytes(Direction::ClientToUpstream)),
-            messages_down: self
-                .messages_total
-                .get_or_create_owned(&bytes(Direction::UpstreamToClient)),
-            connect_seconds: self.connect_seconds.get_or_create_owned(&l),
-            failures: FailureReason::ALL.map(|reason| {
-                self.failures_total.get_or_create_owned(&FailureLabel {
-                    route: route.to_string(),
-                    reason,
-                })
-            }),
-            closes_sent: self.closes_sent_total.clone(),
-            route: route.into(),
-            refusals: RefusalReason::ALL.map(|reason| {
-                self.refusals_total.get_or_create_owned(&RefusalLabel {
-                    route: route.to_string(),
-                    reason,
-                })
-            }),
-        }
+    /// Routes with a live `RouteMetrics` (in a table or held by a connection).
+    pub fn live_routes(&self) -> usize {
+        lock(&self.families.live).len()
     }
 
     /// Failures that happen before any route is known (no route matched, bad request).
     pub fn unrouted_failure(&self, reason: FailureReason) {
-        self.failures_total
+        self.families
+            .failures_total
             .get_or_create(&FailureLabel {
                 route: String::new(),
                 reason,
@@ -374,7 +432,8 @@ impl Metrics {
     /// Refusals that happen before any route is known (a path that cannot be normalized, a
     /// process-wide connection limit).
     pub fn unrouted_refusal(&self, reason: RefusalReason) {
-        self.refusals_total
+        self.families
+            .refusals_total
             .get_or_create(&RefusalLabel {
                 route: String::new(),
                 reason,
@@ -390,55 +449,306 @@ impl Metrics {
     }
 }
 
-/// One route's resolved metric handles.
+/// A route's WebSocket connection series, used together.
 #[derive(Clone, Debug)]
-pub struct RouteMetrics {
-    pub connections_active: Gauge,
-    pub connections_total: Counter,
-    pub http_requests_total: Counter,
+struct ConnectionSeries {
+    active: Gauge,
+    total: Counter,
+}
+
+/// A route's relayed-traffic counters, flushed together from a relay's counts.
+#[derive(Clone, Debug)]
+pub struct Relayed {
     pub bytes_up: Counter,
-    pub bytes_down: Counter,
     pub messages_up: Counter,
+    pub bytes_down: Counter,
     pub messages_down: Counter,
-    pub connect_seconds: Histogram,
-    failures: [Counter; 8],
-    refusals: [Counter; 8],
-    /// Series made when a connection ends with a Close of ours (few codes, so created on
-    /// first use rather than eight per route up front).
-    closes_sent: Family<CloseLabel, Counter>,
-    route: std::sync::Arc<str>,
+}
+
+/// One route's label and its handles, each resolved on first use.
+struct RouteSeries {
+    route: Arc<str>,
+    families: Arc<Families>,
+    connections: OnceLock<ConnectionSeries>,
+    http_requests: OnceLock<Counter>,
+    relayed: OnceLock<Relayed>,
+    connect_seconds: OnceLock<Histogram>,
+    failures: [OnceLock<Counter>; FailureReason::ALL.len()],
+    refusals: [OnceLock<Counter>; RefusalReason::ALL.len()],
+    /// Series made when a connection ends with a Close of ours: few codes per route, looked
+    /// up once per connection end, never per message.
+    closes_sent: Mutex<Vec<(CloseTo, u16, Counter)>>,
+}
+
+impl RouteSeries {
+    fn new(route: Arc<str>, families: Arc<Families>) -> Self {
+        RouteSeries {
+            route,
+            families,
+            connections: OnceLock::new(),
+            http_requests: OnceLock::new(),
+            relayed: OnceLock::new(),
+            connect_seconds: OnceLock::new(),
+            failures: Default::default(),
+            refusals: Default::default(),
+            closes_sent: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn label(&self) -> RouteLabel {
+        RouteLabel {
+            route: self.route.to_string(),
+        }
+    }
+
+    fn bytes_label(&self, direction: Direction) -> BytesLabel {
+        BytesLabel {
+            route: self.route.to_string(),
+            direction,
+        }
+    }
+
+    /// Removes the series this `RouteSeries` resolved from their families.
+    fn forget(&self) {
+        let f = &self.families;
+        if self.connections.get().is_some() {
+            f.connections_active.remove(&self.label());
+            f.connections_total.remove(&self.label());
+        }
+        if self.http_requests.get().is_some() {
+            f.http_requests_total.remove(&self.label());
+        }
+        if self.relayed.get().is_some() {
+            for d in [Direction::ClientToUpstream, Direction::UpstreamToClient] {
+                f.bytes_total.remove(&self.bytes_label(d));
+                f.messages_total.remove(&self.bytes_label(d));
+            }
+        }
+        if self.connect_seconds.get().is_some() {
+            f.connect_seconds.forget(&self.route);
+        }
+        for (cell, reason) in self.failures.iter().zip(FailureReason::ALL) {
+            if cell.get().is_some() {
+                f.failures_total.remove(&FailureLabel {
+                    route: self.route.to_string(),
+                    reason,
+                });
+            }
+        }
+        for (cell, reason) in self.refusals.iter().zip(RefusalReason::ALL) {
+            if cell.get().is_some() {
+                f.refusals_total.remove(&RefusalLabel {
+                    route: self.route.to_string(),
+                    reason,
+                });
+            }
+        }
+        for (to, code, _) in lock(&self.closes_sent).iter() {
+            f.closes_sent_total.remove(&CloseLabel {
+                route: self.route.to_string(),
+                to: *to,
+                code: *code,
+            });
+        }
+    }
+
+    /// Gives the handles this one resolved to `next`, the live `RouteSeries` of the same
+    /// route that replaced it, so that `next` removes them when it goes.
+    fn hand_over(&self, next: &RouteSeries) {
+        fn give<T: Clone>(from: &OnceLock<T>, to: &OnceLock<T>) {
+            if let Some(v) = from.get() {
+                let _ = to.set(v.clone());
+            }
+        }
+        give(&self.connections, &next.connections);
+        give(&self.http_requests, &next.http_requests);
+        give(&self.relayed, &next.relayed);
+        give(&self.connect_seconds, &next.connect_seconds);
+        for (from, to) in self.failures.iter().zip(&next.failures) {
+            give(from, to);
+        }
+        for (from, to) in self.refusals.iter().zip(&next.refusals) {
+            give(from, to);
+        }
+        let mine = std::mem::take(&mut *lock(&self.closes_sent));
+        let mut theirs = lock(&next.closes_sent);
+        for close in mine {
+            if !theirs
+                .iter()
+                .any(|(to, code, _)| (*to, *code) == (close.0, close.1))
+            {
+                theirs.push(close);
+            }
+        }
+    }
+}
+
+impl Drop for RouteSeries {
+    fn drop(&mut self) {
+        let families = Arc::clone(&self.families);
+        let mut live = lock(&families.live);
+        let me: *const RouteSeries = self;
+        let next = match live.get(&self.route) {
+            Some(entry) if std::ptr::eq(entry.as_ptr(), me) => {
+                live.remove(&self.route);
+                None
+            }
+            // Replaced by a newer one (made between this one's last drop and now).
+            Some(entry) => entry.upgrade(),
+            None => None,
+        };
+        match next {
+            // Under the lock: no new `RouteSeries` of this route can resolve a series
+            // between the check above and the removal.
+            None => self.forget(),
+            Some(next) => {
+                drop(live);
+                self.hand_over(&next);
+                // May drop `next` (and run its `drop`), so only after the lock is released.
+                drop(next);
+            }
+        }
+    }
+}
+
+/// One route's metric handles: cheap to clone (one `Arc`), each series resolved on first
+/// use, removed when the last clone of the route's handles is dropped.
+#[derive(Clone)]
+pub struct RouteMetrics(Arc<RouteSeries>);
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("route", &self.0.route)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RouteMetrics {
+    fn connections(&self) -> &ConnectionSeries {
+        let s = &self.0;
+        s.connections.get_or_init(|| ConnectionSeries {
+            active: s
+                .families
+                .connections_active
+                .get_or_create_owned(&s.label()),
+            total: s.families.connections_total.get_or_create_owned(&s.label()),
+        })
+    }
+
+    /// `wsgate_connections_active{route}`.
+    pub fn connections_active(&self) -> &Gauge {
+        &self.connections().active
+    }
+
+    /// `wsgate_connections_total{route}`.
+    pub fn connections_total(&self) -> &Counter {
+        &self.connections().total
+    }
+
+    /// `wsgate_http_requests_total{route}`.
+    pub fn http_requests_total(&self) -> &Counter {
+        let s = &self.0;
+        s.http_requests.get_or_init(|| {
+            s.families
+                .http_requests_total
+                .get_or_create_owned(&s.label())
+        })
+    }
+
+    /// `wsgate_bytes_total` and `wsgate_messages_total` of the route, both directions.
+    /// A relay calls this when it flushes counts (on a timer, not per message); after the
+    /// first call it is an atomic load.
+    pub fn relayed(&self) -> &Relayed {
+        let s = &self.0;
+        s.relayed.get_or_init(|| {
+            let (f, up, down) = (
+                &s.families,
+                s.bytes_label(Direction::ClientToUpstream),
+                s.bytes_label(Direction::UpstreamToClient),
+            );
+            Relayed {
+                bytes_up: f.bytes_total.get_or_create_owned(&up),
+                messages_up: f.messages_total.get_or_create_owned(&up),
+                bytes_down: f.bytes_total.get_or_create_owned(&down),
+                messages_down: f.messages_total.get_or_create_owned(&down),
+            }
+        })
+    }
+
+    /// `wsgate_upstream_connect_seconds`: the process-wide histogram, or the route's own
+    /// with `--per-route-histograms`.
+    pub fn connect_seconds(&self) -> &Histogram {
+        let s = &self.0;
+        s.connect_seconds
+            .get_or_init(|| s.families.connect_seconds.for_route(&s.route))
+    }
+
     pub fn failure(&self, reason: FailureReason) {
-        let i = FailureReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.failures[i].inc();
+        let s = &self.0;
+        // `ALL` lists the variants in declaration order.
+        s.failures[reason as usize]
+            .get_or_init(|| {
+                s.families
+                    .failures_total
+                    .get_or_create_owned(&FailureLabel {
+                        route: s.route.to_string(),
+                        reason,
+                    })
+            })
+            .inc();
     }
 
     /// A Close frame of wsgate's own (`code`) went `to` a side of a relay that ended.
     /// Called once per connection end, never per message.
     pub fn close_sent(&self, to: CloseTo, code: u16) {
-        self.closes_sent
-            .get_or_create(&CloseLabel {
-                route: self.route.to_string(),
+        let s = &self.0;
+        let mut closes = lock(&s.closes_sent);
+        if let Some((_, _, c)) = closes.iter().find(|(t, k, _)| (*t, *k) == (to, code)) {
+            c.inc();
+            return;
+        }
+        let c = s
+            .families
+            .closes_sent_total
+            .get_or_create_owned(&CloseLabel {
+                route: s.route.to_string(),
                 to,
                 code,
-            })
-            .inc();
+            });
+        c.inc();
+        closes.push((to, code, c));
     }
 
     pub fn refusal(&self, reason: RefusalReason) {
+        let s = &self.0;
         // `ALL` lists the variants in declaration order.
-        self.refusals[reason as usize].inc();
+        s.refusals[reason as usize]
+            .get_or_init(|| {
+                s.families
+                    .refusals_total
+                    .get_or_create_owned(&RefusalLabel {
+                        route: s.route.to_string(),
+                        reason,
+                    })
+            })
+            .inc();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lines of `/metrics` that carry `route="{route}"`.
+    fn series_of(m: &Metrics, route: &str) -> Vec<String> {
+        let label = format!("route=\"{route}\"");
+        m.encode()
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .map(str::to_string)
+            .collect()
+    }
 
     #[test]
     fn refusals_are_exported_per_route_and_reason_with_lowercase_labels() {
@@ -455,15 +765,174 @@ mod tests {
         for line in [
             r#"wsgate_refusals_total{route="ns/chat",reason="origin"} 2"#,
             r#"wsgate_refusals_total{route="ns/chat",reason="connections"} 1"#,
-            r#"wsgate_refusals_total{route="ns/chat",reason="ip"} 0"#,
             r#"wsgate_refusals_total{route="",reason="path"} 1"#,
             r#"wsgate_closes_sent_total{route="ns/chat",to="Client",code="1009"} 2"#,
             r#"wsgate_closes_sent_total{route="ns/chat",to="Backend",code="1001"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+        assert!(
+            !text.contains(r#"reason="ip""#),
+            "a reason never counted has no series\n{text}"
+        );
         for (i, reason) in RefusalReason::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, i, "ALL is in declaration order");
         }
+        for (i, reason) in FailureReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "ALL is in declaration order");
+        }
+    }
+
+    /// A route that is compiled (its handles taken) but never used adds no series.
+    #[test]
+    fn a_route_never_used_adds_no_series() {
+        let m = Metrics::new();
+        let before = m.encode();
+        let idle = m.route("ns/idle");
+        let _ = idle.clone();
+        assert_eq!(series_of(&m, "ns/idle"), Vec::<String>::new());
+        assert_eq!(m.encode(), before, "no series, not even at zero");
+        assert_eq!(m.live_routes(), 1);
+    }
+
+    /// A used route gets exactly the series of what it used: a connection its two
+    /// connection series, relayed bytes its four traffic series, one failure and one
+    /// refusal reason their own, and nothing at zero for the reasons it never met.
+    #[test]
+    fn a_used_route_adds_exactly_the_series_it_used() {
+        let m = Metrics::new();
+        let r = m.route("ns/chat");
+        r.connections_total().inc();
+        r.connections_active().inc();
+        r.relayed().bytes_up.inc_by(10);
+        r.relayed().messages_up.inc();
+        r.failure(FailureReason::ConnectTimeout);
+        r.refusal(RefusalReason::Rate);
+        r.connect_seconds().observe(0.001);
+        let mut got = series_of(&m, "ns/chat");
+        got.sort();
+        let mut want = vec![
+            r#"wsgate_connections_active{route="ns/chat"} 1"#,
+            r#"wsgate_connections_total{route="ns/chat"} 1"#,
+            r#"wsgate_bytes_total{route="ns/chat",direction="ClientToUpstream"} 10"#,
+            r#"wsgate_bytes_total{route="ns/chat",direction="UpstreamToClient"} 0"#,
+            r#"wsgate_messages_total{route="ns/chat",direction="ClientToUpstream"} 1"#,
+            r#"wsgate_messages_total{route="ns/chat",direction="UpstreamToClient"} 0"#,
+            r#"wsgate_handshake_failures_total{route="ns/chat",reason="ConnectTimeout"} 1"#,
+            r#"wsgate_refusals_total{route="ns/chat",reason="rate"} 1"#,
+        ];
+        want.sort();
+        assert_eq!(
+            got, want,
+            "the process-wide connect histogram has no route label"
+        );
+        assert!(m
+            .encode()
+            .contains("wsgate_upstream_connect_seconds_count 1\n"));
+    }
+
+    /// `--per-route-histograms` gives each route that dialled its own histogram; by default
+    /// every route observes into one process-wide histogram.
+    #[test]
+    fn connect_histogram_is_per_route_only_when_asked() {
+        for per_route in [false, true] {
+            let m = Metrics::with_options(
+                MetricsOptions {
+                    per_route_histograms: per_route,
+                },
+                |_| {},
+            );
+            let (a, b, idle) = (m.route("a"), m.route("b"), m.route("idle"));
+            a.connect_seconds().observe(0.001);
+            b.connect_seconds().observe(0.002);
+            b.connect_seconds().observe(0.003);
+            let text = m.encode();
+            let buckets = text
+                .lines()
+                .filter(|l| l.starts_with("wsgate_upstream_connect_seconds_bucket"))
+                .count();
+            if per_route {
+                assert!(text.contains(r#"wsgate_upstream_connect_seconds_count{route="a"} 1"#));
+                assert!(text.contains(r#"wsgate_upstream_connect_seconds_count{route="b"} 2"#));
+                assert_eq!(buckets, 2 * 17, "{text}");
+            } else {
+                assert!(
+                    text.contains("wsgate_upstream_connect_seconds_count 3\n"),
+                    "{text}"
+                );
+                assert_eq!(buckets, 17, "{text}");
+            }
+            assert!(!text.contains(r#"route="idle""#), "{text}");
+            drop(idle);
+        }
+    }
+
+    /// While any handle of a route lives, `route` returns the same handles and the series
+    /// stay; once the last is dropped (the route left every table, its last connection
+    /// ended), its series and its entry in the map of live routes go.
+    #[test]
+    fn series_leave_with_the_last_handles_of_a_route() {
+        let m = Metrics::with_options(
+            MetricsOptions {
+                per_route_histograms: true,
+            },
+            |_| {},
+        );
+        let old_generation = m.route("gone");
+        old_generation.connections_total().inc();
+        old_generation.close_sent(CloseTo::Client, 1001);
+        old_generation.failure(FailureReason::NoEndpoint);
+        old_generation.connect_seconds().observe(0.1);
+        let connection = old_generation.clone();
+        let new_generation = m.route("gone");
+        new_generation.connections_total().inc();
+        assert!(series_of(&m, "gone")
+            .contains(&r#"wsgate_connections_total{route="gone"} 2"#.to_string()));
+        drop((old_generation, new_generation));
+        assert!(
+            !series_of(&m, "gone").is_empty(),
+            "a connection still holds it"
+        );
+        drop(connection);
+        assert_eq!(series_of(&m, "gone"), Vec::<String>::new());
+        assert_eq!(m.live_routes(), 0);
+        // Back again: counters start over.
+        let back = m.route("gone");
+        back.connections_total().inc();
+        let mut again = series_of(&m, "gone");
+        again.sort();
+        assert_eq!(
+            again,
+            [
+                r#"wsgate_connections_active{route="gone"} 0"#,
+                r#"wsgate_connections_total{route="gone"} 1"#,
+            ]
+        );
+    }
+
+    /// A `RouteSeries` dropped after a newer one of the same route was made hands its
+    /// resolved handles over instead of removing series the newer one shares.
+    #[test]
+    fn a_replaced_route_series_hands_its_series_over() {
+        let m = Metrics::new();
+        let older = RouteSeries::new("r".into(), Arc::clone(&m.families));
+        let newer = m.route("r");
+        older.refusals[RefusalReason::Auth as usize]
+            .get_or_init(|| {
+                m.families
+                    .refusals_total
+                    .get_or_create_owned(&RefusalLabel {
+                        route: "r".into(),
+                        reason: RefusalReason::Auth,
+                    })
+            })
+            .inc();
+        drop(older);
+        assert_eq!(
+            series_of(&m, "r"),
+            vec![r#"wsgate_refusals_total{route="r",reason="auth"} 1"#.to_string()]
+        );
+        drop(newer);
+        assert_eq!(series_of(&m, "r"), Vec::<String>::new());
     }
 }

@@ -223,6 +223,7 @@ impl Gateway {
                 max_connections,
                 client_address,
                 drain_jitter: false,
+                metrics: Default::default(),
             },
         )
         .await
@@ -249,6 +250,7 @@ impl Gateway {
                 max_connections: None,
                 client_address: Default::default(),
                 drain_jitter,
+                metrics: Default::default(),
             },
         )
         .await

@@ -9,12 +9,10 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream as MioTcp;
 use mio::{Events, Poll};
-use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
 use super::super::{
-    add_counts, log_timeout, pass_on_read, route_counters, write_owed, Counts, Relay, Side,
-    Timeout, READ_BUF,
+    add_counts, log_timeout, pass_on_read, write_owed, Counts, Relay, Side, Timeout, READ_BUF,
 };
 use super::{Command, WAKE};
 use crate::proxy::drain::CloseReason;
@@ -55,16 +53,15 @@ impl Ready {
 }
 
 /// The route's counters, flushed from the thread as bytes pass.
-pub(super) struct Counters([Counter; 4]);
+pub(super) struct Counters(RouteMetrics);
 
 impl Counters {
     pub(super) fn of(m: &RouteMetrics) -> Self {
-        Counters(route_counters(m).map(Counter::clone))
+        Counters(m.clone())
     }
 
     fn add(&self, counts: Counts) {
-        let [a, b, c, d] = &self.0;
-        add_counts(counts, [a, b, c, d]);
+        add_counts(counts, &self.0);
     }
 }
 
