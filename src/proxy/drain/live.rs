@@ -38,8 +38,13 @@ struct Group {
 }
 
 impl Group {
+    /// Asks `control` to close at its place in the mark's budget. A connection that comes
+    /// late (routed under an older table, registered after the mark) takes its place from
+    /// now but never later than the budget's end: the budget is a promise from the moment
+    /// the endpoint left.
     fn close_by_mark(&self, control: &RelayControl, mark: Mark, now: Instant) -> bool {
-        let at = mark.from.max(now) + control.offset_in(mark.budget, mark.jitter);
+        let place = mark.from.max(now) + control.offset_in(mark.budget, mark.jitter);
+        let at = place.min(mark.from + mark.budget);
         control.request(at, mark.reason)
     }
 }
@@ -149,6 +154,15 @@ impl LiveRelays {
             .count()
     }
 
+    /// Forgets the mark of `endpoint` of `route`: it came back (ready again), so the
+    /// connections it gets from now on stay. Closes already asked are not cancelled.
+    pub fn unmark(&self, route: &RouteId, endpoint: &str) {
+        let mut routes = lock(&self.routes);
+        if let Some(group) = routes.get_mut(route).and_then(|e| e.get_mut(endpoint)) {
+            group.mark = None;
+        }
+    }
+
     /// Asks the `n` oldest connections of `route` on `endpoint` not yet asked to close to
     /// close at `at` with `reason`. Returns how many were asked.
     pub fn close_oldest(
@@ -251,5 +265,61 @@ mod tests {
         assert!(!on_b.control.is_requested());
         let later = live.register(&route, Arc::clone(&a), Duration::from_secs(1), true);
         assert!(later.control.is_requested());
+    }
+
+    /// What the soak test found: an endpoint removed and added back kept its mark, so the
+    /// connections it got after coming back were closed too.
+    #[test]
+    fn an_endpoint_back_keeps_its_new_connections_and_late_ones_close_inside_the_budget() {
+        let live = Arc::new(LiveRelays::default());
+        let route = RouteId("r".into());
+        let a: Arc<str> = "a:1".into();
+        let budget = Duration::from_secs(10);
+        let before = live.register(&route, Arc::clone(&a), budget, true);
+        let removed_at = Instant::now();
+        let mark = Mark {
+            reason: CloseReason::EndpointRemoved,
+            from: removed_at,
+            budget,
+            jitter: true,
+        };
+        assert_eq!(live.mark(&route, &a, mark, removed_at), 1);
+
+        // Routed under the older table, registered long after the removal: its close is
+        // still inside the budget counted from the removal.
+        let late_now = removed_at + Duration::from_secs(9);
+        let late = Arc::new(RelayControl::new(
+            std::sync::Weak::new(),
+            (route.clone(), Arc::clone(&a), 99),
+            budget,
+            true,
+            u16::MAX,
+        ));
+        let group = Group {
+            conns: BTreeMap::new(),
+            mark: Some(mark),
+        };
+        assert!(group.close_by_mark(&late, mark, late_now));
+        let waker = futures_util::task::noop_waker();
+        let (at, _) = match late.poll_request(&mut std::task::Context::from_waker(&waker)) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => panic!("a close was asked"),
+        };
+        // (Moments are kept in whole milliseconds, rounded up.)
+        assert!(
+            at <= removed_at + budget + Duration::from_millis(1),
+            "closes past the budget"
+        );
+
+        live.unmark(&route, &a);
+        let after = live.register(&route, Arc::clone(&a), budget, true);
+        assert!(
+            !after.control.is_requested(),
+            "a connection to the endpoint back stays"
+        );
+        assert!(
+            before.control.is_requested(),
+            "a close asked is not cancelled"
+        );
     }
 }

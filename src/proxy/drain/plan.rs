@@ -119,13 +119,23 @@ pub fn plan(
                     budget,
                     jitter,
                 },
-                (Some(EndpointState::Terminating), None) => Mark {
+                (Some(EndpointState::Terminating), Some(CloseReason::EndpointTerminating)) => {
+                    continue
+                }
+                (Some(EndpointState::Terminating), _) => Mark {
                     reason: CloseReason::EndpointTerminating,
                     from: now + budget,
                     budget,
                     jitter,
                 },
-                _ => continue,
+                (Some(_), Some(_)) => {
+                    // The endpoint is back: connections it gets from now on stay (those
+                    // already asked to close still close; the soak test found new ones
+                    // being closed by the old mark).
+                    live.unmark(&id, &view.endpoint);
+                    continue;
+                }
+                (Some(_), None) => continue,
             };
             let n = live.mark(&id, &view.endpoint, mark, now);
             if n > 0 {
