@@ -2,10 +2,12 @@
 //! both sources read. Field names follow Ocelot's route keys in camelCase.
 
 mod auth;
+mod keepalive;
 pub mod conditions;
 mod crd;
 mod wsroute;
 
 pub use auth::{AuthenticationOptions, JwtOptions};
 pub use crd::crd_yaml;
+pub use keepalive::KeepaliveSpec;
 pub use wsroute::*;

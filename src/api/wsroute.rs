@@ -149,6 +149,12 @@ pub struct WsRouteSpec {
     /// Ocelot's IP lists: addresses and CIDR blocks allowed or blocked (403).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_options: Option<SecurityOptions>,
+    // Keep-alive (issue 21): wsgate's own pings on quiet connections.
+    /// Ping a side that was quiet for `pingInterval`; one that does not answer within
+    /// `pongTimeout` is treated as gone (the other side gets Close 1001 or 1011). Absent =
+    /// no pings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<super::KeepaliveSpec>,
 }
 
 /// Ocelot's `SecurityOptions`: which client addresses may use the route. A client in
@@ -210,6 +216,7 @@ impl WsRouteSpec {
             add_headers_to_request: BTreeMap::new(),
             allowed_origins: None,
             security_options: None,
+            keepalive: None,
         }
     }
 }

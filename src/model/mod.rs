@@ -6,6 +6,7 @@ mod access;
 mod auth;
 mod duration;
 pub mod host;
+mod keepalive;
 mod limits;
 mod problem;
 mod tls;
@@ -18,6 +19,7 @@ pub use auth::{
 };
 pub use duration::{parse_duration, DurationError};
 pub use host::{HostPattern, HostPatternError};
+pub use keepalive::Keepalive;
 pub use limits::{canonical, AddrRange, RateLimit};
 pub use problem::{ProblemReason, RouteProblem};
 pub use tls::{crypto_provider, BackendTls, CaBundle, CertificateError, ServerCertificate};
@@ -207,6 +209,8 @@ pub struct Route {
     pub allowed_origins: Option<Vec<OriginPattern>>,
     /// `spec.securityOptions`; `None` = any client address.
     pub ip_rules: Option<IpRules>,
+    /// `spec.keepalive`; `None` = wsgate never pings (quiet connections stay open).
+    pub keepalive: Option<Keepalive>,
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub(crate) fn spec() -> WsRouteSpec {
         add_headers_to_request: Default::default(),
         allowed_origins: None,
         security_options: None,
+        keepalive: None,
     }
 }
 

@@ -194,6 +194,7 @@ pub fn route_from_spec(
     let authentication = super::auth::authentication(spec, &mut errors);
     let allowed_origins = allowed_origins(spec.allowed_origins.as_deref(), &mut errors);
     let ip_rules = ip_rules(spec.security_options.as_ref(), &mut errors);
+    let keepalive = super::keepalive::keepalive(spec.keepalive.as_ref(), &mut errors);
 
     if !errors.is_empty() {
         return Err(errors);
@@ -220,6 +221,7 @@ pub fn route_from_spec(
         authentication,
         allowed_origins,
         ip_rules,
+        keepalive,
     })
 }
 

@@ -21,7 +21,7 @@ use super::drain::DrainSignal;
 use super::error::{Error, Handshake};
 use super::frame::Extensions;
 use super::headers::strip_hop_by_hop;
-use super::relay::{relay_streams, MessageRate, Offload, RelayConfig, RelayStats};
+use super::relay::{relay_streams, Keepalive, MessageRate, Offload, RelayConfig, RelayStats};
 use super::request::RequestCtx;
 use super::stream::Stream;
 use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
@@ -162,6 +162,10 @@ fn relay_config(
         }),
         // Close 1008 to the client, 1001 to the backend when the token expires.
         close_at: token_expires_at,
+        keepalive: route
+            .route
+            .keepalive
+            .map(|k| Keepalive::new(k.ping_interval, k.pong_timeout)),
         ..RelayConfig::default()
     }
 }

@@ -127,6 +127,7 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         authentication,
         allowed_origins,
         ip_rules,
+        keepalive,
     } = a;
     *id == b.id
         && *upstream_path_template == b.upstream_path_template
@@ -148,6 +149,7 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         && *authentication == b.authentication
         && *allowed_origins == b.allowed_origins
         && *ip_rules == b.ip_rules
+        && *keepalive == b.keepalive
 }
 
 #[cfg(test)]

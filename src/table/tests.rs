@@ -31,6 +31,7 @@ pub(super) fn route(id: &str, order: u64, upstream: &str, downstream: &str) -> R
         authentication: None,
         allowed_origins: None,
         ip_rules: None,
+        keepalive: None,
     }
 }
 

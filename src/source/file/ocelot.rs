@@ -405,6 +405,7 @@ impl<'a> RouteReader<'a> {
             add_headers_to_request: auth.headers,
             allowed_origins,
             security_options,
+            keepalive: None,
         })
     }
 

@@ -131,6 +131,7 @@ fn spec(path: &str) -> WsRouteSpec {
         add_headers_to_request: Default::default(),
         allowed_origins: None,
         security_options: None,
+        keepalive: None,
     }
 }
 
