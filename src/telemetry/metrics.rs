@@ -128,6 +128,20 @@ struct CloseLabel {
     code: u16,
 }
 
+/// Keep-alive Pings of wsgate's own, by the side they went to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PingLabel {
+    route: String,
+    to: CloseTo,
+}
+
+/// Sides that did not answer a keep-alive Ping (treated as gone).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnansweredLabel {
+    route: String,
+    side: CloseTo,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabel {
     route: String,
@@ -166,6 +180,9 @@ pub struct Metrics {
     pub table_reloads_failed: Counter,
     pub route_problems: Gauge,
     offload: OffloadMetrics,
+    // Keep-alive (a route's `keepalive`): series made on first use.
+    keepalive_pings_total: Family<PingLabel, Counter>,
+    keepalive_timeouts_total: Family<UnansweredLabel, Counter>,
     /// Handles already resolved, by route: a rebuild of 10,000 routes then costs one map
     /// lookup per route instead of sixteen family lookups with label allocations.
     resolved: std::sync::Mutex<std::collections::HashMap<String, RouteMetrics>>,
@@ -194,6 +211,8 @@ impl Metrics {
             failures_total: Family::default(),
             refusals_total: Family::default(),
             closes_sent_total: Family::default(),
+            keepalive_pings_total: Family::default(),
+            keepalive_timeouts_total: Family::default(),
             bytes_total: Family::default(),
             messages_total: Family::default(),
             connect_seconds: Family::new_with_constructor(connect_histogram),
@@ -234,6 +253,16 @@ impl Metrics {
             "closes_sent",
             "Close frames wsgate sent on its own behalf at the end of a relayed connection, by side and code (1001 going away, 1002/1007 a broken rule, 1008 rate or token expiry, 1009 message too big, 1011 backend lost, 1014 bad gateway)",
             m.closes_sent_total.clone(),
+        );
+        registry.register(
+            "keepalive_pings",
+            "Keep-alive Pings wsgate sent on quiet connections of routes with keepalive, by the side they went to (counted when the connection ends)",
+            m.keepalive_pings_total.clone(),
+        );
+        registry.register(
+            "keepalive_timeouts",
+            "Sides that sent nothing within keepalive.pongTimeout of wsgate's Ping and were treated as gone (the other side got Close 1001 or 1011)",
+            m.keepalive_timeouts_total.clone(),
         );
         registry.register(
             "bytes",
@@ -335,6 +364,8 @@ impl Metrics {
                 })
             }),
             closes_sent: self.closes_sent_total.clone(),
+            keepalive_pings: self.keepalive_pings_total.clone(),
+            keepalive_timeouts: self.keepalive_timeouts_total.clone(),
             route: route.into(),
             refusals: RefusalReason::ALL.map(|reason| {
                 self.refusals_total.get_or_create_owned(&RefusalLabel {
@@ -390,6 +421,9 @@ pub struct RouteMetrics {
     /// Series made when a connection ends with a Close of ours (few codes, so created on
     /// first use rather than eight per route up front).
     closes_sent: Family<CloseLabel, Counter>,
+    /// Keep-alive series, made when a connection that pinged ends.
+    keepalive_pings: Family<PingLabel, Counter>,
+    keepalive_timeouts: Family<UnansweredLabel, Counter>,
     route: std::sync::Arc<str>,
 }
 
@@ -410,6 +444,29 @@ impl RouteMetrics {
                 route: self.route.to_string(),
                 to,
                 code,
+            })
+            .inc();
+    }
+
+    /// `n` keep-alive Pings of wsgate's own went `to` a side of a relay that ended (none:
+    /// no series). Called once per connection end.
+    pub fn keepalive_pings(&self, to: CloseTo, n: u32) {
+        if n > 0 {
+            self.keepalive_pings
+                .get_or_create(&PingLabel {
+                    route: self.route.to_string(),
+                    to,
+                })
+                .inc_by(u64::from(n));
+        }
+    }
+
+    /// `side` did not answer a keep-alive Ping in time.
+    pub fn keepalive_timeout(&self, side: CloseTo) {
+        self.keepalive_timeouts
+            .get_or_create(&UnansweredLabel {
+                route: self.route.to_string(),
+                side,
             })
             .inc();
     }
@@ -449,5 +506,26 @@ mod tests {
         for (i, reason) in RefusalReason::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, i, "ALL is in declaration order");
         }
+    }
+
+    #[test]
+    fn keepalive_series_exist_only_for_routes_that_pinged() {
+        let m = Metrics::new();
+        let quiet = m.route("ns/quiet");
+        let chat = m.route("ns/chat");
+        quiet.keepalive_pings(CloseTo::Client, 0);
+        chat.keepalive_pings(CloseTo::Client, 3);
+        chat.keepalive_pings(CloseTo::Backend, 2);
+        chat.keepalive_timeout(CloseTo::Backend);
+        let text = m.encode();
+        for line in [
+            r#"wsgate_keepalive_pings_total{route="ns/chat",to="Client"} 3"#,
+            r#"wsgate_keepalive_pings_total{route="ns/chat",to="Backend"} 2"#,
+            r#"wsgate_keepalive_timeouts_total{route="ns/chat",side="Backend"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains(r#"keepalive_pings_total{route="ns/quiet""#));
+        assert!(!text.contains(r#"side="Client""#));
     }
 }
