@@ -2,9 +2,9 @@
 //! both sources read. Field names follow Ocelot's route keys in camelCase.
 
 mod auth;
-mod keepalive;
 pub mod conditions;
 mod crd;
+mod keepalive;
 mod wsroute;
 
 pub use auth::{AuthenticationOptions, JwtOptions};

@@ -37,8 +37,8 @@ mod offload;
 
 pub use super::frame::close_code;
 pub use machine::{
-    Counts, Forward, Keepalive, MessageRate, Output, Relay, RelayConfig, RelayEnd, RelayStats, Side,
-    Timeout,
+    Counts, Forward, Keepalive, MessageRate, Output, Relay, RelayConfig, RelayEnd, RelayStats,
+    Side, Timeout,
 };
 pub use offload::{Offload, OffloadOptions};
 

@@ -21,9 +21,7 @@ use super::drain::DrainSignal;
 use super::error::{Error, Handshake};
 use super::frame::Extensions;
 use super::headers::strip_hop_by_hop;
-use super::relay::{
-    relay_streams, Keepalive, MessageRate, Offload, RelayConfig, RelayStats, Side,
-};
+use super::relay::{relay_streams, Keepalive, MessageRate, Offload, RelayConfig, RelayStats, Side};
 use super::request::RequestCtx;
 use super::stream::Stream;
 use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};

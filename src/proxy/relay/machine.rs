@@ -791,10 +791,15 @@ impl Relay {
             self.linger_at = Some(now() + self.linger);
         }
         let idle_at = self.idle.map(|idle| self.last_activity + idle);
-        [idle_at, self.linger_at, self.close_at, self.keepalive_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            idle_at,
+            self.linger_at,
+            self.close_at,
+            self.keepalive_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// A side has closed, a Close passed, we are closing (drain, idle), or a side broke the
@@ -874,7 +879,10 @@ impl Relay {
             violation: self.violation,
             end: self.end.unwrap_or(RelayEnd::Closed),
             pings_to_client: self.keepalive.as_ref().map_or(0, |k| k.pings(Side::Client)),
-            pings_to_backend: self.keepalive.as_ref().map_or(0, |k| k.pings(Side::Backend)),
+            pings_to_backend: self
+                .keepalive
+                .as_ref()
+                .map_or(0, |k| k.pings(Side::Backend)),
             unanswered: self.keepalive.as_ref().and_then(|k| k.unanswered()),
         }
     }

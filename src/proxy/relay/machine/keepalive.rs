@@ -296,7 +296,10 @@ impl Relay {
             if flow.tracker.paused() {
                 flow.tracker.resume();
                 let closing = flow.close_wanted.is_some();
-                if let Some(s) = self.keepalive.as_deref_mut().map(|k| &mut k.sides[to as usize])
+                if let Some(s) = self
+                    .keepalive
+                    .as_deref_mut()
+                    .map(|k| &mut k.sides[to as usize])
                 {
                     if s.ping_waiting {
                         s.ping_waiting = false;
@@ -338,7 +341,10 @@ impl Relay {
             let rest = if flow.close_wanted.is_none() {
                 &bytes[pos..]
             } else {
-                let n = flow.tracker.payload_remaining().min((bytes.len() - pos) as u64);
+                let n = flow
+                    .tracker
+                    .payload_remaining()
+                    .min((bytes.len() - pos) as u64);
                 &bytes[pos..pos + n as usize]
             };
             // At a boundary with nothing held: no header bytes are released.

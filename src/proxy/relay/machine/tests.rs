@@ -678,7 +678,11 @@ fn keepalive_pings_each_quiet_side_after_the_interval_masked_towards_the_backend
     }
     let stats = sim.relay.stats();
     assert_eq!((stats.pings_to_client, stats.pings_to_backend), (1, 1));
-    assert_eq!((stats.bytes_up, stats.bytes_down), (0, 0), "pings are not traffic");
+    assert_eq!(
+        (stats.bytes_up, stats.bytes_down),
+        (0, 0),
+        "pings are not traffic"
+    );
 }
 
 /// Bytes from a side restart its quiet time; bytes to it do not.
@@ -689,7 +693,10 @@ fn keepalive_bytes_from_a_side_reset_its_timer() {
     sim.read_at(start, 20, Side::Client, &text(b"hi", true));
     assert_eq!(sim.fire(), Some(Timeout::KeepalivePing));
     assert_eq!(sim.now, start + Duration::from_secs(30));
-    assert!(sim.pings(Side::Client).is_empty(), "the client spoke at 20 s");
+    assert!(
+        sim.pings(Side::Client).is_empty(),
+        "the client spoke at 20 s"
+    );
     assert_eq!(sim.pings(Side::Backend).len(), 1);
     // The backend answers at 35 s; the client's Ping is due at 50 s.
     let pong = sim.answer(Side::Backend);
@@ -732,11 +739,7 @@ fn keepalive_a_pong_answering_our_ping_is_not_forwarded_another_pong_is() {
             .filter(|f| f.b0 != 0x80 | OP_PING)
             .collect();
         let payloads: Vec<&[u8]> = got.iter().map(|f| &f.payload[..]).collect();
-        assert_eq!(
-            payloads,
-            [&b"one"[..], b"app pong", b"two"],
-            "cut at {cut}"
-        );
+        assert_eq!(payloads, [&b"one"[..], b"app pong", b"two"], "cut at {cut}");
         assert_eq!(got[1].b0, PONG);
         assert_eq!(
             sim.relay.stats().bytes_up,
@@ -798,7 +801,11 @@ fn keepalive_the_ping_waits_for_a_frame_boundary_mid_message() {
     // At 30 s the client is due (the backend spoke at 5 s).
     assert_eq!(sim.fire(), Some(Timeout::Nothing));
     assert_eq!(sim.now, start + Duration::from_secs(30));
-    assert_eq!(sim.got[Side::Client as usize], long[..50], "not inside a frame");
+    assert_eq!(
+        sim.got[Side::Client as usize],
+        long[..50],
+        "not inside a frame"
+    );
     let mut rest = long[50..].to_vec();
     rest.extend_from_slice(&text(b"after", false));
     sim.read_at(start, 33, Side::Backend, &rest);
