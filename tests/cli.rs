@@ -285,3 +285,25 @@ async fn demo_serves_websocket_and_http_then_stops_on_sigint() {
         "the listening file outlived the listeners"
     );
 }
+
+/// `wsgate check` names a wrong `keepalive` field, and accepts a good one from a routes file.
+#[test]
+fn check_names_keepalive_fields() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("keepalive.yaml");
+    let route = |keepalive: &str| {
+        format!("apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata: {{name: a}}\nspec:\n  upstreamPathTemplate: /a\n  downstreamPathTemplate: /\n  downstreamHostAndPorts: [{{host: 127.0.0.1, port: 9001}}]\n  keepalive: {keepalive}\n")
+    };
+    std::fs::write(&path, route("{pingInterval: 10s, pongTimeout: 20s}")).unwrap();
+    let (code, out) = wsgate(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "spec.keepalive.pongTimeout: InvalidParameters: must not be longer than pingInterval"
+        ),
+        "{out}"
+    );
+    std::fs::write(&path, route("{pingInterval: 30s, pongTimeout: 10s}")).unwrap();
+    let (code, out) = wsgate(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -239,3 +239,58 @@ async fn many_relays_move_talk_and_end_at_once() {
     }
     relays_moved(&gw, 100, 0).await;
 }
+
+/// `keepalive` after the move: peers that answer keep a quiet connection open past several
+/// Pings, and neither sees the other's Pong to wsgate.
+#[tokio::test]
+async fn moved_relay_keepalive_answered_pings_keep_a_quiet_connection_open() {
+    let (backend, mut seen) = recording_backend().await;
+    let s = with_keepalive(spec("/{everything}", "/{everything}", &[backend]));
+    let gw = moving_gateway(&[route("ka", 0, &s)]).await;
+    let mut ws = connect(&gw.ws("/quiet")).await;
+    round_trip(&mut ws, Message::text("moved")).await;
+    relays_moved(&gw, 1, 1).await;
+    keepalive_answered_keeps_a_quiet_connection_open(&mut ws, &mut seen).await;
+}
+
+/// `keepalive` after the move: a client that never answers is gone; the backend gets
+/// Close 1001.
+#[tokio::test]
+async fn moved_relay_keepalive_silent_client_is_found_gone() {
+    use support::raw_ws::{frame, open_raw_client, FIN, TEXT};
+    let (backend, mut seen) = recording_backend().await;
+    let s = with_keepalive(spec("/{everything}", "/{everything}", &[backend]));
+    let gw = moving_gateway(&[route("ka", 0, &s)]).await;
+    let mut client = open_raw_client(gw.server.listen_addr, "/silent").await;
+    client.send(&frame(FIN | TEXT, true, b"moved")).await;
+    let echo = client.next_frame().await.expect("the echo");
+    assert_eq!(echo.payload, b"moved");
+    relays_moved(&gw, 1, 1).await;
+    keepalive_silent_client_gets_the_backend_1001(client, &mut seen).await;
+}
+
+/// `keepalive` after the move: a backend that never answers is gone; the client gets
+/// Close 1011.
+#[tokio::test]
+async fn moved_relay_keepalive_silent_backend_is_found_gone() {
+    use support::raw_ws::{accept_raw_backend, frame, FIN, TEXT};
+    let backends = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = with_keepalive(spec(
+        "/{everything}",
+        "/{everything}",
+        &[backends.local_addr().unwrap()],
+    ));
+    let gw = moving_gateway(&[route("ka", 0, &s)]).await;
+    let url = gw.ws("/silent");
+    let (client, backend) = tokio::join!(connect(&url), accept_raw_backend(&backends));
+    let (mut client, mut backend) = (client, backend);
+    within("send", client.send(Message::text("moved")))
+        .await
+        .unwrap();
+    let got = backend.next_frame().await.expect("the client's message");
+    assert_eq!(got.payload, b"moved");
+    backend.send(&frame(FIN | TEXT, false, b"moved")).await;
+    assert_eq!(next_msg(&mut client).await, Message::text("moved"));
+    relays_moved(&gw, 1, 1).await;
+    keepalive_silent_backend_gets_the_client_1011(&mut client, backend).await;
+}

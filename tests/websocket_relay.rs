@@ -364,3 +364,50 @@ async fn upgrade_after_a_plain_request_on_the_same_connection_is_relayed() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.contains("HTTP/1.1 101"), "{text}");
 }
+
+/// `keepalive`: peers that answer keep a quiet connection open past several Pings, and
+/// neither sees the other's Pong to wsgate.
+#[tokio::test]
+async fn keepalive_answered_pings_keep_a_quiet_connection_open() {
+    let (backend, mut seen) = recording_backend().await;
+    let s = with_keepalive(spec("/{everything}", "/{everything}", &[backend]));
+    let gw = Gateway::start(&[route("ka", 0, &s)]).await;
+    let mut ws = connect(&gw.ws("/quiet")).await;
+    keepalive_answered_keeps_a_quiet_connection_open(&mut ws, &mut seen).await;
+}
+
+/// `keepalive`: a client that never answers is gone; the backend gets Close 1001.
+#[tokio::test]
+async fn keepalive_silent_client_is_found_gone() {
+    let (backend, mut seen) = recording_backend().await;
+    let s = with_keepalive(spec("/{everything}", "/{everything}", &[backend]));
+    let gw = Gateway::start(&[route("ka", 0, &s)]).await;
+    let client = support::raw_ws::open_raw_client(gw.server.listen_addr, "/silent").await;
+    keepalive_silent_client_gets_the_backend_1001(client, &mut seen).await;
+    eventually("the keep-alive timeout metric", || {
+        gw.metrics
+            .encode()
+            .contains(r#"wsgate_keepalive_timeouts_total{route="ka",side="Client"} 1"#)
+            .then_some(())
+    })
+    .await;
+}
+
+/// `keepalive`: a backend that never answers is gone; the client gets Close 1011.
+#[tokio::test]
+async fn keepalive_silent_backend_is_found_gone() {
+    let backends = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = with_keepalive(spec(
+        "/{everything}",
+        "/{everything}",
+        &[backends.local_addr().unwrap()],
+    ));
+    let gw = Gateway::start(&[route("ka", 0, &s)]).await;
+    let url = gw.ws("/silent");
+    let (client, backend) = tokio::join!(
+        connect(&url),
+        support::raw_ws::accept_raw_backend(&backends)
+    );
+    let mut client = client;
+    keepalive_silent_backend_gets_the_client_1011(&mut client, backend).await;
+}

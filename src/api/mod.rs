@@ -5,9 +5,11 @@ mod auth;
 pub mod conditions;
 mod crd;
 mod drain;
+mod keepalive;
 mod wsroute;
 
 pub use auth::{AuthenticationOptions, JwtOptions};
 pub use crd::crd_yaml;
 pub use drain::{DrainSpec, RebalanceSpec};
+pub use keepalive::KeepaliveSpec;
 pub use wsroute::*;

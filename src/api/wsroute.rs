@@ -159,6 +159,12 @@ pub struct WsRouteSpec {
     /// its fair share, a few per second, so they reconnect to less loaded endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalance: Option<super::RebalanceSpec>,
+    // Keep-alive (issue 21): wsgate's own pings on quiet connections.
+    /// Ping a side that was quiet for `pingInterval`; one that does not answer within
+    /// `pongTimeout` is treated as gone (the other side gets Close 1001 or 1011). Absent =
+    /// no pings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<super::KeepaliveSpec>,
 }
 
 /// Ocelot's `SecurityOptions`: which client addresses may use the route. A client in
@@ -222,6 +228,7 @@ impl WsRouteSpec {
             security_options: None,
             drain: None,
             rebalance: None,
+            keepalive: None,
         }
     }
 }

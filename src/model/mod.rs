@@ -7,6 +7,7 @@ mod auth;
 mod drain;
 mod duration;
 pub mod host;
+mod keepalive;
 mod limits;
 mod problem;
 mod tls;
@@ -20,6 +21,7 @@ pub use auth::{
 pub use drain::{DrainPolicy, Rebalance, DEFAULT_REBALANCE_PER_SECOND, MAX_DRAIN_BUDGET};
 pub use duration::{parse_duration, DurationError};
 pub use host::{HostPattern, HostPatternError};
+pub use keepalive::Keepalive;
 pub use limits::{canonical, AddrRange, RateLimit};
 pub use problem::{ProblemReason, RouteProblem};
 pub use tls::{crypto_provider, BackendTls, CaBundle, CertificateError, ServerCertificate};
@@ -214,6 +216,8 @@ pub struct Route {
     pub drain: Option<DrainPolicy>,
     /// `spec.rebalance`; `None` = never rebalanced.
     pub rebalance: Option<Rebalance>,
+    /// `spec.keepalive`; `None` = wsgate never pings (quiet connections stay open).
+    pub keepalive: Option<Keepalive>,
 }
 
 #[cfg(test)]

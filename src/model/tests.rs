@@ -31,6 +31,7 @@ pub(crate) fn spec() -> WsRouteSpec {
         security_options: None,
         drain: None,
         rebalance: None,
+        keepalive: None,
     }
 }
 
@@ -444,5 +445,71 @@ fn access_fields_are_parsed_and_each_bad_entry_named() {
     assert_eq!(
         r.ip_rules, None,
         "empty lists leave the route open, as in Ocelot"
+    );
+}
+
+// ---- spec.keepalive ----------------------------------------------------------------------
+
+fn keepalive(
+    interval: Option<&str>,
+    timeout: Option<&str>,
+) -> Result<Option<Keepalive>, Vec<String>> {
+    let mut s = spec();
+    s.keepalive = Some(crate::api::KeepaliveSpec {
+        ping_interval: interval.map(Into::into),
+        pong_timeout: timeout.map(Into::into),
+    });
+    route_from_spec(RouteId("r".into()), 0, &s, SpecBackends::Static)
+        .map(|r| r.keepalive)
+        .map_err(fields)
+}
+
+/// Off unless asked; given, each duration is checked and named by its field.
+#[test]
+fn keepalive_is_off_by_default_and_validated_field_by_field() {
+    use std::time::Duration;
+    let r = route_from_spec(RouteId("r".into()), 0, &spec(), SpecBackends::Static).unwrap();
+    assert_eq!(r.keepalive, None);
+    let secs = Duration::from_secs;
+    assert_eq!(
+        keepalive(Some("30s"), Some("10s")),
+        Ok(Some(Keepalive {
+            ping_interval: secs(30),
+            pong_timeout: secs(10)
+        }))
+    );
+    // Defaults: 30 s and 10 s, the timeout never longer than the interval.
+    assert_eq!(
+        keepalive(None, None),
+        Ok(Some(Keepalive {
+            ping_interval: secs(30),
+            pong_timeout: secs(10)
+        }))
+    );
+    assert_eq!(
+        keepalive(Some("5s"), None),
+        Ok(Some(Keepalive {
+            ping_interval: secs(5),
+            pong_timeout: secs(5)
+        }))
+    );
+    assert_eq!(
+        keepalive(Some("200ms"), Some("200ms")).map(|k| k.map(|k| k.pong_timeout)),
+        Ok(Some(Duration::from_millis(200)))
+    );
+    assert_eq!(
+        keepalive(Some("0s"), Some("soon")),
+        Err(vec![
+            "spec.keepalive.pingInterval".to_string(),
+            "spec.keepalive.pongTimeout".to_string()
+        ])
+    );
+    assert_eq!(
+        keepalive(Some("10s"), Some("0ms")),
+        Err(vec!["spec.keepalive.pongTimeout".to_string()])
+    );
+    assert_eq!(
+        keepalive(Some("10s"), Some("11s")),
+        Err(vec!["spec.keepalive.pongTimeout".to_string()])
     );
 }

@@ -196,6 +196,7 @@ pub fn route_from_spec(
     let ip_rules = ip_rules(spec.security_options.as_ref(), &mut errors);
     let drain = super::drain::drain(spec.drain.as_ref(), &mut errors);
     let rebalance = super::drain::rebalance(spec.rebalance.as_ref(), &mut errors);
+    let keepalive = super::keepalive::keepalive(spec.keepalive.as_ref(), &mut errors);
 
     if !errors.is_empty() {
         return Err(errors);
@@ -224,6 +225,7 @@ pub fn route_from_spec(
         ip_rules,
         drain,
         rebalance,
+        keepalive,
     })
 }
 

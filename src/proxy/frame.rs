@@ -199,8 +199,9 @@ impl Tracked {
     };
 }
 
-/// Where the tracker is in its direction's byte stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where the tracker is in its direction's byte stream. The states from `Stopped` on need
+/// the relay's attention after a read ([`FrameTracker::needs_attention`], one compare).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum At {
     /// Between frames (or inside a header held back: nothing of it went on).
     Boundary,
@@ -210,6 +211,27 @@ enum At {
     HeldClose,
     /// A Close passed, or a frame broke the rules: nothing more is forwarded.
     Stopped,
+    // Keep-alive (`relay/machine/keepalive.rs`), only when the relay asked for it:
+    /// The frame under way ended where the relay wants to put a frame of its own
+    /// ([`FrameTracker::pause_at_frame_end`]); the read's bytes after it are not tracked
+    /// yet. [`FrameTracker::resume`] goes on.
+    Paused,
+    /// A Pong frame starts here that may answer the relay's Ping
+    /// ([`FrameTracker::catch_pongs`]); nothing of it was forwarded. The relay takes it with
+    /// [`FrameTracker::catch_pong`].
+    PongAhead,
+}
+
+/// What [`FrameTracker::catch_pong`] made of the bytes it was given.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CaughtPong {
+    /// All of them belong to the Pong, which is not complete yet (held in the tracker).
+    Partial,
+    /// The Pong is complete after `consumed` bytes: here it is, header and payload as sent.
+    /// The tracker is at a frame boundary again.
+    Whole { consumed: usize, frame: Vec<u8> },
+    /// The frame broke the rules: the tracker stopped with its violation.
+    Failed,
 }
 
 /// What the tracker knows about one direction's byte stream.
@@ -249,9 +271,15 @@ pub struct FrameTracker {
     fast_len_limit: u8,
     /// A Close frame split across reads, header included; allocated only then (boxed: an
     /// idle connection's tracker stays small: 8 bytes instead of a `Vec`'s 24; it is
-    /// allocated at most once per direction, a Close being the last frame).
+    /// allocated at most once per direction, a Close being the last frame). Also a Pong
+    /// being caught ([`At::PongAhead`]; once per keep-alive ping answered).
     #[allow(clippy::box_collection)]
     held_close: Option<Box<Vec<u8>>>,
+    // Keep-alive (`relay/machine/keepalive.rs`):
+    /// Stop at the end of the frame under way ([`At::Paused`]).
+    pause_at_frame_end: bool,
+    /// Stop in front of a Pong frame ([`At::PongAhead`]): the relay's Ping is unanswered.
+    catch_pongs: bool,
 }
 
 /// Which first header bytes (FIN, RSV, opcode) are valid, as 256-bit sets, one row per
@@ -318,6 +346,8 @@ impl FrameTracker {
             messages_allowed: u64::MAX,
             fast_len_limit: 126,
             held_close: None,
+            pause_at_frame_end: false,
+            catch_pongs: false,
         }
     }
 
@@ -336,11 +366,89 @@ impl FrameTracker {
         }
     }
 
-    /// A Close passed or a frame broke the rules: nothing more goes on. (One compare: the
-    /// relay's per-read check for both.)
+    /// A Close passed or a frame broke the rules: nothing more goes on.
     #[inline]
     pub fn stopped(&self) -> bool {
         self.at == At::Stopped
+    }
+
+    /// The tracker stopped ([`FrameTracker::stopped`]), paused at a frame end, or found a
+    /// Pong the relay wants to see. (One compare: the relay's per-read check for all.)
+    #[inline]
+    pub fn needs_attention(&self) -> bool {
+        self.at >= At::Stopped
+    }
+
+    /// Asks the tracker to stop at the end of the frame under way (its payload is being
+    /// forwarded: not at a boundary), so the relay can put a frame of its own there. A read
+    /// that ends the frame then leaves the tracker [`FrameTracker::paused`], its forward
+    /// ending with the frame.
+    pub fn pause_at_frame_end(&mut self) {
+        self.pause_at_frame_end = true;
+    }
+
+    /// Stopped at the end of a frame as asked; [`FrameTracker::resume`] goes on.
+    pub fn paused(&self) -> bool {
+        self.at == At::Paused
+    }
+
+    pub fn resume(&mut self) {
+        if self.at == At::Paused {
+            self.at = At::Boundary;
+        }
+    }
+
+    /// While on, a Pong frame that starts in a read stops the tracker in front of it
+    /// ([`FrameTracker::pong_ahead`]) so the relay can see whether it answers its own Ping.
+    /// Only frames whose header starts after this call: a Pong begun earlier cannot answer
+    /// a Ping sent since.
+    pub fn catch_pongs(&mut self, on: bool) {
+        self.catch_pongs = on;
+    }
+
+    /// A Pong is ahead or being caught: hand the read's rest to [`FrameTracker::catch_pong`].
+    pub fn pong_ahead(&self) -> bool {
+        self.at == At::PongAhead
+    }
+
+    /// Takes the bytes of the Pong ahead (from its first byte, or where the last call left
+    /// off) until it is complete, checking its header like any frame's. Reads at most the
+    /// frame's 6 + 125 bytes of `bytes`.
+    pub fn catch_pong(&mut self, bytes: &[u8]) -> CaughtPong {
+        let mut frame = self.held_close.take().unwrap_or_default();
+        let mut used = 0;
+        loop {
+            let need = if frame.len() < 2 {
+                2
+            } else {
+                header_len_of(frame[1]) + usize::from(frame[1] & 0x7F)
+            };
+            let take = need.saturating_sub(frame.len()).min(bytes.len() - used);
+            let first_bytes_now = frame.len() < 2;
+            frame.extend_from_slice(&bytes[used..used + take]);
+            used += take;
+            if frame.len() < 2 {
+                self.held_close = Some(frame);
+                return CaughtPong::Partial;
+            }
+            if first_bytes_now {
+                // Opcode, FIN, RSV, masking, length ≤ 125: the checks of any control frame.
+                if let Err(v) = self.check_first_bytes(frame[0], frame[1]) {
+                    self.fail(v);
+                    return CaughtPong::Failed;
+                }
+                continue;
+            }
+            if frame.len() < need {
+                self.held_close = Some(frame);
+                return CaughtPong::Partial;
+            }
+            self.at = At::Boundary;
+            return CaughtPong::Whole {
+                consumed: used,
+                frame: *frame,
+            };
+        }
     }
 
     /// Messages over `max` payload bytes (all their frames) break the route's limit: the
@@ -415,7 +523,8 @@ impl FrameTracker {
         let mut out = Tracked::NOTHING;
         let mut pos = 0;
         match self.at {
-            At::Stopped => return out,
+            // The relay takes over from a pause or a Pong (`relay/machine/keepalive.rs`).
+            At::Stopped | At::Paused | At::PongAhead => return out,
             At::Payload => {}
             At::HeldClose => {
                 self.hold_close_payload(bytes);
@@ -480,6 +589,13 @@ impl FrameTracker {
                 }
                 pos += self.remaining as usize;
                 self.end_frame();
+                if self.pause_at_frame_end {
+                    // Here the relay puts a frame of its own (keep-alive's Ping).
+                    self.pause_at_frame_end = false;
+                    self.at = At::Paused;
+                    out.forward = pos;
+                    return out;
+                }
             }
             // The usual frame, checked in three compares: a whole unfragmented text or
             // binary message (FIN set, no RSV bit: valid whatever the extensions) outside a
@@ -508,6 +624,12 @@ impl FrameTracker {
                 return out;
             }
             let rest = &bytes[pos..];
+            if self.catch_pongs && rest[0] & 0x0F == OP_PONG {
+                // May answer the relay's Ping: the relay decides (`catch_pong`).
+                out.forward = pos;
+                self.at = At::PongAhead;
+                return out;
+            }
             if rest.len() < 2 {
                 out.forward = pos;
                 self.hold_header(rest);
@@ -863,6 +985,47 @@ pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>, out: &mut Vec
             *b ^= key[i % 4];
         }
     }
+}
+
+/// Encodes a Ping frame with `payload` (at most 125 bytes) into `out` (cleared first),
+/// masked with `mask` when it goes towards a backend, like [`close_frame`].
+///
+/// ```
+/// use wsgate::proxy::frame::ping_frame;
+///
+/// let mut out = Vec::new();
+/// ping_frame(b"hi", None, &mut out);
+/// assert_eq!(out, [0x89, 2, b'h', b'i']);
+/// ping_frame(b"hi", Some([1, 2, 3, 4]), &mut out);
+/// assert_eq!(out, [0x89, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+/// ```
+pub fn ping_frame(payload: &[u8], mask: Option<[u8; 4]>, out: &mut Vec<u8>) {
+    let payload = &payload[..payload.len().min(125)];
+    out.clear();
+    out.push(0x80 | OP_PING);
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    out.push(mask_bit | payload.len() as u8);
+    if let Some(key) = mask {
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+}
+
+/// The payload of a control frame as sent (header and payload), unmasked into `out`.
+pub fn control_payload(frame: &[u8], out: &mut [u8; 125]) -> usize {
+    let header_len = header_len_of(frame[1]);
+    let payload = &frame[header_len.min(frame.len())..];
+    let n = payload.len().min(125);
+    out[..n].copy_from_slice(&payload[..n]);
+    if frame[1] & 0x80 != 0 {
+        let key = &frame[header_len - 4..header_len];
+        for (i, b) in out[..n].iter_mut().enumerate() {
+            *b ^= key[i % 4];
+        }
+    }
+    n
 }
 
 #[cfg(test)]

@@ -36,7 +36,8 @@ mod offload;
 
 pub use super::frame::close_code;
 pub use machine::{
-    Counts, Forward, MessageRate, Output, Relay, RelayConfig, RelayEnd, RelayStats, Side, Timeout,
+    Counts, Forward, Keepalive, MessageRate, Output, Relay, RelayConfig, RelayEnd, RelayStats,
+    Side, Timeout,
 };
 pub use offload::{Offload, OffloadOptions};
 
@@ -629,7 +630,11 @@ pub(super) fn log_timeout(timeout: &Timeout) {
             reason = reason.label(),
             "closing WebSocket connection on the gateway's schedule"
         ),
-        Timeout::LingerExpired | Timeout::Nothing => {}
+        Timeout::KeepaliveUnanswered(side) => tracing::info!(
+            side = ?side,
+            "closing WebSocket connection: a side did not answer wsgate's keep-alive ping (route keepalive.pongTimeout)"
+        ),
+        Timeout::KeepalivePing | Timeout::LingerExpired | Timeout::Nothing => {}
     }
 }
 

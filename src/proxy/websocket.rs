@@ -21,7 +21,7 @@ use super::drain::{DrainSignal, LiveRelay};
 use super::error::{Error, Handshake};
 use super::frame::Extensions;
 use super::headers::strip_hop_by_hop;
-use super::relay::{relay_streams, MessageRate, Offload, RelayConfig, RelayStats};
+use super::relay::{relay_streams, Keepalive, MessageRate, Offload, RelayConfig, RelayStats, Side};
 use super::request::RequestCtx;
 use super::stream::Stream;
 use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
@@ -185,6 +185,10 @@ fn relay_config(
         }),
         // Close 1008 to the client, 1001 to the backend when the token expires.
         close_at: token_expires_at,
+        keepalive: route
+            .route
+            .keepalive
+            .map(|k| Keepalive::new(k.ping_interval, k.pong_timeout)),
         ..RelayConfig::default()
     }
 }
@@ -297,6 +301,14 @@ impl RelayAccount {
         }
         if let Some(code) = stats.injected_to_upstream {
             metrics.close_sent(CloseTo::Backend, code);
+        }
+        metrics.keepalive_pings(CloseTo::Client, stats.pings_to_client);
+        metrics.keepalive_pings(CloseTo::Backend, stats.pings_to_backend);
+        if let Some(side) = stats.unanswered {
+            metrics.keepalive_timeout(match side {
+                Side::Client => CloseTo::Client,
+                Side::Backend => CloseTo::Backend,
+            });
         }
         if let Some(span) = self.otel {
             span.end(SpanEnd {

@@ -129,6 +129,7 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         ip_rules,
         drain,
         rebalance,
+        keepalive,
     } = a;
     *id == b.id
         && *upstream_path_template == b.upstream_path_template
@@ -152,6 +153,7 @@ fn same_apart_from_order(a: &Route, b: &Route) -> bool {
         && *ip_rules == b.ip_rules
         && *drain == b.drain
         && *rebalance == b.rebalance
+        && *keepalive == b.keepalive
 }
 
 #[cfg(test)]

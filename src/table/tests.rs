@@ -33,6 +33,7 @@ pub(super) fn route(id: &str, order: u64, upstream: &str, downstream: &str) -> R
         ip_rules: None,
         drain: None,
         rebalance: None,
+        keepalive: None,
     }
 }
 

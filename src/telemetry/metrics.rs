@@ -153,6 +153,20 @@ struct CloseLabel {
     code: u16,
 }
 
+/// Keep-alive Pings of wsgate's own, by the side they went to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PingLabel {
+    route: String,
+    to: CloseTo,
+}
+
+/// Sides that did not answer a keep-alive Ping (treated as gone).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnansweredLabel {
+    route: String,
+    side: CloseTo,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabel {
     route: String,
@@ -232,6 +246,8 @@ struct Families {
     failures_total: Family<FailureLabel, Counter>,
     refusals_total: Family<RefusalLabel, Counter>,
     closes_sent_total: Family<CloseLabel, Counter>,
+    keepalive_pings_total: Family<PingLabel, Counter>,
+    keepalive_timeouts_total: Family<UnansweredLabel, Counter>,
     bytes_total: Family<BytesLabel, Counter>,
     messages_total: Family<BytesLabel, Counter>,
     connect_seconds: RouteHistogram,
@@ -288,6 +304,8 @@ impl Metrics {
             failures_total: Family::default(),
             refusals_total: Family::default(),
             closes_sent_total: Family::default(),
+            keepalive_pings_total: Family::default(),
+            keepalive_timeouts_total: Family::default(),
             bytes_total: Family::default(),
             messages_total: Family::default(),
             connect_seconds: RouteHistogram::new(options.per_route_histograms, connect_histogram),
@@ -334,6 +352,16 @@ impl Metrics {
             "closes_sent",
             "Close frames wsgate sent on its own behalf at the end of a relayed connection, by side and code (1001 going away, 1002/1007 a broken rule, 1008 rate or token expiry, 1009 message too big, 1011 backend lost, 1014 bad gateway)",
             f.closes_sent_total.clone(),
+        );
+        registry.register(
+            "keepalive_pings",
+            "Keep-alive Pings wsgate sent on quiet connections of routes with keepalive, by the side they went to (counted when the connection ends)",
+            f.keepalive_pings_total.clone(),
+        );
+        registry.register(
+            "keepalive_timeouts",
+            "Sides that sent nothing within keepalive.pongTimeout of wsgate's Ping and were treated as gone (the other side got Close 1001 or 1011)",
+            f.keepalive_timeouts_total.clone(),
         );
         registry.register(
             "bytes",
@@ -478,6 +506,10 @@ struct RouteSeries {
     /// Series made when a connection ends with a Close of ours: few codes per route, looked
     /// up once per connection end, never per message.
     closes_sent: Mutex<Vec<(CloseTo, u16, Counter)>>,
+    /// Keep-alive Pings sent and sides gone silent, by side (`CloseTo` as the index): made
+    /// when a connection of a route with `keepalive` ends.
+    keepalive_pings: [OnceLock<Counter>; 2],
+    keepalive_timeouts: [OnceLock<Counter>; 2],
 }
 
 impl RouteSeries {
@@ -492,6 +524,8 @@ impl RouteSeries {
             failures: Default::default(),
             refusals: Default::default(),
             closes_sent: Mutex::new(Vec::new()),
+            keepalive_pings: Default::default(),
+            keepalive_timeouts: Default::default(),
         }
     }
 
@@ -543,6 +577,19 @@ impl RouteSeries {
                 });
             }
         }
+        for (i, to) in [CloseTo::Client, CloseTo::Backend].into_iter().enumerate() {
+            let route = self.route.to_string();
+            if self.keepalive_pings[i].get().is_some() {
+                f.keepalive_pings_total.remove(&PingLabel {
+                    route: route.clone(),
+                    to,
+                });
+            }
+            if self.keepalive_timeouts[i].get().is_some() {
+                f.keepalive_timeouts_total
+                    .remove(&UnansweredLabel { route, side: to });
+            }
+        }
         for (to, code, _) in lock(&self.closes_sent).iter() {
             f.closes_sent_total.remove(&CloseLabel {
                 route: self.route.to_string(),
@@ -568,6 +615,12 @@ impl RouteSeries {
             give(from, to);
         }
         for (from, to) in self.refusals.iter().zip(&next.refusals) {
+            give(from, to);
+        }
+        for (from, to) in self.keepalive_pings.iter().zip(&next.keepalive_pings) {
+            give(from, to);
+        }
+        for (from, to) in self.keepalive_timeouts.iter().zip(&next.keepalive_timeouts) {
             give(from, to);
         }
         let mine = std::mem::take(&mut *lock(&self.closes_sent));
@@ -718,6 +771,40 @@ impl RouteMetrics {
             });
         c.inc();
         closes.push((to, code, c));
+    }
+
+    /// `n` keep-alive Pings of wsgate's own went `to` a side of a relay that ended (none:
+    /// no series). Called once per connection end.
+    pub fn keepalive_pings(&self, to: CloseTo, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let s = &self.0;
+        s.keepalive_pings[to as usize]
+            .get_or_init(|| {
+                s.families
+                    .keepalive_pings_total
+                    .get_or_create_owned(&PingLabel {
+                        route: s.route.to_string(),
+                        to,
+                    })
+            })
+            .inc_by(u64::from(n));
+    }
+
+    /// `side` did not answer a keep-alive Ping in time.
+    pub fn keepalive_timeout(&self, side: CloseTo) {
+        let s = &self.0;
+        s.keepalive_timeouts[side as usize]
+            .get_or_init(|| {
+                s.families
+                    .keepalive_timeouts_total
+                    .get_or_create_owned(&UnansweredLabel {
+                        route: s.route.to_string(),
+                        side,
+                    })
+            })
+            .inc();
     }
 
     pub fn refusal(&self, reason: RefusalReason) {
@@ -934,5 +1021,26 @@ mod tests {
         );
         drop(newer);
         assert_eq!(series_of(&m, "r"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn keepalive_series_exist_only_for_routes_that_pinged() {
+        let m = Metrics::new();
+        let quiet = m.route("ns/quiet");
+        let chat = m.route("ns/chat");
+        quiet.keepalive_pings(CloseTo::Client, 0);
+        chat.keepalive_pings(CloseTo::Client, 3);
+        chat.keepalive_pings(CloseTo::Backend, 2);
+        chat.keepalive_timeout(CloseTo::Backend);
+        let text = m.encode();
+        for line in [
+            r#"wsgate_keepalive_pings_total{route="ns/chat",to="Client"} 3"#,
+            r#"wsgate_keepalive_pings_total{route="ns/chat",to="Backend"} 2"#,
+            r#"wsgate_keepalive_timeouts_total{route="ns/chat",side="Backend"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains(r#"keepalive_pings_total{route="ns/quiet""#));
+        assert!(!text.contains(r#"side="Client""#));
     }
 }

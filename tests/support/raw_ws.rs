@@ -310,3 +310,49 @@ pub async fn open_link(
         backend_request,
     }
 }
+
+// Keep-alive checks (relay_checks.rs): one raw side, the other a WebSocket library.
+
+/// A raw client through the gateway at `gateway`, past its 101, for `path`.
+pub async fn open_raw_client(gateway: SocketAddr, path: &str) -> RawPeer {
+    let mut client = tokio::time::timeout(READ_DEADLINE, TcpStream::connect(gateway))
+        .await
+        .expect("connect within the deadline")
+        .expect("connect to the gateway");
+    client.set_nodelay(true).unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {gateway}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let (answer, rest) = read_head(&mut client, "client").await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "got {answer:?}");
+    RawPeer {
+        name: "client",
+        stream: client,
+        buf: rest,
+    }
+}
+
+/// A raw backend: takes the gateway's next connection on `backends` and answers its
+/// upgrade with a 101.
+pub async fn accept_raw_backend(backends: &TcpListener) -> RawPeer {
+    let (mut backend, _) = tokio::time::timeout(READ_DEADLINE, backends.accept())
+        .await
+        .expect("the gateway dials the backend within the deadline")
+        .unwrap();
+    backend.set_nodelay(true).unwrap();
+    let (request, rest) = read_head(&mut backend, "backend").await;
+    let key = header(&request, "sec-websocket-key").expect("a Sec-WebSocket-Key");
+    let accept_key = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    );
+    backend.write_all(answer.as_bytes()).await.unwrap();
+    RawPeer {
+        name: "backend",
+        stream: backend,
+        buf: rest,
+    }
+}

@@ -113,3 +113,123 @@ pub async fn backend_dying_on_cue() -> (SocketAddr, oneshot::Receiver<Option<Clo
     });
     (addr, seen_rx)
 }
+
+// ---- keep-alive (a route's `keepalive`) ---------------------------------------------------
+
+/// What wsgate's own Pings carry first.
+pub const KEEPALIVE_PAYLOAD: &[u8] = b"wsgate keepalive ";
+
+/// The keep-alive of these tests: short, so a quiet connection sees several Pings soon.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// `spec` with `keepalive: {pingInterval: 200ms, pongTimeout: 200ms}`.
+pub fn with_keepalive(mut spec: wsgate::api::WsRouteSpec) -> wsgate::api::WsRouteSpec {
+    spec.keepalive = Some(wsgate::api::KeepaliveSpec {
+        ping_interval: Some("200ms".into()),
+        pong_timeout: Some("200ms".into()),
+    });
+    spec
+}
+
+/// A backend (tokio-tungstenite, which answers Pings as it reads) that echoes text and
+/// reports every other message it receives (Pings, Pongs, its Close).
+pub async fn recording_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Message>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Text(t) => {
+                    if ws.send(Message::Text(t)).await.is_err() {
+                        break;
+                    }
+                }
+                other => {
+                    let _ = seen_tx.send(other);
+                }
+            }
+        }
+    });
+    (addr, seen_rx)
+}
+
+/// Both peers answer Pings (tokio-tungstenite, reading): a connection quiet for six
+/// intervals stays open, each side gets wsgate's Pings, and neither ever sees a Pong (the
+/// other side's answer to wsgate) or more than its own Pings.
+pub async fn keepalive_answered_keeps_a_quiet_connection_open(
+    client: &mut Ws,
+    backend_seen: &mut tokio::sync::mpsc::UnboundedReceiver<Message>,
+) {
+    let quiet_until = tokio::time::Instant::now() + 6 * KEEPALIVE_INTERVAL;
+    let mut pings = 0;
+    // Reading is the wait: the client answers what arrives until the quiet time is over.
+    while let Ok(m) = tokio::time::timeout_at(quiet_until, client.next()).await {
+        match m {
+            Some(Ok(Message::Ping(p))) if p.starts_with(KEEPALIVE_PAYLOAD) => pings += 1,
+            other => panic!("the client must get only wsgate's Pings, got {other:?}"),
+        }
+    }
+    // Each side is pinged about once per interval and a half; at most once per interval.
+    assert!((2..=6).contains(&pings), "{pings} Pings to the client");
+    round_trip(client, Message::text("still open")).await;
+    let mut backend_pings = 0;
+    while let Ok(m) = backend_seen.try_recv() {
+        match m {
+            Message::Ping(p) if p.starts_with(KEEPALIVE_PAYLOAD) => backend_pings += 1,
+            other => panic!("the backend must get only wsgate's Pings, got {other:?}"),
+        }
+    }
+    assert!(
+        (2..=6).contains(&backend_pings),
+        "{backend_pings} Pings to the backend"
+    );
+}
+
+/// A raw client that completed the handshake (and, through `moved`, a message) and then
+/// only reads, never answering: it is found gone and the backend gets Close 1001.
+pub async fn keepalive_silent_client_gets_the_backend_1001(
+    client: super::raw_ws::RawPeer,
+    backend_seen: &mut tokio::sync::mpsc::UnboundedReceiver<Message>,
+) {
+    let close = loop {
+        let m = within("the backend's Close", backend_seen.recv())
+            .await
+            .expect("backend gone before a Close");
+        match m {
+            Message::Close(c) => break c.expect("a Close code"),
+            Message::Ping(p) if p.starts_with(KEEPALIVE_PAYLOAD) => {}
+            other => panic!("the backend must get only Pings and a Close, got {other:?}"),
+        }
+    };
+    assert_eq!(close.code, CloseCode::Away);
+    assert_eq!(
+        close.reason.as_str(),
+        "client did not answer keep-alive ping"
+    );
+    // Held open (never dropped) until here: the Close is the keep-alive's, not an EOF's.
+    drop(client);
+}
+
+/// A raw backend that answered the upgrade (and, through `moved`, a message) and then only
+/// reads, never answering: it is found gone and the client gets Close 1011.
+pub async fn keepalive_silent_backend_gets_the_client_1011(
+    client: &mut Ws,
+    backend: super::raw_ws::RawPeer,
+) {
+    let close = loop {
+        match next_msg(client).await {
+            Message::Close(c) => break c.expect("a Close code"),
+            Message::Ping(p) if p.starts_with(KEEPALIVE_PAYLOAD) => {}
+            other => panic!("the client must get only Pings and a Close, got {other:?}"),
+        }
+    };
+    assert_eq!(close.code, CloseCode::Error);
+    assert_eq!(
+        close.reason.as_str(),
+        "backend did not answer keep-alive ping"
+    );
+    drop(backend);
+}

@@ -27,6 +27,9 @@ use crate::proxy::frame::{
     close_code, close_frame, Extensions, FrameRules, FrameTracker, Violation,
 };
 
+mod keepalive;
+pub use keepalive::Keepalive;
+
 /// Flush byte and message counts to the shared metrics at least this often (in bytes), so
 /// a long-lived connection shows up before it ends without touching shared counters per
 /// read.
@@ -76,6 +79,9 @@ pub struct RelayConfig {
     pub close_at: Option<Instant>,
     /// The clock the message rate reads.
     pub clock: fn() -> Instant,
+    /// The route's `keepalive`: wsgate pings a quiet side and treats one that does not
+    /// answer as gone. None = never (quiet sockets stay open, unpinged).
+    pub keepalive: Option<Keepalive>,
 }
 
 impl Default for RelayConfig {
@@ -88,6 +94,7 @@ impl Default for RelayConfig {
             message_rate: None,
             close_at: None,
             clock: Instant::now,
+            keepalive: None,
         }
     }
 }
@@ -116,6 +123,11 @@ pub struct RelayStats {
     /// The side that broke the protocol, and how.
     pub violation: Option<(Side, Violation)>,
     pub end: RelayEnd,
+    /// Keep-alive Pings of wsgate's own sent to the client and to the backend.
+    pub pings_to_client: u32,
+    pub pings_to_backend: u32,
+    /// The side that did not answer a keep-alive Ping in time (treated as gone).
+    pub unanswered: Option<Side>,
 }
 
 /// Bytes of one read that go on to the other side now: header bytes held back from
@@ -169,6 +181,12 @@ pub enum Timeout {
     /// A close the gateway scheduled ([`Relay::handle_close_at`]) came due: the client
     /// gets Close 1001 (1012 for a rebalance).
     Scheduled(CloseReason),
+    /// A side was quiet for the route's `keepalive.pingInterval`: a Ping of ours is on its
+    /// way to it (write what the relay owes).
+    KeepalivePing,
+    /// This side sent nothing within `keepalive.pongTimeout` of our Ping: it is treated as
+    /// gone, and the other side gets Close 1001 (client gone) or 1011 (backend gone).
+    KeepaliveUnanswered(Side),
 }
 
 /// Byte and message counts since the last [`Relay::take_counts`].
@@ -386,6 +404,8 @@ pub struct Relay {
     /// earliest request wins. Boxed: few connections ever have one, and every idle relay
     /// carries the field.
     scheduled: Option<Box<(Instant, CloseReason)>>,
+    /// The route's keep-alive, when it has one (boxed: most relays have none).
+    keepalive: Option<Box<keepalive::State>>,
 }
 
 /// The Close frames wsgate sends on its own behalf (a byte, not a code and a string, in
@@ -413,6 +433,10 @@ enum Close {
     EndpointTerminating,
     /// Its endpoint holds more than its share of the route (`rebalance`).
     Rebalance,
+    /// Towards the backend: the client did not answer our keep-alive Ping.
+    ClientUnanswered,
+    /// Towards the client: the backend did not answer our keep-alive Ping.
+    BackendUnanswered,
 }
 
 impl Close {
@@ -434,6 +458,14 @@ impl Close {
             Close::EndpointRemoved => (close_code::GOING_AWAY, "endpoint removed"),
             Close::EndpointTerminating => (close_code::GOING_AWAY, "endpoint terminating"),
             Close::Rebalance => (close_code::SERVICE_RESTART, "rebalancing"),
+            Close::ClientUnanswered => (
+                close_code::GOING_AWAY,
+                "client did not answer keep-alive ping",
+            ),
+            Close::BackendUnanswered => (
+                close_code::INTERNAL_ERROR,
+                "backend did not answer keep-alive ping",
+            ),
         }
     }
 }
@@ -478,6 +510,7 @@ impl Relay {
             close_at: config.close_at,
             clock: config.clock,
             scheduled: None,
+            keepalive: config.keepalive.map(|k| keepalive::State::new(k, now)),
         }
     }
 
@@ -547,17 +580,22 @@ impl Relay {
                 flow.tracker.allow_messages_until(until);
             }
         }
-        let tracked = if flow.close_wanted.is_none() {
-            flow.tracker.track(bytes)
+        let tracked_bytes = if flow.close_wanted.is_none() {
+            bytes
         } else {
             // Forward only up to the end of the frame under way, so that our Close goes
             // right behind it; the rest is dropped with the Close.
             let n = flow.tracker.payload_remaining().min(bytes.len() as u64) as usize;
-            flow.tracker.track(&bytes[..n])
+            &bytes[..n]
         };
+        let tracked = flow.tracker.track(tracked_bytes);
         fwd.held_len = tracked.held_len;
         fwd.body = &bytes[..tracked.forward];
-        if flow.tracker.stopped() {
+        if flow.tracker.needs_attention() {
+            if !flow.tracker.stopped() {
+                // Our keep-alive Ping's turn, or a Pong that may answer it (the rare path).
+                return self.keepalive_in(from, tracked_bytes, fwd);
+            }
             // A Close passed, or a frame broke the rules (the rare path).
             fwd.body = self.stopped_in(from, fwd.body);
         }
@@ -691,8 +729,13 @@ impl Relay {
         }
     }
 
-    /// Bytes moved at `now` (for the idle deadline; see [`Relay::tracks_activity`]).
+    /// Bytes moved at `now` (for the idle deadline and the keep-alive's quiet sides; see
+    /// [`Relay::tracks_activity`]).
     pub fn note_activity(&mut self, now: Instant) {
+        if self.keepalive.is_some() && !self.note_keepalive_activity(now) {
+            // Only our own Pings and their Pongs moved: not traffic for the idle limit.
+            return;
+        }
         self.last_activity = now;
     }
 
@@ -733,7 +776,7 @@ impl Relay {
                 self.update_winding();
                 Timeout::Idle(idle)
             }
-            _ => Timeout::Nothing,
+            _ => self.handle_keepalive_timeout(now),
         }
     }
 
@@ -784,12 +827,16 @@ impl Relay {
     /// every connection asks [`Relay::poll_deadline`] only then.
     #[inline]
     pub fn wants_timer(&self) -> bool {
-        self.idle.is_some() || self.close_at.is_some() || self.winding || self.scheduled.is_some()
+        self.idle.is_some()
+            || self.close_at.is_some()
+            || self.winding
+            || self.scheduled.is_some()
+            || self.keepalive.is_some()
     }
 
     /// Whether the driver must call [`Relay::note_activity`] when bytes move.
     pub fn tracks_activity(&self) -> bool {
-        self.idle.is_some()
+        self.idle.is_some() || self.keepalive.is_some()
     }
 
     /// When to call [`Relay::handle_timeout`] next, if ever. `now` is asked only when the
@@ -800,10 +847,16 @@ impl Relay {
         }
         let idle_at = self.idle.map(|idle| self.last_activity + idle);
         let scheduled_at = self.scheduled.as_deref().map(|(at, _)| *at);
-        [idle_at, self.linger_at, self.close_at, scheduled_at]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            idle_at,
+            self.linger_at,
+            self.close_at,
+            scheduled_at,
+            self.keepalive_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// A side has closed, a Close passed, we are closing (drain, idle), or a side broke the
@@ -882,6 +935,12 @@ impl Relay {
             injected_to_upstream: self.up.injected,
             violation: self.violation,
             end: self.end.unwrap_or(RelayEnd::Closed),
+            pings_to_client: self.keepalive.as_ref().map_or(0, |k| k.pings(Side::Client)),
+            pings_to_backend: self
+                .keepalive
+                .as_ref()
+                .map_or(0, |k| k.pings(Side::Backend)),
+            unanswered: self.keepalive.as_ref().and_then(|k| k.unanswered()),
         }
     }
 

@@ -408,6 +408,7 @@ impl<'a> RouteReader<'a> {
             // Not Ocelot keys: ocelot.json routes drain by the process's default.
             drain: None,
             rebalance: None,
+            keepalive: None,
         })
     }
 

@@ -133,6 +133,7 @@ fn spec(path: &str) -> WsRouteSpec {
         security_options: None,
         drain: None,
         rebalance: None,
+        keepalive: None,
     }
 }
 

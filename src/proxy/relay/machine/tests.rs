@@ -729,3 +729,221 @@ fn a_scheduled_close_after_another_close_sends_nothing_more() {
         vec![close_code::GOING_AWAY]
     );
 }
+
+// ---- keep-alive (a route's `keepalive`, `machine/keepalive.rs`) -------------------------
+
+const PONG: u8 = 0x80 | crate::proxy::frame::OP_PONG;
+
+fn keepalive_sim() -> Sim {
+    let config = RelayConfig {
+        keepalive: Some(Keepalive::new(
+            Duration::from_secs(30),
+            Duration::from_secs(10),
+        )),
+        ..RelayConfig::default()
+    };
+    Sim::new(config, 1 << 20)
+}
+
+impl Sim {
+    /// A read at `at` seconds after the start, noted as the drivers note activity.
+    fn read_at(&mut self, start: Instant, at: u64, from: Side, bytes: &[u8]) {
+        self.now = start + Duration::from_secs(at);
+        self.read(from, bytes);
+        self.relay.note_activity(self.now);
+    }
+
+    fn pings(&self, to: Side) -> Vec<Parsed> {
+        self.frames(to)
+            .into_iter()
+            .filter(|f| f.b0 == 0x80 | OP_PING)
+            .collect()
+    }
+
+    /// The Pong a peer on `side` sends back for wsgate's last Ping to it.
+    fn answer(&self, side: Side) -> Vec<u8> {
+        let ping = self.pings(side).pop().expect("a ping to answer");
+        frame(PONG, &ping.payload, (side == Side::Client).then_some(KEY))
+    }
+}
+
+/// A side quiet for `pingInterval` gets a Ping of wsgate's own: unmasked towards the
+/// client, masked towards the backend, with a recognizable payload; nothing earlier.
+#[test]
+fn keepalive_pings_each_quiet_side_after_the_interval_masked_towards_the_backend() {
+    let mut sim = keepalive_sim();
+    let start = sim.now;
+    assert!(sim.relay.wants_timer() && sim.relay.tracks_activity());
+    assert_eq!(
+        sim.relay.poll_deadline(|| start),
+        Some(start + Duration::from_secs(30))
+    );
+    assert_eq!(sim.fire(), Some(Timeout::KeepalivePing));
+    assert_eq!(sim.now, start + Duration::from_secs(30));
+    let to_client = sim.pings(Side::Client);
+    let to_backend = sim.pings(Side::Backend);
+    assert_eq!((to_client.len(), to_backend.len()), (1, 1));
+    assert!(!to_client[0].masked && to_backend[0].masked);
+    for ping in [&to_client[0], &to_backend[0]] {
+        assert!(ping.payload.starts_with(b"wsgate keepalive "), "{ping:?}");
+    }
+    let stats = sim.relay.stats();
+    assert_eq!((stats.pings_to_client, stats.pings_to_backend), (1, 1));
+    assert_eq!(
+        (stats.bytes_up, stats.bytes_down),
+        (0, 0),
+        "pings are not traffic"
+    );
+}
+
+/// Bytes from a side restart its quiet time; bytes to it do not.
+#[test]
+fn keepalive_bytes_from_a_side_reset_its_timer() {
+    let mut sim = keepalive_sim();
+    let start = sim.now;
+    sim.read_at(start, 20, Side::Client, &text(b"hi", true));
+    assert_eq!(sim.fire(), Some(Timeout::KeepalivePing));
+    assert_eq!(sim.now, start + Duration::from_secs(30));
+    assert!(
+        sim.pings(Side::Client).is_empty(),
+        "the client spoke at 20 s"
+    );
+    assert_eq!(sim.pings(Side::Backend).len(), 1);
+    // The backend answers at 35 s; the client's Ping is due at 50 s.
+    let pong = sim.answer(Side::Backend);
+    sim.read_at(start, 35, Side::Backend, &pong);
+    assert_eq!(sim.fire(), Some(Timeout::KeepalivePing));
+    assert_eq!(sim.now, start + Duration::from_secs(50));
+    assert_eq!(sim.pings(Side::Client).len(), 1);
+    let pong = sim.answer(Side::Client);
+    sim.read_at(start, 55, Side::Client, &pong);
+    // Then the backend's next one, 30 s after its Pong.
+    assert_eq!(sim.fire(), Some(Timeout::KeepalivePing));
+    assert_eq!(sim.now, start + Duration::from_secs(65));
+    assert_eq!(sim.pings(Side::Backend).len(), 2);
+}
+
+/// The Pong answering our Ping is taken out of the stream, whole or split across reads,
+/// and the frames around it go on in order; another Pong passes untouched.
+#[test]
+fn keepalive_a_pong_answering_our_ping_is_not_forwarded_another_pong_is() {
+    for cut in [1usize, 3, 9, 20, 40, usize::MAX] {
+        let mut sim = keepalive_sim();
+        let start = sim.now;
+        assert_eq!(sim.fire(), Some(Timeout::KeepalivePing));
+        let ours = sim.answer(Side::Client);
+        let theirs = frame(PONG, b"app pong", Some(KEY));
+        let mut stream = text(b"one", true);
+        stream.extend_from_slice(&ours);
+        stream.extend_from_slice(&theirs);
+        stream.extend_from_slice(&text(b"two", true));
+        let cut = cut.min(stream.len());
+        for part in [&stream[..cut], &stream[cut..]] {
+            if !part.is_empty() {
+                sim.read_at(start, 31, Side::Client, part);
+            }
+        }
+        sim.writable();
+        let got: Vec<_> = sim
+            .frames(Side::Backend)
+            .into_iter()
+            .filter(|f| f.b0 != 0x80 | OP_PING)
+            .collect();
+        let payloads: Vec<&[u8]> = got.iter().map(|f| &f.payload[..]).collect();
+        assert_eq!(payloads, [&b"one"[..], b"app pong", b"two"], "cut at {cut}");
+        assert_eq!(got[1].b0, PONG);
+        assert_eq!(
+            sim.relay.stats().bytes_up,
+            (stream.len() - ours.len()) as u64,
+            "our Pong is not counted as relayed"
+        );
+        // The client answered: no Close at 40 s; its next Ping is due 30 s after 31 s.
+        let backend_pong = sim.answer(Side::Backend);
+        sim.read_at(start, 32, Side::Backend, &backend_pong);
+        assert!(sim.relay.stats().bytes_down == 0);
+        assert_eq!(sim.fire(), Some(Timeout::KeepalivePing));
+        assert_eq!(sim.now, start + Duration::from_secs(61));
+        assert!(closes(&sim.frames(Side::Backend)).is_empty());
+        assert!(sim.frames(Side::Client).iter().all(|f| f.b0 != PONG));
+    }
+}
+
+/// A side that sends nothing within `pongTimeout` of our Ping is gone: the backend gets
+/// Close 1001 when the client is gone, the client Close 1011 when the backend is.
+#[test]
+fn keepalive_no_answer_closes_the_other_side_1001_or_1011() {
+    for (gone, alive, code) in [
+        (Side::Client, Side::Backend, 1001),
+        (Side::Backend, Side::Client, 1011),
+    ] {
+        let mut sim = keepalive_sim();
+        let start = sim.now;
+        assert_eq!(sim.fire(), Some(Timeout::KeepalivePing));
+        let pong = sim.answer(alive);
+        sim.read_at(start, 31, alive, &pong);
+        assert_eq!(sim.fire(), Some(Timeout::KeepaliveUnanswered(gone)));
+        assert_eq!(sim.now, start + Duration::from_secs(40));
+        assert_eq!(closes(&sim.frames(alive)), vec![code], "{gone:?} gone");
+        assert!(closes(&sim.frames(gone)).is_empty());
+        assert!(sim.relay.winding_down());
+        assert!(!sim.relay.wants_read(gone), "a gone side is not read");
+        let stats = sim.relay.stats();
+        assert_eq!(stats.unanswered, Some(gone));
+        let injected = match alive {
+            Side::Client => stats.injected_to_client,
+            Side::Backend => stats.injected_to_upstream,
+        };
+        assert_eq!(injected, Some(code));
+        // The alive side answers our Close: then the relay is over.
+        sim.read(alive, &close(code, b"", alive == Side::Client));
+        sim.writable();
+        assert!(sim.relay.is_done() || sim.fire() == Some(Timeout::LingerExpired));
+    }
+}
+
+/// A Ping due while a frame is half-way to that side waits for the frame's end, and what
+/// follows in the same read goes on behind it; the side's answer time starts again then.
+#[test]
+fn keepalive_the_ping_waits_for_a_frame_boundary_mid_message() {
+    let mut sim = keepalive_sim();
+    let start = sim.now;
+    let long = text(&[b'z'; 200], false);
+    sim.read_at(start, 5, Side::Backend, &long[..50]);
+    // At 30 s the client is due (the backend spoke at 5 s).
+    assert_eq!(sim.fire(), Some(Timeout::Nothing));
+    assert_eq!(sim.now, start + Duration::from_secs(30));
+    assert_eq!(
+        sim.got[Side::Client as usize],
+        long[..50],
+        "not inside a frame"
+    );
+    let mut rest = long[50..].to_vec();
+    rest.extend_from_slice(&text(b"after", false));
+    sim.read_at(start, 33, Side::Backend, &rest);
+    sim.writable();
+    let got = sim.frames(Side::Client);
+    let kinds: Vec<(u8, usize)> = got.iter().map(|f| (f.b0, f.payload.len())).collect();
+    assert_eq!(
+        kinds,
+        [(0x81, 200), (0x80 | OP_PING, 25), (0x81, 5)],
+        "{got:?}"
+    );
+    // Sent late (33 s): the client gets its full 10 s from the 40 s deadline.
+    assert_eq!(sim.fire(), Some(Timeout::Nothing));
+    assert_eq!(sim.now, start + Duration::from_secs(40));
+    let deadline = sim.relay.poll_deadline(|| start).unwrap();
+    assert_eq!(deadline, start + Duration::from_secs(50));
+    let pong = sim.answer(Side::Client);
+    sim.read_at(start, 45, Side::Client, &pong);
+    assert!(sim.frames(Side::Backend).iter().all(|f| f.b0 != PONG));
+    assert!(closes(&sim.frames(Side::Client)).is_empty());
+}
+
+/// Without `keepalive`, a quiet relay has no timer and sends nothing.
+#[test]
+fn keepalive_off_by_default_a_quiet_relay_has_no_timer() {
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    assert!(!sim.relay.wants_timer());
+    assert_eq!(sim.fire(), None);
+    assert!(sim.got.iter().all(Vec::is_empty));
+}

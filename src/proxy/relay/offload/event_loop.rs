@@ -391,10 +391,15 @@ impl Loop {
                     self.end(key);
                     continue;
                 }
-                timeout @ (Timeout::Idle(_) | Timeout::TokenExpired | Timeout::Scheduled(_)) => {
+                timeout @ (Timeout::Idle(_)
+                | Timeout::TokenExpired
+                | Timeout::Scheduled(_)
+                | Timeout::KeepalivePing
+                | Timeout::KeepaliveUnanswered(_)) => {
                     let _entered = conn.span.enter();
                     log_timeout(&timeout);
-                    // The Close frames sit in the backlogs; let the step try to write them.
+                    // The Close (or Ping) frames sit in the backlogs; let the step try to
+                    // write them.
                     conn.ready
                         .set(Ready::CLIENT_WRITE | Ready::UPSTREAM_WRITE, true);
                 }
