@@ -122,6 +122,7 @@ async fn replica(routes: &[Route], key: &StickyKey) -> (Server, Arc<Publisher>) 
             max_connections: None,
             client_address: Default::default(),
             tls_listen: None,
+            access_log: Default::default(),
         },
         Arc::clone(&publisher),
         metrics,

@@ -213,6 +213,7 @@ async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpo
                 max_connections: None,
                 client_address: Default::default(),
                 tls_listen: None,
+                access_log: Default::default(),
             },
             sticky_key: wsgate::balance::StickyKey::random(),
             backend_roots: wsgate::table::BackendRoots::none(),

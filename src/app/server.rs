@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::proxy::{self, Drain, Gateway};
 use crate::table::Publisher;
+use crate::telemetry::access_log::{AccessLog, AccessLogOptions};
 use crate::telemetry::admin::{self, Readiness};
 use crate::telemetry::Metrics;
 
@@ -34,6 +35,8 @@ pub struct ServerOptions {
     pub max_connections: Option<u32>,
     /// Whose `X-Forwarded-For` is believed (`--trusted-proxies`).
     pub client_address: proxy::ClientAddressOptions,
+    /// `--access-log` and `--access-log-format`.
+    pub access_log: AccessLogOptions,
 }
 
 pub struct Server {
@@ -72,6 +75,13 @@ impl Server {
         let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let tls_config = proxy::tls::server_config(Arc::clone(&publisher))
             .context("cannot build the TLS configuration")?;
+        let access_log = AccessLog::start(&options.access_log, metrics.access_log_dropped.clone())
+            .with_context(|| {
+                format!(
+                    "cannot open the access log {:?} (--access-log)",
+                    options.access_log.target
+                )
+            })?;
         let gateway = Gateway::new(
             publisher,
             Arc::clone(&metrics),
@@ -79,6 +89,7 @@ impl Server {
             options.relay_offload,
             options.max_connections,
             options.client_address.clone(),
+            access_log,
         );
         let readiness = Arc::new(Readiness::default());
         tokio::spawn(proxy::serve(listener, Arc::clone(&gateway), "http"));
@@ -140,6 +151,14 @@ impl Server {
                 remaining = drain.active(),
                 "drain budget ran out; closing the remaining connections"
             );
+        }
+        if let Some(log) = &self.gateway.access_log {
+            // The writer flushes within 200 ms anyway; this makes sure the lines of the
+            // connections that just drained are out before the process exits. Blocking, but
+            // brief and once, at the end.
+            if !log.flush(std::time::Duration::from_secs(1)) {
+                tracing::warn!("the access log could not be flushed within 1 s");
+            }
         }
         if let Some(path) = &self.options.listening_file {
             // The file says where this process listens; it no longer does.

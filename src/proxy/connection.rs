@@ -27,6 +27,7 @@ use super::service::serve_hyper;
 use super::stream::{Prefixed, Stream};
 use super::websocket::{self, Outcome, RelayAccount, Relaying, UpgradeRequest};
 use super::Gateway;
+use crate::telemetry::access_log::AccessKind;
 
 /// Serves one client connection until it closes (or the drain ends it).
 pub async fn serve(
@@ -289,7 +290,12 @@ async fn serve_direct(
         headers,
         early: client_early,
     } = upgrade;
-    let ctx = RequestCtx::new(gw, peer, proto, &headers);
+    let mut ctx = RequestCtx::new(gw, peer, proto, &headers);
+    ctx.request_line(
+        AccessKind::WebSocket,
+        &Method::GET,
+        &String::from_utf8_lossy(&head[target.clone()]),
+    );
     let Ok(target) = std::str::from_utf8(&head[target]) else {
         // Bytes outside ASCII in a path are refused anyway (`target::normalize`); bytes that
         // are not even UTF-8 get the same answer.
@@ -444,6 +450,7 @@ mod size_budget {
             Default::default(),
             None,
             Default::default(),
+            None,
         );
         let fut = super::serve(
             gw,

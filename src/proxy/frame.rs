@@ -249,6 +249,9 @@ pub struct FrameTracker {
     /// allocated at most once per direction, a Close being the last frame).
     #[allow(clippy::box_collection)]
     held_close: Option<Box<Vec<u8>>>,
+    /// The code of the Close that passed (1005, "no status", for a Close without one;
+    /// 0 until one passed): the access log's close code.
+    close_code: u16,
 }
 
 /// Which first header bytes (FIN, RSV, opcode) are valid, as 256-bit sets, one row per
@@ -315,6 +318,7 @@ impl FrameTracker {
             messages_allowed: u64::MAX,
             fast_len_limit: 126,
             held_close: None,
+            close_code: 0,
         }
     }
 
@@ -370,6 +374,12 @@ impl FrameTracker {
     /// A Close frame passed completely in this direction.
     pub fn close_seen(&self) -> bool {
         self.close_seen
+    }
+
+    /// The code of the Close that passed in this direction (1005 when it carried none),
+    /// once one did.
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_seen.then_some(self.close_code)
     }
 
     /// How many bytes at the end of the read's forward are the Close frame, when the Close
@@ -708,8 +718,9 @@ impl FrameTracker {
             let mut frame = self.held_close.take().unwrap_or_default();
             frame.extend_from_slice(&bytes[pos..pos + need]);
             match check_close(&frame) {
-                Ok(()) => {
+                Ok(code) => {
                     self.held_close = Some(frame);
+                    self.close_code = code;
                     self.close_passed();
                 }
                 Err(v) => self.fail(v),
@@ -718,7 +729,8 @@ impl FrameTracker {
         }
         let frame = &bytes[..pos + need];
         match check_close(frame) {
-            Ok(()) => {
+            Ok(code) => {
+                self.close_code = code;
                 out.forward = pos + need;
                 self.close_len = (pos + need) as u8;
                 self.close_passed();
@@ -796,12 +808,12 @@ fn payload_len(header: &[u8]) -> Result<u64, Violation> {
 }
 
 /// Checks a whole Close frame (header and payload): no payload, or a valid code and a
-/// UTF-8 reason.
-fn check_close(frame: &[u8]) -> Result<(), Violation> {
+/// UTF-8 reason. Returns its code (1005, "no status received", when it has none).
+fn check_close(frame: &[u8]) -> Result<u16, Violation> {
     let header_len = header_len_of(frame[1]);
     let payload = &frame[header_len..];
     match payload.len() {
-        0 => return Ok(()),
+        0 => return Ok(NO_STATUS),
         1 => return Err(Violation::CloseTooShort),
         _ => {}
     }
@@ -814,14 +826,18 @@ fn check_close(frame: &[u8]) -> Result<(), Violation> {
             *b ^= key[i % 4];
         }
     }
-    if !valid_close_code(u16::from_be_bytes([plain[0], plain[1]])) {
+    let code = u16::from_be_bytes([plain[0], plain[1]]);
+    if !valid_close_code(code) {
         return Err(Violation::CloseCode);
     }
     if std::str::from_utf8(&plain[2..]).is_err() {
         return Err(Violation::CloseReasonNotUtf8);
     }
-    Ok(())
+    Ok(code)
 }
+
+/// The code reported for a Close frame without one (RFC 6455 §7.1.5; never sent).
+const NO_STATUS: u16 = 1005;
 
 /// Encodes a Close frame into `out` (cleared first). `mask` is Some for frames sent
 /// towards a backend, where RFC 6455 requires masking; the reason is cut to fit a

@@ -57,6 +57,7 @@ use std::sync::Arc;
 
 use crate::table::admission::ConnectionCount;
 use crate::table::Publisher;
+use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::Metrics;
 
 /// What every connection of the data plane shares: the current route table, metrics and
@@ -73,6 +74,8 @@ pub struct Gateway {
     pub connections: Arc<ConnectionCount>,
     /// Whose `X-Forwarded-For` is believed (`--trusted-proxies`).
     pub client_address: ClientAddressOptions,
+    /// `--access-log`: where each connection's and request's line goes (None: off).
+    pub access_log: Option<AccessLog>,
 }
 
 impl Gateway {
@@ -83,6 +86,7 @@ impl Gateway {
         offload: OffloadOptions,
         max_connections: Option<u32>,
         client_address: ClientAddressOptions,
+        access_log: Option<AccessLog>,
     ) -> Arc<Self> {
         let offload = Offload::new(offload, metrics.offload());
         Arc::new(Gateway {
@@ -93,6 +97,7 @@ impl Gateway {
             max_connections,
             connections: Arc::default(),
             client_address,
+            access_log,
         })
     }
 }

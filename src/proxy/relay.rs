@@ -37,7 +37,8 @@ mod offload;
 
 pub use super::frame::close_code;
 pub use machine::{
-    Counts, Forward, MessageRate, Output, Relay, RelayConfig, RelayEnd, RelayStats, Side, Timeout,
+    ClosedBy, Counts, Forward, GatewayClose, MessageRate, Output, Relay, RelayConfig, RelayEnd,
+    RelayStats, Side, Timeout,
 };
 pub use offload::{Offload, OffloadOptions};
 

@@ -21,13 +21,14 @@ use super::drain::DrainSignal;
 use super::error::{Error, Handshake};
 use super::frame::Extensions;
 use super::headers::strip_hop_by_hop;
-use super::relay::{relay_streams, MessageRate, Offload, RelayConfig, RelayStats};
+use super::relay::{relay_streams, ClosedBy, MessageRate, Offload, RelayConfig, RelayStats, Side};
 use super::request::RequestCtx;
 use super::stream::Stream;
 use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
 use super::{access, auth, handshake, upstream, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
+use crate::telemetry::access_log::{AccessEntry, CloseRecord, Closer, RelayTotals};
 use crate::telemetry::CloseTo;
 
 /// A client's WebSocket upgrade request, as either path read its head.
@@ -109,6 +110,7 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
     };
     let close_at = authorized.close_at;
     authorized.apply(&route.route, &mut headers, &mut downstream);
+    let access = ctx.access_record(Some(route), 101);
     match open(route, headers, req.query, &downstream, ctx).await {
         Ok(Opened::Switched(switched)) => {
             let backend = Relaying {
@@ -123,6 +125,13 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
                 load: switched.load,
                 started: Instant::now(),
                 _admitted: admitted,
+                access: access.map(|mut entry| {
+                    // Known only now.
+                    if let Some(endpoint) = ctx.endpoint() {
+                        entry.record.endpoint = endpoint.to_string();
+                    }
+                    entry
+                }),
             };
             let answer = SwitchAnswer {
                 head: switched.head,
@@ -130,7 +139,10 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
             };
             Outcome::Switched(answer, backend, account)
         }
-        Ok(Opened::Refused(resp)) => Outcome::Refused(resp),
+        Ok(Opened::Refused(resp)) => {
+            ctx.log_answer(Some(route), resp.status().as_u16(), None);
+            Outcome::Refused(resp)
+        }
         Err(e) => {
             ctx.failed(gw, Some(route), &e);
             Outcome::Failed(e)
@@ -227,6 +239,8 @@ pub struct RelayAccount {
     /// The connection's slots under the route's and the process's connection limits,
     /// given back when the account is dropped (after `ended`, or with a task cut short).
     _admitted: Admitted,
+    /// The connection's access log line, sent by `ended` (None: the log is off).
+    access: Option<Box<AccessEntry>>,
 }
 
 impl RelayAccount {
@@ -246,6 +260,10 @@ impl RelayAccount {
         offload: Option<&'a Offload>,
     ) -> impl Future<Output = RelayStats> + 'a {
         self.started = Instant::now();
+        if let Some(entry) = &mut self.access {
+            // The 101 has just been written (or handed to hyper, which wrote it).
+            entry.record.upgrade = Some(self.started - entry.record.received);
+        }
         let route = &self.table.routes()[self.route_index];
         route.metrics.connections_total.inc();
         route.metrics.connections_active.inc();
@@ -272,6 +290,18 @@ impl RelayAccount {
             metrics.close_sent(CloseTo::Backend, code);
         }
         drop(self.load);
+        if let Some(mut entry) = self.access {
+            let record = &mut entry.record;
+            record.duration = record.received.elapsed();
+            record.relay = Some(RelayTotals {
+                bytes_up: stats.bytes_up,
+                bytes_down: stats.bytes_down,
+                messages_up: stats.messages_up,
+                messages_down: stats.messages_down,
+            });
+            record.close = stats.closed_by.map(close_record);
+            entry.send();
+        }
         match stats.violation {
             Some((side, limit)) if limit.is_limit() => tracing::info!(
                 side = ?side,
@@ -299,6 +329,35 @@ impl RelayAccount {
             end = ?stats.end,
             "WebSocket connection ended"
         );
+    }
+}
+
+/// Who closed a relay first, as the access log says it.
+fn close_record(closed_by: ClosedBy) -> CloseRecord {
+    let closer = |side| match side {
+        Side::Client => Closer::Client,
+        Side::Backend => Closer::Backend,
+    };
+    match closed_by {
+        ClosedBy::Peer { side, code } => CloseRecord {
+            by: closer(side),
+            code,
+            reason: None,
+        },
+        ClosedBy::Gone(side) => CloseRecord {
+            by: closer(side),
+            // "Closed abnormally" (RFC 6455 §7.1.5): no Close frame came.
+            code: 1006,
+            reason: Some(match side {
+                Side::Client => "client connection ended without a Close",
+                Side::Backend => "backend connection ended without a Close",
+            }),
+        },
+        ClosedBy::Gateway(close) => CloseRecord {
+            by: Closer::Gateway,
+            code: close.code(),
+            reason: Some(close.reason()),
+        },
     }
 }
 

@@ -41,6 +41,20 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    /// The reason in snake case, for the access log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::NoRoute => "no_route",
+            FailureReason::NoEndpoint => "no_endpoint",
+            FailureReason::ConnectFailed => "connect_failed",
+            FailureReason::ConnectTimeout => "connect_timeout",
+            FailureReason::BadRequest => "bad_request",
+            FailureReason::UpstreamStatus => "upstream_status",
+            FailureReason::UpstreamProtocol => "upstream_protocol",
+            FailureReason::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
     const ALL: [FailureReason; 8] = [
         FailureReason::NoRoute,
         FailureReason::NoEndpoint,
@@ -166,6 +180,8 @@ pub struct Metrics {
     pub table_reloads_failed: Counter,
     pub route_problems: Gauge,
     offload: OffloadMetrics,
+    /// Access log records dropped because the writer was behind (`--access-log`).
+    pub access_log_dropped: Counter,
     /// Handles already resolved, by route: a rebuild of 10,000 routes then costs one map
     /// lookup per route instead of sixteen family lookups with label allocations.
     resolved: std::sync::Mutex<std::collections::HashMap<String, RouteMetrics>>,
@@ -202,6 +218,7 @@ impl Metrics {
             table_reloads_failed: Counter::default(),
             route_problems: Gauge::default(),
             offload: Default::default(),
+            access_log_dropped: Counter::default(),
             resolved: Default::default(),
             registry: Registry::default(),
         };
@@ -279,6 +296,11 @@ impl Metrics {
             "relays_on_threads",
             "Relays running on relay threads now",
             m.offload.on_threads.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer was behind (the channel to it was full)",
+            m.access_log_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -210,27 +210,41 @@ impl Gateway {
         max_connections: Option<u32>,
         client_address: wsgate::proxy::ClientAddressOptions,
     ) -> Gateway {
+        Self::start_with_options(routes, |options| {
+            options.drain_timeout = drain_timeout;
+            options.relay_offload = relay_offload;
+            options.max_connections = max_connections;
+            options.client_address = client_address;
+        })
+        .await
+    }
+
+    /// With the default options as `adjust` changes them (`--access-log`, and whatever
+    /// else `ServerOptions` holds).
+    pub async fn start_with_options(
+        routes: &[Route],
+        adjust: impl FnOnce(&mut ServerOptions),
+    ) -> Gateway {
+        let mut options = ServerOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            shutdown_delay: Duration::ZERO,
+            drain_timeout: Duration::from_secs(5),
+            relay_offload: OffloadOptions::default(),
+            listening_file: None,
+            max_connections: None,
+            client_address: Default::default(),
+            access_log: Default::default(),
+        };
+        adjust(&mut options);
         let metrics = Arc::new(Metrics::new());
         let publisher = Arc::new(Publisher::new(Arc::clone(&metrics)));
         let published = publisher.publish(routes);
         assert!(published.problems.is_empty(), "{:?}", published.problems);
-        let server = Server::start(
-            ServerOptions {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                tls_listen: Some("127.0.0.1:0".parse().unwrap()),
-                admin_listen: "127.0.0.1:0".parse().unwrap(),
-                shutdown_delay: Duration::ZERO,
-                drain_timeout,
-                relay_offload,
-                listening_file: None,
-                max_connections,
-                client_address,
-            },
-            Arc::clone(&publisher),
-            Arc::clone(&metrics),
-        )
-        .await
-        .unwrap();
+        let server = Server::start(options, Arc::clone(&publisher), Arc::clone(&metrics))
+            .await
+            .unwrap();
         server.readiness.set_loaded();
         Gateway {
             server,

@@ -115,6 +115,39 @@ pub struct RelayStats {
     /// The side that broke the protocol, and how.
     pub violation: Option<(Side, Violation)>,
     pub end: RelayEnd,
+    /// Who started the end: the first Close seen and its sender, a side that ended without
+    /// one, or a Close of wsgate's own (the access log's "who closed").
+    pub closed_by: Option<ClosedBy>,
+    /// The code of the Close the client sent (1005: none in it), if it sent one.
+    pub client_close: Option<u16>,
+    /// The code of the Close the backend sent, if it sent one.
+    pub backend_close: Option<u16>,
+}
+
+/// Who started a relay's end (the first to close, whatever followed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedBy {
+    /// `side` sent a Close frame with `code` (1005 when it carried none).
+    Peer { side: Side, code: u16 },
+    /// `side`'s connection ended (EOF or a read error) without a Close frame.
+    Gone(Side),
+    /// wsgate closed first, with its own Close (idle, drain, token expiry, a broken rule
+    /// or a limit).
+    Gateway(GatewayClose),
+}
+
+/// A Close frame of wsgate's own that started a relay's end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatewayClose(Close);
+
+impl GatewayClose {
+    pub fn code(self) -> u16 {
+        self.0.code_and_reason().0
+    }
+
+    pub fn reason(self) -> &'static str {
+        self.0.code_and_reason().1
+    }
 }
 
 /// Bytes of one read that go on to the other side now: header bytes held back from
@@ -378,6 +411,9 @@ pub struct Relay {
     close_at: Option<Instant>,
     clock: fn() -> Instant,
     violation: Option<(Side, Violation)>,
+    /// Who closed first (see [`ClosedBy`]); a new Close of wsgate's own records itself with
+    /// [`Relay::closed_by_us`].
+    closed_by: Option<ClosedBy>,
 }
 
 /// The Close frames wsgate sends on its own behalf (a byte, not a code and a string, in
@@ -459,6 +495,7 @@ impl Relay {
             violation: None,
             close_at: config.close_at,
             clock: config.clock,
+            closed_by: None,
         }
     }
 
@@ -549,6 +586,11 @@ impl Relay {
     /// passed (whole in `body`, or released from several reads), or a frame broke the rules.
     #[cold]
     fn stopped_in<'a>(&mut self, from: Side, mut body: &'a [u8]) -> &'a [u8] {
+        if self.closed_by.is_none() {
+            if let Some(code) = self.flow_from(from).tracker.close_code() {
+                self.closed_by = Some(ClosedBy::Peer { side: from, code });
+            }
+        }
         let flow = self.flow_from(from);
         let held_close = flow.tracker.take_held_close();
         if flow.close_deferred.is_some() && flow.tracker.close_seen() {
@@ -599,6 +641,9 @@ impl Relay {
     pub fn handle_eof(&mut self, from: Side) {
         let close_passed = self.up.tracker.close_seen() || self.down.tracker.close_seen();
         let failed = self.violation.is_some();
+        if self.closed_by.is_none() {
+            self.closed_by = Some(ClosedBy::Gone(from));
+        }
         let flow = self.flow_from(from);
         flow.src_done = true;
         if let Some(close) = flow.close_deferred.take() {
@@ -649,6 +694,7 @@ impl Relay {
         if !self.draining {
             self.draining = true;
             self.closing = true;
+            self.closed_by_us(Close::Draining);
             self.down.close_with(Close::Draining);
             self.update_winding();
         }
@@ -668,6 +714,7 @@ impl Relay {
         if self.close_at.is_some_and(|at| at <= now) {
             self.close_at = None;
             self.closing = true;
+            self.closed_by_us(Close::TokenExpired);
             self.down.close_with(Close::TokenExpired);
             self.up.close_with(Close::ClientTokenExpired);
             self.update_winding();
@@ -677,6 +724,7 @@ impl Relay {
             Some(idle) if self.last_activity + idle <= now => {
                 self.idle = None;
                 self.closing = true;
+                self.closed_by_us(Close::Idle);
                 self.up.close_with(Close::Idle);
                 self.down.close_with(Close::Idle);
                 self.update_winding();
@@ -830,6 +878,17 @@ impl Relay {
             injected_to_upstream: self.up.injected,
             violation: self.violation,
             end: self.end.unwrap_or(RelayEnd::Closed),
+            closed_by: self.closed_by,
+            client_close: self.up.tracker.close_code(),
+            backend_close: self.down.tracker.close_code(),
+        }
+    }
+
+    /// Records that wsgate closes first with `close`, unless someone closed before. Every
+    /// Close of wsgate's own that starts an end (not one that answers a side's) calls it.
+    fn closed_by_us(&mut self, close: Close) {
+        if self.closed_by.is_none() {
+            self.closed_by = Some(ClosedBy::Gateway(GatewayClose(close)));
         }
     }
 
@@ -841,6 +900,7 @@ impl Relay {
     #[cold]
     fn fail(&mut self, from: Side, v: Violation) {
         self.violation = Some((from, v));
+        self.closed_by_us(Close::Violation(v));
         let to_peer = match from {
             _ if v.is_limit() => Close::PeerOverLimit,
             Side::Client => Close::ClientBrokeProtocol,

@@ -618,3 +618,54 @@ fn an_expired_token_closes_the_client_with_1008_and_the_backend_with_1001() {
     sim.read(Side::Backend, &close(1001, b"", false));
     assert!(sim.relay.is_done());
 }
+
+/// Who closed first (the access log's "closed by"): a side's Close, even split across
+/// reads, with its code; a side that ends without one; wsgate's own Close (drain), which a
+/// later Close of a side does not displace. Each side's Close code is kept too.
+#[test]
+fn the_first_to_close_is_recorded_with_its_code() {
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    let c = close(4000, b"done", true);
+    sim.read(Side::Client, &c[..3]);
+    assert_eq!(sim.relay.stats().closed_by, None);
+    sim.read(Side::Client, &c[3..]);
+    sim.read(Side::Backend, &close(4000, b"", false));
+    let stats = sim.relay.stats();
+    assert_eq!(
+        stats.closed_by,
+        Some(ClosedBy::Peer {
+            side: Side::Client,
+            code: 4000
+        })
+    );
+    assert_eq!(
+        (stats.client_close, stats.backend_close),
+        (Some(4000), Some(4000))
+    );
+
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    sim.read(Side::Client, &text(b"hi", true));
+    sim.eof(Side::Backend);
+    assert_eq!(
+        sim.relay.stats().closed_by,
+        Some(ClosedBy::Gone(Side::Backend))
+    );
+    assert_eq!(sim.relay.stats().backend_close, None);
+
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    sim.relay.handle_drain();
+    sim.owed(Side::Client);
+    sim.read(Side::Client, &frame(0x80 | OP_CLOSE, &[], Some(KEY)));
+    let stats = sim.relay.stats();
+    match stats.closed_by {
+        Some(ClosedBy::Gateway(close)) => {
+            assert_eq!(
+                (close.code(), close.reason()),
+                (1001, "gateway shutting down")
+            );
+        }
+        other => panic!("expected wsgate's drain, got {other:?}"),
+    }
+    // A Close without a code reports 1005.
+    assert_eq!(stats.client_close, Some(1005));
+}
