@@ -16,6 +16,8 @@
 
 use std::fmt;
 
+pub use crate::telemetry::MESSAGE_SIZE_BOUNDS;
+
 pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
 pub const OP_BINARY: u8 = 0x2;
@@ -91,6 +93,34 @@ impl Extensions {
         }
         found
     }
+}
+
+/// Message sizes of one direction since they were last taken: a count per bucket of
+/// [`MESSAGE_SIZE_BOUNDS`] (plus one above) and the sum of the sizes. Kept per connection
+/// and flushed to the process-wide histogram with the byte counts, so a message costs two
+/// adds and no shared write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageSizes {
+    /// Not cumulative: `buckets[i]` counts messages in (bound[i-1], bound[i]]. u32: a flush
+    /// comes at least every 320 KiB, so fewer than 2^18 messages fit between two.
+    pub buckets: [u32; MESSAGE_SIZE_BOUNDS.len() + 1],
+    pub sum: u64,
+}
+
+impl MessageSizes {
+    #[inline(always)]
+    fn add(&mut self, len: u64) {
+        self.buckets[size_bucket(len)] += 1;
+        self.sum += len;
+    }
+}
+
+/// The bucket of a message of `len` payload bytes: bounds are 64 × 4^i, so the bucket is
+/// half the bit length of `len - 1` above 64's, without a search.
+#[inline(always)]
+pub fn size_bucket(len: u64) -> usize {
+    let bits = 64 - len.saturating_sub(1).leading_zeros();
+    ((bits.saturating_sub(5) / 2) as usize).min(MESSAGE_SIZE_BOUNDS.len())
 }
 
 /// What the frames of one direction must look like.
@@ -252,6 +282,9 @@ pub struct FrameTracker {
     /// The code of the Close that passed (1005, "no status", for a Close without one;
     /// 0 until one passed): the access log's close code.
     close_code: u16,
+    /// Sizes of the messages since [`FrameTracker::take_sizes`] (boxed, allocated at the
+    /// first message after a take: a quiet connection's tracker holds a null pointer).
+    sizes: Option<Box<MessageSizes>>,
 }
 
 /// Which first header bytes (FIN, RSV, opcode) are valid, as 256-bit sets, one row per
@@ -319,7 +352,29 @@ impl FrameTracker {
             fast_len_limit: 126,
             held_close: None,
             close_code: 0,
+            sizes: None,
         }
+    }
+
+    /// The message sizes counted since the last call (None when no message passed).
+    pub fn take_sizes(&mut self) -> Option<Box<MessageSizes>> {
+        self.sizes.take()
+    }
+
+    /// A message of `len` payload bytes ended.
+    #[inline(always)]
+    fn count_size(&mut self, len: u64) {
+        match &mut self.sizes {
+            Some(sizes) => sizes.add(len),
+            None => self.first_size(len),
+        }
+    }
+
+    #[cold]
+    fn first_size(&mut self, len: u64) {
+        let mut sizes = Box::<MessageSizes>::default();
+        sizes.add(len);
+        self.sizes = Some(sizes);
     }
 
     /// True when nothing of a frame is half-way to the destination: a frame of our own may
@@ -508,6 +563,7 @@ impl FrameTracker {
                     break;
                 }
                 self.messages += 1;
+                self.count_size(u64::from(len7));
                 pos += frame_len;
             }
             if pos == bytes.len() {
@@ -559,6 +615,9 @@ impl FrameTracker {
                         let fin = b0 >> 7;
                         self.fragmented = fin == 0;
                         self.messages += u64::from(fin);
+                        if fin != 0 {
+                            self.count_size(self.message_len);
+                        }
                     }
                     pos += frame_len;
                     continue;
@@ -675,6 +734,9 @@ impl FrameTracker {
     #[inline]
     fn end_frame(&mut self) {
         self.messages += u64::from(self.ends_message);
+        if self.ends_message {
+            self.count_size(self.message_len);
+        }
         self.ends_message = false;
         self.remaining = 0;
         self.at = At::Boundary;

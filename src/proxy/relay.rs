@@ -30,7 +30,7 @@ use tokio::time::Sleep;
 
 use super::drain::DrainSignal;
 use super::stream::Stream;
-use crate::telemetry::RouteMetrics;
+use crate::telemetry::{MessageSizeHistogram, RouteMetrics};
 
 mod machine;
 mod offload;
@@ -149,12 +149,22 @@ fn write_owed_slow<W: TryWrite>(relay: &mut Relay, to: Side, dst: &W) {
     }
 }
 
-/// Adds counts to the route's counters, in the order of [`Counts`]' fields.
-fn add_counts(c: Counts, [bytes_up, messages_up, bytes_down, messages_down]: [&Counter; 4]) {
+/// Adds counts to the route's counters, in the order of [`Counts`]' fields, and the
+/// message sizes to the histograms (client → backend, then back).
+fn add_counts(
+    c: Counts,
+    [bytes_up, messages_up, bytes_down, messages_down]: [&Counter; 4],
+    sizes: &[MessageSizeHistogram; 2],
+) {
     bytes_up.inc_by(c.bytes_up);
     messages_up.inc_by(c.messages_up);
     bytes_down.inc_by(c.bytes_down);
     messages_down.inc_by(c.messages_down);
+    for (counted, histogram) in [c.sizes_up, c.sizes_down].into_iter().zip(sizes) {
+        if let Some(counted) = counted {
+            histogram.add(&counted.buckets, counted.sum);
+        }
+    }
 }
 
 fn route_counters(m: &RouteMetrics) -> [&Counter; 4] {
@@ -476,6 +486,12 @@ pub async fn relay_streams(
                         Exit::Ended => break,
                         Exit::Move(pool, thread) => (pool, thread),
                     };
+                // Counts so far go out here: the thread arms its own deadline for the next.
+                add_counts(
+                    relay.take_counts(),
+                    route_counters(metrics),
+                    &metrics.message_sizes,
+                );
                 let Tcp { client, upstream } = tcp;
                 // Boxed: the moved relay's future would otherwise widen every relay's task.
                 let moved = Box::pin(thread.relay(
@@ -514,7 +530,11 @@ pub async fn relay_streams(
             }
         }
     }
-    add_counts(relay.take_counts(), route_counters(metrics));
+    add_counts(
+        relay.take_counts(),
+        route_counters(metrics),
+        &metrics.message_sizes,
+    );
     relay.stats()
 }
 
@@ -553,7 +573,11 @@ async fn run<'o, T: Transport>(
                     relay.note_activity(std::time::Instant::now());
                 }
                 if relay.counts_due() {
-                    add_counts(relay.take_counts(), route_counters(metrics));
+                    add_counts(
+                        relay.take_counts(),
+                        route_counters(metrics),
+                        &metrics.message_sizes,
+                    );
                 }
                 // A step stops only once nothing can move, with a waker registered for
                 // everything it waits on. Unless the relay is winding down (what the loop
@@ -568,9 +592,20 @@ async fn run<'o, T: Transport>(
                     move_due = true;
                     return Poll::Ready(());
                 }
+                // Counts began to wait in this step: go round the loop once to arm their
+                // deadline (COUNTS_DUE_AFTER), so a connection that goes quiet now still
+                // has them flushed.
+                if relay.wants_counts_timer() {
+                    return Poll::Ready(());
+                }
                 Poll::Pending
             }) => {}
-            _ = fire(&mut timer) => log_timeout(&relay.handle_timeout(std::time::Instant::now())),
+            _ = fire(&mut timer) => {
+                log_timeout(&relay.handle_timeout(std::time::Instant::now()));
+                if relay.counts_due() {
+                    add_counts(relay.take_counts(), route_counters(metrics), &metrics.message_sizes);
+                }
+            }
         }
         if move_due {
             match offload.and_then(|pool| Some((pool, pool.thread()?))) {

@@ -29,7 +29,7 @@ use super::{access, auth, handshake, upstream, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
 use crate::telemetry::access_log::{AccessEntry, CloseRecord, Closer, RelayTotals};
-use crate::telemetry::CloseTo;
+use crate::telemetry::{CloseSide, CloseTo};
 
 /// A client's WebSocket upgrade request, as either path read its head.
 pub struct UpgradeRequest<'r> {
@@ -289,6 +289,20 @@ impl RelayAccount {
         if let Some(code) = stats.injected_to_upstream {
             metrics.close_sent(CloseTo::Backend, code);
         }
+        // Closes by who sent them, and how long the connection lived (process-wide).
+        for (side, code) in [
+            (CloseSide::Client, stats.client_close),
+            (CloseSide::Backend, stats.backend_close),
+            (CloseSide::Wsgate, stats.injected_to_client),
+            (CloseSide::Wsgate, stats.injected_to_upstream),
+        ] {
+            if let Some(code) = code {
+                metrics.close_seen(side, code);
+            }
+        }
+        metrics
+            .connection_seconds
+            .observe(self.started.elapsed().as_secs_f64());
         drop(self.load);
         if let Some(mut entry) = self.access {
             let record = &mut entry.record;

@@ -2,12 +2,17 @@
 //! the data plane only increments handles it already holds.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -148,6 +153,121 @@ struct FailureLabel {
     reason: FailureReason,
 }
 
+/// Who sent a Close frame: the `side` label of `wsgate_closes_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum CloseSide {
+    Client,
+    Backend,
+    /// wsgate's own Close (to either side).
+    Wsgate,
+}
+
+impl EncodeLabelValue for CloseSide {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(match self {
+            CloseSide::Client => "client",
+            CloseSide::Backend => "backend",
+            CloseSide::Wsgate => "wsgate",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosesLabel {
+    route: String,
+    side: CloseSide,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: Direction,
+}
+
+/// Upper bounds (bytes) of `wsgate_message_size_bytes`' buckets (64 × 4^i), one bucket
+/// more above the last. The relay counts into buckets of these itself (`proxy::frame`).
+pub const MESSAGE_SIZE_BOUNDS: [u64; 10] = [
+    64,
+    256,
+    1024,
+    4096,
+    16 * 1024,
+    64 * 1024,
+    256 * 1024,
+    1024 * 1024,
+    4 * 1024 * 1024,
+    16 * 1024 * 1024,
+];
+
+/// A histogram fed with bucket counts a relay kept itself (one add per bucket per flush,
+/// never a call per message): `wsgate_message_size_bytes`. Lock-free; cloned handles
+/// share the counts.
+#[derive(Clone, Debug, Default)]
+pub struct MessageSizeHistogram(Arc<SizeBuckets>);
+
+#[derive(Debug, Default)]
+struct SizeBuckets {
+    /// Not cumulative, as the relay counts them; the encoder accumulates.
+    counts: [AtomicU64; MESSAGE_SIZE_BOUNDS.len() + 1],
+    sum: AtomicU64,
+}
+
+impl MessageSizeHistogram {
+    /// Adds a relay's counts: `buckets[i]` messages in bucket i, `sum` bytes in all.
+    pub fn add(&self, buckets: &[u32; MESSAGE_SIZE_BOUNDS.len() + 1], sum: u64) {
+        for (count, n) in self.0.counts.iter().zip(buckets) {
+            if *n > 0 {
+                count.fetch_add(u64::from(*n), Ordering::Relaxed);
+            }
+        }
+        self.0.sum.fetch_add(sum, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for MessageSizeHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for MessageSizeHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        let mut buckets = [(f64::MAX, 0u64); MESSAGE_SIZE_BOUNDS.len() + 1];
+        let mut count = 0;
+        for (i, bucket) in buckets.iter_mut().enumerate() {
+            if let Some(bound) = MESSAGE_SIZE_BOUNDS.get(i) {
+                bucket.0 = *bound as f64;
+            }
+            bucket.1 = self.0.counts[i].load(Ordering::Relaxed);
+            count += bucket.1;
+        }
+        let sum = self.0.sum.load(Ordering::Relaxed) as f64;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+fn connection_duration_histogram() -> Histogram {
+    // 100 ms .. a day: a WebSocket lives from a page view to a shift.
+    Histogram::new(
+        [
+            0.1,
+            1.0,
+            10.0,
+            60.0,
+            300.0,
+            900.0,
+            1800.0,
+            3600.0,
+            4.0 * 3600.0,
+            12.0 * 3600.0,
+            86400.0,
+        ]
+        .into_iter(),
+    )
+}
+
 fn connect_histogram() -> Histogram {
     // 100 µs .. ~3.3 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
@@ -182,6 +302,10 @@ pub struct Metrics {
     offload: OffloadMetrics,
     /// Access log records dropped because the writer was behind (`--access-log`).
     pub access_log_dropped: Counter,
+    /// Per-message telemetry (issue 21 item 3): process-wide histograms, closes per route.
+    message_sizes: Family<DirectionLabel, MessageSizeHistogram>,
+    connection_seconds: Histogram,
+    closes_total: Family<ClosesLabel, Counter>,
     /// Handles already resolved, by route: a rebuild of 10,000 routes then costs one map
     /// lookup per route instead of sixteen family lookups with label allocations.
     resolved: std::sync::Mutex<std::collections::HashMap<String, RouteMetrics>>,
@@ -219,6 +343,9 @@ impl Metrics {
             route_problems: Gauge::default(),
             offload: Default::default(),
             access_log_dropped: Counter::default(),
+            message_sizes: Family::default(),
+            connection_seconds: connection_duration_histogram(),
+            closes_total: Family::default(),
             resolved: Default::default(),
             registry: Registry::default(),
         };
@@ -302,6 +429,21 @@ impl Metrics {
             "Access log lines dropped because the writer was behind (the channel to it was full)",
             m.access_log_dropped.clone(),
         );
+        registry.register(
+            "message_size_bytes",
+            "Payload size of WebSocket data messages relayed, by direction (process-wide)",
+            m.message_sizes.clone(),
+        );
+        registry.register(
+            "connection_duration_seconds",
+            "How long relayed WebSocket connections lasted, from the 101 to the end (process-wide)",
+            m.connection_seconds.clone(),
+        );
+        registry.register(
+            "closes",
+            "Close frames seen on relayed connections when they end, by who sent them (client, backend, wsgate) and code",
+            m.closes_total.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -358,6 +500,14 @@ impl Metrics {
             }),
             closes_sent: self.closes_sent_total.clone(),
             route: route.into(),
+            message_sizes: [Direction::ClientToUpstream, Direction::UpstreamToClient].map(
+                |direction| {
+                    self.message_sizes
+                        .get_or_create_owned(&DirectionLabel { direction })
+                },
+            ),
+            connection_seconds: self.connection_seconds.clone(),
+            closes: self.closes_total.clone(),
             refusals: RefusalReason::ALL.map(|reason| {
                 self.refusals_total.get_or_create_owned(&RefusalLabel {
                     route: route.to_string(),
@@ -413,6 +563,13 @@ pub struct RouteMetrics {
     /// first use rather than eight per route up front).
     closes_sent: Family<CloseLabel, Counter>,
     route: std::sync::Arc<str>,
+    /// The process-wide message-size histograms, client → backend and back (shared by
+    /// every route: not per route unless a route asks, which none can yet).
+    pub message_sizes: [MessageSizeHistogram; 2],
+    /// The process-wide connection-duration histogram.
+    pub connection_seconds: Histogram,
+    /// `wsgate_closes_total`, series made on first use.
+    closes: Family<ClosesLabel, Counter>,
 }
 
 impl RouteMetrics {
@@ -431,6 +588,18 @@ impl RouteMetrics {
             .get_or_create(&CloseLabel {
                 route: self.route.to_string(),
                 to,
+                code,
+            })
+            .inc();
+    }
+
+    /// A Close frame with `code` that `side` sent on a relay that ended. Called once per
+    /// Close at a connection's end, never per message.
+    pub fn close_seen(&self, side: CloseSide, code: u16) {
+        self.closes
+            .get_or_create(&ClosesLabel {
+                route: self.route.to_string(),
+                side,
                 code,
             })
             .inc();

@@ -6,5 +6,6 @@ pub mod logging;
 mod metrics;
 
 pub use metrics::{
-    CloseTo, Direction, FailureReason, Metrics, OffloadMetrics, RefusalReason, RouteMetrics,
+    CloseSide, CloseTo, Direction, FailureReason, MessageSizeHistogram, Metrics, OffloadMetrics,
+    RefusalReason, RouteMetrics, MESSAGE_SIZE_BOUNDS,
 };

@@ -23,13 +23,19 @@
 use std::time::{Duration, Instant};
 
 use crate::proxy::frame::{
-    close_code, close_frame, Extensions, FrameRules, FrameTracker, Violation,
+    close_code, close_frame, Extensions, FrameRules, FrameTracker, MessageSizes, Violation,
 };
 
 /// Flush byte and message counts to the shared metrics at least this often (in bytes), so
 /// a long-lived connection shows up before it ends without touching shared counters per
 /// read.
 const COUNTS_DUE_BYTES: u64 = 256 * 1024;
+
+/// Flush counts at most this long after the first byte they count, so a quiet long-lived
+/// connection's last messages show up without waiting for 256 KiB more or its end. The
+/// deadline exists only while counts are waiting: an idle connection whose counts went out
+/// has no timer for it.
+pub const COUNTS_DUE_AFTER: Duration = Duration::from_secs(10);
 
 /// The two ends of a relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,12 +207,15 @@ pub enum Timeout {
 }
 
 /// Byte and message counts since the last [`Relay::take_counts`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub bytes_up: u64,
     pub messages_up: u64,
     pub bytes_down: u64,
     pub messages_down: u64,
+    /// The sizes of those messages, client → backend (None: no message).
+    pub sizes_up: Option<Box<MessageSizes>>,
+    pub sizes_down: Option<Box<MessageSizes>>,
 }
 
 /// One direction: bytes read from the source side, written to the destination side.
@@ -414,6 +423,13 @@ pub struct Relay {
     /// Who closed first (see [`ClosedBy`]); a new Close of wsgate's own records itself with
     /// [`Relay::closed_by_us`].
     closed_by: Option<ClosedBy>,
+    /// When counts waiting since the first read after the last [`Relay::take_counts`] are
+    /// due ([`COUNTS_DUE_AFTER`]); None while nothing waits.
+    counts_at: Option<Instant>,
+    /// `counts_at` went out through [`Relay::poll_deadline`] (the driver armed it).
+    counts_armed: bool,
+    /// `counts_at` passed: [`Relay::counts_due`] says so.
+    counts_stale: bool,
 }
 
 /// The Close frames wsgate sends on its own behalf (a byte, not a code and a string, in
@@ -496,6 +512,9 @@ impl Relay {
             close_at: config.close_at,
             clock: config.clock,
             closed_by: None,
+            counts_at: None,
+            counts_armed: false,
+            counts_stale: false,
         }
     }
 
@@ -544,6 +563,9 @@ impl Relay {
     pub fn handle_read<'a>(&mut self, from: Side, bytes: &'a [u8]) -> Forward<'a> {
         let to = from.other();
         let clock = self.clock;
+        if self.counts_at.is_none() {
+            self.start_counts_clock();
+        }
         let flow = self.flow_from(from);
         let mut fwd = Forward {
             to,
@@ -705,8 +727,21 @@ impl Relay {
         self.last_activity = now;
     }
 
-    /// The deadline returned by [`Relay::poll_deadline`] passed (or may have).
+    /// The first read since counts were last taken: they are due within
+    /// [`COUNTS_DUE_AFTER`] (one clock read per flush, not per read).
+    #[cold]
+    fn start_counts_clock(&mut self) {
+        self.counts_at = Some((self.clock)() + COUNTS_DUE_AFTER);
+        self.counts_armed = false;
+    }
+
+    /// The deadline returned by [`Relay::poll_deadline`] passed (or may have). Counts
+    /// waiting past their deadline become due ([`Relay::counts_due`]): the driver flushes
+    /// them after this call, whatever it returns.
     pub fn handle_timeout(&mut self, now: Instant) -> Timeout {
+        if self.counts_at.is_some_and(|at| at <= now) {
+            self.counts_stale = true;
+        }
         if self.linger_at.is_some_and(|at| at <= now) {
             self.end = Some(RelayEnd::LingerExpired);
             return Timeout::LingerExpired;
@@ -781,7 +816,15 @@ impl Relay {
     /// every connection asks [`Relay::poll_deadline`] only then.
     #[inline]
     pub fn wants_timer(&self) -> bool {
-        self.idle.is_some() || self.close_at.is_some() || self.winding
+        self.idle.is_some() || self.close_at.is_some() || self.winding || self.wants_counts_timer()
+    }
+
+    /// Counts started waiting and their deadline has not gone out through
+    /// [`Relay::poll_deadline`] yet: a driver that sleeps between steps without asking for
+    /// the deadline asks now (once per flush period).
+    #[inline]
+    pub fn wants_counts_timer(&self) -> bool {
+        self.counts_at.is_some() && !self.counts_armed
     }
 
     /// Whether the driver must call [`Relay::note_activity`] when bytes move.
@@ -796,7 +839,9 @@ impl Relay {
             self.linger_at = Some(now() + self.linger);
         }
         let idle_at = self.idle.map(|idle| self.last_activity + idle);
-        [idle_at, self.linger_at, self.close_at]
+        self.counts_armed = self.counts_at.is_some();
+        let counts_at = self.counts_at.filter(|_| !self.counts_stale);
+        [idle_at, self.linger_at, self.close_at, counts_at]
             .into_iter()
             .flatten()
             .min()
@@ -846,6 +891,7 @@ impl Relay {
     pub fn counts_due(&self) -> bool {
         self.up.bytes - self.up.bytes_counted > COUNTS_DUE_BYTES
             || self.down.bytes - self.down.bytes_counted > COUNTS_DUE_BYTES
+            || self.counts_stale
     }
 
     /// Counts since the last call.
@@ -859,11 +905,16 @@ impl Relay {
         };
         let (bytes_up, messages_up) = take(&mut self.up);
         let (bytes_down, messages_down) = take(&mut self.down);
+        self.counts_at = None;
+        self.counts_armed = false;
+        self.counts_stale = false;
         Counts {
             bytes_up,
             messages_up,
             bytes_down,
             messages_down,
+            sizes_up: self.up.tracker.take_sizes(),
+            sizes_down: self.down.tracker.take_sizes(),
         }
     }
 

@@ -669,3 +669,44 @@ fn the_first_to_close_is_recorded_with_its_code() {
     // A Close without a code reports 1005.
     assert_eq!(stats.client_close, Some(1005));
 }
+
+/// Counts waiting are due COUNTS_DUE_AFTER after the first read that made them, through
+/// the relay's deadline (asked for once); once taken, a quiet relay has no deadline. The
+/// message sizes come with them.
+#[test]
+fn waiting_counts_get_a_deadline_and_a_quiet_relay_none() {
+    let config = RelayConfig {
+        clock: fake_now,
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::new(config, 1 << 20);
+    assert!(!sim.relay.wants_timer());
+    // Pins the fake clock.
+    advance_fake_clock(Duration::ZERO);
+    let start = fake_now();
+    sim.read(Side::Client, &text(&[b'x'; 100], true));
+    sim.read(Side::Backend, &text(&[b'y'; 10], false));
+    assert!(sim.relay.wants_counts_timer() && sim.relay.wants_timer());
+    assert!(!sim.relay.counts_due());
+    let at = sim.relay.poll_deadline(fake_now);
+    assert_eq!(at, Some(start + COUNTS_DUE_AFTER));
+    assert!(!sim.relay.wants_counts_timer(), "asked for once");
+    assert_eq!(
+        sim.relay.handle_timeout(start + COUNTS_DUE_AFTER / 2),
+        Timeout::Nothing
+    );
+    assert!(!sim.relay.counts_due());
+    assert_eq!(
+        sim.relay.handle_timeout(start + COUNTS_DUE_AFTER),
+        Timeout::Nothing
+    );
+    assert!(sim.relay.counts_due());
+    let counts = sim.relay.take_counts();
+    assert_eq!((counts.messages_up, counts.messages_down), (1, 1));
+    let up = counts.sizes_up.expect("sizes up");
+    assert_eq!((up.buckets[1], up.sum), (1, 100));
+    assert_eq!(counts.sizes_down.expect("sizes down").buckets[0], 1);
+    assert!(!sim.relay.counts_due());
+    assert!(!sim.relay.wants_timer());
+    assert_eq!(sim.relay.poll_deadline(fake_now), None);
+}

@@ -17,7 +17,7 @@ use super::super::{
     Timeout, READ_BUF,
 };
 use super::{Command, WAKE};
-use crate::telemetry::RouteMetrics;
+use crate::telemetry::{MessageSizeHistogram, RouteMetrics};
 
 /// Readiness the thread knows of, from edge-triggered events; cleared when a call finds
 /// the socket drained (a short read) or full (a write that left a backlog).
@@ -54,16 +54,19 @@ impl Ready {
 }
 
 /// The route's counters, flushed from the thread as bytes pass.
-pub(super) struct Counters([Counter; 4]);
+pub(super) struct Counters([Counter; 4], [MessageSizeHistogram; 2]);
 
 impl Counters {
     pub(super) fn of(m: &RouteMetrics) -> Self {
-        Counters(route_counters(m).map(Counter::clone))
+        Counters(
+            route_counters(m).map(Counter::clone),
+            m.message_sizes.clone(),
+        )
     }
 
     fn add(&self, counts: Counts) {
         let [a, b, c, d] = &self.0;
-        add_counts(counts, [a, b, c, d]);
+        add_counts(counts, [a, b, c, d], &self.1);
     }
 }
 
@@ -406,6 +409,10 @@ impl Loop {
                         .set(Ready::CLIENT_WRITE | Ready::UPSTREAM_WRITE, true);
                 }
                 Timeout::Nothing => {}
+            }
+            // Counts past their deadline (COUNTS_DUE_AFTER) go out even with no byte moving.
+            if conn.relay.counts_due() {
+                conn.counters.add(conn.relay.take_counts());
             }
             self.settle(key, clock);
         }
