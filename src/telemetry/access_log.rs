@@ -291,6 +291,7 @@ fn write_lines(rx: mpsc::Receiver<Msg>, out: Box<dyn Write + Send>, format: Acce
     let mut out = io::BufWriter::with_capacity(BUFFER_BYTES, out);
     let mut line = String::with_capacity(512);
     let mut flush_at: Option<Instant> = None;
+    let mut clock = LineClock::default();
     let mut failed = false;
     let report = |r: io::Result<()>, failed: &mut bool| {
         if let Err(e) = r {
@@ -310,9 +311,10 @@ fn write_lines(rx: mpsc::Receiver<Msg>, out: Box<dyn Write + Send>, format: Acce
         match msg {
             Ok(Msg::Line(entry)) => {
                 line.clear();
+                let time = clock.format(entry.time);
                 match format {
-                    AccessLogFormat::Json => json_line(&mut line, entry.time, &entry.record),
-                    AccessLogFormat::Text => text_line(&mut line, entry.time, &entry.record),
+                    AccessLogFormat::Json => json_line(&mut line, time, &entry.record),
+                    AccessLogFormat::Text => text_line(&mut line, time, &entry.record),
                 }
                 drop(entry);
                 line.push('\n');
@@ -356,7 +358,8 @@ enum Value<'a> {
 }
 
 fn fields(time: &str, r: &AccessRecord, mut field: impl FnMut(&str, Value<'_>)) {
-    let client = r.client.to_string();
+    let mut client = String::with_capacity(48);
+    let _ = write!(client, "{}", r.client);
     field("time", Value::Str(time));
     field("kind", Value::Str(r.kind.as_str()));
     field("request_id", Value::Str(&r.request_id));
@@ -394,11 +397,10 @@ fn fields(time: &str, r: &AccessRecord, mut field: impl FnMut(&str, Value<'_>)) 
     }
 }
 
-fn json_line(out: &mut String, time: SystemTime, r: &AccessRecord) {
-    let time = rfc3339_millis(time);
+fn json_line(out: &mut String, time: &str, r: &AccessRecord) {
     out.push('{');
     let mut first = true;
-    fields(&time, r, |name, value| {
+    fields(time, r, |name, value| {
         if !first {
             out.push(',');
         }
@@ -408,19 +410,16 @@ fn json_line(out: &mut String, time: SystemTime, r: &AccessRecord) {
         out.push_str("\":");
         match value {
             Value::Str(s) => json_string(out, s),
-            Value::Num(n) => {
-                let _ = write!(out, "{n}");
-            }
+            Value::Num(n) => decimal(out, n),
             Value::Millis(d) => millis(out, d),
         }
     });
     out.push('}');
 }
 
-fn text_line(out: &mut String, time: SystemTime, r: &AccessRecord) {
-    let time = rfc3339_millis(time);
+fn text_line(out: &mut String, time: &str, r: &AccessRecord) {
     let mut first = true;
-    fields(&time, r, |name, value| {
+    fields(time, r, |name, value| {
         if !first {
             out.push(' ');
         }
@@ -437,9 +436,7 @@ fn text_line(out: &mut String, time: SystemTime, r: &AccessRecord) {
             }
             // Quoted like a JSON string: spaces, quotes and line breaks stay on one line.
             Value::Str(s) => json_string(out, s),
-            Value::Num(n) => {
-                let _ = write!(out, "{n}");
-            }
+            Value::Num(n) => decimal(out, n),
             Value::Millis(d) => millis(out, d),
         }
     });
@@ -447,13 +444,43 @@ fn text_line(out: &mut String, time: SystemTime, r: &AccessRecord) {
 
 /// Milliseconds with three decimals (microseconds).
 fn millis(out: &mut String, d: Duration) {
-    let micros = d.as_micros();
-    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    decimal(out, micros / 1000);
+    let frac = micros % 1000;
+    out.push('.');
+    for digit in [frac / 100, frac / 10 % 10, frac % 10] {
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
-/// `s` as a JSON string, quotes included (control characters escaped).
+/// `n` in decimal, without `fmt`'s machinery (a line has a dozen numbers).
+fn decimal(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or("0"));
+}
+
+/// `s` as a JSON string, quotes included (control characters escaped). Most values need
+/// no escape: they are copied whole.
 fn json_string(out: &mut String, s: &str) {
     out.push('"');
+    if !s
+        .bytes()
+        .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
+    {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -468,6 +495,36 @@ fn json_string(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+/// The writer's timestamps: the date and time to the second are formatted once per
+/// second, the milliseconds per line.
+#[derive(Default)]
+struct LineClock {
+    second: u64,
+    text: String,
+}
+
+impl LineClock {
+    fn format(&mut self, t: SystemTime) -> &str {
+        let d = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        if self.text.is_empty() || d.as_secs() != self.second {
+            self.second = d.as_secs();
+            self.text = rfc3339_millis(t);
+        } else {
+            // Same second: only the milliseconds change ("…:SS.mmmZ").
+            let ms = d.subsec_millis();
+            let at = self.text.len() - 4;
+            self.text.truncate(at);
+            for digit in [ms / 100, ms / 10 % 10, ms % 10] {
+                self.text.push(char::from(b'0' + digit as u8));
+            }
+            self.text.push('Z');
+        }
+        &self.text
+    }
 }
 
 /// `2026-12-07T06:01:02.345Z`.
@@ -542,20 +599,30 @@ mod tests {
         );
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339_millis(leap), "2000-02-29T00:00:00.000Z");
+        let mut clock = LineClock::default();
+        assert_eq!(clock.format(t), "2026-12-07T06:01:02.345Z");
+        let later = t + Duration::from_millis(607);
+        assert_eq!(clock.format(later), "2026-12-07T06:01:02.952Z");
+        let next = t + Duration::from_millis(700);
+        assert_eq!(clock.format(next), "2026-12-07T06:01:03.045Z");
+        assert_eq!(
+            clock.format(t + Duration::from_millis(5)),
+            "2026-12-07T06:01:02.350Z"
+        );
     }
 
     #[test]
     fn a_json_line_parses_and_a_text_line_stays_one_line() {
         let r = record();
         let mut json = String::new();
-        json_line(&mut json, SystemTime::UNIX_EPOCH, &r);
+        json_line(&mut json, "1970-01-01T00:00:00.000Z", &r);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["path"], "/chat?room=a b\"\n");
         assert_eq!(v["upgrade_ms"].as_f64(), Some(1.5));
         assert_eq!(v["closed_by"], "wsgate");
         assert_eq!(v["close_code"], 1001);
         let mut text = String::new();
-        text_line(&mut text, SystemTime::UNIX_EPOCH, &r);
+        text_line(&mut text, "1970-01-01T00:00:00.000Z", &r);
         assert!(!text.contains('\n'), "{text}");
         assert!(text.contains(r#"path="/chat?room=a b\"\n""#), "{text}");
         assert!(text.contains("endpoint=- "), "{text}");

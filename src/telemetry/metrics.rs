@@ -250,22 +250,19 @@ impl EncodeMetric for MessageSizeHistogram {
 
 fn connection_duration_histogram() -> Histogram {
     // 100 ms .. a day: a WebSocket lives from a page view to a shift.
-    Histogram::new(
-        [
-            0.1,
-            1.0,
-            10.0,
-            60.0,
-            300.0,
-            900.0,
-            1800.0,
-            3600.0,
-            4.0 * 3600.0,
-            12.0 * 3600.0,
-            86400.0,
-        ]
-        .into_iter(),
-    )
+    Histogram::new([
+        0.1,
+        1.0,
+        10.0,
+        60.0,
+        300.0,
+        900.0,
+        1800.0,
+        3600.0,
+        4.0 * 3600.0,
+        12.0 * 3600.0,
+        86400.0,
+    ])
 }
 
 fn connect_histogram() -> Histogram {
@@ -508,6 +505,7 @@ impl Metrics {
             ),
             connection_seconds: self.connection_seconds.clone(),
             closes: self.closes_total.clone(),
+            usual_closes: Arc::default(),
             refusals: RefusalReason::ALL.map(|reason| {
                 self.refusals_total.get_or_create_owned(&RefusalLabel {
                     route: route.to_string(),
@@ -570,7 +568,19 @@ pub struct RouteMetrics {
     pub connection_seconds: Histogram,
     /// `wsgate_closes_total`, series made on first use.
     closes: Family<ClosesLabel, Counter>,
+    /// The series of the usual Closes ([`USUAL_CLOSES`]), kept once made: most connection
+    /// ends then cost no label allocation and no family lookup.
+    usual_closes: Arc<[std::sync::OnceLock<Counter>; USUAL_CLOSES.len()]>,
 }
+
+/// The Closes most connections end with.
+const USUAL_CLOSES: [(CloseSide, u16); 5] = [
+    (CloseSide::Client, 1000),
+    (CloseSide::Backend, 1000),
+    (CloseSide::Client, 1001),
+    (CloseSide::Backend, 1001),
+    (CloseSide::Wsgate, 1001),
+];
 
 impl RouteMetrics {
     pub fn failure(&self, reason: FailureReason) {
@@ -596,13 +606,17 @@ impl RouteMetrics {
     /// A Close frame with `code` that `side` sent on a relay that ended. Called once per
     /// Close at a connection's end, never per message.
     pub fn close_seen(&self, side: CloseSide, code: u16) {
-        self.closes
-            .get_or_create(&ClosesLabel {
-                route: self.route.to_string(),
-                side,
-                code,
-            })
-            .inc();
+        let label = || ClosesLabel {
+            route: self.route.to_string(),
+            side,
+            code,
+        };
+        match USUAL_CLOSES.iter().position(|usual| *usual == (side, code)) {
+            Some(i) => self.usual_closes[i]
+                .get_or_init(|| self.closes.get_or_create_owned(&label()))
+                .inc(),
+            None => self.closes.get_or_create(&label()).inc(),
+        };
     }
 
     pub fn refusal(&self, reason: RefusalReason) {

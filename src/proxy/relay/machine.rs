@@ -739,8 +739,12 @@ impl Relay {
     /// waiting past their deadline become due ([`Relay::counts_due`]): the driver flushes
     /// them after this call, whatever it returns.
     pub fn handle_timeout(&mut self, now: Instant) -> Timeout {
-        if self.counts_at.is_some_and(|at| at <= now) {
-            self.counts_stale = true;
+        match self.counts_at {
+            Some(at) if at <= now => self.counts_stale = true,
+            // The deadline that fired was an earlier one (counts were taken since, and the
+            // driver kept its first deadline): ask for the new one.
+            Some(_) => self.counts_armed = false,
+            None => {}
         }
         if self.linger_at.is_some_and(|at| at <= now) {
             self.end = Some(RelayEnd::LingerExpired);
