@@ -10,6 +10,7 @@ use wsgate::app::{self, ServerOptions};
 use wsgate::model::{parse_duration, IpNet};
 use wsgate::proxy::{ClientAddressOptions, OffloadOptions};
 use wsgate::table::BackendRoots;
+use wsgate::telemetry::access_log::{AccessLogFormat, AccessLogOptions, AccessLogTarget};
 use wsgate::telemetry::logging::{self, LogFormat};
 use wsgate::telemetry::MetricsOptions;
 
@@ -184,6 +185,20 @@ struct RunArgs {
     /// `/v1/traces` under it). Off by default.
     #[arg(long, env = "WSGATE_OTLP_ENDPOINT", value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// The access log: one line per WebSocket connection when it ends, per proxied HTTP
+    /// request, and per answer wsgate gives itself. `off`, `stdout`, or a file path
+    /// (appended to). Written by its own thread; lines it cannot keep up with are dropped
+    /// and counted (`wsgate_access_log_dropped_total`), never waited for.
+    #[arg(
+        long,
+        env = "WSGATE_ACCESS_LOG",
+        value_name = "off|stdout|PATH",
+        default_value = "off"
+    )]
+    access_log: AccessLogTarget,
+    /// The access log's lines: one JSON object each, or `key=value` text.
+    #[arg(long, env = "WSGATE_ACCESS_LOG_FORMAT", value_enum, default_value_t = AccessLogFormat::Json)]
+    access_log_format: AccessLogFormat,
 }
 
 fn ip_net(s: &str) -> Result<IpNet, String> {
@@ -309,6 +324,10 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                 metrics: MetricsOptions {
                     per_route_histograms: args.per_route_histograms,
                 },
+                access_log: AccessLogOptions {
+                    target: args.access_log,
+                    format: args.access_log_format,
+                },
             };
             let sticky_key =
                 app::sticky_key(args.sticky_key_file.as_deref(), args.sticky_key.as_deref())?;
@@ -391,6 +410,7 @@ async fn run(command: Command, backend_roots: Option<BackendRoots>) -> anyhow::R
                 client_address: ClientAddressOptions::default(),
                 drain_jitter: false,
                 metrics: MetricsOptions::default(),
+                access_log: AccessLogOptions::default(),
             })
             .await?;
         }

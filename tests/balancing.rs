@@ -124,6 +124,7 @@ async fn replica(routes: &[Route], key: &StickyKey) -> (Server, Arc<Publisher>) 
             drain_jitter: false,
             tls_listen: None,
             metrics: Default::default(),
+            access_log: Default::default(),
         },
         Arc::clone(&publisher),
         metrics,

@@ -231,6 +231,7 @@ async fn endpoint_churn_keeps_live_connections_and_sends_new_ones_to_ready_endpo
                 drain_jitter: false,
                 tls_listen: None,
                 metrics: Default::default(),
+                access_log: Default::default(),
             },
             sticky_key: wsgate::balance::StickyKey::random(),
             backend_roots: wsgate::table::BackendRoots::none(),

@@ -685,6 +685,7 @@ async fn soak_cluster_a_thousand_connections_through_a_hundred_changes() {
                 drain_timeout: Duration::from_secs(2),
                 drain_jitter: true,
                 metrics: Default::default(),
+                access_log: Default::default(),
                 relay_offload: Default::default(),
                 listening_file: None,
                 max_connections: None,

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::proxy::{self, Drain, Gateway};
 use crate::table::Publisher;
+use crate::telemetry::access_log::{AccessLog, AccessLogOptions};
 use crate::telemetry::admin::{self, Readiness};
 use crate::telemetry::Metrics;
 
@@ -41,6 +42,8 @@ pub struct ServerOptions {
     pub drain_jitter: bool,
     /// Metric cardinality (`--per-route-histograms`); read where `Metrics` is made.
     pub metrics: crate::telemetry::MetricsOptions,
+    /// `--access-log` and `--access-log-format`.
+    pub access_log: AccessLogOptions,
 }
 
 pub struct Server {
@@ -83,14 +86,24 @@ impl Server {
             budget: options.drain_timeout,
             jitter: options.drain_jitter,
         };
+        let access_log = AccessLog::start(&options.access_log, metrics.access_log_dropped.clone())
+            .with_context(|| {
+                format!(
+                    "cannot open the access log {:?} (--access-log)",
+                    options.access_log.target
+                )
+            })?;
         let gateway = Gateway::new(
             Arc::clone(&publisher),
             Arc::clone(&metrics),
             Drain::new(),
-            options.relay_offload,
-            options.max_connections,
-            options.client_address.clone(),
-            drain_defaults,
+            proxy::GatewayOptions {
+                offload: options.relay_offload,
+                max_connections: options.max_connections,
+                client_address: options.client_address.clone(),
+                drain_defaults,
+                access_log,
+            },
         );
         // Gentle drains of removed and terminating endpoints, after every publish.
         tokio::spawn(proxy::drain::plan::run(
@@ -172,6 +185,14 @@ impl Server {
                 remaining = drain.active(),
                 "drain budget ran out; closing the remaining connections"
             );
+        }
+        if let Some(log) = &self.gateway.access_log {
+            // The writer flushes within 200 ms anyway; this makes sure the lines of the
+            // connections that just drained are out before the process exits. Blocking, but
+            // brief and once, at the end.
+            if !log.flush(std::time::Duration::from_secs(1)) {
+                tracing::warn!("the access log could not be flushed within 1 s");
+            }
         }
         if let Some(path) = &self.options.listening_file {
             // The file says where this process listens; it no longer does.

@@ -350,6 +350,37 @@ fn strip_access_token(path_and_query: &mut String) {
     *path_and_query = out;
 }
 
+/// `path_and_query` for a log line: every `access_token` parameter's value replaced by
+/// `[redacted]` (the parameter stays, so a reader sees that a token came in the query).
+/// Borrowed when there is none.
+pub(crate) fn redact_access_token(path_and_query: &str) -> std::borrow::Cow<'_, str> {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.into();
+    };
+    fn name(param: &str) -> &str {
+        param.split('=').next().unwrap_or("")
+    }
+    if !query.split('&').any(|p| is_access_token(name(p))) {
+        return path_and_query.into();
+    }
+    let mut out = String::with_capacity(path_and_query.len());
+    out.push_str(path);
+    out.push('?');
+    for (i, param) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        let name = name(param);
+        if is_access_token(name) {
+            out.push_str(name);
+            out.push_str("=[redacted]");
+        } else {
+            out.push_str(param);
+        }
+    }
+    out.into()
+}
+
 fn is_access_token(name: &str) -> bool {
     *percent_decode(name.as_bytes()) == *ACCESS_TOKEN_PARAM.as_bytes()
 }
@@ -521,5 +552,19 @@ mod tests {
     #[test]
     fn percent_decoding_keeps_malformed_escapes() {
         assert_eq!(&*percent_decode(b"a%2Eb%zz%4"), b"a.b%zz%4");
+    }
+
+    #[test]
+    fn access_token_values_are_redacted_for_logs() {
+        assert_eq!(redact_access_token("/a?x=1"), "/a?x=1");
+        assert_eq!(redact_access_token("/a"), "/a");
+        assert_eq!(
+            redact_access_token("/a?x=1&access_token=eyJ.secret&y=2&%61ccess_token=s2"),
+            "/a?x=1&access_token=[redacted]&y=2&%61ccess_token=[redacted]"
+        );
+        assert!(matches!(
+            redact_access_token("/a?x=1"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

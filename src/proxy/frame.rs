@@ -16,6 +16,8 @@
 
 use std::fmt;
 
+pub use crate::telemetry::MESSAGE_SIZE_BOUNDS;
+
 pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
 pub const OP_BINARY: u8 = 0x2;
@@ -94,6 +96,34 @@ impl Extensions {
         }
         found
     }
+}
+
+/// Message sizes of one direction since they were last taken: a count per bucket of
+/// [`MESSAGE_SIZE_BOUNDS`] (plus one above) and the sum of the sizes. Kept per connection
+/// and flushed to the process-wide histogram with the byte counts, so a message costs two
+/// adds and no shared write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageSizes {
+    /// Not cumulative: `buckets[i]` counts messages in (bound[i-1], bound[i]]. u32: a flush
+    /// comes at least every 320 KiB, so fewer than 2^18 messages fit between two.
+    pub buckets: [u32; MESSAGE_SIZE_BOUNDS.len() + 1],
+    pub sum: u64,
+}
+
+impl MessageSizes {
+    #[inline(always)]
+    fn add(&mut self, len: u64) {
+        self.buckets[size_bucket(len)] += 1;
+        self.sum += len;
+    }
+}
+
+/// The bucket of a message of `len` payload bytes: bounds are 64 × 4^i, so the bucket is
+/// half the bit length of `len - 1` above 64's, without a search.
+#[inline(always)]
+pub fn size_bucket(len: u64) -> usize {
+    let bits = 64 - len.saturating_sub(1).leading_zeros();
+    ((bits.saturating_sub(5) / 2) as usize).min(MESSAGE_SIZE_BOUNDS.len())
 }
 
 /// What the frames of one direction must look like.
@@ -280,6 +310,12 @@ pub struct FrameTracker {
     pause_at_frame_end: bool,
     /// Stop in front of a Pong frame ([`At::PongAhead`]): the relay's Ping is unanswered.
     catch_pongs: bool,
+    /// The code of the Close that passed (1005, "no status", for a Close without one;
+    /// 0 until one passed): the access log's close code.
+    close_code: u16,
+    /// Sizes of the messages since [`FrameTracker::take_sizes`] (boxed, allocated at the
+    /// first message after a take: a quiet connection's tracker holds a null pointer).
+    sizes: Option<Box<MessageSizes>>,
 }
 
 /// Which first header bytes (FIN, RSV, opcode) are valid, as 256-bit sets, one row per
@@ -348,7 +384,30 @@ impl FrameTracker {
             held_close: None,
             pause_at_frame_end: false,
             catch_pongs: false,
+            close_code: 0,
+            sizes: None,
         }
+    }
+
+    /// The message sizes counted since the last call (None when no message passed).
+    pub fn take_sizes(&mut self) -> Option<Box<MessageSizes>> {
+        self.sizes.take()
+    }
+
+    /// A message of `len` payload bytes ended.
+    #[inline(always)]
+    fn count_size(&mut self, len: u64) {
+        match &mut self.sizes {
+            Some(sizes) => sizes.add(len),
+            None => self.first_size(len),
+        }
+    }
+
+    #[cold]
+    fn first_size(&mut self, len: u64) {
+        let mut sizes = Box::<MessageSizes>::default();
+        sizes.add(len);
+        self.sizes = Some(sizes);
     }
 
     /// True when nothing of a frame is half-way to the destination: a frame of our own may
@@ -481,6 +540,12 @@ impl FrameTracker {
     /// A Close frame passed completely in this direction.
     pub fn close_seen(&self) -> bool {
         self.close_seen
+    }
+
+    /// The code of the Close that passed in this direction (1005 when it carried none),
+    /// once one did.
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_seen.then_some(self.close_code)
     }
 
     /// How many bytes at the end of the read's forward are the Close frame, when the Close
@@ -617,6 +682,7 @@ impl FrameTracker {
                     break;
                 }
                 self.messages += 1;
+                self.count_size(u64::from(len7));
                 pos += frame_len;
             }
             if pos == bytes.len() {
@@ -674,6 +740,9 @@ impl FrameTracker {
                         let fin = b0 >> 7;
                         self.fragmented = fin == 0;
                         self.messages += u64::from(fin);
+                        if fin != 0 {
+                            self.count_size(self.message_len);
+                        }
                     }
                     pos += frame_len;
                     continue;
@@ -790,6 +859,9 @@ impl FrameTracker {
     #[inline]
     fn end_frame(&mut self) {
         self.messages += u64::from(self.ends_message);
+        if self.ends_message {
+            self.count_size(self.message_len);
+        }
         self.ends_message = false;
         self.remaining = 0;
         self.at = At::Boundary;
@@ -833,8 +905,9 @@ impl FrameTracker {
             let mut frame = self.held_close.take().unwrap_or_default();
             frame.extend_from_slice(&bytes[pos..pos + need]);
             match check_close(&frame) {
-                Ok(()) => {
+                Ok(code) => {
                     self.held_close = Some(frame);
+                    self.close_code = code;
                     self.close_passed();
                 }
                 Err(v) => self.fail(v),
@@ -843,7 +916,8 @@ impl FrameTracker {
         }
         let frame = &bytes[..pos + need];
         match check_close(frame) {
-            Ok(()) => {
+            Ok(code) => {
+                self.close_code = code;
                 out.forward = pos + need;
                 self.close_len = (pos + need) as u8;
                 self.close_passed();
@@ -921,12 +995,12 @@ fn payload_len(header: &[u8]) -> Result<u64, Violation> {
 }
 
 /// Checks a whole Close frame (header and payload): no payload, or a valid code and a
-/// UTF-8 reason.
-fn check_close(frame: &[u8]) -> Result<(), Violation> {
+/// UTF-8 reason. Returns its code (1005, "no status received", when it has none).
+fn check_close(frame: &[u8]) -> Result<u16, Violation> {
     let header_len = header_len_of(frame[1]);
     let payload = &frame[header_len..];
     match payload.len() {
-        0 => return Ok(()),
+        0 => return Ok(NO_STATUS),
         1 => return Err(Violation::CloseTooShort),
         _ => {}
     }
@@ -939,14 +1013,18 @@ fn check_close(frame: &[u8]) -> Result<(), Violation> {
             *b ^= key[i % 4];
         }
     }
-    if !valid_close_code(u16::from_be_bytes([plain[0], plain[1]])) {
+    let code = u16::from_be_bytes([plain[0], plain[1]]);
+    if !valid_close_code(code) {
         return Err(Violation::CloseCode);
     }
     if std::str::from_utf8(&plain[2..]).is_err() {
         return Err(Violation::CloseReasonNotUtf8);
     }
-    Ok(())
+    Ok(code)
 }
+
+/// The code reported for a Close frame without one (RFC 6455 §7.1.5; never sent).
+const NO_STATUS: u16 = 1005;
 
 /// Encodes a Close frame into `out` (cleared first). `mask` is Some for frames sent
 /// towards a backend, where RFC 6455 requires masking; the reason is cut to fit a

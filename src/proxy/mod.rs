@@ -60,6 +60,7 @@ use std::sync::Arc;
 
 use crate::table::admission::ConnectionCount;
 use crate::table::Publisher;
+use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::Metrics;
 
 /// What every connection of the data plane shares: the current route table, metrics and
@@ -82,6 +83,23 @@ pub struct Gateway {
     pub drain_defaults: DrainDefaults,
     /// Every live relay by route and endpoint, with its control handle.
     pub live: Arc<LiveRelays>,
+    /// `--access-log`: where each connection's and request's line goes (None: off).
+    pub access_log: Option<AccessLog>,
+}
+
+/// The operator's choices a `Gateway` is made with (the data plane's command-line options).
+#[derive(Default)]
+pub struct GatewayOptions {
+    /// `--relay-threads` and the rest of the relay offload.
+    pub offload: OffloadOptions,
+    /// `--max-connections`.
+    pub max_connections: Option<u32>,
+    /// `--trusted-proxies`, `--proxy-protocol`.
+    pub client_address: ClientAddressOptions,
+    /// `--drain-timeout`, `--drain-jitter`.
+    pub drain_defaults: DrainDefaults,
+    /// `--access-log` (started: `AccessLog::start`), None when off.
+    pub access_log: Option<AccessLog>,
 }
 
 impl Gateway {
@@ -89,11 +107,15 @@ impl Gateway {
         publisher: Arc<Publisher>,
         metrics: Arc<Metrics>,
         drain: Drain,
-        offload: OffloadOptions,
-        max_connections: Option<u32>,
-        client_address: ClientAddressOptions,
-        drain_defaults: DrainDefaults,
+        options: GatewayOptions,
     ) -> Arc<Self> {
+        let GatewayOptions {
+            offload,
+            max_connections,
+            client_address,
+            drain_defaults,
+            access_log,
+        } = options;
         let offload = Offload::new(offload, metrics.offload());
         Arc::new(Gateway {
             publisher,
@@ -105,6 +127,7 @@ impl Gateway {
             client_address,
             drain_defaults,
             live: Arc::default(),
+            access_log,
         })
     }
 }

@@ -11,6 +11,8 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response};
@@ -18,6 +20,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use tracing::field::Empty;
 
+use super::auth::redact_access_token;
 use super::error::{Error, Limited};
 use super::headers::X_REQUEST_ID;
 use super::refusal_log;
@@ -27,6 +30,7 @@ use crate::balance::PickContext;
 use crate::table::{CompiledRoute, RouteMatch, RouteTable};
 use crate::telemetry::otlp::{self, ConnectionSpan, SpanEnd};
 use crate::telemetry::trace_context::TraceContext;
+use crate::telemetry::access_log::{AccessEntry, AccessKind, AccessLog, AccessRecord};
 
 /// Largest request head forwarded (request line and headers); larger ones get 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -74,6 +78,9 @@ pub struct RequestCtx {
     /// The request's trace: boxed, as the connection's task keeps this context for the
     /// whole life of a relay.
     tracing: Box<Tracing>,
+    /// What the access log needs of the request, when the log is on (boxed: most
+    /// deployments run without it).
+    access: Option<Box<AccessCtx>>,
 }
 
 /// A request's trace context and exported span.
@@ -84,6 +91,19 @@ struct Tracing {
     /// and status as they become known, ends when this context is dropped unless a relay
     /// took it (`take_span`).
     otel: std::sync::Mutex<Option<ConnectionSpan>>,
+}
+
+/// A request's facts for its access log line.
+struct AccessCtx {
+    log: AccessLog,
+    /// When the request head had been read: the access log's durations start here.
+    received: Instant,
+    kind: AccessKind,
+    method: Option<Method>,
+    /// Path and query with `access_token`'s value redacted.
+    path: String,
+    /// The backend endpoint, once one is known.
+    endpoint: OnceLock<String>,
 }
 
 impl RequestCtx {
@@ -115,6 +135,16 @@ impl RequestCtx {
                 context: trace,
                 otel: std::sync::Mutex::new(otel),
             }),
+            access: gw.access_log.as_ref().map(|log| {
+                Box::new(AccessCtx {
+                    log: log.clone(),
+                    received: Instant::now(),
+                    kind: AccessKind::Http,
+                    method: None,
+                    path: String::new(),
+                    endpoint: OnceLock::new(),
+                })
+            }),
         };
         ctx.span.record("request_id", ctx.request_id());
         ctx.span
@@ -133,6 +163,9 @@ impl RequestCtx {
             endpoint: Some(endpoint),
             ..SpanEnd::default()
         });
+        if let Some(access) = &self.access {
+            let _ = access.endpoint.set(endpoint.to_string());
+        }
     }
 
     /// Records facts in the exported span, if there is one (one uncontended lock per fact,
@@ -159,6 +192,62 @@ impl RequestCtx {
     /// The W3C trace context the backend gets.
     pub fn trace(&self) -> &TraceContext {
         &self.tracing.context
+    }
+
+    /// The backend endpoint recorded for the access log (None when it is off).
+    pub fn endpoint(&self) -> Option<&str> {
+        self.access.as_ref()?.endpoint.get().map(String::as_str)
+    }
+
+    /// The request line, for the access log (a no-op when it is off): `kind` of request,
+    /// its method and target (path and query, `access_token`'s value redacted).
+    pub fn request_line(&mut self, kind: AccessKind, method: &Method, target: &str) {
+        if let Some(access) = &mut self.access {
+            access.kind = kind;
+            access.method = Some(method.clone());
+            access.path = redact_access_token(target).into_owned();
+        }
+    }
+
+    /// An access log record of this request with `status`, to finish and log when it ends
+    /// (`route`: the one it matched); None when the access log is off.
+    pub fn access_record(
+        &self,
+        route: Option<&CompiledRoute>,
+        status: u16,
+    ) -> Option<Box<AccessEntry>> {
+        let access = self.access.as_ref()?;
+        let mut record = AccessRecord::new(
+            access.received,
+            access.kind,
+            self.peer,
+            access.method.clone(),
+            access.path.clone(),
+        );
+        record.request_id = self.request_id().to_string();
+        if let Some(route) = route {
+            record.route = route.route.id.0.clone();
+        }
+        if let Some(endpoint) = access.endpoint.get() {
+            record.endpoint = endpoint.clone();
+        }
+        record.status = status;
+        Some(access.log.entry(record))
+    }
+
+    /// Logs an answer that ends here (wsgate's own, a backend's refusal of an upgrade) in
+    /// the access log, when it is on.
+    pub fn log_answer(
+        &self,
+        route: Option<&CompiledRoute>,
+        status: u16,
+        reason: Option<&'static str>,
+    ) {
+        if let Some(mut entry) = self.access_record(route, status) {
+            entry.record.reason = reason;
+            entry.record.duration = entry.record.received.elapsed();
+            entry.send();
+        }
     }
 
     /// The request id as text, for answers and logs.
@@ -229,12 +318,23 @@ impl RequestCtx {
     /// matched, if it got that far). Every such answer passes here once, on either path:
     /// a refusal by the edge's checks as `wsgate_refusals_total{reason}`, anything else as
     /// `wsgate_failures_total`.
+    ///
+    /// Each also gets its access log line (when the log is on): the status and the reason
+    /// label, unthrottled but bounded (a full access log channel drops and counts), while
+    /// the refusal log keeps the rate-limited diagnostic with the error's causes.
     pub fn failed(&self, gw: &Gateway, route: Option<&CompiledRoute>, e: &Error) {
         let status = e.status().as_u16();
         self.record_in_span(SpanEnd {
             status: Some(status),
             ..SpanEnd::default()
         });
+        if self.access.is_some() {
+            let reason = e
+                .refusal()
+                .map(|r| r.as_str())
+                .or_else(|| e.reason().map(|r| r.as_str()));
+            self.log_answer(route, status, reason);
+        }
         if let Some(reason) = e.refusal() {
             // The process's limit is no route's: counted without one.
             let route =

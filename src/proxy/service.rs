@@ -22,6 +22,7 @@ use super::request::{full, ProxyBody, RequestCtx, HEAD_READ_TIMEOUT, MAX_HEAD_BY
 use super::stream::Prefixed;
 use super::websocket::{self, Outcome, UpgradeRequest};
 use super::{access, auth, handshake, http as plain_http, Gateway};
+use crate::telemetry::access_log::{AccessEntry, AccessKind};
 
 /// hyper's read buffer: room for a head at the 431 limit plus what arrives behind it.
 const READ_BUF_BYTES: usize = 2 * MAX_HEAD_BYTES;
@@ -58,7 +59,14 @@ async fn handle(
     proto: &'static str,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let ctx = RequestCtx::new(&gw, peer, proto, req.headers());
+    let mut ctx = RequestCtx::new(&gw, peer, proto, req.headers());
+    let kind = if handshake::is_websocket_upgrade(req.headers()) {
+        AccessKind::WebSocket
+    } else {
+        AccessKind::Http
+    };
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    ctx.request_line(kind, req.method(), target);
     let head = head_size(&req);
     if head > MAX_HEAD_BYTES {
         let e = Error::HeadTooLarge {
@@ -68,7 +76,7 @@ async fn handle(
         ctx.failed(&gw, None, &e);
         return Ok(full(e.response(ctx.request_id())));
     }
-    if handshake::is_websocket_upgrade(req.headers()) {
+    if kind == AccessKind::WebSocket {
         return Ok(upgrade(&gw, &ctx, req).await);
     }
     let table = gw.publisher.current();
@@ -109,24 +117,81 @@ async fn handle(
             return Ok(full(e.response(ctx.request_id())));
         }
     }
-    Ok(
-        match plain_http::proxy(route, downstream, req, &ctx).await {
-            // The request holds its slots until its response body has been sent (an SSE
-            // stream or a held long poll is a connection in flight).
-            Ok(resp) if !admitted.is_empty() => resp.map(|body| {
-                AdmittedBody {
+    let resp = match plain_http::proxy(route, downstream, req, &ctx).await {
+        // Its access log line goes when the body has been sent (or the client left).
+        Ok(resp) => match ctx.access_record(Some(route), resp.status().as_u16()) {
+            Some(entry) => Ok(resp.map(|body| {
+                LoggedBody {
                     inner: body,
-                    _admitted: admitted,
+                    entry: Some(entry),
+                    bytes: 0,
                 }
                 .boxed_unsync()
-            }),
-            Ok(resp) => resp,
-            Err(e) => {
-                ctx.failed(&gw, Some(route), &e);
-                full(e.response(ctx.request_id()))
-            }
+            })),
+            None => Ok(resp),
         },
-    )
+        Err(e) => Err(e),
+    };
+    Ok(match resp {
+        // The request holds its slots until its response body has been sent (an SSE
+        // stream or a held long poll is a connection in flight).
+        Ok(resp) if !admitted.is_empty() => resp.map(|body| {
+            AdmittedBody {
+                inner: body,
+                _admitted: admitted,
+            }
+            .boxed_unsync()
+        }),
+        Ok(resp) => resp,
+        Err(e) => {
+            ctx.failed(&gw, Some(route), &e);
+            full(e.response(ctx.request_id()))
+        }
+    })
+}
+
+/// A response body that sends its request's access log line when it ends or is dropped
+/// (the client went away), with the bytes sent and the time it took.
+struct LoggedBody {
+    inner: ProxyBody,
+    entry: Option<Box<AccessEntry>>,
+    bytes: u64,
+}
+
+impl hyper::body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(mut entry) = self.entry.take() {
+            entry.record.duration = entry.record.received.elapsed();
+            entry.record.body_bytes = Some(self.bytes);
+            entry.send();
+        }
+    }
 }
 
 /// A response body that holds its request's `Admitted` slots until it ends.

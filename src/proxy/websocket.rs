@@ -21,7 +21,9 @@ use super::drain::{DrainSignal, LiveRelay};
 use super::error::{Error, Handshake};
 use super::frame::Extensions;
 use super::headers::strip_hop_by_hop;
-use super::relay::{relay_streams, Keepalive, MessageRate, Offload, RelayConfig, RelayStats, Side};
+use super::relay::{
+    relay_streams, ClosedBy, Keepalive, MessageRate, Offload, RelayConfig, RelayStats, Side,
+};
 use super::request::RequestCtx;
 use super::stream::Stream;
 use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
@@ -29,7 +31,8 @@ use super::{access, auth, handshake, upstream, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
 use crate::telemetry::otlp::{ConnectionSpan, SpanEnd};
-use crate::telemetry::CloseTo;
+use crate::telemetry::access_log::{AccessEntry, CloseRecord, Closer, RelayTotals};
+use crate::telemetry::{CloseSide, CloseTo};
 
 /// A client's WebSocket upgrade request, as either path read its head.
 pub struct UpgradeRequest<'r> {
@@ -114,6 +117,7 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
     };
     let close_at = authorized.close_at;
     authorized.apply(&route.route, &mut headers, &mut downstream);
+    let access = ctx.access_record(Some(route), 101);
     match open(route, headers, req.query, &downstream, ctx).await {
         Ok(Opened::Switched(switched)) => {
             let backend = Relaying {
@@ -140,6 +144,13 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
                 _admitted: admitted,
                 live,
                 otel: ctx.take_span(),
+                access: access.map(|mut entry| {
+                    // Known only now.
+                    if let Some(endpoint) = ctx.endpoint() {
+                        entry.record.endpoint = endpoint.to_string();
+                    }
+                    entry
+                }),
             };
             let answer = SwitchAnswer {
                 head: switched.head,
@@ -152,6 +163,7 @@ pub async fn serve_upgrade(gw: &Gateway, ctx: &RequestCtx, req: UpgradeRequest<'
                 status: Some(resp.status().as_u16()),
                 ..SpanEnd::default()
             });
+            ctx.log_answer(Some(route), resp.status().as_u16(), None);
             Outcome::Refused(resp)
         }
         Err(e) => {
@@ -258,6 +270,8 @@ pub struct RelayAccount {
     live: LiveRelay,
     /// The connection's exported span (`--otlp-endpoint`), ended by `ended`.
     otel: Option<ConnectionSpan>,
+    /// The connection's access log line, sent by `ended` (None: the log is off).
+    access: Option<Box<AccessEntry>>,
 }
 
 impl RelayAccount {
@@ -277,6 +291,10 @@ impl RelayAccount {
         offload: Option<&'a Offload>,
     ) -> impl Future<Output = RelayStats> + 'a {
         self.started = Instant::now();
+        if let Some(entry) = &mut self.access {
+            // The 101 has just been written (or handed to hyper, which wrote it).
+            entry.record.upgrade = Some(self.started - entry.record.received);
+        }
         let route = &self.table.routes()[self.route_index];
         route.metrics.connections_total().inc();
         route.metrics.connections_active().inc();
@@ -310,6 +328,21 @@ impl RelayAccount {
                 Side::Backend => CloseTo::Backend,
             });
         }
+        // Closes by who sent them, and how long the connection lived (process-wide).
+        for (side, code) in [
+            (CloseSide::Client, stats.client_close),
+            (CloseSide::Backend, stats.backend_close),
+            (CloseSide::Wsgate, stats.injected_to_client),
+            (CloseSide::Wsgate, stats.injected_to_upstream),
+        ] {
+            if let Some(code) = code {
+                metrics.close_seen(side, code);
+            }
+        }
+        metrics
+            .connection_seconds()
+            .observe(self.started.elapsed().as_secs_f64());
+        drop(self.load);
         if let Some(span) = self.otel {
             span.end(SpanEnd {
                 bytes_up: Some(stats.bytes_up),
@@ -319,7 +352,18 @@ impl RelayAccount {
                 ..SpanEnd::default()
             });
         }
-        drop(self.load);
+        if let Some(mut entry) = self.access {
+            let record = &mut entry.record;
+            record.duration = record.received.elapsed();
+            record.relay = Some(RelayTotals {
+                bytes_up: stats.bytes_up,
+                bytes_down: stats.bytes_down,
+                messages_up: stats.messages_up,
+                messages_down: stats.messages_down,
+            });
+            record.close = stats.closed_by.map(close_record);
+            entry.send();
+        }
         match stats.violation {
             Some((side, limit)) if limit.is_limit() => tracing::info!(
                 side = ?side,
@@ -347,6 +391,35 @@ impl RelayAccount {
             end = ?stats.end,
             "WebSocket connection ended"
         );
+    }
+}
+
+/// Who closed a relay first, as the access log says it.
+fn close_record(closed_by: ClosedBy) -> CloseRecord {
+    let closer = |side| match side {
+        Side::Client => Closer::Client,
+        Side::Backend => Closer::Backend,
+    };
+    match closed_by {
+        ClosedBy::Peer { side, code } => CloseRecord {
+            by: closer(side),
+            code,
+            reason: None,
+        },
+        ClosedBy::Gone(side) => CloseRecord {
+            by: closer(side),
+            // "Closed abnormally" (RFC 6455 §7.1.5): no Close frame came.
+            code: 1006,
+            reason: Some(match side {
+                Side::Client => "client connection ended without a Close",
+                Side::Backend => "backend connection ended without a Close",
+            }),
+        },
+        ClosedBy::Gateway(close) => CloseRecord {
+            by: Closer::Gateway,
+            code: close.code(),
+            reason: Some(close.reason()),
+        },
     }
 }
 

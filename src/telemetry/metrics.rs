@@ -25,13 +25,17 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +69,20 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    /// The reason in snake case, for the access log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::NoRoute => "no_route",
+            FailureReason::NoEndpoint => "no_endpoint",
+            FailureReason::ConnectFailed => "connect_failed",
+            FailureReason::ConnectTimeout => "connect_timeout",
+            FailureReason::BadRequest => "bad_request",
+            FailureReason::UpstreamStatus => "upstream_status",
+            FailureReason::UpstreamProtocol => "upstream_protocol",
+            FailureReason::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
     /// In declaration order (`reason as usize` indexes it).
     pub const ALL: [FailureReason; 8] = [
         FailureReason::NoRoute,
@@ -173,6 +191,118 @@ struct FailureLabel {
     reason: FailureReason,
 }
 
+/// Who sent a Close frame: the `side` label of `wsgate_closes_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum CloseSide {
+    Client,
+    Backend,
+    /// wsgate's own Close (to either side).
+    Wsgate,
+}
+
+impl EncodeLabelValue for CloseSide {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(match self {
+            CloseSide::Client => "client",
+            CloseSide::Backend => "backend",
+            CloseSide::Wsgate => "wsgate",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosesLabel {
+    route: String,
+    side: CloseSide,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: Direction,
+}
+
+/// Upper bounds (bytes) of `wsgate_message_size_bytes`' buckets (64 × 4^i), one bucket
+/// more above the last. The relay counts into buckets of these itself (`proxy::frame`).
+pub const MESSAGE_SIZE_BOUNDS: [u64; 10] = [
+    64,
+    256,
+    1024,
+    4096,
+    16 * 1024,
+    64 * 1024,
+    256 * 1024,
+    1024 * 1024,
+    4 * 1024 * 1024,
+    16 * 1024 * 1024,
+];
+
+/// A histogram fed with bucket counts a relay kept itself (one add per bucket per flush,
+/// never a call per message): `wsgate_message_size_bytes`. Lock-free; cloned handles
+/// share the counts.
+#[derive(Clone, Debug, Default)]
+pub struct MessageSizeHistogram(Arc<SizeBuckets>);
+
+#[derive(Debug, Default)]
+struct SizeBuckets {
+    /// Not cumulative, as the relay counts them; the encoder accumulates.
+    counts: [AtomicU64; MESSAGE_SIZE_BOUNDS.len() + 1],
+    sum: AtomicU64,
+}
+
+impl MessageSizeHistogram {
+    /// Adds a relay's counts: `buckets[i]` messages in bucket i, `sum` bytes in all.
+    pub fn add(&self, buckets: &[u32; MESSAGE_SIZE_BOUNDS.len() + 1], sum: u64) {
+        for (count, n) in self.0.counts.iter().zip(buckets) {
+            if *n > 0 {
+                count.fetch_add(u64::from(*n), Ordering::Relaxed);
+            }
+        }
+        self.0.sum.fetch_add(sum, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for MessageSizeHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for MessageSizeHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        let mut buckets = [(f64::MAX, 0u64); MESSAGE_SIZE_BOUNDS.len() + 1];
+        let mut count = 0;
+        for (i, bucket) in buckets.iter_mut().enumerate() {
+            if let Some(bound) = MESSAGE_SIZE_BOUNDS.get(i) {
+                bucket.0 = *bound as f64;
+            }
+            bucket.1 = self.0.counts[i].load(Ordering::Relaxed);
+            count += bucket.1;
+        }
+        let sum = self.0.sum.load(Ordering::Relaxed) as f64;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+fn connection_duration_histogram() -> Histogram {
+    // 100 ms .. a day: a WebSocket lives from a page view to a shift.
+    Histogram::new([
+        0.1,
+        1.0,
+        10.0,
+        60.0,
+        300.0,
+        900.0,
+        1800.0,
+        3600.0,
+        4.0 * 3600.0,
+        12.0 * 3600.0,
+        86400.0,
+    ])
+}
+
 fn connect_histogram() -> Histogram {
     // 100 µs .. ~3.3 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
@@ -250,7 +380,13 @@ struct Families {
     keepalive_timeouts_total: Family<UnansweredLabel, Counter>,
     bytes_total: Family<BytesLabel, Counter>,
     messages_total: Family<BytesLabel, Counter>,
+    /// `wsgate_closes_total{route,side,code}`: every Close seen when a connection ends.
+    closes_total: Family<ClosesLabel, Counter>,
     connect_seconds: RouteHistogram,
+    /// Process-wide (no route label): `wsgate_message_size_bytes{direction}`, client →
+    /// backend then back, and `wsgate_connection_duration_seconds`.
+    message_sizes: [MessageSizeHistogram; 2],
+    connection_seconds: Histogram,
     /// The `RouteMetrics` alive per route name: `Metrics::route` hands out the live one, so
     /// every generation and connection of a route shares one set of handles. An entry
     /// leaves when its `RouteSeries` is dropped, so the map holds the routes of live tables
@@ -274,6 +410,8 @@ pub struct Metrics {
     offload: OffloadMetrics,
     /// Gentle drains and rebalancing (`telemetry/drain.rs`).
     drain: super::DrainMetrics,
+    /// Access log records dropped because the writer was behind (`--access-log`).
+    pub access_log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -297,6 +435,8 @@ impl Metrics {
     pub fn with_options(options: MetricsOptions, extra: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::with_prefix("wsgate");
         extra(&mut registry);
+        // Both directions' series exist from the start: two process-wide series.
+        let message_sizes = Family::<DirectionLabel, MessageSizeHistogram>::default();
         let f = Families {
             connections_active: Family::default(),
             connections_total: Family::default(),
@@ -308,7 +448,17 @@ impl Metrics {
             keepalive_timeouts_total: Family::default(),
             bytes_total: Family::default(),
             messages_total: Family::default(),
+            closes_total: Family::default(),
             connect_seconds: RouteHistogram::new(options.per_route_histograms, connect_histogram),
+            message_sizes: [
+                message_sizes.get_or_create_owned(&DirectionLabel {
+                    direction: Direction::ClientToUpstream,
+                }),
+                message_sizes.get_or_create_owned(&DirectionLabel {
+                    direction: Direction::UpstreamToClient,
+                }),
+            ],
+            connection_seconds: connection_duration_histogram(),
             live: Default::default(),
         };
         let m = Metrics {
@@ -319,6 +469,7 @@ impl Metrics {
             route_problems: Gauge::default(),
             offload: Default::default(),
             drain: Default::default(),
+            access_log_dropped: Counter::default(),
             registry: Registry::default(),
             families: Arc::new(f),
         };
@@ -414,6 +565,26 @@ impl Metrics {
             m.offload.on_threads.clone(),
         );
         m.drain.register(&mut registry);
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer was behind (the channel to it was full)",
+            m.access_log_dropped.clone(),
+        );
+        registry.register(
+            "message_size_bytes",
+            "Payload size of WebSocket data messages relayed, by direction (process-wide)",
+            message_sizes,
+        );
+        registry.register(
+            "connection_duration_seconds",
+            "How long relayed WebSocket connections lasted, from the 101 to the end (process-wide)",
+            f.connection_seconds.clone(),
+        );
+        registry.register(
+            "closes",
+            "Close frames seen on relayed connections when they end, by who sent them (client, backend, wsgate) and code",
+            f.closes_total.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -510,7 +681,21 @@ struct RouteSeries {
     /// when a connection of a route with `keepalive` ends.
     keepalive_pings: [OnceLock<Counter>; 2],
     keepalive_timeouts: [OnceLock<Counter>; 2],
+    /// `wsgate_closes_total` of the usual Closes ([`USUAL_CLOSES`]), kept once made: most
+    /// connection ends then cost no label allocation and no lock.
+    usual_closes: [OnceLock<Counter>; USUAL_CLOSES.len()],
+    /// The other Close codes seen, made on first use (few per route).
+    other_closes: Mutex<Vec<(CloseSide, u16, Counter)>>,
 }
+
+/// The Closes most connections end with.
+const USUAL_CLOSES: [(CloseSide, u16); 5] = [
+    (CloseSide::Client, 1000),
+    (CloseSide::Backend, 1000),
+    (CloseSide::Client, 1001),
+    (CloseSide::Backend, 1001),
+    (CloseSide::Wsgate, 1001),
+];
 
 impl RouteSeries {
     fn new(route: Arc<str>, families: Arc<Families>) -> Self {
@@ -526,6 +711,16 @@ impl RouteSeries {
             closes_sent: Mutex::new(Vec::new()),
             keepalive_pings: Default::default(),
             keepalive_timeouts: Default::default(),
+            usual_closes: Default::default(),
+            other_closes: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn closes_label(&self, side: CloseSide, code: u16) -> ClosesLabel {
+        ClosesLabel {
+            route: self.route.to_string(),
+            side,
+            code,
         }
     }
 
@@ -597,6 +792,14 @@ impl RouteSeries {
                 code: *code,
             });
         }
+        for (cell, (side, code)) in self.usual_closes.iter().zip(USUAL_CLOSES) {
+            if cell.get().is_some() {
+                f.closes_total.remove(&self.closes_label(side, code));
+            }
+        }
+        for (side, code, _) in lock(&self.other_closes).iter() {
+            f.closes_total.remove(&self.closes_label(*side, *code));
+        }
     }
 
     /// Gives the handles this one resolved to `next`, the live `RouteSeries` of the same
@@ -623,15 +826,27 @@ impl RouteSeries {
         for (from, to) in self.keepalive_timeouts.iter().zip(&next.keepalive_timeouts) {
             give(from, to);
         }
-        let mine = std::mem::take(&mut *lock(&self.closes_sent));
-        let mut theirs = lock(&next.closes_sent);
-        for close in mine {
-            if !theirs
-                .iter()
-                .any(|(to, code, _)| (*to, *code) == (close.0, close.1))
-            {
-                theirs.push(close);
-            }
+        for (from, to) in self.usual_closes.iter().zip(&next.usual_closes) {
+            give(from, to);
+        }
+        merge_by_key(&self.closes_sent, &next.closes_sent);
+        merge_by_key(&self.other_closes, &next.other_closes);
+    }
+}
+
+/// Moves the `(key, key, handle)` entries of `from` that `to` lacks into `to`.
+fn merge_by_key<A: PartialEq + Copy, B: PartialEq + Copy, T>(
+    from: &Mutex<Vec<(A, B, T)>>,
+    to: &Mutex<Vec<(A, B, T)>>,
+) {
+    let mine = std::mem::take(&mut *lock(from));
+    let mut theirs = lock(to);
+    for entry in mine {
+        if !theirs
+            .iter()
+            .any(|(a, b, _)| (*a, *b) == (entry.0, entry.1))
+        {
+            theirs.push(entry);
         }
     }
 }
@@ -750,6 +965,43 @@ impl RouteMetrics {
                     })
             })
             .inc();
+    }
+
+    /// A Close frame with `code` that `side` sent on a relay that ended. Called once per
+    /// Close at a connection's end, never per message.
+    pub fn close_seen(&self, side: CloseSide, code: u16) {
+        let s = &self.0;
+        if let Some(i) = USUAL_CLOSES.iter().position(|usual| *usual == (side, code)) {
+            s.usual_closes[i]
+                .get_or_init(|| {
+                    s.families
+                        .closes_total
+                        .get_or_create_owned(&s.closes_label(side, code))
+                })
+                .inc();
+            return;
+        }
+        let mut closes = lock(&s.other_closes);
+        if let Some((_, _, c)) = closes.iter().find(|(d, k, _)| (*d, *k) == (side, code)) {
+            c.inc();
+            return;
+        }
+        let c = s
+            .families
+            .closes_total
+            .get_or_create_owned(&s.closes_label(side, code));
+        c.inc();
+        closes.push((side, code, c));
+    }
+
+    /// `wsgate_message_size_bytes`, client → backend then back (process-wide).
+    pub fn message_sizes(&self) -> &[MessageSizeHistogram; 2] {
+        &self.0.families.message_sizes
+    }
+
+    /// `wsgate_connection_duration_seconds` (process-wide).
+    pub fn connection_seconds(&self) -> &Histogram {
+        &self.0.families.connection_seconds
     }
 
     /// A Close frame of wsgate's own (`code`) went `to` a side of a relay that ended.

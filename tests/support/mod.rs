@@ -210,22 +210,12 @@ impl Gateway {
         max_connections: Option<u32>,
         client_address: wsgate::proxy::ClientAddressOptions,
     ) -> Gateway {
-        Self::start_server(
-            routes,
-            ServerOptions {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                tls_listen: Some("127.0.0.1:0".parse().unwrap()),
-                admin_listen: "127.0.0.1:0".parse().unwrap(),
-                shutdown_delay: Duration::ZERO,
-                drain_timeout,
-                relay_offload,
-                listening_file: None,
-                max_connections,
-                client_address,
-                drain_jitter: false,
-                metrics: Default::default(),
-            },
-        )
+        Self::start_with_options(routes, |options| {
+            options.drain_timeout = drain_timeout;
+            options.relay_offload = relay_offload;
+            options.max_connections = max_connections;
+            options.client_address = client_address;
+        })
         .await
     }
 
@@ -237,23 +227,37 @@ impl Gateway {
         drain_jitter: bool,
         relay_offload: OffloadOptions,
     ) -> Gateway {
-        Self::start_server(
-            routes,
-            ServerOptions {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                tls_listen: None,
-                admin_listen: "127.0.0.1:0".parse().unwrap(),
-                shutdown_delay: Duration::ZERO,
-                drain_timeout,
-                relay_offload,
-                listening_file: None,
-                max_connections: None,
-                client_address: Default::default(),
-                drain_jitter,
-                metrics: Default::default(),
-            },
-        )
+        Self::start_with_options(routes, |options| {
+            options.tls_listen = None;
+            options.drain_timeout = drain_timeout;
+            options.drain_jitter = drain_jitter;
+            options.relay_offload = relay_offload;
+        })
         .await
+    }
+
+    /// With the default options as `adjust` changes them (`--access-log`, and whatever
+    /// else `ServerOptions` holds).
+    pub async fn start_with_options(
+        routes: &[Route],
+        adjust: impl FnOnce(&mut ServerOptions),
+    ) -> Gateway {
+        let mut options = ServerOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            shutdown_delay: Duration::ZERO,
+            drain_timeout: Duration::from_secs(5),
+            relay_offload: OffloadOptions::default(),
+            listening_file: None,
+            max_connections: None,
+            client_address: Default::default(),
+            drain_jitter: false,
+            metrics: Default::default(),
+            access_log: Default::default(),
+        };
+        adjust(&mut options);
+        Self::start_server(routes, options).await
     }
 
     /// With these server options (listeners on loopback, port 0).

@@ -428,3 +428,55 @@ fn header_len_of_every_second_byte() {
         assert_eq!(super::header_len_of(b1), 2 + ext + mask, "b1 = {b1:#04x}");
     }
 }
+
+#[test]
+fn message_sizes_fall_in_their_buckets() {
+    for (len, bucket) in [
+        (0, 0),
+        (1, 0),
+        (64, 0),
+        (65, 1),
+        (256, 1),
+        (257, 2),
+        (4096, 3),
+        (4097, 4),
+        (16 << 20, 9),
+        ((16 << 20) + 1, 10),
+        (u64::MAX, 10),
+    ] {
+        assert_eq!(size_bucket(len), bucket, "{len}");
+    }
+    for (i, bound) in MESSAGE_SIZE_BOUNDS.iter().enumerate() {
+        assert_eq!(size_bucket(*bound), i);
+        assert_eq!(size_bucket(bound + 1), i + 1);
+    }
+}
+
+/// Whole small messages (the fast path), a fragmented one with a ping inside, and a large
+/// one split across reads are each counted once, by their payload size.
+#[test]
+fn each_message_size_is_counted_once() {
+    let rules = FrameRules {
+        masked: true,
+        extensions: Extensions::None,
+    };
+    let key = Some([1, 2, 3, 4]);
+    let mut stream = frame(OP_TEXT, true, &[b'a'; 10], key);
+    stream.extend(frame(OP_BINARY, true, &[b'b'; 100], key));
+    stream.extend(frame(OP_TEXT, false, &[b'c'; 200], key));
+    stream.extend(frame(OP_PING, true, b"p", key));
+    stream.extend(frame(OP_CONTINUATION, true, &[b'd'; 200], key));
+    stream.extend(frame(OP_BINARY, true, &vec![b'e'; 70_000], key));
+    let (out, mut tracker) = forwarded(rules, &stream, &[7, 1000, 5000]);
+    assert_eq!(out, stream);
+    assert_eq!(tracker.messages(), 4);
+    let sizes = tracker.take_sizes().expect("sizes");
+    let mut want = [0u32; MESSAGE_SIZE_BOUNDS.len() + 1];
+    want[0] = 1; // 10
+    want[1] = 1; // 100
+    want[2] = 1; // 400
+    want[6] = 1; // 70,000
+    assert_eq!(sizes.buckets, want);
+    assert_eq!(sizes.sum, 10 + 100 + 400 + 70_000);
+    assert!(tracker.take_sizes().is_none(), "taken");
+}

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::proxy::drain::CloseReason;
 use crate::proxy::frame::{
-    close_code, close_frame, Extensions, FrameRules, FrameTracker, Violation,
+    close_code, close_frame, Extensions, FrameRules, FrameTracker, MessageSizes, Violation,
 };
 
 mod keepalive;
@@ -34,6 +34,12 @@ pub use keepalive::Keepalive;
 /// a long-lived connection shows up before it ends without touching shared counters per
 /// read.
 const COUNTS_DUE_BYTES: u64 = 256 * 1024;
+
+/// Flush counts at most this long after the first byte they count, so a quiet long-lived
+/// connection's last messages show up without waiting for 256 KiB more or its end. The
+/// deadline exists only while counts are waiting: an idle connection whose counts went out
+/// has no timer for it.
+pub const COUNTS_DUE_AFTER: Duration = Duration::from_secs(10);
 
 /// The two ends of a relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +134,39 @@ pub struct RelayStats {
     pub pings_to_backend: u32,
     /// The side that did not answer a keep-alive Ping in time (treated as gone).
     pub unanswered: Option<Side>,
+    /// Who started the end: the first Close seen and its sender, a side that ended without
+    /// one, or a Close of wsgate's own (the access log's "who closed").
+    pub closed_by: Option<ClosedBy>,
+    /// The code of the Close the client sent (1005: none in it), if it sent one.
+    pub client_close: Option<u16>,
+    /// The code of the Close the backend sent, if it sent one.
+    pub backend_close: Option<u16>,
+}
+
+/// Who started a relay's end (the first to close, whatever followed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedBy {
+    /// `side` sent a Close frame with `code` (1005 when it carried none).
+    Peer { side: Side, code: u16 },
+    /// `side`'s connection ended (EOF or a read error) without a Close frame.
+    Gone(Side),
+    /// wsgate closed first, with its own Close (idle, drain, token expiry, a broken rule
+    /// or a limit).
+    Gateway(GatewayClose),
+}
+
+/// A Close frame of wsgate's own that started a relay's end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatewayClose(Close);
+
+impl GatewayClose {
+    pub fn code(self) -> u16 {
+        self.0.code_and_reason().0
+    }
+
+    pub fn reason(self) -> &'static str {
+        self.0.code_and_reason().1
+    }
 }
 
 /// Bytes of one read that go on to the other side now: header bytes held back from
@@ -190,12 +229,15 @@ pub enum Timeout {
 }
 
 /// Byte and message counts since the last [`Relay::take_counts`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub bytes_up: u64,
     pub messages_up: u64,
     pub bytes_down: u64,
     pub messages_down: u64,
+    /// The sizes of those messages, client → backend (None: no message).
+    pub sizes_up: Option<Box<MessageSizes>>,
+    pub sizes_down: Option<Box<MessageSizes>>,
 }
 
 /// One direction: bytes read from the source side, written to the destination side.
@@ -406,6 +448,16 @@ pub struct Relay {
     scheduled: Option<Box<(Instant, CloseReason)>>,
     /// The route's keep-alive, when it has one (boxed: most relays have none).
     keepalive: Option<Box<keepalive::State>>,
+    /// Who closed first (see [`ClosedBy`]); a new Close of wsgate's own records itself with
+    /// [`Relay::closed_by_us`].
+    closed_by: Option<ClosedBy>,
+    /// When counts waiting since the first read after the last [`Relay::take_counts`] are
+    /// due ([`COUNTS_DUE_AFTER`]); None while nothing waits.
+    counts_at: Option<Instant>,
+    /// `counts_at` went out through [`Relay::poll_deadline`] (the driver armed it).
+    counts_armed: bool,
+    /// `counts_at` passed: [`Relay::counts_due`] says so.
+    counts_stale: bool,
 }
 
 /// The Close frames wsgate sends on its own behalf (a byte, not a code and a string, in
@@ -511,6 +563,10 @@ impl Relay {
             clock: config.clock,
             scheduled: None,
             keepalive: config.keepalive.map(|k| keepalive::State::new(k, now)),
+            closed_by: None,
+            counts_at: None,
+            counts_armed: false,
+            counts_stale: false,
         }
     }
 
@@ -559,6 +615,9 @@ impl Relay {
     pub fn handle_read<'a>(&mut self, from: Side, bytes: &'a [u8]) -> Forward<'a> {
         let to = from.other();
         let clock = self.clock;
+        if self.counts_at.is_none() {
+            self.start_counts_clock();
+        }
         let flow = self.flow_from(from);
         let mut fwd = Forward {
             to,
@@ -606,6 +665,11 @@ impl Relay {
     /// passed (whole in `body`, or released from several reads), or a frame broke the rules.
     #[cold]
     fn stopped_in<'a>(&mut self, from: Side, mut body: &'a [u8]) -> &'a [u8] {
+        if self.closed_by.is_none() {
+            if let Some(code) = self.flow_from(from).tracker.close_code() {
+                self.closed_by = Some(ClosedBy::Peer { side: from, code });
+            }
+        }
         let flow = self.flow_from(from);
         let held_close = flow.tracker.take_held_close();
         if flow.close_deferred.is_some() && flow.tracker.close_seen() {
@@ -656,6 +720,9 @@ impl Relay {
     pub fn handle_eof(&mut self, from: Side) {
         let close_passed = self.up.tracker.close_seen() || self.down.tracker.close_seen();
         let failed = self.violation.is_some();
+        if self.closed_by.is_none() {
+            self.closed_by = Some(ClosedBy::Gone(from));
+        }
         let flow = self.flow_from(from);
         flow.src_done = true;
         if let Some(close) = flow.close_deferred.take() {
@@ -706,6 +773,7 @@ impl Relay {
         if !self.draining {
             self.draining = true;
             self.closing = true;
+            self.closed_by_us(Close::Draining);
             self.down.close_with(Close::Draining);
             self.update_winding();
         }
@@ -739,8 +807,25 @@ impl Relay {
         self.last_activity = now;
     }
 
-    /// The deadline returned by [`Relay::poll_deadline`] passed (or may have).
+    /// The first read since counts were last taken: they are due within
+    /// [`COUNTS_DUE_AFTER`] (one clock read per flush, not per read).
+    #[cold]
+    fn start_counts_clock(&mut self) {
+        self.counts_at = Some((self.clock)() + COUNTS_DUE_AFTER);
+        self.counts_armed = false;
+    }
+
+    /// The deadline returned by [`Relay::poll_deadline`] passed (or may have). Counts
+    /// waiting past their deadline become due ([`Relay::counts_due`]): the driver flushes
+    /// them after this call, whatever it returns.
     pub fn handle_timeout(&mut self, now: Instant) -> Timeout {
+        match self.counts_at {
+            Some(at) if at <= now => self.counts_stale = true,
+            // The deadline that fired was an earlier one (counts were taken since, and the
+            // driver kept its first deadline): ask for the new one.
+            Some(_) => self.counts_armed = false,
+            None => {}
+        }
         if self.linger_at.is_some_and(|at| at <= now) {
             self.end = Some(RelayEnd::LingerExpired);
             return Timeout::LingerExpired;
@@ -748,6 +833,7 @@ impl Relay {
         if self.close_at.is_some_and(|at| at <= now) {
             self.close_at = None;
             self.closing = true;
+            self.closed_by_us(Close::TokenExpired);
             self.down.close_with(Close::TokenExpired);
             self.up.close_with(Close::ClientTokenExpired);
             self.update_winding();
@@ -757,12 +843,14 @@ impl Relay {
             self.scheduled = None;
             if !self.closing {
                 self.closing = true;
-                self.down.close_with(match reason {
+                let close = match reason {
                     CloseReason::Shutdown => Close::Draining,
                     CloseReason::EndpointRemoved => Close::EndpointRemoved,
                     CloseReason::EndpointTerminating => Close::EndpointTerminating,
                     CloseReason::Rebalance => Close::Rebalance,
-                });
+                };
+                self.closed_by_us(close);
+                self.down.close_with(close);
                 self.update_winding();
             }
             return Timeout::Scheduled(reason);
@@ -771,6 +859,7 @@ impl Relay {
             Some(idle) if self.last_activity + idle <= now => {
                 self.idle = None;
                 self.closing = true;
+                self.closed_by_us(Close::Idle);
                 self.up.close_with(Close::Idle);
                 self.down.close_with(Close::Idle);
                 self.update_winding();
@@ -832,6 +921,15 @@ impl Relay {
             || self.winding
             || self.scheduled.is_some()
             || self.keepalive.is_some()
+            || self.wants_counts_timer()
+    }
+
+    /// Counts started waiting and their deadline has not gone out through
+    /// [`Relay::poll_deadline`] yet: a driver that sleeps between steps without asking for
+    /// the deadline asks now (once per flush period).
+    #[inline]
+    pub fn wants_counts_timer(&self) -> bool {
+        self.counts_at.is_some() && !self.counts_armed
     }
 
     /// Whether the driver must call [`Relay::note_activity`] when bytes move.
@@ -846,6 +944,8 @@ impl Relay {
             self.linger_at = Some(now() + self.linger);
         }
         let idle_at = self.idle.map(|idle| self.last_activity + idle);
+        self.counts_armed = self.counts_at.is_some();
+        let counts_at = self.counts_at.filter(|_| !self.counts_stale);
         let scheduled_at = self.scheduled.as_deref().map(|(at, _)| *at);
         [
             idle_at,
@@ -853,6 +953,7 @@ impl Relay {
             self.close_at,
             scheduled_at,
             self.keepalive_deadline(),
+            counts_at,
         ]
         .into_iter()
         .flatten()
@@ -903,6 +1004,7 @@ impl Relay {
     pub fn counts_due(&self) -> bool {
         self.up.bytes - self.up.bytes_counted > COUNTS_DUE_BYTES
             || self.down.bytes - self.down.bytes_counted > COUNTS_DUE_BYTES
+            || self.counts_stale
     }
 
     /// Counts since the last call.
@@ -916,11 +1018,16 @@ impl Relay {
         };
         let (bytes_up, messages_up) = take(&mut self.up);
         let (bytes_down, messages_down) = take(&mut self.down);
+        self.counts_at = None;
+        self.counts_armed = false;
+        self.counts_stale = false;
         Counts {
             bytes_up,
             messages_up,
             bytes_down,
             messages_down,
+            sizes_up: self.up.tracker.take_sizes(),
+            sizes_down: self.down.tracker.take_sizes(),
         }
     }
 
@@ -941,6 +1048,17 @@ impl Relay {
                 .as_ref()
                 .map_or(0, |k| k.pings(Side::Backend)),
             unanswered: self.keepalive.as_ref().and_then(|k| k.unanswered()),
+            closed_by: self.closed_by,
+            client_close: self.up.tracker.close_code(),
+            backend_close: self.down.tracker.close_code(),
+        }
+    }
+
+    /// Records that wsgate closes first with `close`, unless someone closed before. Every
+    /// Close of wsgate's own that starts an end (not one that answers a side's) calls it.
+    fn closed_by_us(&mut self, close: Close) {
+        if self.closed_by.is_none() {
+            self.closed_by = Some(ClosedBy::Gateway(GatewayClose(close)));
         }
     }
 
@@ -952,6 +1070,7 @@ impl Relay {
     #[cold]
     fn fail(&mut self, from: Side, v: Violation) {
         self.violation = Some((from, v));
+        self.closed_by_us(Close::Violation(v));
         let to_peer = match from {
             _ if v.is_limit() => Close::PeerOverLimit,
             Side::Client => Close::ClientBrokeProtocol,

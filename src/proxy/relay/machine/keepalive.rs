@@ -257,13 +257,16 @@ impl Relay {
     /// `side` did not answer: it is treated as gone, as if its connection had ended (see
     /// [`Relay::handle_eof`]), with the keep-alive's Close towards the other side.
     fn side_unanswered(&mut self, side: Side) {
+        let close = match side {
+            Side::Client => Close::ClientUnanswered,
+            Side::Backend => Close::BackendUnanswered,
+        };
+        // The access log names wsgate, with the keep-alive's reason, as the one that closed.
+        self.closed_by_us(close);
         let flow = self.flow_from(side);
         flow.src_done = true;
         if flow.injected.is_none() {
-            flow.close_wanted = Some(match side {
-                Side::Client => Close::ClientUnanswered,
-                Side::Backend => Close::BackendUnanswered,
-            });
+            flow.close_wanted = Some(close);
         }
         self.inject_due();
         self.update_winding();

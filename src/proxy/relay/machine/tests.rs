@@ -171,15 +171,25 @@ impl Sim {
         self.owed(Side::Backend);
     }
 
-    /// Moves the clock to the machine's deadline and fires it.
+    /// Moves the clock to the machine's deadline and fires it. Counts that came due are
+    /// taken, as a driver flushes them; a wake-up for them alone (read on the real clock,
+    /// not this one) is not an event of these tests, so the next deadline fires instead.
     fn fire(&mut self) -> Option<Timeout> {
-        let now = self.now;
-        let at = self.relay.poll_deadline(|| now)?;
-        self.now = self.now.max(at);
-        let t = self.relay.handle_timeout(self.now);
-        self.owed(Side::Client);
-        self.owed(Side::Backend);
-        Some(t)
+        loop {
+            let now = self.now;
+            let at = self.relay.poll_deadline(|| now)?;
+            self.now = self.now.max(at);
+            let t = self.relay.handle_timeout(self.now);
+            self.owed(Side::Client);
+            self.owed(Side::Backend);
+            if self.relay.counts_due() {
+                let _ = self.relay.take_counts();
+                if t == Timeout::Nothing {
+                    continue;
+                }
+            }
+            return Some(t);
+        }
     }
 
     fn frames(&self, side: Side) -> Vec<Parsed> {
@@ -449,7 +459,9 @@ proptest! {
             }
         }
         if !sim.relay.winding_down() && !idle {
-            // Quiet and open: never cut unless asked.
+            // Quiet and open: never cut unless asked. (Counts waiting have a deadline to be
+            // flushed, not a cut; a driver takes them, and then there is none.)
+            let _ = sim.relay.take_counts();
             prop_assert_eq!(sim.relay.poll_deadline(Instant::now), None);
             sim.relay.handle_drain();
         }
@@ -946,4 +958,102 @@ fn keepalive_off_by_default_a_quiet_relay_has_no_timer() {
     assert!(!sim.relay.wants_timer());
     assert_eq!(sim.fire(), None);
     assert!(sim.got.iter().all(Vec::is_empty));
+}
+
+/// Who closed first (the access log's "closed by"): a side's Close, even split across
+/// reads, with its code; a side that ends without one; wsgate's own Close (drain), which a
+/// later Close of a side does not displace. Each side's Close code is kept too.
+#[test]
+fn the_first_to_close_is_recorded_with_its_code() {
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    let c = close(4000, b"done", true);
+    sim.read(Side::Client, &c[..3]);
+    assert_eq!(sim.relay.stats().closed_by, None);
+    sim.read(Side::Client, &c[3..]);
+    sim.read(Side::Backend, &close(4000, b"", false));
+    let stats = sim.relay.stats();
+    assert_eq!(
+        stats.closed_by,
+        Some(ClosedBy::Peer {
+            side: Side::Client,
+            code: 4000
+        })
+    );
+    assert_eq!(
+        (stats.client_close, stats.backend_close),
+        (Some(4000), Some(4000))
+    );
+
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    sim.read(Side::Client, &text(b"hi", true));
+    sim.eof(Side::Backend);
+    assert_eq!(
+        sim.relay.stats().closed_by,
+        Some(ClosedBy::Gone(Side::Backend))
+    );
+    assert_eq!(sim.relay.stats().backend_close, None);
+
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    sim.relay.handle_drain();
+    sim.owed(Side::Client);
+    sim.read(Side::Client, &frame(0x80 | OP_CLOSE, &[], Some(KEY)));
+    let stats = sim.relay.stats();
+    match stats.closed_by {
+        Some(ClosedBy::Gateway(close)) => {
+            assert_eq!(
+                (close.code(), close.reason()),
+                (1001, "gateway shutting down")
+            );
+        }
+        other => panic!("expected wsgate's drain, got {other:?}"),
+    }
+    // A Close without a code reports 1005.
+    assert_eq!(stats.client_close, Some(1005));
+}
+
+/// Counts waiting are due COUNTS_DUE_AFTER after the first read that made them, through
+/// the relay's deadline (asked for once); once taken, a quiet relay has no deadline. The
+/// message sizes come with them.
+#[test]
+fn waiting_counts_get_a_deadline_and_a_quiet_relay_none() {
+    let config = RelayConfig {
+        clock: fake_now,
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::new(config, 1 << 20);
+    assert!(!sim.relay.wants_timer());
+    // Pins the fake clock.
+    advance_fake_clock(Duration::ZERO);
+    let start = fake_now();
+    sim.read(Side::Client, &text(&[b'x'; 100], true));
+    sim.read(Side::Backend, &text(&[b'y'; 10], false));
+    assert!(sim.relay.wants_counts_timer() && sim.relay.wants_timer());
+    assert!(!sim.relay.counts_due());
+    let at = sim.relay.poll_deadline(fake_now);
+    assert_eq!(at, Some(start + COUNTS_DUE_AFTER));
+    assert!(!sim.relay.wants_counts_timer(), "asked for once");
+    assert_eq!(
+        sim.relay.handle_timeout(start + COUNTS_DUE_AFTER / 2),
+        Timeout::Nothing
+    );
+    assert!(!sim.relay.counts_due());
+    // An early wake-up (a deadline of an earlier period) asks for the deadline again.
+    assert!(sim.relay.wants_counts_timer());
+    assert_eq!(
+        sim.relay.poll_deadline(fake_now),
+        Some(start + COUNTS_DUE_AFTER)
+    );
+    assert_eq!(
+        sim.relay.handle_timeout(start + COUNTS_DUE_AFTER),
+        Timeout::Nothing
+    );
+    assert!(sim.relay.counts_due());
+    let counts = sim.relay.take_counts();
+    assert_eq!((counts.messages_up, counts.messages_down), (1, 1));
+    let up = counts.sizes_up.expect("sizes up");
+    assert_eq!((up.buckets[1], up.sum), (1, 100));
+    assert_eq!(counts.sizes_down.expect("sizes down").buckets[0], 1);
+    assert!(!sim.relay.counts_due());
+    assert!(!sim.relay.wants_timer());
+    assert_eq!(sim.relay.poll_deadline(fake_now), None);
 }

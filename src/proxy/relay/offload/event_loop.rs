@@ -405,6 +405,10 @@ impl Loop {
                 }
                 Timeout::Nothing => {}
             }
+            // Counts past their deadline (COUNTS_DUE_AFTER) go out even with no byte moving.
+            if conn.relay.counts_due() {
+                conn.counters.add(conn.relay.take_counts());
+            }
             self.settle(key, clock);
         }
     }
