@@ -4,38 +4,59 @@
 
 use std::collections::BTreeSet;
 
-use wsgate::source::kube::KubeMetrics;
-use wsgate::telemetry::Metrics;
+use wsgate::source::kube::{KubeMetrics, PatchOutcome, Resource};
+use wsgate::telemetry::{
+    CloseSide, CloseTo, FailureReason, Metrics, RefusalReason, MESSAGE_SIZE_BOUNDS,
+};
 
 const DASHBOARD: &str = include_str!("../charts/wsgate/dashboards/wsgate.json");
 
-/// Every sample name the process can export: from each family's `# TYPE` line, with the
-/// suffixes its samples carry.
+/// Every sample name the process exports once each family has a series: a family with
+/// per-route labels prints nothing (not even its `# TYPE` line) until a series exists, so
+/// each is used through the public API first, as the data plane and the controller use it.
 fn exported() -> BTreeSet<String> {
     let kube = KubeMetrics::default();
     let metrics = Metrics::with_extra(|r| kube.register(r));
-    let mut names = BTreeSet::new();
-    for line in metrics.encode().lines() {
-        let Some(rest) = line.strip_prefix("# TYPE ") else {
-            continue;
-        };
-        let mut words = rest.split_whitespace();
-        let (Some(name), Some(kind)) = (words.next(), words.next()) else {
-            continue;
-        };
-        match kind {
-            "counter" => {
-                names.insert(format!("{name}_total"));
-            }
-            "histogram" => {
-                for suffix in ["_bucket", "_sum", "_count"] {
-                    names.insert(format!("{name}{suffix}"));
-                }
-            }
-            _ => {
-                names.insert(name.to_string());
-            }
-        }
+    let route = metrics.route("ns/probe");
+    route.connections_total().inc();
+    route.connections_active().inc();
+    route.http_requests_total().inc();
+    route.relayed().bytes_up.inc_by(10);
+    route.relayed().messages_up.inc();
+    route.connect_seconds().observe(0.001);
+    route.failure(FailureReason::NoEndpoint);
+    route.refusal(RefusalReason::Origin);
+    route.close_sent(CloseTo::Client, 1001);
+    route.close_seen(CloseSide::Client, 1000);
+    route.keepalive_pings(CloseTo::Client, 1);
+    route.keepalive_timeout(CloseTo::Backend);
+    let mut buckets = [0u32; MESSAGE_SIZE_BOUNDS.len() + 1];
+    buckets[0] = 1;
+    route.message_sizes()[0].add(&buckets, 10);
+    route.connection_seconds().observe(1.0);
+    metrics.unrouted_failure(FailureReason::NoRoute);
+    metrics.drain().scheduled("ns/probe", "endpoint_removed", 1);
+    metrics.drain().set_skew("ns/probe", 1.0);
+    for resource in [Resource::WsRoute, Resource::EndpointSlice] {
+        kube.watch_event(resource);
+        kube.watch_error(resource);
+        kube.relist(resource);
+    }
+    kube.status_patch(PatchOutcome::Written);
+    let text = metrics.encode();
+    let names: BTreeSet<String> = text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect();
+    // Each registered family printed samples: one left unused here would look unexported.
+    for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = family.split_whitespace().next().unwrap_or_default();
+        assert!(
+            names.iter().any(|n| n.starts_with(name)),
+            "{name} has no sample: use it above"
+        );
     }
     names
 }
@@ -95,6 +116,14 @@ fn dashboard_queries_only_exported_metrics() {
         "wsgate_closes_sent_total",
         "wsgate_messages_total",
         "wsgate_bytes_total",
+        "wsgate_closes_total",
+        "wsgate_message_size_bytes_bucket",
+        "wsgate_connection_duration_seconds_bucket",
+        "wsgate_keepalive_pings_total",
+        "wsgate_keepalive_timeouts_total",
+        "wsgate_scheduled_closes_total",
+        "wsgate_route_skew",
+        "wsgate_route_tables_alive",
     ] {
         assert!(queried.contains(family), "no panel shows {family}");
     }

@@ -443,12 +443,7 @@ mod size_budget {
         let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
         let publisher = std::sync::Arc::new(crate::table::Publisher::new(metrics.clone()));
         let drain = crate::proxy::Drain::new();
-        let gw = crate::proxy::Gateway::new(
-            publisher,
-            metrics,
-            drain.clone(),
-            Default::default(),
-        );
+        let gw = crate::proxy::Gateway::new(publisher, metrics, drain.clone(), Default::default());
         let fut = super::serve(
             gw,
             super::Stream::Tcp(a),

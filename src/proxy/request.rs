@@ -28,9 +28,9 @@ use super::target;
 use super::Gateway;
 use crate::balance::PickContext;
 use crate::table::{CompiledRoute, RouteMatch, RouteTable};
+use crate::telemetry::access_log::{AccessEntry, AccessKind, AccessLog, AccessRecord};
 use crate::telemetry::otlp::{self, ConnectionSpan, SpanEnd};
 use crate::telemetry::trace_context::TraceContext;
-use crate::telemetry::access_log::{AccessEntry, AccessKind, AccessLog, AccessRecord};
 
 /// Largest request head forwarded (request line and headers); larger ones get 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;

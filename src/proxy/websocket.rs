@@ -30,8 +30,8 @@ use super::upgrade::{request_head, upgrade, valid_target, Answer, SwitchedHead};
 use super::{access, auth, handshake, upstream, Gateway};
 use crate::balance::ConnectionGuard;
 use crate::table::{CompiledRoute, RouteTable};
-use crate::telemetry::otlp::{ConnectionSpan, SpanEnd};
 use crate::telemetry::access_log::{AccessEntry, CloseRecord, Closer, RelayTotals};
+use crate::telemetry::otlp::{ConnectionSpan, SpanEnd};
 use crate::telemetry::{CloseSide, CloseTo};
 
 /// A client's WebSocket upgrade request, as either path read its head.
