@@ -36,8 +36,8 @@ async fn one_echo(url: &str) {
 }
 
 /// Of two compiled routes, only the used one has series, and exactly these: its
-/// connection gauge and counter and its traffic both ways; no failure or refusal reason at
-/// zero, and the connect histogram without a route label.
+/// connection gauge and counter, its traffic both ways and the two sides' Closes; no
+/// failure or refusal reason at zero, and the connect histogram without a route label.
 #[tokio::test]
 async fn only_a_used_route_has_series_and_exactly_those_it_used() {
     let echo = Echo::start("e").await;
@@ -56,6 +56,9 @@ async fn only_a_used_route_has_series_and_exactly_those_it_used() {
     let want = [
         r#"wsgate_bytes_total{route="used",direction="ClientToUpstream"}"#,
         r#"wsgate_bytes_total{route="used",direction="UpstreamToClient"}"#,
+        // Each side's Close as the connection ended (the code is the peers' own).
+        r#"wsgate_closes_total{route="used",side="backend","#,
+        r#"wsgate_closes_total{route="used",side="client","#,
         r#"wsgate_connections_active{route="used"} 0"#,
         r#"wsgate_connections_total{route="used"} 1"#,
         r#"wsgate_messages_total{route="used",direction="ClientToUpstream"} 1"#,

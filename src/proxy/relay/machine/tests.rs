@@ -1057,3 +1057,34 @@ fn waiting_counts_get_a_deadline_and_a_quiet_relay_none() {
     assert!(!sim.relay.wants_timer());
     assert_eq!(sim.relay.poll_deadline(fake_now), None);
 }
+
+/// The access log's "who closed" for wsgate's scheduled closes and keep-alive timeouts:
+/// wsgate, with the Close's code and reason, even when a side closes later.
+#[test]
+fn scheduled_closes_and_silent_peers_are_closed_by_wsgate() {
+    let mut sim = Sim::new(RelayConfig::default(), 1 << 20);
+    sim.relay
+        .handle_close_at(sim.now + Duration::from_secs(1), CloseReason::Rebalance);
+    assert_eq!(sim.fire(), Some(Timeout::Scheduled(CloseReason::Rebalance)));
+    sim.read(Side::Client, &close(close_code::SERVICE_RESTART, b"", true));
+    match sim.relay.stats().closed_by {
+        Some(ClosedBy::Gateway(close)) => {
+            assert_eq!((close.code(), close.reason()), (1012, "rebalancing"))
+        }
+        other => panic!("expected wsgate's rebalance, got {other:?}"),
+    }
+
+    let mut sim = keepalive_sim();
+    let start = sim.now;
+    assert_eq!(sim.fire(), Some(Timeout::KeepalivePing));
+    let pong = sim.answer(Side::Backend);
+    sim.read_at(start, 31, Side::Backend, &pong);
+    assert_eq!(sim.fire(), Some(Timeout::KeepaliveUnanswered(Side::Client)));
+    match sim.relay.stats().closed_by {
+        Some(ClosedBy::Gateway(close)) => assert_eq!(
+            (close.code(), close.reason()),
+            (1001, "client did not answer keep-alive ping")
+        ),
+        other => panic!("expected wsgate's keep-alive, got {other:?}"),
+    }
+}
