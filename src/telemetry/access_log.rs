@@ -11,7 +11,6 @@
 //! full, the record is dropped and counted (`wsgate_access_log_dropped_total`): a relay never
 //! waits for a slow disk or a blocked stdout, and memory stays bounded by [`QUEUE`] records.
 
-use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -285,67 +284,112 @@ impl AccessLog {
     }
 }
 
-/// The writer thread: formats each record into one line, buffered, flushed within
-/// [`FLUSH_EVERY`] of the first unflushed line.
+/// While lines keep coming, the writer sleeps this long between batches instead of being
+/// woken per line: a sender then finds no receiver waiting and makes no system call (per
+/// handshake, the wake-up cost more than formatting the line; bench/RESULTS.md "Issue 21:
+/// what the telemetry costs"). At [`QUEUE`] lines per poll, up to ~400,000 lines a second.
+const POLL: Duration = Duration::from_millis(10);
+
+/// The writer thread. Idle, it blocks until a line comes; then it takes lines in batches,
+/// [`POLL`] apart, until a poll finds none. Lines are buffered and flushed within
+/// [`FLUSH_EVERY`] of the first unflushed one.
 fn write_lines(rx: mpsc::Receiver<Msg>, out: Box<dyn Write + Send>, format: AccessLogFormat) {
-    let mut out = io::BufWriter::with_capacity(BUFFER_BYTES, out);
-    let mut line = String::with_capacity(512);
-    let mut flush_at: Option<Instant> = None;
-    let mut clock = LineClock::default();
-    let mut failed = false;
-    let report = |r: io::Result<()>, failed: &mut bool| {
-        if let Err(e) = r {
-            if !*failed {
-                tracing::warn!(error = %e, "cannot write the access log; lines are lost until it works again");
-            }
-            *failed = true;
-        } else {
-            *failed = false;
-        }
+    let mut w = Writer {
+        out: io::BufWriter::with_capacity(BUFFER_BYTES, out),
+        line: Vec::with_capacity(512),
+        clock: LineClock::default(),
+        format,
+        flush_at: None,
+        failed: false,
     };
     loop {
-        let msg = match flush_at {
+        let msg = match w.flush_at {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
         };
         match msg {
-            Ok(Msg::Line(entry)) => {
-                line.clear();
-                let time = clock.format(entry.time);
-                match format {
-                    AccessLogFormat::Json => json_line(&mut line, time, &entry.record),
-                    AccessLogFormat::Text => text_line(&mut line, time, &entry.record),
+            Ok(msg) => w.take(msg),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return w.flush(),
+        }
+        // Busy: batches until a poll finds nothing.
+        loop {
+            std::thread::sleep(POLL);
+            let mut taken = 0;
+            loop {
+                match rx.try_recv() {
+                    Ok(msg) => w.take(msg),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return w.flush(),
+                }
+                taken += 1;
+            }
+            w.flush_if_due(Instant::now());
+            if taken == 0 {
+                break;
+            }
+        }
+        w.flush_if_due(Instant::now());
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    out: io::BufWriter<Box<dyn Write + Send>>,
+    line: Vec<u8>,
+    clock: LineClock,
+    format: AccessLogFormat,
+    /// When the first unflushed line must be out by.
+    flush_at: Option<Instant>,
+    /// The last write failed (reported once until one works again).
+    failed: bool,
+}
+
+impl Writer {
+    fn take(&mut self, msg: Msg) {
+        match msg {
+            Msg::Line(entry) => {
+                self.line.clear();
+                let time = self.clock.format(entry.time);
+                match self.format {
+                    AccessLogFormat::Json => json_line(&mut self.line, time, &entry.record),
+                    AccessLogFormat::Text => text_line(&mut self.line, time, &entry.record),
                 }
                 drop(entry);
-                line.push('\n');
-                let r = out.write_all(line.as_bytes());
-                report(r, &mut failed);
-                let now = Instant::now();
-                match flush_at {
-                    Some(at) if at <= now => {
-                        let r = out.flush();
-                        report(r, &mut failed);
-                        flush_at = None;
-                    }
-                    Some(_) => {}
-                    None => flush_at = Some(now + FLUSH_EVERY),
+                self.line.push(b'\n');
+                let r = self.out.write_all(&self.line);
+                self.report(r);
+                if self.flush_at.is_none() {
+                    self.flush_at = Some(Instant::now() + FLUSH_EVERY);
                 }
             }
-            Ok(Msg::Flush(done)) => {
-                let r = out.flush();
-                report(r, &mut failed);
-                flush_at = None;
+            Msg::Flush(done) => {
+                self.flush();
                 let _ = done.send(());
             }
-            Err(RecvTimeoutError::Timeout) => {
-                let r = out.flush();
-                report(r, &mut failed);
-                flush_at = None;
+        }
+    }
+
+    fn flush_if_due(&mut self, now: Instant) {
+        if self.flush_at.is_some_and(|at| at <= now) {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let r = self.out.flush();
+        self.report(r);
+        self.flush_at = None;
+    }
+
+    fn report(&mut self, r: io::Result<()>) {
+        match r {
+            Err(e) if !self.failed => {
+                tracing::warn!(error = %e, "cannot write the access log; lines are lost until it works again");
+                self.failed = true;
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = out.flush();
-                return;
-            }
+            Err(_) => {}
+            Ok(()) => self.failed = false,
         }
     }
 }
@@ -353,18 +397,18 @@ fn write_lines(rx: mpsc::Receiver<Msg>, out: Box<dyn Write + Send>, format: Acce
 /// The fields of a line in order, for both formats.
 enum Value<'a> {
     Str(&'a str),
+    /// Written as text (an address, already without anything to escape).
+    Addr(SocketAddr),
     Num(u64),
     Millis(Duration),
 }
 
 fn fields(time: &str, r: &AccessRecord, mut field: impl FnMut(&str, Value<'_>)) {
-    let mut client = String::with_capacity(48);
-    let _ = write!(client, "{}", r.client);
     field("time", Value::Str(time));
     field("kind", Value::Str(r.kind.as_str()));
     field("request_id", Value::Str(&r.request_id));
     field("route", Value::Str(&r.route));
-    field("client", Value::Str(&client));
+    field("client", Value::Addr(r.client));
     field("endpoint", Value::Str(&r.endpoint));
     field(
         "method",
@@ -397,64 +441,92 @@ fn fields(time: &str, r: &AccessRecord, mut field: impl FnMut(&str, Value<'_>)) 
     }
 }
 
-fn json_line(out: &mut String, time: &str, r: &AccessRecord) {
-    out.push('{');
+fn json_line(out: &mut Vec<u8>, time: &str, r: &AccessRecord) {
+    out.push(b'{');
     let mut first = true;
     fields(time, r, |name, value| {
         if !first {
-            out.push(',');
+            out.push(b',');
         }
         first = false;
-        out.push('"');
-        out.push_str(name);
-        out.push_str("\":");
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
         match value {
             Value::Str(s) => json_string(out, s),
+            Value::Addr(a) => {
+                out.push(b'"');
+                address(out, a);
+                out.push(b'"');
+            }
             Value::Num(n) => decimal(out, n),
             Value::Millis(d) => millis(out, d),
         }
     });
-    out.push('}');
+    out.push(b'}');
 }
 
-fn text_line(out: &mut String, time: &str, r: &AccessRecord) {
+fn text_line(out: &mut Vec<u8>, time: &str, r: &AccessRecord) {
     let mut first = true;
     fields(time, r, |name, value| {
         if !first {
-            out.push(' ');
+            out.push(b' ');
         }
         first = false;
-        out.push_str(name);
-        out.push('=');
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'=');
         match value {
-            Value::Str("") => out.push('-'),
+            Value::Str("") => out.push(b'-'),
             Value::Str(s)
                 if s.bytes()
                     .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') =>
             {
-                out.push_str(s)
+                out.extend_from_slice(s.as_bytes())
             }
             // Quoted like a JSON string: spaces, quotes and line breaks stay on one line.
             Value::Str(s) => json_string(out, s),
+            Value::Addr(a) => address(out, a),
             Value::Num(n) => decimal(out, n),
             Value::Millis(d) => millis(out, d),
         }
     });
 }
 
-/// Milliseconds with three decimals (microseconds).
-fn millis(out: &mut String, d: Duration) {
-    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    decimal(out, micros / 1000);
-    let frac = micros % 1000;
-    out.push('.');
-    for digit in [frac / 100, frac / 10 % 10, frac % 10] {
-        out.push(char::from(b'0' + digit as u8));
+/// `ip:port` (`[ip]:port` for IPv6), as `SocketAddr` displays it; IPv4 without `fmt`.
+fn address(out: &mut Vec<u8>, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                decimal(out, u64::from(octet));
+            }
+            out.push(b':');
+            decimal(out, u64::from(v4.port()));
+        }
+        SocketAddr::V6(_) => {
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{a}");
+        }
     }
 }
 
+/// Milliseconds with three decimals (microseconds).
+fn millis(out: &mut Vec<u8>, d: Duration) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    decimal(out, micros / 1000);
+    let frac = micros % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
 /// `n` in decimal, without `fmt`'s machinery (a line has a dozen numbers).
-fn decimal(out: &mut String, mut n: u64) {
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut at = buf.len();
     loop {
@@ -465,36 +537,43 @@ fn decimal(out: &mut String, mut n: u64) {
             break;
         }
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or("0"));
+    out.extend_from_slice(&buf[at..]);
+}
+
+/// Whether `s` holds a byte a JSON string must escape. Without an early exit, so that the
+/// compiler checks many bytes per instruction (most values have none).
+fn needs_escape(s: &[u8]) -> bool {
+    s.iter().fold(0u8, |any, &b| {
+        any | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\') | u8::from(b == 0x7f)
+    }) != 0
 }
 
 /// `s` as a JSON string, quotes included (control characters escaped). Most values need
 /// no escape: they are copied whole.
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    if !s
-        .bytes()
-        .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
-    {
-        out.push_str(s);
-        out.push('"');
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    if !needs_escape(s.as_bytes()) {
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
         return;
     }
     for c in s.chars() {
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
             c if (c as u32) < 0x20 || c == '\u{7f}' => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
-            c => out.push(c),
+            c => {
+                let mut utf8 = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
         }
     }
-    out.push('"');
+    out.push(b'"');
 }
 
 /// The writer's timestamps: the date and time to the second are formatted once per
@@ -614,19 +693,46 @@ mod tests {
     #[test]
     fn a_json_line_parses_and_a_text_line_stays_one_line() {
         let r = record();
-        let mut json = String::new();
+        let mut json = Vec::new();
         json_line(&mut json, "1970-01-01T00:00:00.000Z", &r);
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(v["path"], "/chat?room=a b\"\n");
         assert_eq!(v["upgrade_ms"].as_f64(), Some(1.5));
         assert_eq!(v["closed_by"], "wsgate");
         assert_eq!(v["close_code"], 1001);
-        let mut text = String::new();
+        let mut text = Vec::new();
         text_line(&mut text, "1970-01-01T00:00:00.000Z", &r);
+        let text = String::from_utf8(text).unwrap();
         assert!(!text.contains('\n'), "{text}");
         assert!(text.contains(r#"path="/chat?room=a b\"\n""#), "{text}");
         assert!(text.contains("endpoint=- "), "{text}");
         assert!(text.contains("close_reason=\"idle timeout\""), "{text}");
+    }
+
+    /// Addresses as `SocketAddr` displays them; strings escaped only where JSON must,
+    /// non-ASCII kept as it is.
+    #[test]
+    fn addresses_and_strings_are_written_as_json_wants_them() {
+        for a in [
+            "10.0.0.1:5000",
+            "255.255.255.255:65535",
+            "0.0.0.0:0",
+            "[::1]:8080",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            address(&mut out, a);
+            assert_eq!(String::from_utf8(out).unwrap(), a.to_string());
+        }
+        for s in ["plain /path?x=1", "é\\\u{1}\"\u{7f}\t\n", ""] {
+            let mut out = Vec::new();
+            json_string(&mut out, s);
+            let out = String::from_utf8(out).unwrap();
+            assert!(!out.contains(['\n', '\t', '\u{1}']), "{out}");
+            assert_eq!(serde_json::from_str::<String>(&out).unwrap(), s, "{out}");
+        }
+        let long = "x".repeat(1000) + "\"";
+        assert!(needs_escape(long.as_bytes()) && !needs_escape(&long.as_bytes()[..1000]));
     }
 
     #[test]

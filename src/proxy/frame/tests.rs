@@ -467,16 +467,20 @@ fn each_message_size_is_counted_once() {
     stream.extend(frame(OP_PING, true, b"p", key));
     stream.extend(frame(OP_CONTINUATION, true, &[b'd'; 200], key));
     stream.extend(frame(OP_BINARY, true, &vec![b'e'; 70_000], key));
-    let (out, mut tracker) = forwarded(rules, &stream, &[7, 1000, 5000]);
-    assert_eq!(out, stream);
-    assert_eq!(tracker.messages(), 4);
-    let sizes = tracker.take_sizes().expect("sizes");
-    let mut want = [0u32; MESSAGE_SIZE_BOUNDS.len() + 1];
-    want[0] = 1; // 10
-    want[1] = 1; // 100
-    want[2] = 1; // 400
-    want[6] = 1; // 70,000
-    assert_eq!(sizes.buckets, want);
-    assert_eq!(sizes.sum, 10 + 100 + 400 + 70_000);
-    assert!(tracker.take_sizes().is_none(), "taken");
+    // Split reads (every frame through the general path) and one read (the two small
+    // messages through the fast path, counted inline and folded in at the take).
+    for reads in [&[7, 1000, 5000][..], &[stream.len()][..]] {
+        let (out, mut tracker) = forwarded(rules, &stream, reads);
+        assert_eq!(out, stream);
+        assert_eq!(tracker.messages(), 4);
+        let sizes = tracker.take_sizes(4).expect("sizes");
+        let mut want = [0u32; MESSAGE_SIZE_BOUNDS.len() + 1];
+        want[0] = 1; // 10
+        want[1] = 1; // 100
+        want[2] = 1; // 400
+        want[6] = 1; // 70,000
+        assert_eq!(sizes.buckets, want, "reads {reads:?}");
+        assert_eq!(sizes.sum, 10 + 100 + 400 + 70_000);
+        assert!(tracker.take_sizes(0).is_none(), "taken");
+    }
 }

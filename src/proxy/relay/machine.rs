@@ -1014,10 +1014,10 @@ impl Relay {
             let messages = flow.tracker.messages() - flow.messages_counted;
             flow.bytes_counted = flow.bytes;
             flow.messages_counted = flow.tracker.messages();
-            (bytes, messages)
+            (bytes, messages, flow.tracker.take_sizes(messages))
         };
-        let (bytes_up, messages_up) = take(&mut self.up);
-        let (bytes_down, messages_down) = take(&mut self.down);
+        let (bytes_up, messages_up, sizes_up) = take(&mut self.up);
+        let (bytes_down, messages_down, sizes_down) = take(&mut self.down);
         self.counts_at = None;
         self.counts_armed = false;
         self.counts_stale = false;
@@ -1026,8 +1026,8 @@ impl Relay {
             messages_up,
             bytes_down,
             messages_down,
-            sizes_up: self.up.tracker.take_sizes(),
-            sizes_down: self.down.tracker.take_sizes(),
+            sizes_up,
+            sizes_down,
         }
     }
 
