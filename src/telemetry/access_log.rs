@@ -396,7 +396,12 @@ impl Writer {
 
 /// The fields of a line in order, for both formats.
 enum Value<'a> {
+    /// Text from outside (a client's path or request id, a route's name): escaped as
+    /// needed.
     Str(&'a str),
+    /// Text wsgate made, with nothing to escape: the time, a method (an HTTP token), a kind,
+    /// a side, a reason.
+    Known(&'a str),
     /// Written as text (an address, already without anything to escape).
     Addr(SocketAddr),
     Num(u64),
@@ -404,20 +409,20 @@ enum Value<'a> {
 }
 
 fn fields(time: &str, r: &AccessRecord, mut field: impl FnMut(&str, Value<'_>)) {
-    field("time", Value::Str(time));
-    field("kind", Value::Str(r.kind.as_str()));
+    field("time", Value::Known(time));
+    field("kind", Value::Known(r.kind.as_str()));
     field("request_id", Value::Str(&r.request_id));
     field("route", Value::Str(&r.route));
     field("client", Value::Addr(r.client));
     field("endpoint", Value::Str(&r.endpoint));
     field(
         "method",
-        Value::Str(r.method.as_ref().map_or("", |m| m.as_str())),
+        Value::Known(r.method.as_ref().map_or("", |m| m.as_str())),
     );
     field("path", Value::Str(&r.path));
     field("status", Value::Num(u64::from(r.status)));
     if let Some(reason) = r.reason {
-        field("reason", Value::Str(reason));
+        field("reason", Value::Known(reason));
     }
     if let Some(upgrade) = r.upgrade {
         field("upgrade_ms", Value::Millis(upgrade));
@@ -433,10 +438,10 @@ fn fields(time: &str, r: &AccessRecord, mut field: impl FnMut(&str, Value<'_>)) 
         field("bytes_down", Value::Num(bytes));
     }
     if let Some(close) = &r.close {
-        field("closed_by", Value::Str(close.by.as_str()));
+        field("closed_by", Value::Known(close.by.as_str()));
         field("close_code", Value::Num(u64::from(close.code)));
         if let Some(reason) = close.reason {
-            field("close_reason", Value::Str(reason));
+            field("close_reason", Value::Known(reason));
         }
     }
 }
@@ -454,6 +459,11 @@ fn json_line(out: &mut Vec<u8>, time: &str, r: &AccessRecord) {
         out.extend_from_slice(b"\":");
         match value {
             Value::Str(s) => json_string(out, s),
+            Value::Known(s) => {
+                out.push(b'"');
+                out.extend_from_slice(s.as_bytes());
+                out.push(b'"');
+            }
             Value::Addr(a) => {
                 out.push(b'"');
                 address(out, a);
@@ -476,15 +486,15 @@ fn text_line(out: &mut Vec<u8>, time: &str, r: &AccessRecord) {
         out.extend_from_slice(name.as_bytes());
         out.push(b'=');
         match value {
-            Value::Str("") => out.push(b'-'),
-            Value::Str(s)
+            Value::Str("") | Value::Known("") => out.push(b'-'),
+            Value::Str(s) | Value::Known(s)
                 if s.bytes()
                     .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') =>
             {
                 out.extend_from_slice(s.as_bytes())
             }
             // Quoted like a JSON string: spaces, quotes and line breaks stay on one line.
-            Value::Str(s) => json_string(out, s),
+            Value::Str(s) | Value::Known(s) => json_string(out, s),
             Value::Addr(a) => address(out, a),
             Value::Num(n) => decimal(out, n),
             Value::Millis(d) => millis(out, d),
