@@ -702,6 +702,8 @@ impl FrameTracker {
             // (`b1 ^ mask_bit` is under 126 only when both hold), and all of it in this
             // read. Everything else takes the checks below. (callgrind: ~70 → ~20
             // instructions per frame; bench/RESULTS.md, "Issue 19 ... recovered".)
+            // The sizes of these messages add up in registers, stored once per run of them.
+            let (mut over_64, mut payload) = (0u32, 0u32);
             while let [b0, b1, ..] = bytes[pos..] {
                 let len7 = b1 ^ self.mask_bit;
                 if b0.wrapping_sub(0x81) >= 2
@@ -716,10 +718,15 @@ impl FrameTracker {
                     break;
                 }
                 self.messages += 1;
-                self.short_over_64 = self.short_over_64.wrapping_add(u32::from(len7 > 64));
-                self.short_payload = self.short_payload.wrapping_add(u32::from(len7));
+                over_64 += u32::from(len7 > 64);
+                payload += u32::from(len7);
                 pos += frame_len;
             }
+            // Both are at most the read's length (far below 4 GiB), so the locals cannot
+            // overflow; the fields could only wrap if counts were not taken for 4 GiB, and
+            // they are taken every 256 KiB.
+            self.short_over_64 = self.short_over_64.wrapping_add(over_64);
+            self.short_payload = self.short_payload.wrapping_add(payload);
             if pos == bytes.len() {
                 out.forward = pos;
                 return out;
