@@ -41,6 +41,33 @@ const COUNTS_DUE_BYTES: u64 = 256 * 1024;
 /// has no timer for it.
 pub const COUNTS_DUE_AFTER: Duration = Duration::from_secs(10);
 
+/// When waiting counts are due, to the second: whole seconds since [`coarse_epoch`],
+/// counted from the first read's second (so due 9 to 10 s after it). 4 bytes where an
+/// `Instant` takes 16: every relay carries one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CountsDue(u32);
+
+impl CountsDue {
+    fn after_read_at(now: Instant) -> CountsDue {
+        let second = now.saturating_duration_since(coarse_epoch()).as_secs();
+        CountsDue(u32::try_from(second + COUNTS_DUE_AFTER.as_secs()).unwrap_or(u32::MAX))
+    }
+
+    fn instant(self) -> Instant {
+        coarse_epoch() + Duration::from_secs(u64::from(self.0))
+    }
+}
+
+/// A fixed instant before any this process reads (an hour before the first use, where
+/// the monotonic clock goes back that far), for [`CountsDue`].
+fn coarse_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    })
+}
+
 /// The two ends of a relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -453,7 +480,7 @@ pub struct Relay {
     closed_by: Option<ClosedBy>,
     /// When counts waiting since the first read after the last [`Relay::take_counts`] are
     /// due ([`COUNTS_DUE_AFTER`]); None while nothing waits.
-    counts_at: Option<Instant>,
+    counts_at: Option<CountsDue>,
     /// `counts_at` went out through [`Relay::poll_deadline`] (the driver armed it).
     counts_armed: bool,
     /// `counts_at` passed: [`Relay::counts_due`] says so.
@@ -811,7 +838,7 @@ impl Relay {
     /// [`COUNTS_DUE_AFTER`] (one clock read per flush, not per read).
     #[cold]
     fn start_counts_clock(&mut self) {
-        self.counts_at = Some((self.clock)() + COUNTS_DUE_AFTER);
+        self.counts_at = Some(CountsDue::after_read_at((self.clock)()));
         self.counts_armed = false;
     }
 
@@ -819,7 +846,7 @@ impl Relay {
     /// waiting past their deadline become due ([`Relay::counts_due`]): the driver flushes
     /// them after this call, whatever it returns.
     pub fn handle_timeout(&mut self, now: Instant) -> Timeout {
-        match self.counts_at {
+        match self.counts_at.map(CountsDue::instant) {
             Some(at) if at <= now => self.counts_stale = true,
             // The deadline that fired was an earlier one (counts were taken since, and the
             // driver kept its first deadline): ask for the new one.
@@ -945,7 +972,10 @@ impl Relay {
         }
         let idle_at = self.idle.map(|idle| self.last_activity + idle);
         self.counts_armed = self.counts_at.is_some();
-        let counts_at = self.counts_at.filter(|_| !self.counts_stale);
+        let counts_at = self
+            .counts_at
+            .filter(|_| !self.counts_stale)
+            .map(CountsDue::instant);
         let scheduled_at = self.scheduled.as_deref().map(|(at, _)| *at);
         [
             idle_at,
