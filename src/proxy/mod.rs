@@ -8,8 +8,8 @@
 //! streamed both ways.
 //!
 //! Inside `proxy/` modules import only downward (no cycles), bottom first:
-//! - `stream`, `headers`, `drain`, `frame`, `signalr`, `target`, `refusal_log`,
-//!   `proxy_protocol`: import no sibling; `error` imports only `target`, `client_addr` only `headers`;
+//! - `random`, `stream`, `headers`, `drain`, `frame`, `signalr`, `target`, `refusal_log`,
+//!   `proxy_protocol`: import no sibling (`drain` only `random`); `error` imports only `target`, `client_addr` only `headers`;
 //! - `auth` (a route's authentication on a request): imports `error` only;
 //! - `request`, `handshake`, `dial`, `tls`, `admit`: the request context and the steps'
 //!   pieces (`admit`: the limits checked before a backend is dialled);
@@ -38,6 +38,7 @@ mod http;
 mod layering;
 mod listener;
 mod proxy_protocol;
+mod random;
 pub mod rebalance;
 mod refusal_log;
 mod request;

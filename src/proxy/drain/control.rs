@@ -187,26 +187,10 @@ pub fn spread_offset(budget: Duration, jitter: bool, spread: u16) -> Duration {
     window.mul_f64(f64::from(spread) / 65536.0)
 }
 
-/// A random place in a budget for a new connection: a per-thread xorshift seeded from the
-/// process's random hasher keys (closes need spreading, not secrecy).
+/// A random place in a budget for a new connection (`proxy::random`: closes need spreading,
+/// not secrecy).
 pub fn random_spread() -> u16 {
-    use std::cell::Cell;
-    use std::hash::{BuildHasher, Hasher};
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(0xD1B5_4A32_D192_ED03);
-            h.finish() | 1
-        });
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        (x >> 48) as u16
-    })
+    (crate::proxy::random::next_u64() >> 48) as u16
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1138,23 +1138,7 @@ impl Relay {
 /// party cannot predict; a per-thread xorshift seeded from the process's random hasher
 /// keys is enough for the few Close frames a proxy writes.
 fn mask_key() -> [u8; 4] {
-    use std::cell::Cell;
-    use std::hash::{BuildHasher, Hasher};
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(0x9E37_79B9_7F4A_7C15);
-            h.finish() | 1
-        });
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        (x as u32).to_le_bytes()
-    })
+    (crate::proxy::random::next_u64() as u32).to_le_bytes()
 }
 
 #[cfg(test)]
