@@ -485,6 +485,9 @@ pub struct Relay {
     counts_armed: bool,
     /// `counts_at` passed: [`Relay::counts_due`] says so.
     counts_stale: bool,
+    /// The driver takes waiting counts in a periodic sweep of its own (a relay thread, see
+    /// [`Relay::counts_swept`]): no deadline for them, so a busy relay needs no timer.
+    counts_swept: bool,
 }
 
 /// The Close frames wsgate sends on its own behalf (a byte, not a code and a string, in
@@ -594,6 +597,7 @@ impl Relay {
             counts_at: None,
             counts_armed: false,
             counts_stale: false,
+            counts_swept: false,
         }
     }
 
@@ -956,7 +960,21 @@ impl Relay {
     /// the deadline asks now (once per flush period).
     #[inline]
     pub fn wants_counts_timer(&self) -> bool {
-        self.counts_at.is_some() && !self.counts_armed
+        self.counts_at.is_some() && !self.counts_armed && !self.counts_swept
+    }
+
+    /// From now on the driver flushes waiting counts itself, when [`Relay::counts_due_by`]
+    /// says so on a periodic sweep, instead of by a deadline of this relay's: a relay
+    /// thread, whose loop would otherwise keep a timer for every busy relay and read the
+    /// clock on every wake-up (bench/RESULTS.md "Issue 21: what the telemetry costs").
+    pub fn counts_swept(&mut self) {
+        self.counts_swept = true;
+        self.counts_armed = false;
+    }
+
+    /// Whether waiting counts are past their deadline at `now` (or byte-count due).
+    pub fn counts_due_by(&self, now: Instant) -> bool {
+        self.counts_due() || self.counts_at.is_some_and(|at| at.instant() <= now)
     }
 
     /// Whether the driver must call [`Relay::note_activity`] when bytes move.
@@ -974,7 +992,7 @@ impl Relay {
         self.counts_armed = self.counts_at.is_some();
         let counts_at = self
             .counts_at
-            .filter(|_| !self.counts_stale)
+            .filter(|_| !self.counts_stale && !self.counts_swept)
             .map(CountsDue::instant);
         let scheduled_at = self.scheduled.as_deref().map(|(at, _)| *at);
         [

@@ -34,7 +34,7 @@ use crate::telemetry::{OffloadMetrics, RouteMetrics};
 
 mod event_loop;
 
-use event_loop::{Conn, Counters, Loop, Ready, STEP_BUDGET};
+use event_loop::{Conn, Counters, Loop, Ready, Tick, STEP_BUDGET, SWEEP_EVERY};
 
 /// How relays move to relay threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,11 +143,27 @@ impl RelayThread {
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
         let (commands, inbox) = mpsc::channel();
         let kept = Arc::clone(&waker);
+        let tick = Arc::new(Tick::default());
+        let loop_tick = Arc::clone(&tick);
         std::thread::Builder::new()
             .name(format!("wsgate-relay-{index}"))
             .spawn(move || {
-                Loop::new(poll, inbox, step_budget).run();
+                Loop::new(poll, inbox, step_budget, Arc::clone(&loop_tick)).run();
+                loop_tick.stopped.store(true, Ordering::Release);
                 drop(kept);
+            })?;
+        // The ticker of the loop's sweep of waiting counts: a thread of its own, so that
+        // the loop needs no timer while its relays are busy.
+        let ticker_waker = Arc::clone(&waker);
+        std::thread::Builder::new()
+            .name(format!("wsgate-relay-{index}-tick"))
+            .spawn(move || {
+                while !tick.stopped.load(Ordering::Acquire) {
+                    std::thread::sleep(SWEEP_EVERY);
+                    if !tick.due.swap(true, Ordering::AcqRel) {
+                        let _ = ticker_waker.wake();
+                    }
+                }
             })?;
         Ok(RelayThread {
             commands,

@@ -1090,3 +1090,25 @@ fn scheduled_closes_and_silent_peers_are_closed_by_wsgate() {
         other => panic!("expected wsgate's keep-alive, got {other:?}"),
     }
 }
+
+/// A relay whose driver sweeps its counts (a relay thread) gets no deadline for them: a
+/// busy relay without an idle limit has no timer at all; the sweep asks `counts_due_by`.
+#[test]
+fn swept_counts_need_no_deadline_and_are_due_by_their_time() {
+    let config = RelayConfig {
+        clock: fake_now,
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::new(config, 1 << 20);
+    sim.relay.counts_swept();
+    advance_fake_clock(Duration::ZERO);
+    let start = fake_now();
+    sim.read(Side::Client, &text(&[b'x'; 10], true));
+    assert!(!sim.relay.wants_timer() && !sim.relay.wants_counts_timer());
+    assert_eq!(sim.relay.poll_deadline(fake_now), None);
+    assert!(!sim.relay.counts_due_by(start + COUNTS_DUE_AFTER / 2));
+    assert!(sim.relay.counts_due_by(start + COUNTS_DUE_AFTER));
+    let counts = sim.relay.take_counts();
+    assert_eq!(counts.messages_up, 1);
+    assert!(!sim.relay.counts_due_by(start + COUNTS_DUE_AFTER * 3));
+}

@@ -4,7 +4,8 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream as MioTcp;
@@ -207,8 +208,22 @@ impl Clock {
     }
 }
 
+/// The sweep of waiting counts (see [`Relay::counts_swept`]): a ticker thread sets `due`
+/// and wakes the loop every [`SWEEP_EVERY`]; the loop sets `stopped` when it ends, and the
+/// ticker then ends too.
+#[derive(Default)]
+pub(super) struct Tick {
+    pub(super) due: AtomicBool,
+    pub(super) stopped: AtomicBool,
+}
+
+/// How often a relay thread takes the counts that passed their deadline: they show up at
+/// most this much after [`COUNTS_DUE_AFTER`](super::super::machine::COUNTS_DUE_AFTER).
+pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 pub(super) struct Loop {
     poll: Poll,
+    tick: Arc<Tick>,
     inbox: mpsc::Receiver<Command>,
     conns: HashMap<u64, Box<Conn>, BuildHasherDefault<KeyHasher>>,
     /// Each relay's next deadline (entries whose relay since armed another are stale).
@@ -223,9 +238,15 @@ pub(super) struct Loop {
 }
 
 impl Loop {
-    pub(super) fn new(poll: Poll, inbox: mpsc::Receiver<Command>, step_budget: usize) -> Self {
+    pub(super) fn new(
+        poll: Poll,
+        inbox: mpsc::Receiver<Command>,
+        step_budget: usize,
+        tick: Arc<Tick>,
+    ) -> Self {
         Loop {
             poll,
+            tick,
             inbox,
             conns: HashMap::default(),
             timers: BinaryHeap::new(),
@@ -256,6 +277,9 @@ impl Loop {
             let mut clock = Clock(None);
             for event in events.iter() {
                 if event.token() == WAKE {
+                    if self.tick.due.swap(false, Ordering::AcqRel) {
+                        self.sweep_counts(&mut clock);
+                    }
                     self.take_commands(&mut clock);
                     continue;
                 }
@@ -292,10 +316,22 @@ impl Loop {
         }
     }
 
+    /// Flushes the counts that passed their deadline: once per [`SWEEP_EVERY`], one clock
+    /// read and a look at every relay, instead of a timer per busy relay.
+    fn sweep_counts(&mut self, clock: &mut Clock) {
+        let now = clock.now();
+        for conn in self.conns.values_mut() {
+            if conn.relay.counts_due_by(now) {
+                conn.counters.add(conn.relay.take_counts());
+            }
+        }
+    }
+
     fn take_commands(&mut self, clock: &mut Clock) {
         loop {
             match self.inbox.try_recv() {
-                Ok(Command::Adopt(conn)) => {
+                Ok(Command::Adopt(mut conn)) => {
+                    conn.relay.counts_swept();
                     let key = conn.key;
                     self.conns.insert(key, conn);
                     self.settle(key, clock);
