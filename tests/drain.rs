@@ -336,11 +336,7 @@ async fn sigterm_with_drain_jitter_spreads_closes_over_the_drain_timeout() {
     let echo = Echo::start("e").await;
     std::fs::write(
         dir.path().join("routes.yaml"),
-        format!(
-            "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata:\n  name: all\nspec:\n  upstreamPathTemplate: /{{x}}\n  downstreamPathTemplate: /{{x}}\n  downstreamHostAndPorts:\n    - host: {}\n      port: {}\n",
-            echo.addr.ip(),
-            echo.addr.port()
-        ),
+        routes_yaml(&[("all", "/{x}", "/{x}", echo.addr)]),
     )
     .unwrap();
     let mut process = Process::start(

@@ -11,20 +11,6 @@ use support::*;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-fn routes_yaml(routes: &[(&str, &str, &str, std::net::SocketAddr)]) -> String {
-    routes
-        .iter()
-        .map(|(name, up, down, addr)| {
-            format!(
-                "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata:\n  name: {name}\nspec:\n  upstreamPathTemplate: {up}\n  downstreamPathTemplate: {down}\n  downstreamHostAndPorts:\n    - host: {}\n      port: {}\n",
-                addr.ip(),
-                addr.port()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("---\n")
-}
-
 /// Writes the file through a temp file and rename, as editors and ConfigMap updates do.
 fn replace_file(path: &Path, content: &str) {
     let tmp = path.with_extension("tmp");

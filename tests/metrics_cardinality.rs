@@ -88,16 +88,12 @@ async fn only_a_used_route_has_series_and_exactly_those_it_used() {
 async fn per_route_histograms_flag_gives_a_dialled_route_its_own_histogram() {
     let echo = Echo::start("e").await;
     let dir = tempfile::tempdir().unwrap();
-    let doc = |name: &str| {
-        format!(
-            "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata:\n  name: {name}\nspec:\n  upstreamPathTemplate: /{name}/{{x}}\n  downstreamPathTemplate: /{{x}}\n  downstreamHostAndPorts:\n    - host: {}\n      port: {}\n",
-            echo.addr.ip(),
-            echo.addr.port()
-        )
-    };
     std::fs::write(
         dir.path().join("routes.yaml"),
-        format!("{}---\n{}", doc("dialled"), doc("quiet")),
+        routes_yaml(&[
+            ("dialled", "/dialled/{x}", "/{x}", echo.addr),
+            ("quiet", "/quiet/{x}", "/{x}", echo.addr),
+        ]),
     )
     .unwrap();
     let process = Process::start(

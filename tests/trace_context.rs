@@ -347,11 +347,7 @@ async fn otlp_spans_are_the_spans_the_backend_was_told_of() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("routes.yaml"),
-        format!(
-            "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata:\n  name: traced\nspec:\n  upstreamPathTemplate: /t/{{x}}\n  downstreamPathTemplate: /{{x}}\n  downstreamHostAndPorts:\n    - host: {}\n      port: {}\n",
-            backend.addr.ip(),
-            backend.addr.port()
-        ),
+        routes_yaml(&[("traced", "/t/{x}", "/{x}", backend.addr)]),
     )
     .unwrap();
     let endpoint = format!("http://{}", receiver.addr);
@@ -457,11 +453,7 @@ async fn an_unreachable_collector_holds_nothing_up() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("routes.yaml"),
-        format!(
-            "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata:\n  name: traced\nspec:\n  upstreamPathTemplate: /t/{{x}}\n  downstreamPathTemplate: /{{x}}\n  downstreamHostAndPorts:\n    - host: {}\n      port: {}\n",
-            backend.addr.ip(),
-            backend.addr.port()
-        ),
+        routes_yaml(&[("traced", "/t/{x}", "/{x}", backend.addr)]),
     )
     .unwrap();
     let endpoint = format!("http://{closed}");

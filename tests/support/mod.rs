@@ -116,6 +116,22 @@ where
     }
 }
 
+/// A routes file (YAML, `---` between documents) of plain routes: `(name, upstream path
+/// template, downstream path template, backend)` each.
+pub fn routes_yaml(routes: &[(&str, &str, &str, SocketAddr)]) -> String {
+    routes
+        .iter()
+        .map(|(name, up, down, addr)| {
+            format!(
+                "apiVersion: wsgate.io/v1alpha1\nkind: WsRoute\nmetadata:\n  name: {name}\nspec:\n  upstreamPathTemplate: {up}\n  downstreamPathTemplate: {down}\n  downstreamHostAndPorts:\n    - host: {}\n      port: {}\n",
+                addr.ip(),
+                addr.port()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
 /// A running echo backend; stops when dropped.
 pub struct Echo {
     pub addr: SocketAddr,
