@@ -565,7 +565,8 @@ async fn run(
         tokio::time::sleep(CHANGE_EVERY).await;
     }
     eprintln!("soak {phase}: {CHANGES} changes in {:?}", churn.elapsed());
-    // The last removal's drain runs its course.
+    // The last removal's drain runs its course. A wait, not a poll: the whole budget and its
+    // slack must pass, so that a close coming late is in the record the verdict judges.
     tokio::time::sleep(BUDGET + SLACK).await;
 
     // Replace every backend one by one: the new one joins, the old one leaves and drains.
@@ -579,7 +580,7 @@ async fn run(
         routed(&format!("http://{plain}/edited-{edit}/x")).await;
         source.remove(old).await;
         removed.entry(old.into()).or_default().push(Instant::now());
-        // The drain runs its course.
+        // The drain runs its course (the whole budget and slack, as above).
         tokio::time::sleep(BUDGET + SLACK).await;
     }
 
