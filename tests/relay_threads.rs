@@ -2,7 +2,8 @@
 //! every kind of message passes unchanged, a side that dies gets the other side a Close,
 //! the drain and the idle timeout send Close 1001, and the route's metrics count what
 //! passed. Here relays move after their first message (the default is 128), and every
-//! test first checks, by the gateway's own metric, that its relay did move.
+//! test first checks, by the gateway's own metric, that its relay did move. The second half
+//! does it all again over wss, where the relay thread drives rustls itself.
 
 mod support;
 
@@ -293,4 +294,259 @@ async fn moved_relay_keepalive_silent_backend_is_found_gone() {
     assert_eq!(next_msg(&mut client).await, Message::text("moved"));
     relays_moved(&gw, 1, 1).await;
     keepalive_silent_backend_gets_the_client_1011(&mut client, backend).await;
+}
+
+// ---- wss: TLS relays on relay threads -----------------------------------------------------
+//
+// The same checks over TLS: the client speaks wss to the gateway's TLS listener (and in
+// one test the backend is wss too), so after the move the relay thread drives rustls
+// itself (records read, decrypted, encrypted and written there; close_notify before the
+// FIN).
+
+use support::certs::{self, Ca, TlsEcho, Wss};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WSS_HOST: &str = "chat.test";
+
+/// A route for `WSS_HOST` on the TLS listener, its certificate issued by `ca`.
+fn wss_route(
+    name: &str,
+    backend: SocketAddr,
+    ca: &Ca,
+    edit: impl FnOnce(&mut wsgate::api::WsRouteSpec),
+) -> Route {
+    let mut s = spec("/{everything}", "/{everything}", &[backend]);
+    s.upstream_host = Some(WSS_HOST.into());
+    edit(&mut s);
+    let mut r = route(name, 0, &s);
+    r.certificate = Some(ca.issue(&[WSS_HOST]).certificate(name));
+    r
+}
+
+async fn wss(gw: &Gateway, path: &str) -> Wss {
+    let addr = gw
+        .server
+        .tls_addr
+        .expect("the test gateway has a TLS listener");
+    certs::wss_connect(addr, WSS_HOST, path).await.0
+}
+
+/// A gateway whose one route `r` relays wss clients to `backend` (plain ws).
+async fn wss_gateway_to(backend: SocketAddr) -> Gateway {
+    let ca = Ca::new("relay threads CA");
+    moving_gateway(&[wss_route("r", backend, &ca, |_| {})]).await
+}
+
+/// Every kind and size (16 MiB backs up behind TLS, in rustls' send buffer and the relay's
+/// backlog), a fragmented message with a ping, after the move; the Close handshake ends
+/// the relay on its thread, and the metrics count every message.
+#[tokio::test]
+async fn moved_wss_relay_passes_every_kind_and_size_and_counts_them() {
+    let echo = Echo::start("e").await;
+    let gw = wss_gateway_to(echo.addr).await;
+    let mut ws = wss(&gw, "/chat").await;
+    round_trip(&mut ws, Message::text("first")).await;
+    relays_moved(&gw, 1, 1).await;
+
+    every_kind_and_size_round_trips(&mut ws).await;
+    fragmented_message_with_ping_round_trips(&mut ws).await;
+
+    within("close", ws.close(None)).await.unwrap();
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    relays_moved(&gw, 1, 0).await;
+    eventually("message counts", || {
+        let up = r#"wsgate_messages_total{route="r",direction="ClientToUpstream"}"#;
+        let down = r#"wsgate_messages_total{route="r",direction="UpstreamToClient"}"#;
+        (metric(&gw, up) == Some(7) && metric(&gw, down) == Some(7)).then_some(())
+    })
+    .await;
+}
+
+/// TLS on both sides (a wss backend): both sessions move to the relay thread and every
+/// kind and size still crosses.
+#[tokio::test]
+async fn moved_relay_with_tls_on_both_sides_passes_every_kind_and_size() {
+    let ca = Ca::new("relay threads CA");
+    let backend = TlsEcho::start("tls-echo", &ca.issue(&["backend.test"])).await;
+    let mut r = wss_route("both", backend.addr, &ca, |s| {
+        s.downstream_scheme = Some(wsgate::api::DownstreamScheme::Wss);
+        s.backend_tls = Some(wsgate::api::BackendTlsSpec {
+            server_name: Some("backend.test".into()),
+            ..Default::default()
+        });
+    });
+    r.backend_tls.ca = Some(ca.bundle());
+    let gw = moving_gateway(&[r]).await;
+    let mut ws = wss(&gw, "/both").await;
+    round_trip(&mut ws, Message::text("first")).await;
+    relays_moved(&gw, 1, 1).await;
+    every_kind_and_size_round_trips(&mut ws).await;
+    fragmented_message_with_ping_round_trips(&mut ws).await;
+    within("close", ws.close(None)).await.unwrap();
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    relays_moved(&gw, 1, 0).await;
+}
+
+/// The backend dies without a Close after a wss relay moved: the client gets Close 1011,
+/// encrypted by the relay thread.
+#[tokio::test]
+async fn moved_wss_relay_sends_1011_when_the_backend_dies() {
+    let (backend, _seen) = backend_dying_on_cue().await;
+    let gw = wss_gateway_to(backend).await;
+    let mut ws = wss(&gw, "/x").await;
+    round_trip(&mut ws, Message::text("one")).await;
+    relays_moved(&gw, 1, 1).await;
+    within("send", ws.send(Message::text("die"))).await.unwrap();
+    match next_msg(&mut ws).await {
+        Message::Close(Some(c)) => assert_eq!(c.code, CloseCode::Error),
+        other => panic!("expected Close 1011, got {other:?}"),
+    }
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    relays_moved(&gw, 1, 0).await;
+}
+
+/// The wss client vanishes (TCP closed, no close_notify, no Close) after the move: the
+/// backend gets Close 1001.
+#[tokio::test]
+async fn moved_wss_relay_sends_1001_to_the_backend_when_the_client_vanishes() {
+    let (backend, seen) = backend_dying_on_cue().await;
+    let gw = wss_gateway_to(backend).await;
+    let mut ws = wss(&gw, "/bye").await;
+    round_trip(&mut ws, Message::text("one")).await;
+    relays_moved(&gw, 1, 1).await;
+    drop(ws.into_inner());
+    let seen = within("backend sees a Close", seen).await.unwrap();
+    assert_eq!(seen, Some(CloseCode::Away));
+}
+
+/// The drain reaches moved wss relays: each client gets Close 1001 "gateway shutting down"
+/// over TLS, and the drain completes within its budget.
+#[tokio::test]
+async fn drain_sends_1001_through_wss_relays_on_threads_and_completes() {
+    let echo = Echo::start("e").await;
+    let gw = wss_gateway_to(echo.addr).await;
+    let mut sockets = Vec::new();
+    for i in 0..3 {
+        let mut ws = wss(&gw, &format!("/s{i}")).await;
+        round_trip(&mut ws, Message::text("before")).await;
+        sockets.push(ws);
+    }
+    relays_moved(&gw, 3, 3).await;
+    let (clean, ()) = tokio::join!(gw.server.shutdown(), async {
+        for ws in &mut sockets {
+            match next_msg(ws).await {
+                Message::Close(Some(c)) => {
+                    assert_eq!(c.code, CloseCode::Away);
+                    assert_eq!(c.reason.as_str(), "gateway shutting down");
+                }
+                other => panic!("expected Close 1001, got {other:?}"),
+            }
+            while let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_secs(5), ws.next()).await
+            {}
+        }
+    });
+    assert!(clean, "the drain must complete within its budget");
+    relays_moved(&gw, 3, 0).await;
+}
+
+/// `timeouts.idle` after a wss relay moved: the quiet one gets Close 1001 "idle timeout",
+/// the busy one stays open.
+#[tokio::test]
+async fn moved_wss_relay_idle_timeout_closes_only_quiet_sockets() {
+    let echo = Echo::start("e").await;
+    let ca = Ca::new("relay threads CA");
+    let r = wss_route("idle", echo.addr, &ca, |s| {
+        s.timeouts = Some(wsgate::api::RouteTimeouts {
+            idle: Some("400ms".into()),
+            ..Default::default()
+        });
+    });
+    let gw = moving_gateway(&[r]).await;
+    let mut quiet = wss(&gw, "/quiet").await;
+    let mut busy = wss(&gw, "/busy").await;
+    round_trip(&mut quiet, Message::text("moved")).await;
+    round_trip(&mut busy, Message::text("moved")).await;
+    relays_moved(&gw, 2, 2).await;
+    idle_limit_closes_only_the_quiet_one(&mut quiet, &mut busy).await;
+}
+
+/// `keepalive` after a wss relay moved: wsgate's Pings go out encrypted, the client's Pongs
+/// are taken in, and the quiet connection stays open.
+#[tokio::test]
+async fn moved_wss_relay_keepalive_answered_pings_keep_a_quiet_connection_open() {
+    let (backend, mut seen) = recording_backend().await;
+    let ca = Ca::new("relay threads CA");
+    let r = wss_route("ka", backend, &ca, |s| *s = with_keepalive(s.clone()));
+    let gw = moving_gateway(&[r]).await;
+    let mut ws = wss(&gw, "/quiet").await;
+    round_trip(&mut ws, Message::text("moved")).await;
+    relays_moved(&gw, 1, 1).await;
+    keepalive_answered_keeps_a_quiet_connection_open(&mut ws, &mut seen).await;
+}
+
+/// The end of a wss relay is a clean TLS end, moved or not: after the Close handshake the
+/// client reads the backend's Close and then close_notify (a clean end of stream, where a
+/// FIN alone is an error).
+#[tokio::test]
+async fn moved_wss_relay_ends_with_close_notify_before_the_fin() {
+    let echo = Echo::start("e").await;
+    let gw = wss_gateway_to(echo.addr).await;
+    ends_with_close_notify(&gw, true).await;
+}
+
+#[tokio::test]
+async fn wss_relay_on_the_runtime_ends_with_close_notify_before_the_fin() {
+    let echo = Echo::start("e").await;
+    let ca = Ca::new("relay threads CA");
+    let gw = Gateway::start(&[wss_route("r", echo.addr, &ca, |_| {})]).await;
+    ends_with_close_notify(&gw, false).await;
+}
+
+/// One message, then the client's Close; the stream must then end with close_notify.
+async fn ends_with_close_notify(gw: &Gateway, moves: bool) {
+    use support::raw_ws::{close_payload, frame, parse_all, CLOSE, FIN, TEXT};
+    let addr = gw.server.tls_addr.expect("TLS listener");
+    let (mut tls, _) = certs::tls_connect(addr, WSS_HOST).await.unwrap();
+    let upgrade = format!(
+        "GET /raw HTTP/1.1\r\nHost: {WSS_HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    within("upgrade", tls.write_all(upgrade.as_bytes()))
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        within("101", tls.read_exact(&mut byte)).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let hi = frame(FIN | TEXT, true, b"hi");
+    within("send", tls.write_all(&hi)).await.unwrap();
+    let mut echoed = vec![0u8; 4];
+    within("echo", tls.read_exact(&mut echoed)).await.unwrap();
+    assert_eq!(&echoed[2..], b"hi");
+    if moves {
+        relays_moved(gw, 1, 1).await;
+    }
+
+    let close = frame(FIN | CLOSE, true, &close_payload(1000, b""));
+    within("send Close", tls.write_all(&close)).await.unwrap();
+    let mut rest = Vec::new();
+    let end = within("the end of the stream", tls.read_to_end(&mut rest)).await;
+    assert!(
+        end.is_ok(),
+        "the stream must end with close_notify, not a bare FIN: {end:?}"
+    );
+    let frames = parse_all(&rest);
+    assert_eq!(frames.len(), 1, "only the Close reply: {frames:?}");
+    assert_eq!(frames[0].close_code(), Some(1000));
+    if moves {
+        relays_moved(gw, 1, 0).await;
+    }
 }

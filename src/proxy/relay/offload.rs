@@ -1,5 +1,6 @@
-//! Relay threads: a busy plain-TCP relay leaves the async runtime for a thread that runs
-//! one edge-triggered epoll loop (mio) over the sockets of many connections.
+//! Relay threads: a busy relay leaves the async runtime for a thread that runs one
+//! edge-triggered epoll loop (mio) over the sockets of many connections. A TLS side goes
+//! along with its rustls session, driven there by hand (`offload/endpoint.rs`).
 //!
 //! Why: per small message, tokio's per-event machinery (waking the relay's task,
 //! scheduling and polling it, the readiness bookkeeping of its two sockets) made wsgate's
@@ -22,6 +23,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 
 use mio::net::TcpStream as MioTcp;
+use mio::unix::SourceFd;
 use mio::{Interest, Poll, Registry, Token, Waker};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,10 +32,13 @@ use tokio::sync::oneshot;
 
 use super::{poll_signal, Relay, Side, Signal};
 use crate::proxy::drain::{CloseReason, DrainSignal};
+use crate::proxy::stream::Stream;
 use crate::telemetry::{OffloadMetrics, RouteMetrics};
 
+mod endpoint;
 mod event_loop;
 
+use endpoint::Endpoint;
 use event_loop::{Conn, Counters, Loop, Ready, Tick, STEP_BUDGET, SWEEP_EVERY};
 
 /// How relays move to relay threads.
@@ -41,7 +46,7 @@ use event_loop::{Conn, Counters, Loop, Ready, Tick, STEP_BUDGET, SWEEP_EVERY};
 pub struct OffloadOptions {
     /// Relay threads, started on first use. 0: every relay stays on the async runtime.
     pub threads: usize,
-    /// A plain-TCP relay moves once this many WebSocket messages (both ways) passed.
+    /// A relay moves once this many WebSocket messages (both ways) passed.
     pub after_messages: u64,
 }
 
@@ -108,11 +113,11 @@ impl Offload {
     }
 }
 
-/// The sockets could not join the relay thread: they go back to the caller, still
+/// The connections could not join the relay thread: they go back to the caller, still
 /// registered with tokio, and the relay goes on there.
 pub(super) struct NotMoved {
-    pub client: TcpStream,
-    pub upstream: TcpStream,
+    pub client: Stream,
+    pub upstream: Stream,
     pub relay: Relay,
     pub error: io::Error,
 }
@@ -186,8 +191,8 @@ impl RelayThread {
     pub(super) async fn relay(
         &self,
         offload: &Offload,
-        client: TcpStream,
-        upstream: TcpStream,
+        client: Stream,
+        upstream: Stream,
         relay: Relay,
         span: tracing::Span,
         drain: &mut DrainSignal,
@@ -220,17 +225,15 @@ impl RelayThread {
             again: false,
         }));
         if let Err(mpsc::SendError(Command::Adopt(conn))) = self.commands.send(adopt) {
-            // The thread is gone (only a panic ends it while this handle exists): the
+            // The thread is gone (only a panic ends it while this handle exists): a plain
             // relay goes back to tokio instead of being lost with it.
             let Conn {
-                mut client,
-                mut upstream,
+                client,
+                upstream,
                 relay,
                 ..
             } = *conn;
-            let _ = self.registry.deregister(&mut client);
-            let _ = self.registry.deregister(&mut upstream);
-            return match to_tokio(client, upstream) {
+            return match self.back_to_tokio(client, upstream) {
                 Ok((client, upstream)) => Err(Box::new(NotMoved {
                     client,
                     upstream,
@@ -273,44 +276,82 @@ impl RelayThread {
         }
     }
 
-    /// Takes both sockets out of tokio and registers them with this thread's poller. If
-    /// the poller refuses them, they go back to tokio.
+    /// Registers both sockets with this thread's poller, then takes them (and a TLS side's
+    /// session) out of tokio. If the poller refuses them, they stay with tokio untouched.
     fn register(
         &self,
         key: u64,
-        client: TcpStream,
-        upstream: TcpStream,
-    ) -> Result<(MioTcp, MioTcp), Unregistered> {
-        // tokio deregisters with one epoll_ctl each; should that fail, into_std has closed
-        // the socket and the relay cannot go on anywhere.
-        let client = client.into_std().map_err(Unregistered::Lost)?;
-        let upstream = upstream.into_std().map_err(Unregistered::Lost)?;
-        let mut client = MioTcp::from_std(client);
-        let mut upstream = MioTcp::from_std(upstream);
+        client: Stream,
+        upstream: Stream,
+    ) -> Result<(Endpoint, Endpoint), Unregistered> {
+        use std::os::fd::AsRawFd;
         let both = Interest::READABLE | Interest::WRITABLE;
+        let client_fd = client.socket().as_raw_fd();
+        let upstream_fd = upstream.socket().as_raw_fd();
+        // Registered while tokio still has them (a socket may be in two epoll sets), so
+        // that a refusal leaves nothing to undo: a TLS session could not go back into
+        // tokio-rustls once taken out.
         let registered = self
             .registry
-            .register(&mut client, token(key, Side::Client), both)
+            .register(&mut SourceFd(&client_fd), token(key, Side::Client), both)
             .and_then(|()| {
                 self.registry
-                    .register(&mut upstream, token(key, Side::Backend), both)
+                    .register(&mut SourceFd(&upstream_fd), token(key, Side::Backend), both)
                     .inspect_err(|_| {
-                        let _ = self.registry.deregister(&mut client);
+                        let _ = self.registry.deregister(&mut SourceFd(&client_fd));
                     })
             });
-        match registered {
-            Ok(()) => Ok((client, upstream)),
-            Err(error) => match to_tokio(client, upstream) {
-                Ok((client, upstream)) => Err(Unregistered::Back(client, upstream, error)),
-                Err(e) => Err(Unregistered::Lost(e)),
-            },
+        if let Err(error) = registered {
+            return Err(Unregistered::Back(client, upstream, error));
         }
+        // tokio deregisters with one epoll_ctl each; should that fail, into_std has closed
+        // the socket (which leaves this poller with it) and the relay cannot go on anywhere.
+        let client = leave_tokio(client).map_err(Unregistered::Lost)?;
+        let upstream = leave_tokio(upstream).map_err(Unregistered::Lost)?;
+        Ok((client, upstream))
+    }
+
+    /// Endpoints taken out of this thread's poller, back on tokio: only plain sockets can
+    /// go (tokio-rustls has no way to take a session back).
+    fn back_to_tokio(
+        &self,
+        mut client: Endpoint,
+        mut upstream: Endpoint,
+    ) -> io::Result<(Stream, Stream)> {
+        let _ = self.registry.deregister(&mut client.socket);
+        let _ = self.registry.deregister(&mut upstream.socket);
+        let (Some(client), Some(upstream)) = (client.into_plain(), upstream.into_plain()) else {
+            return Err(io::Error::other(
+                "a TLS session cannot go back to the async runtime",
+            ));
+        };
+        Ok((
+            Stream::Tcp(TcpStream::from_std(client.into())?),
+            Stream::Tcp(TcpStream::from_std(upstream.into())?),
+        ))
     }
 }
 
+/// A connection out of tokio, ready for a relay thread.
+fn leave_tokio(stream: Stream) -> io::Result<Endpoint> {
+    Ok(match stream {
+        Stream::Tcp(s) => Endpoint::plain(MioTcp::from_std(s.into_std()?)),
+        Stream::Server(s) => {
+            let (tcp, session) = s.into_inner();
+            let socket = MioTcp::from_std(tcp.into_std()?);
+            Endpoint::tls(socket, rustls::Connection::Server(session))
+        }
+        Stream::Client(s) => {
+            let (tcp, session) = s.into_inner();
+            let socket = MioTcp::from_std(tcp.into_std()?);
+            Endpoint::tls(socket, rustls::Connection::Client(session))
+        }
+    })
+}
+
 enum Unregistered {
-    /// The sockets are back on tokio.
-    Back(TcpStream, TcpStream, io::Error),
+    /// The connections are still on tokio.
+    Back(Stream, Stream, io::Error),
     /// A socket was closed on the way.
     Lost(io::Error),
 }
@@ -320,12 +361,6 @@ enum Unregistered {
 fn lost(error: io::Error, relay: Relay) -> Relay {
     tracing::error!(%error, "a relay's socket could not move between pollers; connection closed");
     relay
-}
-
-/// Sockets taken out of a relay thread's poller (or never registered there) back on tokio.
-fn to_tokio(client: MioTcp, upstream: MioTcp) -> io::Result<(TcpStream, TcpStream)> {
-    let client = TcpStream::from_std(client.into())?;
-    Ok((client, TcpStream::from_std(upstream.into())?))
 }
 
 impl Drop for RelayThread {

@@ -3,18 +3,18 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::{self, Read};
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream as MioTcp;
 use mio::{Events, Poll};
 use tokio::sync::oneshot;
 
 use super::super::{
-    add_counts, log_timeout, pass_on_read, write_owed, Counts, Relay, Side, Timeout, READ_BUF,
+    add_counts, log_timeout, pass_on_read, write_owed, Counts, Relay, Side, Sink, Timeout, READ_BUF,
 };
+use super::endpoint::Endpoint;
 use super::{Command, WAKE};
 use crate::proxy::drain::CloseReason;
 use crate::telemetry::RouteMetrics;
@@ -80,8 +80,8 @@ struct Step {
 /// One relay on a relay thread.
 pub(super) struct Conn {
     pub(super) key: u64,
-    pub(super) client: MioTcp,
-    pub(super) upstream: MioTcp,
+    pub(super) client: Endpoint,
+    pub(super) upstream: Endpoint,
     pub(super) relay: Relay,
     pub(super) ready: Ready,
     /// The deadline this relay has in the thread's timer heap, if any.
@@ -136,34 +136,37 @@ impl Conn {
         let (readable, _) = Ready::bits(from);
         let (_, writable) = Ready::bits(to);
         let (src, dst) = match from {
-            Side::Client => (&self.client, &self.upstream),
-            Side::Backend => (&self.upstream, &self.client),
+            Side::Client => (&mut self.client, &mut self.upstream),
+            Side::Backend => (&mut self.upstream, &mut self.client),
         };
-        let read = (&*src).read(buf);
-        let more = match &read {
-            Ok(n) => *n == buf.len(),
-            Err(e) => e.kind() == io::ErrorKind::Interrupted,
-        };
-        pass_on_read(&mut self.relay, from, read.map(|n| &buf[..n]), dst);
+        let relay = &mut self.relay;
+        let more = src.read_with(buf, |read| pass_on_read(relay, from, read, dst));
         self.ready.set(readable, more);
-        if self.relay.has_backlog(to) {
+        if self.relay.owes_output(to) {
             self.ready.set(writable, false);
         }
     }
 
-    /// Writes what waits for `to` if it is writable.
+    /// Gives `to` what it is owed (the backlog, a flush of TLS records, a half-close) if it
+    /// is writable; also records rustls queued on its own (a KeyUpdate's answer).
     #[inline]
     fn flush_when_ready(&mut self, to: Side) -> bool {
         let (_, writable) = Ready::bits(to);
-        if !self.relay.has_backlog(to) || !self.ready.has(writable) {
+        let owed = self.relay.owes_output(to);
+        let dst = match to {
+            Side::Client => &mut self.client,
+            Side::Backend => &mut self.upstream,
+        };
+        if !(owed || dst.tls_pending()) || !self.ready.has(writable) {
             return false;
         }
-        let dst = match to {
-            Side::Client => &self.client,
-            Side::Backend => &self.upstream,
-        };
-        write_owed(&mut self.relay, to, dst);
-        self.ready.set(writable, !self.relay.has_backlog(to));
+        if owed {
+            write_owed(&mut self.relay, to, dst);
+        } else if dst.try_flush().is_err() {
+            self.relay.handle_write_failed(to);
+        }
+        let still = self.relay.owes_output(to) || dst.tls_pending();
+        self.ready.set(writable, !still);
         true
     }
 
@@ -399,8 +402,12 @@ impl Loop {
                 mut relay,
                 done,
                 counters,
+                mut client,
+                mut upstream,
                 ..
             } = *conn;
+            client.finish();
+            upstream.finish();
             counters.add(relay.take_counts());
             if let Some(done) = done {
                 let _ = done.send(relay);
