@@ -52,53 +52,71 @@ async fn accept_loop(
             }
         };
         nodelay.ensure(&stream);
-        let gw2 = Arc::clone(&gw);
-        let conn_drain = gw.drain.signal();
-        let tls = tls.clone();
-        // Boxed: the task then holds a pointer, not the connection's whole future, so
-        // spawning and finishing it copy a few bytes instead of ~1.6 KB several times over
-        // (callgrind: ~3 % of a handshake's instructions).
         let span = connection_span(peer);
-        let proxy_protocol = gw.client_address.proxy_protocol;
-        gw.drain.spawn(Box::pin(async move {
-            let mut stream = stream;
-            let mut peer = peer;
-            if proxy_protocol {
-                match proxy_protocol::read_header(&mut stream).await {
-                    Ok(Some(source)) => {
-                        tracing::Span::current()
-                            .record("forwarded_for", tracing::field::display(source));
-                        peer = source;
+        let task = connection_task(Arc::clone(&gw), stream, peer, proto, tls.clone());
+        // Boxed: the task then holds a pointer, not the connection's whole future, so
+        // spawning and finishing it copy a few bytes instead of ~1.3 KB several times over
+        // (callgrind: ~3 % of a handshake's instructions).
+        gw.drain.spawn(Box::pin(task.instrument(span)));
+    }
+    tracing::info!("listener stopped accepting");
+}
+
+/// One accepted connection from its first byte to its end: the PROXY protocol header when
+/// `--proxy-protocol` asks for it, the TLS handshake on the TLS listener, then
+/// `connection::serve`.
+///
+/// Its future is boxed for the life of the connection and sized by its largest state, so
+/// the PROXY header read and the TLS handshake are boxed on their own (freed once done):
+/// an idle relayed connection's box is then the relay's size, under mimalloc's 1,280-byte
+/// class instead of in its 2,048-byte one (bench/RESULTS.md, "Issue 22: idle memory"). A
+/// function returning an `async move` block, not an async fn, for the same reason as
+/// `connection::serve`.
+fn connection_task(
+    gw: Arc<Gateway>,
+    mut stream: tokio::net::TcpStream,
+    mut peer: std::net::SocketAddr,
+    proto: &'static str,
+    tls: Option<TlsAcceptor>,
+) -> impl std::future::Future<Output = ()> + Send {
+    let conn_drain = gw.drain.signal();
+    let proxy_protocol = gw.client_address.proxy_protocol;
+    async move {
+        if proxy_protocol {
+            match Box::pin(proxy_protocol::read_header(&mut stream)).await {
+                Ok(Some(source)) => {
+                    tracing::Span::current()
+                        .record("forwarded_for", tracing::field::display(source));
+                    peer = source;
+                }
+                // A balancer's health check: the TCP peer stays.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection closed: no valid PROXY protocol header");
+                    return;
+                }
+            }
+        }
+        let stream = match tls {
+            None => Stream::Tcp(stream),
+            Some(acceptor) => {
+                let handshake =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                match Box::pin(handshake).await {
+                    Ok(Ok(s)) => Stream::Server(Box::new(s)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %peer, error = %e, "TLS handshake with client failed");
+                        return;
                     }
-                    // A balancer's health check: the TCP peer stays.
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "connection closed: no valid PROXY protocol header");
+                    Err(_) => {
+                        tracing::debug!(peer = %peer, "TLS handshake with client timed out");
                         return;
                     }
                 }
             }
-            let stream = match tls {
-                None => Stream::Tcp(stream),
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(s)) => Stream::Server(Box::new(s)),
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake with client failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(peer = %peer, "TLS handshake with client timed out");
-                            return;
-                        }
-                    }
-                }
-            };
-            super::connection::serve(gw2, stream, peer, proto, conn_drain).await;
-        }.instrument(span)));
+        };
+        super::connection::serve(gw, stream, peer, proto, conn_drain).await;
     }
-    tracing::info!("listener stopped accepting");
 }
 
 /// Whether accepted connections arrive with TCP_NODELAY already set (inherited from a
@@ -132,6 +150,23 @@ impl NoDelay {
 #[cfg(test)]
 mod tests {
     use super::NoDelay;
+
+    /// An idle relayed connection's memory is mostly this future's box (the relay inside
+    /// it): it must stay within mimalloc's 1,280-byte size class.
+    #[tokio::test]
+    async fn connection_task_stays_in_the_1280_byte_class() {
+        let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
+        let publisher = std::sync::Arc::new(crate::table::Publisher::new(metrics.clone()));
+        let drain = crate::proxy::Drain::new();
+        let gw = crate::proxy::Gateway::new(publisher, metrics, drain, Default::default());
+        let stream = accepted(true).await;
+        let peer = stream.peer_addr().unwrap();
+        let task = super::connection_task(gw, stream, peer, "http", None);
+        let size = std::mem::size_of_val(&task);
+        // 1,560 before issue 22 boxed the handshakes and dropped the async fns' copies of
+        // their arguments (print-type-size); 2,000 bytes and more earlier.
+        assert!(size <= 1280, "connection task grew to {size} bytes");
+    }
 
     async fn accepted(listener_nodelay: bool) -> tokio::net::TcpStream {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
