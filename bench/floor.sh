@@ -8,7 +8,8 @@
 #
 # WSGATE_BIN, LOADGEN_BIN, FLOOR_BIN, ROUNDS (default 6), SECS (measured seconds per run,
 # default 3) and TARGETS (default "wsgate nginx haproxy floor"; also "wsgate-tokio": wsgate
-# with --relay-threads 0, every relay on the async runtime) adjust it; FLOOR_ENV (e.g.
+# with --relay-threads 0, every relay on the async runtime; "floor-uring": the floor on
+# io_uring, loadgen/src/bin/floor_uring.rs, issue 22 item 4) adjust it; FLOOR_ENV (e.g.
 # "FLOOR_BATCH=1" or "FLOOR_WORK_NS=300") picks a variant of the floor (floor.rs lists them).
 # WARM=1 first runs 1 s of small messages through every target, so a wsgate that moves busy
 # relays to a relay thread has started one before, e.g., handshakes are measured.
@@ -36,6 +37,15 @@ read -r -a FLOOR_VARIANT <<<"${FLOOR_ENV:-}"
 start_floor "$FLOOR" $((BASE + 6)) "${FLOOR_VARIANT[@]}"
 [[ " ${TARGET_LIST[*]} " != *" wsgate-tokio "* ]] ||
     start_wsgate wsgate-tokio "$WSGATE" $((BASE + 8)) --relay-threads 0
+if [[ " ${TARGET_LIST[*]} " == *" floor-uring "* ]]; then
+    start_floor_uring "$(dirname "$FLOOR")/floor-uring" $((BASE + 10))
+    sleep 0.2
+    if ! kill -0 "${PID[floor-uring]}" 2>/dev/null; then
+        # Exit 3: no io_uring on this kernel or in this sandbox. Said, and measured without it.
+        echo "floor.sh: floor-uring did not start ($(cat "$WORK/floor-uring.log")); measuring without it" >&2
+        read -r -a TARGET_LIST <<<"$(tr ' ' '\n' <<<"${TARGET_LIST[*]}" | grep -vx floor-uring | tr '\n' ' ')"
+    fi
+fi
 wait_relaying "${TARGET_LIST[@]}"
 if [ -n "${WARM:-}" ]; then
     for t in "${TARGET_LIST[@]}"; do
@@ -87,7 +97,7 @@ def versus(a, b, key, better):
     print(f"  {a} vs {b}, {key}: {ratio:.2f}× by round, {a} ahead in {wins} of {len(rounds)}")
 print("round by round")
 higher, lower = (lambda x, y: x > y), (lambda x, y: x < y)
-for a, b in [("floor", "haproxy"), ("floor", "nginx"), ("wsgate", "floor"), ("wsgate", "haproxy"),
+for a, b in [("floor-uring", "floor"), ("floor", "haproxy"), ("floor", "nginx"), ("wsgate", "floor"), ("wsgate", "haproxy"),
              ("wsgate", "nginx"), ("wsgate", "wsgate-tokio"), ("wsgate-tokio", "haproxy"),
              ("wsgate-tokio", "nginx")]:
     if a in targets and b in targets:

@@ -68,6 +68,13 @@ start_floor() { # binary port [VAR=VALUE...]: the bare epoll forwarder (loadgen/
     PORT[floor]=$2
 }
 
+start_floor_uring() { # binary port: the same forwarder on io_uring (loadgen/src/bin/floor_uring.rs)
+    taskset -c 0 "$1" "127.0.0.1:$2" "127.0.0.1:$ECHO_PORT" >"$WORK/floor-uring.log" 2>&1 &
+    PID[floor-uring]=$!
+    PIDS+=($!)
+    PORT[floor-uring]=$2
+}
+
 wait_relaying() { # targets...: each relays a WebSocket echo (bounded: 50 tries, 0.2 s apart)
     local t
     for t in "$@"; do

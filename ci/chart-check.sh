@@ -497,7 +497,8 @@ check "shellcheck ci/chart-check.sh ci/fuzz.sh ci/autobahn.sh tests/e2e/kind.sh"
   "$VENV/shellcheck" ci/chart-check.sh ci/fuzz.sh ci/autobahn.sh tests/e2e/kind.sh
 check "shellcheck (warnings) bench/*.sh" \
   "$VENV/shellcheck" -S warning bench/run.sh bench/allocs.sh bench/instructions.sh bench/pair.sh bench/syscall-mix.sh \
-    bench/side-by-side.sh bench/under-valgrind.sh bench/scratch.sh bench/floor.sh bench/release-build.sh
+    bench/side-by-side.sh bench/under-valgrind.sh bench/scratch.sh bench/floor.sh bench/release-build.sh \
+    bench/kernel-share.sh
 check "yamllint examples, values and ci values" \
   "$VENV/yamllint" -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable, comments: {min-spaces-from-content: 1}}}' \
   examples "$CHART/values.yaml" "$CHART/ci" ci/fixtures tests/e2e/kind-values.yaml

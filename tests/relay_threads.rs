@@ -550,3 +550,48 @@ async fn ends_with_close_notify(gw: &Gateway, moves: bool) {
         relays_moved(gw, 1, 0).await;
     }
 }
+
+/// A wss client whose records stop decrypting after the move (bytes written under the TLS
+/// layer): the relay thread sends rustls' alert, reads that side no more, and the backend
+/// gets Close 1001 as from a client that vanished; the relay ends.
+#[tokio::test]
+async fn moved_wss_relay_treats_a_corrupt_record_as_the_client_gone() {
+    let (backend, seen) = backend_dying_on_cue().await;
+    let gw = wss_gateway_to(backend).await;
+    let mut ws = wss(&gw, "/corrupt").await;
+    round_trip(&mut ws, Message::text("one")).await;
+    relays_moved(&gw, 1, 1).await;
+    // An application-data record of 64 bytes that no key decrypts.
+    let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+    record.extend((0..64u8).map(|i| i.wrapping_mul(37)));
+    let tcp = ws.get_mut().get_mut().0;
+    within("write the corrupt record", tcp.write_all(&record))
+        .await
+        .unwrap();
+    let seen = within("backend sees a Close", seen).await.unwrap();
+    assert_eq!(seen, Some(CloseCode::Away));
+    relays_moved(&gw, 1, 0).await;
+}
+
+/// TLS 1.3 key updates after the move, asked by the client (with a request for the
+/// gateway's own): the relay thread answers through rustls, and messages keep flowing both
+/// ways under the new keys.
+#[tokio::test]
+async fn moved_wss_relay_follows_key_updates() {
+    let echo = Echo::start("e").await;
+    let gw = wss_gateway_to(echo.addr).await;
+    let mut ws = wss(&gw, "/keys").await;
+    round_trip(&mut ws, Message::text("one")).await;
+    relays_moved(&gw, 1, 1).await;
+    for i in 0..3 {
+        ws.get_mut()
+            .get_mut()
+            .1
+            .refresh_traffic_keys()
+            .expect("a TLS 1.3 session can update its keys");
+        round_trip(&mut ws, Message::text(format!("after key update {i}"))).await;
+    }
+    within("close", ws.close(None)).await.unwrap();
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    relays_moved(&gw, 1, 0).await;
+}
