@@ -16,6 +16,7 @@ use support::*;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use wsgate::model::Route;
 
 const MOVE_AFTER_FIRST_MESSAGE: OffloadOptions = OffloadOptions {
@@ -61,25 +62,34 @@ async fn relays_moved(gw: &Gateway, n: u64, on_threads: u64) {
 async fn moved_relay_passes_every_kind_and_size_and_counts_them() {
     let echo = Echo::start("e").await;
     let gw = gateway_to(echo.addr).await;
-    let mut ws = connect(&gw.ws("/chat")).await;
+    let ws = connect(&gw.ws("/chat")).await;
+    passes_every_kind_and_size_and_counts_them(&gw, ws).await;
+}
+
+/// The checks of `moved_relay_passes_every_kind_and_size_and_counts_them` on `ws`, a fresh
+/// connection through `gw`'s route `r` (plain or TLS).
+async fn passes_every_kind_and_size_and_counts_them(
+    gw: &Gateway,
+    mut ws: WebSocketStream<impl Peer>,
+) {
     round_trip(&mut ws, Message::text("first")).await;
-    relays_moved(&gw, 1, 1).await;
+    relays_moved(gw, 1, 1).await;
 
     every_kind_and_size_round_trips(&mut ws).await;
     fragmented_message_with_ping_round_trips(&mut ws).await;
 
     within("close", ws.close(None)).await.unwrap();
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
-    relays_moved(&gw, 1, 0).await;
+    relays_moved(gw, 1, 0).await;
     // "first", five messages and the fragmented one, each way.
     eventually("message counts", || {
         let up = r#"wsgate_messages_total{route="r",direction="ClientToUpstream"}"#;
         let down = r#"wsgate_messages_total{route="r",direction="UpstreamToClient"}"#;
-        (metric(&gw, up) == Some(7) && metric(&gw, down) == Some(7)).then_some(())
+        (metric(gw, up) == Some(7) && metric(gw, down) == Some(7)).then_some(())
     })
     .await;
     assert_eq!(
-        metric(&gw, r#"wsgate_connections_active{route="r"}"#),
+        metric(gw, r#"wsgate_connections_active{route="r"}"#),
         Some(0)
     );
 }
@@ -89,9 +99,15 @@ async fn moved_relay_passes_every_kind_and_size_and_counts_them() {
 async fn moved_relay_sends_1011_when_the_backend_dies() {
     let (backend, _seen) = backend_dying_on_cue().await;
     let gw = gateway_to(backend).await;
-    let mut ws = connect(&gw.ws("/x")).await;
+    let ws = connect(&gw.ws("/x")).await;
+    sends_1011_when_the_backend_dies(&gw, ws).await;
+}
+
+/// After the move, `ws`'s backend (`backend_dying_on_cue`) is told to die: the client gets
+/// Close 1011, and the relay ends once the client's Close reply went out.
+async fn sends_1011_when_the_backend_dies(gw: &Gateway, mut ws: WebSocketStream<impl Peer>) {
     round_trip(&mut ws, Message::text("one")).await;
-    relays_moved(&gw, 1, 1).await;
+    relays_moved(gw, 1, 1).await;
     within("send", ws.send(Message::text("die"))).await.unwrap();
     match next_msg(&mut ws).await {
         Message::Close(Some(c)) => assert_eq!(c.code, CloseCode::Error),
@@ -99,7 +115,7 @@ async fn moved_relay_sends_1011_when_the_backend_dies() {
     }
     // The client's Close reply goes out as it reads on; then the relay ends.
     while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
-    relays_moved(&gw, 1, 0).await;
+    relays_moved(gw, 1, 0).await;
 }
 
 /// The client vanishes without a Close after the move: the backend gets Close 1001.
@@ -107,9 +123,19 @@ async fn moved_relay_sends_1011_when_the_backend_dies() {
 async fn moved_relay_sends_1001_to_the_backend_when_the_client_vanishes() {
     let (backend, seen) = backend_dying_on_cue().await;
     let gw = gateway_to(backend).await;
-    let mut ws = connect(&gw.ws("/bye")).await;
+    let ws = connect(&gw.ws("/bye")).await;
+    client_vanishing_gets_the_backend_1001(&gw, ws, seen).await;
+}
+
+/// After the move, `ws` is dropped without a Close (its TCP connection just ends): its
+/// backend (`backend_dying_on_cue`, reporting on `seen`) gets Close 1001.
+async fn client_vanishing_gets_the_backend_1001(
+    gw: &Gateway,
+    mut ws: WebSocketStream<impl Peer>,
+    seen: tokio::sync::oneshot::Receiver<Option<CloseCode>>,
+) {
     round_trip(&mut ws, Message::text("one")).await;
-    relays_moved(&gw, 1, 1).await;
+    relays_moved(gw, 1, 1).await;
     drop(ws.into_inner());
     let seen = within("backend sees a Close", seen).await.unwrap();
     assert_eq!(seen, Some(CloseCode::Away));
@@ -140,13 +166,23 @@ async fn drain_sends_1001_through_relay_threads_and_completes() {
     let gw = gateway_to(echo.addr).await;
     let mut sockets = Vec::new();
     for i in 0..3 {
-        let mut ws = connect(&gw.ws(&format!("/s{i}"))).await;
-        round_trip(&mut ws, Message::text("before")).await;
-        sockets.push(ws);
+        sockets.push(connect(&gw.ws(&format!("/s{i}"))).await);
     }
-    relays_moved(&gw, 3, 3).await;
-    let server = &gw.server;
-    let (clean, ()) = tokio::join!(server.shutdown(), async {
+    drain_sends_1001_and_completes(&gw, sockets).await;
+}
+
+/// The drain check on fresh connections through `gw` (plain or TLS): each moves after a
+/// message, then the shutdown sends each Close 1001 and completes once they answer.
+async fn drain_sends_1001_and_completes(
+    gw: &Gateway,
+    mut sockets: Vec<WebSocketStream<impl Peer>>,
+) {
+    for ws in &mut sockets {
+        round_trip(ws, Message::text("before")).await;
+    }
+    let n = sockets.len() as u64;
+    relays_moved(gw, n, n).await;
+    let (clean, ()) = tokio::join!(gw.server.shutdown(), async {
         for ws in &mut sockets {
             match next_msg(ws).await {
                 Message::Close(Some(c)) => {
@@ -162,7 +198,7 @@ async fn drain_sends_1001_through_relay_threads_and_completes() {
         }
     });
     assert!(clean, "the drain must complete within its budget");
-    relays_moved(&gw, 3, 0).await;
+    relays_moved(gw, n, 0).await;
 }
 
 /// `timeouts.idle` after the move: a quiet socket gets Close 1001 "idle timeout", one that
@@ -176,11 +212,20 @@ async fn moved_relay_idle_timeout_closes_only_quiet_sockets() {
         ..Default::default()
     });
     let gw = moving_gateway(&[route("idle", 0, &s)]).await;
-    let mut quiet = connect(&gw.ws("/quiet")).await;
-    let mut busy = connect(&gw.ws("/busy")).await;
+    let quiet = connect(&gw.ws("/quiet")).await;
+    let busy = connect(&gw.ws("/busy")).await;
+    moved_then_idle_limit_closes_only_the_quiet_one(&gw, quiet, busy).await;
+}
+
+/// Both connections move after a message; then `idle_limit_closes_only_the_quiet_one`.
+async fn moved_then_idle_limit_closes_only_the_quiet_one(
+    gw: &Gateway,
+    mut quiet: WebSocketStream<impl Peer>,
+    mut busy: WebSocketStream<impl Peer>,
+) {
     round_trip(&mut quiet, Message::text("moved")).await;
     round_trip(&mut busy, Message::text("moved")).await;
-    relays_moved(&gw, 2, 2).await;
+    relays_moved(gw, 2, 2).await;
     idle_limit_closes_only_the_quiet_one(&mut quiet, &mut busy).await;
 }
 
@@ -344,22 +389,8 @@ async fn wss_gateway_to(backend: SocketAddr) -> Gateway {
 async fn moved_wss_relay_passes_every_kind_and_size_and_counts_them() {
     let echo = Echo::start("e").await;
     let gw = wss_gateway_to(echo.addr).await;
-    let mut ws = wss(&gw, "/chat").await;
-    round_trip(&mut ws, Message::text("first")).await;
-    relays_moved(&gw, 1, 1).await;
-
-    every_kind_and_size_round_trips(&mut ws).await;
-    fragmented_message_with_ping_round_trips(&mut ws).await;
-
-    within("close", ws.close(None)).await.unwrap();
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
-    relays_moved(&gw, 1, 0).await;
-    eventually("message counts", || {
-        let up = r#"wsgate_messages_total{route="r",direction="ClientToUpstream"}"#;
-        let down = r#"wsgate_messages_total{route="r",direction="UpstreamToClient"}"#;
-        (metric(&gw, up) == Some(7) && metric(&gw, down) == Some(7)).then_some(())
-    })
-    .await;
+    let ws = wss(&gw, "/chat").await;
+    passes_every_kind_and_size_and_counts_them(&gw, ws).await;
 }
 
 /// TLS on both sides (a wss backend): both sessions move to the relay thread and every
@@ -393,16 +424,8 @@ async fn moved_relay_with_tls_on_both_sides_passes_every_kind_and_size() {
 async fn moved_wss_relay_sends_1011_when_the_backend_dies() {
     let (backend, _seen) = backend_dying_on_cue().await;
     let gw = wss_gateway_to(backend).await;
-    let mut ws = wss(&gw, "/x").await;
-    round_trip(&mut ws, Message::text("one")).await;
-    relays_moved(&gw, 1, 1).await;
-    within("send", ws.send(Message::text("die"))).await.unwrap();
-    match next_msg(&mut ws).await {
-        Message::Close(Some(c)) => assert_eq!(c.code, CloseCode::Error),
-        other => panic!("expected Close 1011, got {other:?}"),
-    }
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
-    relays_moved(&gw, 1, 0).await;
+    let ws = wss(&gw, "/x").await;
+    sends_1011_when_the_backend_dies(&gw, ws).await;
 }
 
 /// The wss client vanishes (TCP closed, no close_notify, no Close) after the move: the
@@ -411,12 +434,8 @@ async fn moved_wss_relay_sends_1011_when_the_backend_dies() {
 async fn moved_wss_relay_sends_1001_to_the_backend_when_the_client_vanishes() {
     let (backend, seen) = backend_dying_on_cue().await;
     let gw = wss_gateway_to(backend).await;
-    let mut ws = wss(&gw, "/bye").await;
-    round_trip(&mut ws, Message::text("one")).await;
-    relays_moved(&gw, 1, 1).await;
-    drop(ws.into_inner());
-    let seen = within("backend sees a Close", seen).await.unwrap();
-    assert_eq!(seen, Some(CloseCode::Away));
+    let ws = wss(&gw, "/bye").await;
+    client_vanishing_gets_the_backend_1001(&gw, ws, seen).await;
 }
 
 /// The drain reaches moved wss relays: each client gets Close 1001 "gateway shutting down"
@@ -427,27 +446,9 @@ async fn drain_sends_1001_through_wss_relays_on_threads_and_completes() {
     let gw = wss_gateway_to(echo.addr).await;
     let mut sockets = Vec::new();
     for i in 0..3 {
-        let mut ws = wss(&gw, &format!("/s{i}")).await;
-        round_trip(&mut ws, Message::text("before")).await;
-        sockets.push(ws);
+        sockets.push(wss(&gw, &format!("/s{i}")).await);
     }
-    relays_moved(&gw, 3, 3).await;
-    let (clean, ()) = tokio::join!(gw.server.shutdown(), async {
-        for ws in &mut sockets {
-            match next_msg(ws).await {
-                Message::Close(Some(c)) => {
-                    assert_eq!(c.code, CloseCode::Away);
-                    assert_eq!(c.reason.as_str(), "gateway shutting down");
-                }
-                other => panic!("expected Close 1001, got {other:?}"),
-            }
-            while let Ok(Some(Ok(_))) =
-                tokio::time::timeout(Duration::from_secs(5), ws.next()).await
-            {}
-        }
-    });
-    assert!(clean, "the drain must complete within its budget");
-    relays_moved(&gw, 3, 0).await;
+    drain_sends_1001_and_completes(&gw, sockets).await;
 }
 
 /// `timeouts.idle` after a wss relay moved: the quiet one gets Close 1001 "idle timeout",
@@ -463,12 +464,9 @@ async fn moved_wss_relay_idle_timeout_closes_only_quiet_sockets() {
         });
     });
     let gw = moving_gateway(&[r]).await;
-    let mut quiet = wss(&gw, "/quiet").await;
-    let mut busy = wss(&gw, "/busy").await;
-    round_trip(&mut quiet, Message::text("moved")).await;
-    round_trip(&mut busy, Message::text("moved")).await;
-    relays_moved(&gw, 2, 2).await;
-    idle_limit_closes_only_the_quiet_one(&mut quiet, &mut busy).await;
+    let quiet = wss(&gw, "/quiet").await;
+    let busy = wss(&gw, "/busy").await;
+    moved_then_idle_limit_closes_only_the_quiet_one(&gw, quiet, busy).await;
 }
 
 /// `keepalive` after a wss relay moved: wsgate's Pings go out encrypted, the client's Pongs
