@@ -642,7 +642,7 @@ impl Relay {
     /// [`Relay::handle_forwarded`]. A frame that breaks the rules is not forwarded, nor
     /// anything after it: the side that sent it gets Close 1002 (1007), the other side
     /// Close 1001 (towards the backend) or 1014 (towards the client).
-    #[inline]
+    #[inline(always)]
     pub fn handle_read<'a>(&mut self, from: Side, bytes: &'a [u8]) -> Forward<'a> {
         let to = from.other();
         let clock = self.clock;

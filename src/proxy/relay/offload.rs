@@ -212,8 +212,10 @@ impl RelayThread {
             Err(Unregistered::Lost(e)) => return Ok(lost(e, relay)),
         };
         let (done, mut finished) = oneshot::channel();
+        let tls = client.is_tls() || upstream.is_tls();
         let adopt = Command::Adopt(Box::new(Conn {
             key,
+            tls,
             client,
             upstream,
             relay,

@@ -90,6 +90,8 @@ pub(super) struct Conn {
     pub(super) done: Option<oneshot::Sender<Relay>>,
     /// In `Loop::again`, waiting for another turn.
     pub(super) again: bool,
+    /// Either side is TLS (so a side may owe a flush or rustls' own records; see `owed`).
+    pub(super) tls: bool,
     /// The connection's span, entered for what the thread logs about it.
     pub(super) span: tracing::Span,
 }
@@ -142,32 +144,55 @@ impl Conn {
         let relay = &mut self.relay;
         let more = src.read_with(buf, |read| pass_on_read(relay, from, read, dst));
         self.ready.set(readable, more);
-        if self.relay.owes_output(to) {
+        if self.owed(to) {
             self.ready.set(writable, false);
         }
     }
 
+    /// Whether `to` waits for writability: bytes in the machine's backlog; for a TLS side
+    /// also a flush, a half-close, or records rustls queued itself. (A plain socket takes a
+    /// flush or a half-close at once, so its check stays the one load of the hot path.)
+    #[inline(always)]
+    fn owed(&self, to: Side) -> bool {
+        self.relay.has_backlog(to) || (self.tls && self.owed_tls(to))
+    }
+
+    #[inline(never)]
+    fn owed_tls(&self, to: Side) -> bool {
+        let dst = match to {
+            Side::Client => &self.client,
+            Side::Backend => &self.upstream,
+        };
+        dst.is_tls() && (self.relay.owes_output(to) || dst.tls_pending())
+    }
+
     /// Gives `to` what it is owed (the backlog, a flush of TLS records, a half-close) if it
-    /// is writable; also records rustls queued on its own (a KeyUpdate's answer).
-    #[inline]
+    /// is writable; also records rustls queued on its own (a KeyUpdate's answer). The
+    /// checks are inlined into `step` (most passes find nothing owed), the work is not.
+    #[inline(always)]
     fn flush_when_ready(&mut self, to: Side) -> bool {
         let (_, writable) = Ready::bits(to);
-        let owed = self.relay.owes_output(to);
+        if !self.owed(to) || !self.ready.has(writable) {
+            return false;
+        }
+        self.flush(to);
+        true
+    }
+
+    #[inline(never)]
+    fn flush(&mut self, to: Side) {
+        let (_, writable) = Ready::bits(to);
         let dst = match to {
             Side::Client => &mut self.client,
             Side::Backend => &mut self.upstream,
         };
-        if !(owed || dst.tls_pending()) || !self.ready.has(writable) {
-            return false;
-        }
-        if owed {
+        if self.relay.owes_output(to) {
             write_owed(&mut self.relay, to, dst);
         } else if dst.try_flush().is_err() {
             self.relay.handle_write_failed(to);
         }
-        let still = self.relay.owes_output(to) || dst.tls_pending();
+        let still = self.owed(to);
         self.ready.set(writable, !still);
-        true
     }
 
     /// The gateway's close for this relay (`Command::CloseAt`): wsgate's own drain at
