@@ -47,10 +47,10 @@ thread_local! {
     static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_BUF].into_boxed_slice());
 }
 
-/// Where a readiness-driven driver writes without waiting: a socket (tokio's, or mio's on a
-/// relay thread), or a relay thread's TLS side (`offload/endpoint.rs`: rustls' records,
-/// then its socket). `WouldBlock` means "nothing more now"; the driver waits for
-/// writability.
+/// Where a readiness-driven driver writes without waiting: a tokio socket (the plain-TCP
+/// relay on the runtime), or one side of a relay on a relay thread (`offload/endpoint.rs`:
+/// a socket, or rustls' records then the socket). `WouldBlock` means "nothing more now";
+/// the driver waits for writability.
 trait Sink {
     /// Writes what it can of `bytes` now, at least one byte or `WouldBlock`.
     fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize>;
@@ -67,19 +67,6 @@ impl Sink for &TcpStream {
     #[inline]
     fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         TcpStream::try_write(self, bytes)
-    }
-
-    fn try_shutdown(&mut self) -> io::Result<bool> {
-        SockRef::from(*self)
-            .shutdown(Shutdown::Write)
-            .map(|()| true)
-    }
-}
-
-impl Sink for &mio::net::TcpStream {
-    #[inline]
-    fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        io::Write::write(self, bytes)
     }
 
     fn try_shutdown(&mut self) -> io::Result<bool> {

@@ -80,13 +80,20 @@ impl Endpoint {
     /// Closes passed) still gets close_notify, so that a peer reading on sees a clean end
     /// rather than a truncation. One try, no wait: the socket closes right after.
     pub(super) fn finish(&mut self) {
-        if let Some(tls) = self.tls.as_deref_mut() {
-            if !self.close_notify_queued {
-                tls.send_close_notify();
-                self.close_notify_queued = true;
-            }
-            let _ = flush(tls, &self.socket);
+        let _ = self.close_notify();
+    }
+
+    /// Queues close_notify once (a TLS side) and writes what rustls holds: `Ok(true)` once
+    /// it all went, and at once for a plain side.
+    fn close_notify(&mut self) -> io::Result<bool> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Ok(true);
+        };
+        if !self.close_notify_queued {
+            tls.send_close_notify();
+            self.close_notify_queued = true;
         }
+        flush(tls, &self.socket)
     }
 
     /// Whether rustls holds records that have not reached the socket yet.
@@ -209,14 +216,8 @@ impl Sink for Endpoint {
     }
 
     fn try_shutdown(&mut self) -> io::Result<bool> {
-        if let Some(tls) = self.tls.as_deref_mut() {
-            if !self.close_notify_queued {
-                tls.send_close_notify();
-                self.close_notify_queued = true;
-            }
-            if !flush(tls, &self.socket)? {
-                return Ok(false);
-            }
+        if !self.close_notify()? {
+            return Ok(false);
         }
         SockRef::from(&self.socket)
             .shutdown(Shutdown::Write)
