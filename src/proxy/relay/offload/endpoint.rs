@@ -53,8 +53,9 @@ impl Endpoint {
     /// whether more may be waiting without a new readiness event.
     ///
     /// Inlined whole into the relay thread's step, with `pass`: a plain side's read is the
-    /// hot path (callgrind: out of line, the call and the closure cost a 64 B message ~25
-    /// instructions); a TLS side's goes through `read_tls_with`.
+    /// hot path (out of line, this and the checks around it took a plain 64 B message from
+    /// 373 to 516 instructions; bench/RESULTS.md, "What it costs plain ws"); a TLS side's
+    /// goes through `read_tls_with`.
     #[inline(always)]
     pub(super) fn read_with(
         &mut self,
